@@ -1,0 +1,38 @@
+"""The ASGI application: HTTP to Django, WebSockets through origin checks and auth to Channels.
+
+Served by `daphne -e ssl:...`, `manage.py runserver [--tls]` and `manage.py serve`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# Set up Django (and its app registry) before importing anything that touches models.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from realtime.middleware import TransportSchemeMiddleware  # noqa: E402
+from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+if "daphne.cli" in sys.modules:
+    # Started as `daphne ...`: daphne's own Server does not tell whether a WebSocket came over
+    # TLS, so its command line builds realtime's Server instead (see realtime/server.py).
+    from realtime.server import install_into_daphne_cli
+
+    install_into_daphne_cli()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": TransportSchemeMiddleware(
+            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        ),
+    }
+)

@@ -1,0 +1,11 @@
+"""URL configuration: the admin and the realtime app."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("realtime.urls")),
+]

@@ -1,0 +1,1 @@
+"""realtime: HTTPS pages, WSS consumers and broadcasts over one TLS endpoint."""

@@ -1,0 +1,77 @@
+"""`runserver` with `--tls`: HTTPS and WSS on one port, with autoreload, like Django's runserver.
+
+Without --tls it is daphne's runserver (HTTP and WS). Either way it runs RealtimeServer, so
+WebSocket scopes carry the real scheme.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from daphne.management.commands.runserver import Command as DaphneRunserverCommand
+from django.conf import settings
+from django.core.management import CommandError
+
+from realtime.server import RealtimeServer
+from realtime.tls import DevCertError, ensure_dev_certificate, ssl_endpoint
+
+
+def certificate_names(allowed_hosts: list[str]) -> list[str]:
+    """The ALLOWED_HOSTS entries a certificate can name (no wildcards or subdomain patterns)."""
+    return [host for host in allowed_hosts if host != "*" and not host.startswith(".")]
+
+
+class Command(DaphneRunserverCommand):
+    help = (
+        "Starts a development server with autoreload: HTTP and WS, or with --tls HTTPS and WSS "
+        "on the same port using the development certificate (created when missing)."
+    )
+    server_cls = RealtimeServer
+
+    def add_arguments(self, parser: Any) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--tls",
+            action="store_true",
+            help="Serve HTTPS and WSS. Uses certs/localhost.pem, created by devcert if missing.",
+        )
+        parser.add_argument("--cert", help="PEM certificate (chain) to serve instead.")
+        parser.add_argument("--key", help="PEM private key of --cert.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.tls_files: tuple[Path, Path] | None = None
+        if options["tls"]:
+            self.protocol = "https"
+            self.tls_files = self._tls_files(options.get("cert"), options.get("key"))
+            self.server_cls = self._build_tls_server
+        elif options.get("cert") or options.get("key"):
+            raise CommandError("--cert and --key only apply with --tls.")
+        super().handle(*args, **options)
+
+    def _tls_files(self, cert: str | None, key: str | None) -> tuple[Path, Path]:
+        if bool(cert) != bool(key):
+            raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
+        if cert and key:
+            for path in (cert, key):
+                if not Path(path).is_file():
+                    raise CommandError(f"{path} does not exist or is not a file.")
+            return Path(cert), Path(key)
+        try:
+            result = ensure_dev_certificate(
+                settings.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
+            )
+        except DevCertError as exc:
+            raise CommandError(str(exc)) from exc
+        verb = "Issued" if result.leaf_issued else "Using"
+        self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
+        if result.ca_created:
+            self.stdout.write("Created a development CA: run `manage.py devcert` to see how to trust it.")
+        return result.paths.cert, result.paths.key
+
+    def _build_tls_server(self, **kwargs: Any) -> RealtimeServer:
+        """Called by daphne's inner_run in place of the server class: swaps in the ssl endpoint."""
+        assert self.tls_files is not None
+        cert, key = self.tls_files
+        kwargs["endpoints"] = [ssl_endpoint(int(self.port), cert, key, interface=self.addr)]
+        return RealtimeServer(**kwargs)

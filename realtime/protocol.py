@@ -1,0 +1,70 @@
+"""The JSON message protocol spoken on /ws/ (documented in docs/protocol.md).
+
+Pure functions: parse what a client sends, build what the server sends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+CLIENT_TYPES = frozenset({"ping"})
+
+
+class ProtocolError(Exception):
+    """A client message the server cannot act on; answered with an `error` message."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def parse_client_message(text: str) -> dict[str, Any]:
+    """Decode one text frame into a message object with a known `type`, or raise ProtocolError."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("invalid_json", f"Message is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("invalid_json", "Message is nested too deeply.") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not_an_object", "Message must be a JSON object.")
+    kind = message.get("type")
+    if kind is None:
+        raise ProtocolError("missing_type", 'Message has no "type" field.')
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        known = ", ".join(sorted(CLIENT_TYPES))
+        raise ProtocolError("unknown_type", f"Unknown message type {kind!r}; known: {known}.")
+    return message
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Serialize a server message as compact JSON."""
+    return json.dumps(message, separators=(",", ":"))
+
+
+def error(code: str, detail: str) -> str:
+    return encode({"type": "error", "code": code, "detail": detail})
+
+
+def pong() -> str:
+    return encode({"type": "pong"})
+
+
+def welcome(
+    *, scheme: str, worker: str, user: str | None, tls: dict[str, str] | None
+) -> str:
+    """The first message on every socket: how it is connected, and to which server process."""
+    return encode(
+        {
+            "type": "welcome",
+            "protocol": PROTOCOL_VERSION,
+            "secure": scheme == "wss",
+            "scheme": scheme,
+            "worker": worker,
+            "user": user,
+            "tls": tls and {"version": tls["tls_version"], "cipher": tls["cipher_suite"]},
+        }
+    )

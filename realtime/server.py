@@ -1,0 +1,89 @@
+"""realtime's daphne Server: WebSocket scopes that say whether they came over TLS.
+
+daphne 4.2 leaves `scheme` out of the WebSocket scope, and the ASGI default is "ws" even on a
+TLS connection. This Server looks at the transport the socket really arrived on and sets
+`scheme` ("wss" or "ws") and, over TLS, the ASGI TLS extension (`extensions.tls`) with the
+negotiated version and cipher. It is used by `runserver` (with or without --tls), by `serve`,
+and by plain `daphne` through `install_into_daphne_cli()`, called from project/asgi.py.
+
+It also enforces the project's message size limit (REALTIME_WS_MAX_MESSAGE_SIZE) as a ceiling,
+and makes daphne answer an oversized message with close code 1009: autobahn's default
+`failByDrop` drops the TCP connection instead, which a client sees as 1006.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from daphne.server import Server
+from django.conf import settings
+from twisted.internet.interfaces import ISSLTransport
+
+logger = logging.getLogger("realtime.server")
+
+
+def transport_tls_info(transport: Any) -> dict[str, str] | None:
+    """The TLS version and cipher of a Twisted transport, or None when it is not TLS."""
+    if not ISSLTransport.providedBy(transport):
+        return None
+    connection = transport.getHandle()
+    return {
+        "tls_version": connection.get_protocol_version_name(),
+        "cipher_suite": connection.get_cipher_name(),
+    }
+
+
+def capped_size(requested: int, ceiling: int) -> int:
+    """A message size limit no larger than the project's ceiling (0 means "no limit" to daphne)."""
+    return ceiling if requested <= 0 else min(requested, ceiling)
+
+
+def describe_channel_layer() -> str:
+    """One line on the channel layer in use, without the Redis URL (it may hold a password)."""
+    backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    if backend == "channels.layers.InMemoryChannelLayer":
+        return (
+            "REDIS_URL is not set: using the in-memory channel layer, so broadcasts reach "
+            "only the clients of this process. Set REDIS_URL to share them between processes."
+        )
+    return f"Channel layer: {backend} (from REDIS_URL)."
+
+
+class RealtimeServer(Server):
+    """daphne's Server, with the WebSocket scheme and TLS details put into the scope."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Plain `daphne` passes its own 1 MiB default; the project's setting is the ceiling.
+        ceiling = settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
+        self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)
+        self.websocket_max_frame_size = capped_size(self.websocket_max_frame_size, ceiling)
+        self._ready_callable_given = self.ready_callable
+        # ready_callable runs after daphne has built its WebSocket factory, before the reactor.
+        self.ready_callable = self._before_serving
+
+    def _before_serving(self) -> None:
+        # Send a close frame (1009, 1002, ...) on protocol errors instead of dropping TCP.
+        # allowNullOrigin is repeated because autobahn resets it to False on every call; the
+        # origin check belongs to Channels' validator, which refuses "null" with 403.
+        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
+        logger.info(describe_channel_layer())
+        if self._ready_callable_given:
+            self._ready_callable_given()
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
+        if scope["type"] == "websocket":
+            tls = transport_tls_info(protocol.transport)
+            scope["scheme"] = "wss" if tls else "ws"
+            if tls:
+                scope.setdefault("extensions", {})["tls"] = tls
+        return super().create_application(protocol, scope)
+
+
+def install_into_daphne_cli() -> None:
+    """Make the `daphne` command line build RealtimeServer (its documented `server_class`)."""
+    from daphne.cli import CommandLineInterface
+
+    if not issubclass(CommandLineInterface.server_class, RealtimeServer):
+        CommandLineInterface.server_class = RealtimeServer

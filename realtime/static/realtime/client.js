@@ -1,0 +1,481 @@
+/*
+ * realtime front-page WebSocket client.
+ *
+ * Plain ES2017, no build step. Exposes a small API on window.realtime:
+ *   state()                      -> snapshot object (see snapshot() below)
+ *   send(obj)                    -> true if the JSON was sent, false otherwise
+ *   socket()                     -> the current WebSocket (or null)
+ *   schemeForPage(protocol)      -> "wss" for "https:", else "ws"
+ *   createWebSocketConnection(p) -> new WebSocket for this page's host and path p
+ *   backoffDelay(attempt, rand)  -> full-jitter delay in ms (pure)
+ *
+ * #connection data-state is exactly one of "connecting", "open", "closed":
+ *   connecting  a socket has been created and is not open yet
+ *   open        the socket is open
+ *   closed      the socket closed; also kept during the backoff wait
+ *               (text then says "reconnecting in N s")
+ */
+(function (global) {
+  "use strict";
+
+  var BACKOFF_BASE_MS = 500;
+  var BACKOFF_FACTOR = 2;
+  var BACKOFF_CAP_MS = 30000;
+  var STABLE_AFTER_MS = 10000;
+  var MAX_MESSAGES = 100;
+  var MAX_SEEN_BROADCASTS = 1000;
+  var LEVELS = ["info", "success", "warning", "error"];
+  var NO_RECONNECT_CODES = { 1008: "policy violation" };
+
+  // ---------------------------------------------------------------- pure helpers
+
+  function schemeForPage(protocol) {
+    return protocol === "https:" ? "wss" : "ws";
+  }
+
+  function backoffDelay(attempt, rand) {
+    var r = typeof rand === "function" ? rand() : Math.random();
+    var n = Math.max(0, Math.min(attempt | 0, 30));
+    var ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(BACKOFF_FACTOR, n));
+    return Math.floor(r * ceiling);
+  }
+
+  function createWebSocketConnection(path) {
+    var loc = global.location;
+    var scheme = loc.protocol === "https:" ? "wss://" : "ws://";
+    var p = String(path == null ? "/ws/" : path);
+    if (p.charAt(0) !== "/") {
+      p = "/" + p;
+    }
+    var url = scheme + loc.host + p;
+    return new WebSocket(url);
+  }
+
+  function schemeOfUrl(url) {
+    var m = /^([a-z][a-z0-9+.-]*):/i.exec(String(url || ""));
+    return m ? m[1].toLowerCase() : "";
+  }
+
+  // ---------------------------------------------------------------- state
+
+  var state = {
+    connection: "connecting",
+    scheme: "",
+    url: "",
+    path: "/ws/",
+    attempt: 0,
+    reconnectAt: null,
+    closeCode: null,
+    closeReason: "",
+    reconnecting: true,
+    welcome: null,
+    lastBroadcastId: null,
+    messageCount: 0,
+  };
+
+  var ws = null;
+  var seenBroadcasts = new Set();
+  var reconnectTimer = null;
+  var countdownTimer = null;
+  var stableTimer = null;
+  var started = false;
+
+  function $(id) {
+    var doc = global.document;
+    return doc && typeof doc.getElementById === "function" ? doc.getElementById(id) : null;
+  }
+
+  function safe(fn) {
+    return function () {
+      try {
+        return fn.apply(this, arguments);
+      } catch (err) {
+        if (global.console && global.console.error) {
+          global.console.error("realtime:", err);
+        }
+        return undefined;
+      }
+    };
+  }
+
+  function snapshot() {
+    return {
+      connection: state.connection,
+      scheme: state.scheme,
+      url: state.url,
+      path: state.path,
+      attempt: state.attempt,
+      reconnectAt: state.reconnectAt,
+      closeCode: state.closeCode,
+      closeReason: state.closeReason,
+      reconnecting: state.reconnecting,
+      welcome: state.welcome,
+      lastBroadcastId: state.lastBroadcastId,
+      messageCount: state.messageCount,
+      readyState: ws ? ws.readyState : null,
+    };
+  }
+
+  // ---------------------------------------------------------------- rendering
+
+  function setConnection(connState, text) {
+    state.connection = connState;
+    var el = $("connection");
+    if (el) {
+      el.setAttribute("data-state", connState);
+      el.textContent = text == null ? connState : text;
+    }
+    var ping = $("ping");
+    if (ping) {
+      ping.disabled = connState !== "open";
+    }
+  }
+
+  function setScheme(scheme) {
+    state.scheme = scheme;
+    var el = $("connection");
+    if (el) {
+      el.setAttribute("data-scheme", scheme);
+    }
+    var s = $("scheme");
+    if (s) {
+      s.textContent = scheme;
+    }
+  }
+
+  function renderPageSecure() {
+    var el = $("page-secure");
+    if (!el || !global.location) {
+      return;
+    }
+    var secure = global.location.protocol === "https:";
+    el.textContent = secure ? "https (secure)" : "http (not secure)";
+    el.setAttribute("data-secure", secure ? "true" : "false");
+  }
+
+  function closeText() {
+    var t = "closed";
+    if (state.closeCode != null) {
+      t += " (code " + state.closeCode + (state.closeReason ? ": " + state.closeReason : "") + ")";
+    }
+    return t;
+  }
+
+  function renderWelcome(msg) {
+    var dl = $("welcome");
+    if (!dl) {
+      return;
+    }
+    var doc = global.document;
+    while (dl.firstChild) {
+      dl.removeChild(dl.firstChild);
+    }
+    function row(label, value, key) {
+      var dt = doc.createElement("dt");
+      dt.textContent = label;
+      var dd = doc.createElement("dd");
+      dd.textContent = value;
+      if (key) {
+        dd.setAttribute("data-key", key);
+      }
+      dl.appendChild(dt);
+      dl.appendChild(dd);
+    }
+    row("Secure", msg.secure ? "yes" : "no", "secure");
+    if (msg.scheme) {
+      row("Scheme", String(msg.scheme), "scheme");
+    }
+    if (msg.worker != null && msg.worker !== "") {
+      row("Worker", String(msg.worker), "worker");
+    }
+    if (msg.user != null && msg.user !== "") {
+      row("User", String(msg.user), "user");
+    }
+    var tls = msg.tls && typeof msg.tls === "object" ? msg.tls : null;
+    if (tls && tls.version) {
+      row("TLS version", String(tls.version), "tls-version");
+    }
+    if (tls && tls.cipher) {
+      row("Cipher", String(tls.cipher), "tls-cipher");
+    }
+  }
+
+  function timeElement(date) {
+    var doc = global.document;
+    var t = doc.createElement("time");
+    t.setAttribute("datetime", date.toISOString());
+    t.textContent = date.toLocaleTimeString();
+    return t;
+  }
+
+  function addMessageItem(type, payload, raw) {
+    var list = $("messages");
+    var doc = global.document;
+    state.messageCount += 1;
+    if (!list || !doc) {
+      return;
+    }
+    var li = doc.createElement("li");
+    li.className = "msg";
+    li.setAttribute("data-type", type);
+    li.appendChild(timeElement(new Date()));
+
+    var typeEl = doc.createElement("span");
+    typeEl.className = "type";
+    typeEl.textContent = type;
+    li.appendChild(typeEl);
+
+    if (type === "broadcast" && payload) {
+      var level = LEVELS.indexOf(payload.level) >= 0 ? payload.level : "info";
+      li.className += " broadcast level-" + level;
+      li.setAttribute("data-broadcast-id", String(payload.id));
+      li.setAttribute("data-level", level);
+      var text = doc.createElement("p");
+      text.className = "broadcast-message";
+      text.textContent = payload.message == null ? "" : String(payload.message);
+      li.appendChild(text);
+      if (payload.sent_at) {
+        var sent = doc.createElement("span");
+        sent.className = "sent-at";
+        sent.textContent = "sent " + String(payload.sent_at);
+        li.appendChild(sent);
+      }
+    } else if (type === "error") {
+      li.className += " level-error";
+    } else if (type === "(invalid)") {
+      li.className += " level-warning";
+    }
+
+    var pre = doc.createElement("pre");
+    pre.className = "json";
+    pre.textContent = payload !== undefined ? JSON.stringify(payload) : String(raw);
+    li.appendChild(pre);
+
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > MAX_MESSAGES) {
+      list.removeChild(list.lastElementChild || list.lastChild);
+    }
+  }
+
+  // ---------------------------------------------------------------- message handling
+
+  function rememberBroadcast(id) {
+    seenBroadcasts.add(id);
+    if (seenBroadcasts.size > MAX_SEEN_BROADCASTS) {
+      var oldest = seenBroadcasts.values().next().value;
+      seenBroadcasts.delete(oldest);
+    }
+    if (typeof id === "number" && (state.lastBroadcastId == null || id > state.lastBroadcastId)) {
+      state.lastBroadcastId = id;
+    }
+  }
+
+  function handleMessage(data) {
+    if (typeof data !== "string") {
+      addMessageItem("(binary)", undefined, "[binary frame ignored]");
+      return;
+    }
+    var msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (err) {
+      addMessageItem("(invalid)", undefined, data);
+      return;
+    }
+    if (!msg || typeof msg !== "object" || Array.isArray(msg)) {
+      addMessageItem("(invalid)", msg, data);
+      return;
+    }
+    var type = typeof msg.type === "string" ? msg.type : "(untyped)";
+
+    if (type === "broadcast") {
+      var id = msg.id;
+      if (id != null && seenBroadcasts.has(id)) {
+        return; // duplicate: already shown
+      }
+      if (id != null) {
+        rememberBroadcast(id);
+      }
+    } else if (type === "welcome") {
+      state.welcome = msg;
+      state.attempt = 0;
+      renderWelcome(msg);
+    }
+    addMessageItem(type, msg, data);
+  }
+
+  // ---------------------------------------------------------------- connection lifecycle
+
+  function clearTimers() {
+    if (reconnectTimer) {
+      clearTimeout(reconnectTimer);
+      reconnectTimer = null;
+    }
+    if (countdownTimer) {
+      clearInterval(countdownTimer);
+      countdownTimer = null;
+    }
+    state.reconnectAt = null;
+  }
+
+  function connect() {
+    clearTimers();
+    if (stableTimer) {
+      clearTimeout(stableTimer);
+      stableTimer = null;
+    }
+    state.reconnecting = true;
+    var sock;
+    try {
+      sock = createWebSocketConnection(state.path);
+    } catch (err) {
+      if (global.console && global.console.error) {
+        global.console.error("realtime: could not create WebSocket", err);
+      }
+      ws = null;
+      state.closeCode = null;
+      state.closeReason = String((err && err.message) || err);
+      setConnection("closed", "closed (" + state.closeReason + ")");
+      scheduleReconnect();
+      return null;
+    }
+    ws = sock;
+    state.url = sock.url || "";
+    state.closeCode = null;
+    state.closeReason = "";
+    setScheme(schemeOfUrl(sock.url) || schemeForPage(global.location.protocol));
+    setConnection("connecting", "connecting");
+
+    sock.onopen = safe(function () {
+      if (sock !== ws) {
+        return;
+      }
+      setConnection("open", "open");
+      stableTimer = setTimeout(function () {
+        stableTimer = null;
+        if (sock === ws && sock.readyState === 1) {
+          state.attempt = 0;
+        }
+      }, STABLE_AFTER_MS);
+    });
+
+    sock.onmessage = safe(function (event) {
+      if (sock !== ws) {
+        return;
+      }
+      handleMessage(event.data);
+    });
+
+    sock.onerror = safe(function () {
+      // The browser always follows an error with a close event; handle it there.
+    });
+
+    sock.onclose = safe(function (event) {
+      if (sock !== ws) {
+        return;
+      }
+      if (stableTimer) {
+        clearTimeout(stableTimer);
+        stableTimer = null;
+      }
+      state.closeCode = event && typeof event.code === "number" ? event.code : null;
+      state.closeReason = (event && event.reason) || "";
+      if (state.closeCode != null && NO_RECONNECT_CODES[state.closeCode]) {
+        state.reconnecting = false;
+        setConnection(
+          "closed",
+          closeText() + " — not reconnecting (" + NO_RECONNECT_CODES[state.closeCode] + ")"
+        );
+        return;
+      }
+      setConnection("closed", closeText());
+      scheduleReconnect();
+    });
+
+    return sock;
+  }
+
+  function scheduleReconnect() {
+    clearTimers();
+    var delay = backoffDelay(state.attempt);
+    state.attempt += 1;
+    state.reconnecting = true;
+    state.reconnectAt = Date.now() + delay;
+
+    var base = closeText();
+    if (state.closeCode == null && state.closeReason) {
+      base = "closed (" + state.closeReason + ")";
+    }
+    function tick() {
+      var left = Math.max(0, (state.reconnectAt || Date.now()) - Date.now());
+      setConnection("closed", base + " — reconnecting in " + Math.ceil(left / 1000) + " s");
+    }
+    tick();
+    countdownTimer = setInterval(safe(tick), 1000);
+    reconnectTimer = setTimeout(safe(connect), delay);
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  function send(obj) {
+    try {
+      if (!ws || ws.readyState !== 1) {
+        return false;
+      }
+      ws.send(typeof obj === "string" ? obj : JSON.stringify(obj));
+      return true;
+    } catch (err) {
+      if (global.console && global.console.error) {
+        global.console.error("realtime: send failed", err);
+      }
+      return false;
+    }
+  }
+
+  function readWsPath() {
+    var doc = global.document;
+    var body = doc && doc.body;
+    var conn = $("connection");
+    return (
+      (body && body.getAttribute && body.getAttribute("data-ws-path")) ||
+      (conn && conn.getAttribute("data-ws-path")) ||
+      "/ws/"
+    );
+  }
+
+  var start = safe(function () {
+    if (started) {
+      return;
+    }
+    started = true;
+    state.path = readWsPath();
+    renderPageSecure();
+    var ping = $("ping");
+    if (ping) {
+      ping.addEventListener("click", safe(function () {
+        send({ type: "ping" });
+      }));
+    }
+    connect();
+  });
+
+  global.realtime = {
+    state: snapshot,
+    send: send,
+    socket: function () {
+      return ws;
+    },
+    schemeForPage: schemeForPage,
+    createWebSocketConnection: createWebSocketConnection,
+    backoffDelay: backoffDelay,
+  };
+
+  var doc = global.document;
+  if (doc && typeof doc.getElementById === "function" && typeof WebSocket !== "undefined") {
+    if (doc.readyState === "loading") {
+      doc.addEventListener("DOMContentLoaded", start);
+    } else {
+      start();
+    }
+  }
+})(typeof window !== "undefined" ? window : globalThis);

@@ -1,0 +1,196 @@
+"""Real-server fixtures: dev certificates, daphne and runserver on free ports, a private Redis.
+
+Servers run as subprocesses configured through environment variables, exactly as a user
+starts them. Clients verify certificates against the test's own dev CA, never CERT_NONE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from realtime.tls import DevCertPaths, ensure_dev_certificate
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DAPHNE = str(Path(sys.executable).with_name("daphne"))
+SERVER_SECRET_KEY = "e2e-tests-secret-key-" + "y" * 40
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess whose output goes to a log file, shown when a test fails."""
+
+    args: list[str]
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> ServerProcess:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_port(self.port, self.process, START_TIMEOUT)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.args} did not start:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # The whole process group: runserver's autoreloader runs the server in a child.
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertPaths:
+    """A dev CA and a localhost certificate made by the project's own devcert code."""
+    return ensure_dev_certificate(tmp_path_factory.mktemp("certs")).paths
+
+
+@pytest.fixture(scope="session")
+def client_tls(dev_certs: DevCertPaths) -> ssl.SSLContext:
+    """A client TLS context that trusts the dev CA only and verifies host names."""
+    return ssl.create_default_context(cafile=str(dev_certs.ca_cert))
+
+
+@pytest.fixture(scope="session")
+def server_env(tmp_path_factory: pytest.TempPathFactory, dev_certs: DevCertPaths) -> dict[str, str]:
+    """Environment for server subprocesses: production settings (debug off), a migrated
+    database and collected static files in temporary directories."""
+    state = tmp_path_factory.mktemp("server-state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DJANGO_SECRET_KEY=SERVER_SECRET_KEY,
+        DJANGO_DB_PATH=str(state / "db.sqlite3"),
+        DJANGO_STATIC_ROOT=str(state / "static"),
+        REALTIME_CERT_DIR=str(dev_certs.cert.parent),
+        PYTHONUNBUFFERED="1",
+    )
+    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+        subprocess.run(
+            [PYTHON, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True
+        )
+    return env
+
+
+def start_server(
+    args: list[str], port: int, env: dict[str, str], log_dir: Path, **extra_env: str
+) -> ServerProcess:
+    return ServerProcess(args, port, {**env, **extra_env}, log_dir / f"server-{port}.log").start()
+
+
+@pytest.fixture(scope="session")
+def start(server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start servers that are stopped at the end of the session: start(args, port, **env)."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    started: list[ServerProcess] = []
+
+    def _start(args: list[str], port: int, **extra_env: str) -> ServerProcess:
+        server = start_server(args, port, server_env, log_dir, **extra_env)
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()
+
+
+def daphne_tls_args(port: int, certs: DevCertPaths) -> list[str]:
+    """The production command from the README, with this test's port and certificate."""
+    endpoint = f"ssl:{port}:privateKey={certs.key}:certKey={certs.cert}"
+    return [DAPHNE, "-e", endpoint, "project.asgi:application"]
+
+
+@pytest.fixture(scope="session")
+def daphne_tls(start, dev_certs: DevCertPaths) -> ServerProcess:
+    port = free_port()
+    return start(daphne_tls_args(port, dev_certs), port)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port (the shared one on 6379 is never touched)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not on PATH (Debian package redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process, 10)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def origin_for(url: str) -> str:
+    """The browser Origin of a ws(s) URL's host: https://host:port for wss, http:// for ws."""
+    scheme, rest = url.split("://", 1)
+    return ("https://" if scheme == "wss" else "http://") + rest.split("/", 1)[0]
+
+
+@contextlib.asynccontextmanager
+async def ws_connect(url: str, tls: ssl.SSLContext | None = None, **kwargs) -> ClientConnection:
+    """Open a WebSocket as a browser on the same origin would (Origin header included)."""
+    kwargs.setdefault("origin", origin_for(url))
+    kwargs.setdefault("open_timeout", 10)
+    async with connect(url, ssl=tls, **kwargs) as socket_:
+        yield socket_
+
+
+async def receive_json(socket_: ClientConnection, timeout: float = 10) -> dict:
+    import asyncio
+
+    return json.loads(await asyncio.wait_for(socket_.recv(), timeout))

@@ -1,0 +1,149 @@
+"""The /ws/ consumer, driven through the whole ASGI application with WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from project.asgi import application
+from realtime.consumers import EVERYONE_GROUP
+from realtime.worker import worker_id
+
+SAME_ORIGIN = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
+
+
+@pytest.fixture(autouse=True)
+def _empty_channel_layer():
+    yield
+    async_to_sync(get_channel_layer().flush)()
+
+
+def with_scheme(scheme: str, tls: dict | None = None):
+    """The application as a server that reports the transport's scheme would call it."""
+
+    async def app(scope, receive, send):
+        extra = {"scheme": scheme}
+        if tls:
+            extra["extensions"] = {"tls": tls}
+        return await application({**scope, **extra}, receive, send)
+
+    return app
+
+
+async def open_socket(app=None, headers=SAME_ORIGIN) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(app or with_scheme("ws"), "/ws/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+def test_it_welcomes_a_plain_socket_as_not_secure():
+    async def scenario():
+        communicator = await open_socket()
+        welcome = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return welcome
+
+    welcome = asyncio.run(scenario())
+    assert welcome["type"] == "welcome"
+    assert welcome["secure"] is False
+    assert welcome["scheme"] == "ws"
+    assert welcome["worker"] == worker_id()
+    assert welcome["user"] is None
+
+
+def test_it_welcomes_a_tls_socket_as_secure():
+    tls = {"tls_version": "TLSv1.3", "cipher_suite": "TLS_AES_256_GCM_SHA384"}
+
+    async def scenario():
+        communicator = await open_socket(with_scheme("wss", tls))
+        welcome = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return welcome
+
+    welcome = asyncio.run(scenario())
+    assert welcome["secure"] is True
+    assert welcome["tls"] == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+
+
+def test_it_answers_ping_with_pong():
+    async def scenario():
+        communicator = await open_socket()
+        await communicator.receive_json_from()
+        await communicator.send_json_to({"type": "ping"})
+        reply = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return reply
+
+    assert asyncio.run(scenario()) == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"text_data": "{not json"}, "invalid_json"),
+        ({"text_data": "[]"}, "not_an_object"),
+        ({"text_data": '{"kind": "ping"}'}, "missing_type"),
+        ({"text_data": '{"type": "self-destruct"}'}, "unknown_type"),
+        ({"bytes_data": b"\x00\x01"}, "binary_not_supported"),
+    ],
+)
+def test_bad_input_gets_an_error_and_the_socket_stays_open(frame, code):
+    async def scenario():
+        communicator = await open_socket()
+        await communicator.receive_json_from()
+        await communicator.send_to(**frame)
+        error = await communicator.receive_json_from()
+        await communicator.send_json_to({"type": "ping"})
+        after = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return error, after
+
+    error, after = asyncio.run(scenario())
+    assert error["type"] == "error"
+    assert error["code"] == code
+    assert error["detail"]
+    assert after == {"type": "pong"}
+
+
+def test_a_group_message_reaches_every_socket_once():
+    text = json.dumps({"type": "note", "n": 1})
+
+    async def scenario():
+        sockets = [await open_socket() for _ in range(3)]
+        for communicator in sockets:
+            await communicator.receive_json_from()
+        await get_channel_layer().group_send(EVERYONE_GROUP, {"type": "realtime.send", "text": text})
+        received = [await communicator.receive_from() for communicator in sockets]
+        nothing_more = [await communicator.receive_nothing() for communicator in sockets]
+        for communicator in sockets:
+            await communicator.disconnect()
+        return received, nothing_more
+
+    received, nothing_more = asyncio.run(scenario())
+    assert received == [text] * 3
+    assert all(nothing_more)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"origin", b"https://evil.example"), (b"host", b"localhost")],
+        [(b"origin", b"https://localhost.evil.example"), (b"host", b"localhost")],
+        [(b"host", b"localhost")],
+    ],
+    ids=["foreign", "look-alike", "missing"],
+)
+def test_a_socket_from_another_origin_is_refused(headers):
+    async def scenario():
+        communicator = WebsocketCommunicator(with_scheme("wss"), "/ws/", headers=headers)
+        connected, _ = await communicator.connect()
+        await communicator.wait()
+        return connected
+
+    assert asyncio.run(scenario()) is False
