@@ -10,9 +10,14 @@ import sys
 
 from django.core.asgi import get_asgi_application
 
+from project.env import SettingsError
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-# Set up Django (and its app registry) before importing anything that touches models.
-django_asgi_app = get_asgi_application()
+try:
+    # Set up Django (and its app registry) before importing anything that touches models.
+    django_asgi_app = get_asgi_application()
+except SettingsError as exc:
+    sys.exit(f"Configuration error: {exc}")
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

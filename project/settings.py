@@ -10,45 +10,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.core.exceptions import ImproperlyConfigured
+from project.env import SettingsError, envbool, envint, envlist
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def envbool(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    if value in ("1", "true", "True", "yes"):
-        return True
-    if value in ("0", "false", "False", "no"):
-        return False
-    raise ImproperlyConfigured(f"{name} must be 1 or 0, not {value!r}.")
-
-
-def envint(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    if value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}.") from None
-
-
-def envlist(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name, "")
-    if value.strip() == "":
-        return default
-    return [item.strip() for item in value.split(",") if item.strip()]
-
 
 DEBUG = envbool("DJANGO_DEBUG")
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured(
+        raise SettingsError(
             "DJANGO_SECRET_KEY is not set. It is required when DJANGO_DEBUG is not 1; "
             'generate one with: python -c "import secrets; print(secrets.token_urlsafe(50))"'
         )
@@ -134,7 +105,7 @@ STORAGES = {
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://")):
-        raise ImproperlyConfigured(
+        raise SettingsError(
             f"REDIS_URL must start with redis:// or rediss://, not {REDIS_URL.split(':')[0]!r}."
         )
     CHANNEL_LAYERS = {

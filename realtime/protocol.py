@@ -53,9 +53,7 @@ def pong() -> str:
     return encode({"type": "pong"})
 
 
-def welcome(
-    *, scheme: str, worker: str, user: str | None, tls: dict[str, str] | None
-) -> str:
+def welcome(*, scheme: str, worker: str, user: str | None, tls: dict[str, str] | None) -> str:
     """The first message on every socket: how it is connected, and to which server process."""
     return encode(
         {

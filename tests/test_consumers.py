@@ -118,7 +118,9 @@ def test_a_group_message_reaches_every_socket_once():
         sockets = [await open_socket() for _ in range(3)]
         for communicator in sockets:
             await communicator.receive_json_from()
-        await get_channel_layer().group_send(EVERYONE_GROUP, {"type": "realtime.send", "text": text})
+        await get_channel_layer().group_send(
+            EVERYONE_GROUP, {"type": "realtime.send", "text": text}
+        )
         received = [await communicator.receive_from() for communicator in sockets]
         nothing_more = [await communicator.receive_nothing() for communicator in sockets]
         for communicator in sockets:

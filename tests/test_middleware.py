@@ -40,7 +40,10 @@ def test_it_ignores_x_forwarded_proto_unless_proxies_are_trusted(settings):
 )
 def test_a_trusted_proxy_decides(settings, value, expected):
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    scope = {"scheme": "ws" if expected == "wss" else "wss", "headers": [(b"x-forwarded-proto", value)]}
+    scope = {
+        "scheme": "ws" if expected == "wss" else "wss",
+        "headers": [(b"x-forwarded-proto", value)],
+    }
     assert scheme_seen(scope) == expected
 
 

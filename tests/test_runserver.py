@@ -70,7 +70,9 @@ def test_plain_runserver_serves_ws_and_says_not_secure(runserver_plain):
 
 
 def test_plain_runserver_serves_the_page_over_http(runserver_plain):
-    with urllib.request.urlopen(f"http://localhost:{runserver_plain.port}/", timeout=10) as response:
+    with urllib.request.urlopen(
+        f"http://localhost:{runserver_plain.port}/", timeout=10
+    ) as response:
         assert response.status == 200
         assert 'data-ws-path="/ws/"' in response.read().decode()
 

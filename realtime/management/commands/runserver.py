@@ -66,7 +66,9 @@ class Command(DaphneRunserverCommand):
         verb = "Issued" if result.leaf_issued else "Using"
         self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
         if result.ca_created:
-            self.stdout.write("Created a development CA: run `manage.py devcert` to see how to trust it.")
+            self.stdout.write(
+                "Created a development CA: run `manage.py devcert` to see how to trust it."
+            )
         return result.paths.cert, result.paths.key
 
     def _build_tls_server(self, **kwargs: Any) -> RealtimeServer:

@@ -1,0 +1,43 @@
+# Two commands: `make run` (set up and serve https://localhost:8443/) and `make test`.
+# Everything else here is a step those two take.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8443
+
+.PHONY: run test setup certs migrate static lint daphne clean
+
+run: setup static
+	DJANGO_DEBUG=1 $(PY) manage.py runserver --tls 127.0.0.1:$(PORT)
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	node tests/js/test_client.mjs
+	$(PY) -m pytest
+
+setup: $(VENV)/.installed certs migrate
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+certs: $(VENV)/.installed
+	DJANGO_DEBUG=1 $(PY) manage.py devcert
+
+migrate: $(VENV)/.installed
+	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
+
+static: $(VENV)/.installed
+	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --noinput --verbosity 0
+
+# The production command from the README (needs DJANGO_SECRET_KEY; debug off).
+daphne: setup static
+	$(VENV)/bin/daphne -e ssl:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
+		project.asgi:application
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -1,0 +1,40 @@
+"""Typed readers of environment variables for settings.py, failing with the variable's name."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class SettingsError(ImproperlyConfigured):
+    """A setting from the environment is missing or wrong; the message says which and how."""
+
+
+def envbool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    if value in ("1", "true", "True", "yes"):
+        return True
+    if value in ("0", "false", "False", "no"):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0, not {value!r}.")
+
+
+def envint(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {value!r}.") from None
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list; blanks around items are ignored."""
+    value = os.environ.get(name, "")
+    if value.strip() == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]

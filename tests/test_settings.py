@@ -1,0 +1,108 @@
+"""project/settings.py as users meet it: environment variables in, clear errors out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.conftest import PYTHON, ROOT
+
+STRONG_KEY = "k7Qw9Zp2Lm4Xv8Rt6Yb3Nc5Hd1Jf0Gs-aUe_iOoPlKjMnBvCxZaSdFgHjKl"
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_"))}
+    return subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "project.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_debug_off_without_a_secret_key_names_the_variable():
+    result = manage("check")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_deploy_checks_pass_with_only_the_three_variables():
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DJANGO_SECRET_KEY=STRONG_KEY,
+        DJANGO_ALLOWED_HOSTS="realtime.example.org",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def setting(name: str, **env: str) -> str:
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        f"from django.conf import settings; print(settings.{name})",
+        **env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_debug_is_off_unless_set_to_1():
+    assert setting("DEBUG", DJANGO_SECRET_KEY=STRONG_KEY) == "False"
+    assert setting("DEBUG", DJANGO_DEBUG="1") == "True"
+
+
+def test_allowed_hosts_default_to_local_names_and_feed_csrf_origins():
+    assert setting("ALLOWED_HOSTS", DJANGO_DEBUG="1") == "['localhost', '127.0.0.1', '[::1]']"
+    origins = setting(
+        "CSRF_TRUSTED_ORIGINS", DJANGO_DEBUG="1", DJANGO_ALLOWED_HOSTS="a.example, .b.example"
+    )
+    assert origins == "['https://a.example', 'https://*.b.example']"
+
+
+def test_without_redis_url_the_layer_is_in_memory():
+    assert "InMemoryChannelLayer" in setting("CHANNEL_LAYERS", DJANGO_DEBUG="1")
+
+
+def test_redis_and_rediss_urls_select_channels_redis_without_socket_timeout():
+    for url in ("redis://127.0.0.1:6379/0", "rediss://:secret@cache.example:6380/0"):
+        layers = setting("CHANNEL_LAYERS", DJANGO_DEBUG="1", REDIS_URL=url)
+        assert "channels_redis.core.RedisChannelLayer" in layers
+        assert "'socket_timeout': None" in layers
+
+
+def test_a_redis_url_of_another_scheme_is_refused_clearly():
+    result = manage("check", DJANGO_DEBUG="1", REDIS_URL="http://127.0.0.1:6379")
+    assert result.returncode != 0
+    assert "REDIS_URL must start with redis:// or rediss://" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_boolean_names_the_variable():
+    result = manage("check", DJANGO_DEBUG="maybe")
+    assert "DJANGO_DEBUG must be 1 or 0" in result.stderr
+
+
+def test_daphne_without_a_secret_key_names_the_variable(server_env):
+    from tests.conftest import DAPHNE
+
+    env = {k: v for k, v in server_env.items() if k != "DJANGO_SECRET_KEY"}
+    result = subprocess.run(
+        [DAPHNE, "-p", "0", "project.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY is not set" in result.stderr
+    assert "Traceback" not in result.stderr
