@@ -12,7 +12,7 @@ import ssl
 import urllib.request
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from tests.conftest import receive_json, ws_connect
 
@@ -116,9 +116,9 @@ def test_plain_ws_to_the_tls_port_fails(daphne_tls):
         async with ws_connect(f"ws://localhost:{daphne_tls.port}/ws/", open_timeout=5):
             pass
 
-    with pytest.raises(Exception) as info:  # noqa: B017 - any failure; asserted below
+    # The TLS port answers a plain HTTP upgrade with TLS bytes (or nothing): no handshake.
+    with pytest.raises(InvalidMessage):
         asyncio.run(scenario())
-    assert not isinstance(info.value, AssertionError)
 
 
 def test_a_client_that_does_not_trust_the_dev_ca_is_refused(wss_url):
@@ -152,3 +152,17 @@ def test_the_page_and_its_static_files_come_over_https_from_the_same_port(daphne
 def test_the_server_says_once_that_the_layer_is_in_memory(daphne_tls):
     log = daphne_tls.log()
     assert log.count("REDIS_URL is not set: using the in-memory channel layer") == 1
+
+
+def test_a_text_frame_that_is_not_utf8_is_closed_with_1007(wss_url, client_tls):
+    async def scenario():
+        async with ws_connect(wss_url, client_tls) as socket_:
+            await receive_json(socket_)
+            await socket_.send(b'{"type": "ping", "x": "\xff\xfe"}', text=True)
+            with pytest.raises(ConnectionClosed) as info:
+                await receive_json(socket_)
+            return info.value.rcvd
+
+    close = asyncio.run(scenario())
+    assert close is not None
+    assert close.code == 1007
