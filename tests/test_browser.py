@@ -1,0 +1,139 @@
+"""A real browser: headless Chromium (Debian's package) driven by Playwright.
+
+The pages are served under app.test, mapped to 127.0.0.1: Chromium treats localhost as
+potentially trustworthy and would let an https page open ws://localhost, proving nothing.
+The dev certificate is trusted through Chromium's SPKI allow-list for that one certificate;
+certificate verification stays on for everything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from realtime.tls import ensure_dev_certificate
+from tests.conftest import PYTHON, ROOT, daphne_tls_args, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+HOST = "app.test"
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail("CI needs /usr/bin/chromium: .ci/run installs Debian's chromium package")
+    pytest.skip(
+        "Chromium is missing: install it with `apt-get install chromium` (Debian's package)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+
+def spki_pin(cert_path: Path) -> str:
+    """base64(sha256(SubjectPublicKeyInfo)) of a certificate, as Chromium's allow-list wants."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def app_test_certs(tmp_path_factory):
+    return ensure_dev_certificate(tmp_path_factory.mktemp("browser-certs"), [HOST]).paths
+
+
+@pytest.fixture(scope="module")
+def https_server(start, app_test_certs):
+    port = free_port()
+    return start(
+        daphne_tls_args(port, app_test_certs), port, DJANGO_ALLOWED_HOSTS=f"{HOST},localhost"
+    )
+
+
+@pytest.fixture(scope="module")
+def http_server(start):
+    port = free_port()
+    return start(
+        [PYTHON, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        port,
+        DJANGO_DEBUG="1",
+        DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(app_test_certs):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
+                f"--ignore-certificate-errors-spki-list={spki_pin(app_test_certs.cert)}",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def open_page(page: Page, url: str, scheme: str) -> None:
+    page.goto(url)
+    connection = page.locator("#connection")
+    expect(connection).to_have_attribute("data-state", "open", timeout=15_000)
+    expect(connection).to_have_attribute("data-scheme", scheme)
+
+
+def test_an_https_page_connects_with_wss(page, https_server):
+    open_page(page, f"https://{HOST}:{https_server.port}/", "wss")
+    expect(page.locator("#page-secure")).to_have_text("https (secure)")
+    expect(page.locator('#welcome dd[data-key="secure"]')).to_have_text("yes")
+    assert page.evaluate("window.realtime.state().welcome.secure") is True
+
+
+def test_an_http_page_connects_with_ws(page, http_server):
+    open_page(page, f"http://{HOST}:{http_server.port}/", "ws")
+    expect(page.locator("#page-secure")).to_have_text("http (not secure)")
+    expect(page.locator('#welcome dd[data-key="secure"]')).to_have_text("no")
+
+
+def test_an_https_page_may_not_open_ws_but_may_open_wss(page, https_server):
+    port = https_server.port
+    open_page(page, f"https://{HOST}:{port}/", "wss")
+    insecure = page.evaluate(
+        """url => { try { new WebSocket(url); return "opened"; }
+                    catch (e) { return e.name + ": " + e.message; } }""",
+        f"ws://{HOST}:{port}/ws/",
+    )
+    assert insecure.startswith("SecurityError"), insecure
+    assert "insecure WebSocket connection" in insecure
+    secure = page.evaluate(
+        """url => new Promise(resolve => {
+                const socket = new WebSocket(url);
+                socket.onmessage = event => { resolve(JSON.parse(event.data)); socket.close(); };
+                socket.onerror = () => resolve("error");
+           })""",
+        f"wss://{HOST}:{port}/ws/",
+    )
+    assert secure["type"] == "welcome"
+    assert secure["secure"] is True
