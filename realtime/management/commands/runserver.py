@@ -6,12 +6,14 @@ WebSocket scopes carry the real scheme.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from daphne.management.commands.runserver import Command as DaphneRunserverCommand
 from django.conf import settings
 from django.core.management import CommandError
+from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from realtime.server import RealtimeServer
 from realtime.tls import DevCertError, ensure_dev_certificate, ssl_endpoint
@@ -63,6 +65,8 @@ class Command(DaphneRunserverCommand):
             )
         except DevCertError as exc:
             raise CommandError(str(exc)) from exc
+        if os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
+            return result.paths.cert, result.paths.key  # the reloader's parent said it already
         verb = "Issued" if result.leaf_issued else "Using"
         self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
         if result.ca_created:
