@@ -38,3 +38,14 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if value.strip() == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def envhostports(name: str) -> list[tuple[str, int]]:
+    """A comma-separated list of host:port pairs."""
+    pairs = []
+    for entry in envlist(name, []):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name} entries must be host:port, not {entry!r}.")
+        pairs.append((host, int(port)))
+    return pairs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from project.env import SettingsError, envbool, envint, envlist
+from project.env import SettingsError, envbool, envhostports, envint, envlist
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -103,19 +103,40 @@ STORAGES = {
 # --- Channels -------------------------------------------------------------------------------
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+REDIS_SENTINELS = envhostports("REDIS_SENTINELS")
+# "pubsub": one PUBLISH per group, each worker fans out to its own sockets (docs/deployment.md
+# has the measurements behind this default). "core": one stored message per socket.
+REDIS_CHANNEL_LAYERS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "pubsub")
+if REDIS_CHANNEL_LAYER not in REDIS_CHANNEL_LAYERS:
+    raise SettingsError(f"REDIS_CHANNEL_LAYER must be pubsub or core, not {REDIS_CHANNEL_LAYER!r}.")
+
+
+def redis_host() -> dict[str, object]:
+    """channels-redis host settings from REDIS_URL, or from REDIS_SENTINELS for Sentinel HA."""
+    # socket_timeout=None: redis-py 8's 5 s default equals the core layer's blocking-pop
+    # timeout, so every idle socket would be dropped with 1011 (channels_redis#422).
+    if REDIS_SENTINELS:
+        master = os.environ.get("REDIS_SENTINEL_MASTER", "mymaster")
+        host: dict[str, object] = {"sentinels": REDIS_SENTINELS, "master_name": master}
+        if os.environ.get("REDIS_PASSWORD"):
+            host["password"] = os.environ["REDIS_PASSWORD"]
+        return {**host, "socket_timeout": None}
     if not REDIS_URL.startswith(("redis://", "rediss://")):
         raise SettingsError(
             f"REDIS_URL must start with redis:// or rediss://, not {REDIS_URL.split(':')[0]!r}."
         )
+    return {"address": REDIS_URL, "socket_timeout": None}
+
+
+if REDIS_URL or REDIS_SENTINELS:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # socket_timeout=None: redis-py 8's 5 s default equals the layer's blocking-pop
-                # timeout, so every idle socket would be dropped with 1011 (channels_redis#422).
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-            },
+            "BACKEND": REDIS_CHANNEL_LAYERS[REDIS_CHANNEL_LAYER],
+            "CONFIG": {"hosts": [redis_host()]},
         }
     }
 else:

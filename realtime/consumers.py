@@ -1,4 +1,4 @@
-"""The WebSocket consumer behind /ws/: welcome, ping, error replies and group messages."""
+"""The WebSocket consumer behind /ws/: welcome, ping, error replies and broadcasts."""
 
 from __future__ import annotations
 
@@ -6,20 +6,31 @@ from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from realtime import protocol
+from realtime import presence, protocol
+from realtime.broadcast import audiences_for, group_for
 from realtime.worker import worker_id
-
-# Every socket joins this group; a group event {"type": "realtime.send", "text": ...} reaches
-# them all. The text is serialized once by the sender, not once per socket.
-EVERYONE_GROUP = "realtime.everyone"
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
-    groups = [EVERYONE_GROUP]
+    audiences: list[str] = []
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        # Audience is decided here, on the server, from the session's user: a socket joins
+        # only the groups of the audiences it belongs to.
+        self.audiences = audiences_for(self.scope.get("user"))
+        self.groups = [group_for(audience) for audience in self.audiences]
+        await super().websocket_connect(message)
 
     async def connect(self) -> None:
         await self.accept()
+        presence.joined(self.audiences)
+        self._counted = True
         await self.send(text_data=self._welcome())
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "_counted", False):
+            presence.left(self.audiences)
+            self._counted = False
 
     def _welcome(self) -> str:
         user = self.scope.get("user")
@@ -47,5 +58,5 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=protocol.pong())
 
     async def realtime_send(self, event: dict[str, Any]) -> None:
-        """Group event: forward pre-serialized text to this socket."""
+        """Group event: forward text serialized once by the sender (realtime.broadcast)."""
         await self.send(text_data=event["text"])

@@ -5,8 +5,15 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from realtime.broadcast import recent_for
+
+RECENT_BROADCASTS = 5
+
 
 def index(request: HttpRequest) -> HttpResponse:
-    return render(
-        request, "realtime/index.html", {"ws_path": "/ws/", "page_secure": request.is_secure()}
-    )
+    context = {
+        "ws_path": "/ws/",
+        "page_secure": request.is_secure(),
+        "broadcasts": recent_for(request.user, RECENT_BROADCASTS),
+    }
+    return render(request, "realtime/index.html", context)

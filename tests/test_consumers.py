@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from realtime.consumers import EVERYONE_GROUP
+from realtime.broadcast import group_for
 from realtime.worker import worker_id
 
 SAME_ORIGIN = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
@@ -119,7 +119,7 @@ def test_a_group_message_reaches_every_socket_once():
         for communicator in sockets:
             await communicator.receive_json_from()
         await get_channel_layer().group_send(
-            EVERYONE_GROUP, {"type": "realtime.send", "text": text}
+            group_for("everyone"), {"type": "realtime.send", "text": text}
         )
         received = [await communicator.receive_from() for communicator in sockets]
         nothing_more = [await communicator.receive_nothing() for communicator in sockets]

@@ -23,9 +23,9 @@ def send_from_another_process(env: dict, redis_url: str, text: str) -> None:
     code = (
         "from asgiref.sync import async_to_sync\n"
         "from channels.layers import get_channel_layer\n"
-        "from realtime.consumers import EVERYONE_GROUP\n"
+        "from realtime.broadcast import group_for\n"
         f"event = {{'type': 'realtime.send', 'text': {text!r}}}\n"
-        "async_to_sync(get_channel_layer().group_send)(EVERYONE_GROUP, event)\n"
+        "async_to_sync(get_channel_layer().group_send)(group_for('everyone'), event)\n"
     )
     subprocess.run(
         [PYTHON, "manage.py", "shell", "-c", code],
@@ -38,7 +38,7 @@ def send_from_another_process(env: dict, redis_url: str, text: str) -> None:
 
 def test_the_server_uses_the_redis_layer(daphne_redis):
     log = daphne_redis.log()
-    assert "Channel layer: channels_redis.core.RedisChannelLayer" in log
+    assert "Channel layer: channels_redis.pubsub.RedisPubSubChannelLayer" in log
     assert "in-memory" not in log
     assert "redis://" not in log  # the URL may carry a password: never logged
 

@@ -75,7 +75,7 @@ def test_without_redis_url_the_layer_is_in_memory():
 def test_redis_and_rediss_urls_select_channels_redis_without_socket_timeout():
     for url in ("redis://127.0.0.1:6379/0", "rediss://:secret@cache.example:6380/0"):
         layers = setting("CHANNEL_LAYERS", DJANGO_DEBUG="1", REDIS_URL=url)
-        assert "channels_redis.core.RedisChannelLayer" in layers
+        assert "channels_redis.pubsub.RedisPubSubChannelLayer" in layers
         assert "'socket_timeout': None" in layers
 
 

@@ -226,20 +226,7 @@
     li.appendChild(typeEl);
 
     if (type === "broadcast" && payload) {
-      var level = LEVELS.indexOf(payload.level) >= 0 ? payload.level : "info";
-      li.className += " broadcast level-" + level;
-      li.setAttribute("data-broadcast-id", String(payload.id));
-      li.setAttribute("data-level", level);
-      var text = doc.createElement("p");
-      text.className = "broadcast-message";
-      text.textContent = payload.message == null ? "" : String(payload.message);
-      li.appendChild(text);
-      if (payload.sent_at) {
-        var sent = doc.createElement("span");
-        sent.className = "sent-at";
-        sent.textContent = "sent " + String(payload.sent_at);
-        li.appendChild(sent);
-      }
+      li.className += " level-" + levelOf(payload);
     } else if (type === "error") {
       li.className += " level-error";
     } else if (type === "(invalid)") {
@@ -254,6 +241,51 @@
     list.insertBefore(li, list.firstChild);
     while (list.children.length > MAX_MESSAGES) {
       list.removeChild(list.lastElementChild || list.lastChild);
+    }
+  }
+
+  function levelOf(payload) {
+    return LEVELS.indexOf(payload.level) >= 0 ? payload.level : "info";
+  }
+
+  // Broadcasts are listed newest (largest id) first, each id once, whatever order they
+  // arrive in: server-rendered on load, live, or replayed after a reconnect.
+  function showBroadcast(msg) {
+    var list = $("broadcasts");
+    var doc = global.document;
+    if (!list || !doc) {
+      return;
+    }
+    var level = levelOf(msg);
+    var li = doc.createElement("li");
+    li.className = "broadcast level-" + level;
+    li.setAttribute("data-broadcast-id", String(msg.id));
+    li.setAttribute("data-level", level);
+    var text = doc.createElement("p");
+    text.className = "broadcast-message";
+    text.textContent = msg.message == null ? "" : String(msg.message);
+    li.appendChild(text);
+    var sent = doc.createElement("time");
+    sent.className = "sent-at";
+    sent.setAttribute("datetime", String(msg.sent_at || ""));
+    sent.textContent = msg.sent_at ? new Date(msg.sent_at).toLocaleString() : "";
+    li.appendChild(sent);
+    var before = list.firstElementChild;
+    while (before && Number(before.getAttribute("data-broadcast-id")) > msg.id) {
+      before = before.nextElementSibling;
+    }
+    list.insertBefore(li, before);
+    var empty = $("no-broadcasts");
+    if (empty) {
+      empty.hidden = true;
+    }
+  }
+
+  function rememberRenderedBroadcasts() {
+    var list = $("broadcasts");
+    var items = list ? list.querySelectorAll("li[data-broadcast-id]") : [];
+    for (var i = 0; i < items.length; i++) {
+      rememberBroadcast(Number(items[i].getAttribute("data-broadcast-id")));
     }
   }
 
@@ -296,6 +328,7 @@
       if (id != null) {
         rememberBroadcast(id);
       }
+      showBroadcast(msg);
     } else if (type === "welcome") {
       state.welcome = msg;
       state.attempt = 0;
@@ -450,6 +483,7 @@
     started = true;
     state.path = readWsPath();
     renderPageSecure();
+    rememberRenderedBroadcasts();
     var ping = $("ping");
     if (ping) {
       ping.addEventListener("click", safe(function () {

@@ -1,0 +1,59 @@
+"""Redis clients for what the channel layer does not do (presence), on the layer's own Redis.
+
+Built from the channel layer's host configuration, so a `redis://`/`rediss://` URL and a
+Sentinel configuration both work. None when the in-memory layer is in use.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from django.conf import settings
+
+# Commands outside the layer are short; a dead Redis must not hang an admin page or a worker.
+TIMEOUT = 5.0
+
+
+def redis_host() -> dict[str, Any] | None:
+    """The first Redis host of the default channel layer, or None for the in-memory layer."""
+    config = settings.CHANNEL_LAYERS["default"]
+    if not config["BACKEND"].startswith("channels_redis."):
+        return None
+    return dict(config["CONFIG"]["hosts"][0])
+
+
+def _client_kwargs(host: dict[str, Any]) -> dict[str, Any]:
+    return {**host, "socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT}
+
+
+@cache
+def sync_client() -> redis.Redis | None:
+    host = redis_host()
+    if host is None:
+        return None
+    kwargs = _client_kwargs(host)
+    if "sentinels" in kwargs:
+        sentinel = redis.sentinel.Sentinel(
+            kwargs.pop("sentinels"), **kwargs.pop("sentinel_kwargs", {}) or {}
+        )
+        return sentinel.master_for(kwargs.pop("master_name"), **kwargs)
+    return redis.Redis.from_url(kwargs.pop("address"), **kwargs)
+
+
+def async_client() -> redis.asyncio.Redis | None:
+    """A new asyncio client (bound to the running event loop by its first use)."""
+    host = redis_host()
+    if host is None:
+        return None
+    kwargs = _client_kwargs(host)
+    if "sentinels" in kwargs:
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            kwargs.pop("sentinels"), **kwargs.pop("sentinel_kwargs", {}) or {}
+        )
+        return sentinel.master_for(kwargs.pop("master_name"), **kwargs)
+    return redis.asyncio.Redis.from_url(kwargs.pop("address"), **kwargs)
