@@ -24,7 +24,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from OpenSSL import crypto
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -93,10 +92,12 @@ def server_tls_options(
         raise ValueError(f"The private key {key_path} does not belong to {cert_path}.")
     if extra_chain is not None:
         chain += load_certificates(extra_chain)
+    # cryptography objects, not pyOpenSSL's X509/PKey wrappers: pyOpenSSL 26 deprecates those,
+    # and Twisted hands both kinds to the OpenSSL context unchanged.
     return CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key),
-        certificate=crypto.X509.from_cryptography(leaf),
-        extraCertChain=[crypto.X509.from_cryptography(cert) for cert in chain] or None,
+        privateKey=key,
+        certificate=leaf,
+        extraCertChain=chain or None,
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
 
@@ -180,6 +181,7 @@ class ReusePortTLSParser:
         reusePort: str = "no",
         extraCertChain: str | None = None,
     ) -> ReusePortTLSEndpoint:
+        port_number = _port_number(port)
         if not privateKey or not certKey:
             raise ValueError(f"{PREFIX}: both privateKey=FILE and certKey=FILE are required.")
         reuse_port = _yes_no("reusePort", reusePort)
@@ -187,7 +189,7 @@ class ReusePortTLSParser:
             raise ValueError(f"{PREFIX}: reusePort=yes needs SO_REUSEPORT, which is missing here.")
         return ReusePortTLSEndpoint(
             reactor,
-            _port_number(port),
+            port_number,
             server_tls_options(certKey, privateKey, extraCertChain),
             backlog=int(backlog),
             interface=interface,

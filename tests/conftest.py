@@ -210,3 +210,65 @@ async def receive_json(socket_: ClientConnection, timeout: float = 10) -> dict:
     import asyncio
 
     return json.loads(await asyncio.wait_for(socket_.recv(), timeout))
+
+
+def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
+    """A user in a server's database (alice: staff, bob: signed in); returns the password."""
+    password = f"pw-{username}-0123456789"
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        f"get_user_model().objects.create_user({username!r}, password={password!r}, "
+        f"is_staff={staff!r}, is_superuser={staff!r})\n"
+    )
+    subprocess.run(
+        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return password
+
+
+class BrowserSession:
+    """An HTTPS client with cookies that logs in and posts forms as a browser does (CSRF too)."""
+
+    def __init__(self, base_url: str, tls: ssl.SSLContext) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base_url = base_url
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=tls),
+            urllib.request.HTTPCookieProcessor(self.cookies),
+        )
+
+    def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        import urllib.parse
+        import urllib.request
+
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data)
+        if form is not None:
+            request.add_header("Origin", self.base_url)
+            request.add_header("Referer", self.base_url + path)
+        with self.opener.open(request, timeout=15) as response:
+            return response.status, response.read().decode()
+
+    def csrf_token(self, html: str) -> str:
+        marker = 'name="csrfmiddlewaretoken" value="'
+        return html.split(marker, 1)[1].split('"', 1)[0]
+
+    def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
+        _, html = self.request(path)
+        return self.request(path, {**fields, "csrfmiddlewaretoken": self.csrf_token(html)})
+
+    def login(self, username: str, password: str) -> None:
+        status, html = self.post_form(
+            "/accounts/login/", {"username": username, "password": password}
+        )
+        assert status == 200 and "sessionid" in self.cookie_header(), "login failed"
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.cookies)

@@ -1,0 +1,109 @@
+"""The admin path end to end: a real login and form post over HTTPS (CSRF included) to daphne
+on the Redis layer, and WSS clients that receive the broadcast by audience."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import (
+    BrowserSession,
+    create_user,
+    daphne_tls_args,
+    free_port,
+    receive_json,
+    ws_connect,
+)
+
+
+@pytest.fixture(scope="module")
+def site(start, dev_certs, redis_server, server_env):
+    alice = create_user(server_env, "alice", staff=True)
+    bob = create_user(server_env, "bob", staff=False)
+    port = free_port()
+    server = start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server)
+    return server, {"alice": alice, "bob": bob}
+
+
+def session_for(site, client_tls, username: str | None) -> BrowserSession:
+    server, passwords = site
+    session = BrowserSession(f"https://localhost:{server.port}", client_tls)
+    if username:
+        session.login(username, passwords[username])
+    return session
+
+
+def admin_send(session: BrowserSession, message: str, audience: str) -> str:
+    status, html = session.post_form(
+        "/admin/realtime/broadcast/add/",
+        {"message": message, "level": "success", "audience": audience},
+    )
+    assert status == 200, html
+    return html
+
+
+async def drain(socket_, timeout: float = 1.5) -> list[dict]:
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
+        except TimeoutError:
+            return messages
+
+
+def test_admin_broadcasts_reach_each_audience_and_nobody_else(site, client_tls):
+    server, _ = site
+    alice = session_for(site, client_tls, "alice")
+    bob = session_for(site, client_tls, "bob")
+    url = f"wss://localhost:{server.port}/ws/"
+
+    async def scenario():
+        async with (
+            ws_connect(url, client_tls) as anonymous,
+            ws_connect(url, client_tls, additional_headers={"Cookie": bob.cookie_header()}) as user,
+            ws_connect(
+                url, client_tls, additional_headers={"Cookie": alice.cookie_header()}
+            ) as staff,
+        ):
+            welcomes = [await receive_json(s) for s in (anonymous, user, staff)]
+            for audience in ("staff", "authenticated", "everyone", "everyone"):
+                await asyncio.to_thread(admin_send, alice, f"to {audience}", audience)
+            seen = [[m["message"] for m in await drain(s)] for s in (anonymous, user, staff)]
+            return welcomes, seen
+
+    welcomes, (anonymous, user, staff) = asyncio.run(scenario())
+    assert [w["user"] for w in welcomes] == [None, "bob", "alice"]
+    assert anonymous == ["to everyone", "to everyone"]
+    assert user == ["to authenticated", "to everyone", "to everyone"]
+    assert staff == ["to staff", "to authenticated", "to everyone", "to everyone"]
+
+
+def test_the_admin_list_shows_sender_and_recipients_and_presence(site, client_tls):
+    server, _ = site
+    alice = session_for(site, client_tls, "alice")
+    url = f"wss://localhost:{server.port}/ws/"
+
+    async def scenario():
+        async with ws_connect(url, client_tls) as one, ws_connect(url, client_tls) as two:
+            await receive_json(one)
+            await receive_json(two)
+            await asyncio.sleep(0.5)  # presence is written to Redis within 0.2 s of a change
+            html = await asyncio.to_thread(admin_send, alice, "counted", "everyone")
+            await drain(one, 0.5)
+            return html
+
+    html = asyncio.run(scenario())
+    status, listing = alice.request("/admin/realtime/broadcast/")
+    assert status == 200
+    row = listing.split("counted", 1)[1].split("</tr>", 1)[0]
+    assert "alice" in row
+    assert '<td class="field-recipients">2</td>' in row
+    assert 'id="presence"' in html
+
+
+def test_a_signed_in_user_who_is_not_staff_cannot_broadcast(site, client_tls):
+    bob = session_for(site, client_tls, None)
+    status, html = bob.request("/admin/realtime/broadcast/add/")
+    assert status == 200 and "Log in" in html  # redirected to the login form
