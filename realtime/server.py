@@ -47,7 +47,7 @@ def describe_channel_layer() -> str:
             "REDIS_URL is not set: using the in-memory channel layer, so broadcasts reach "
             "only the clients of this process. Set REDIS_URL to share them between processes."
         )
-    return f"Channel layer: {backend} (from REDIS_URL)."
+    return f"Channel layer: {backend}."
 
 
 class RealtimeServer(Server):

@@ -11,8 +11,9 @@ Its output, one line per event (tests and operators parse the first two):
     worker w1 started (pid 1234)
     worker w1 (pid 1234) exited with code -9; restarting in 1.0 s
     worker w1 could not start: <error>; retrying in 2.0 s
-    stopping 2 workers (SIGTERM, up to 10.0 s)
+    stopping 2 worker(s): SIGTERM, up to 10.0 s
     worker w1 (pid 1234) did not stop in time: SIGKILL
+    worker w1 (pid 1234) stopped with code -9
     all workers stopped
 """
 
@@ -55,11 +56,12 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     The setting survives exec. Elsewhere this is a no-op: stop the supervisor with SIGTERM.
     """
 
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not after
+
     def preexec() -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
             os._exit(1)
 
@@ -96,19 +98,21 @@ class Supervisor:
         self.grace = grace
         self.log = log or (lambda line: print(line, flush=True))
         self.stop_requests = 0
-        self.selector = selectors.DefaultSelector()
+        self.selector: selectors.BaseSelector | None = None
 
     # --- Running -----------------------------------------------------------------------------
 
     def run(self) -> int:
         """Start the workers and supervise them until asked to stop; then stop them. Returns 0."""
         with self._signals():
-            for worker in self.workers:
-                self._start(worker)
-            while not self.stop_requests:
-                self._reap_and_restart()
-                self._wait(self._next_timeout())
-            self._stop_all()
+            try:
+                for worker in self.workers:
+                    self._start(worker)
+                while not self.stop_requests:
+                    self._reap_and_restart()
+                    self._wait(self._next_timeout())
+            finally:
+                self._stop_all()
         return 0
 
     def _start(self, worker: Worker) -> None:
@@ -123,7 +127,8 @@ class Supervisor:
             )
         except OSError as exc:
             worker.process = None
-            self._schedule_restart(worker, 0.0, f"worker {worker.name} could not start: {exc}")
+            message = f"worker {worker.name} could not start: {exc}"
+            self._schedule_restart(worker, 0.0, message, "retrying")
             return
         self.log(f"worker {worker.name} started (pid {worker.process.pid})")
 
@@ -139,10 +144,11 @@ class Supervisor:
             elif worker.restart_at is not None and worker.restart_at <= now:
                 self._start(worker)
 
-    def _schedule_restart(self, worker: Worker, ran_for: float, message: str) -> None:
+    def _schedule_restart(
+        self, worker: Worker, ran_for: float, message: str, verb: str = "restarting"
+    ) -> None:
         worker.delay = restart_delay(worker.delay, ran_for)
         worker.restart_at = time.monotonic() + worker.delay
-        verb = "retrying" if worker.started_at and ran_for == 0.0 else "restarting"
         self.log(f"{message}; {verb} in {worker.delay:.1f} s")
 
     def _next_timeout(self) -> float:
@@ -158,22 +164,24 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         running = self._running()
-        self.log(f"stopping {len(running)} workers (SIGTERM, up to {self.grace:.1f} s)")
+        self.log(f"stopping {len(running)} worker(s): SIGTERM, up to {self.grace:.1f} s")
         for worker in running:
             self._signal(worker, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        # A second SIGTERM/SIGINT (Ctrl-C twice) cuts the grace period short.
-        while self._running() and time.monotonic() < deadline and self.stop_requests < 2:
-            self._wait(min(0.5, deadline - time.monotonic()))
+        self._wait_for_exits(time.monotonic() + self.grace)
         for worker in self._running():
-            self.log(
-                f"worker {worker.name} (pid {worker.process.pid}) did not stop in time: SIGKILL"
-            )
+            pid = worker.process.pid
+            self.log(f"worker {worker.name} (pid {pid}) did not stop in time: SIGKILL")
             self._signal(worker, signal.SIGKILL)
         for worker in self.workers:
             if worker.process is not None:
-                worker.process.wait()
+                code, pid = worker.process.wait(), worker.process.pid
+                self.log(f"worker {worker.name} (pid {pid}) stopped with code {code}")
         self.log("all workers stopped")
+
+    def _wait_for_exits(self, deadline: float) -> None:
+        # A second SIGTERM/SIGINT (Ctrl-C twice) cuts the grace period short.
+        while self._running() and time.monotonic() < deadline and self.stop_requests < 2:
+            self._wait(min(0.5, deadline - time.monotonic()))
 
     @staticmethod
     def _signal(worker: Worker, signum: int) -> None:
@@ -191,6 +199,7 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
+        self.selector = selectors.DefaultSelector()
         self.selector.register(read_fd, selectors.EVENT_READ)
         previous_fd = signal.set_wakeup_fd(write_fd)
         handlers = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGCHLD)}
@@ -204,12 +213,13 @@ class Supervisor:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_fd)
-            self.selector.unregister(read_fd)
+            self.selector.close()
             os.close(read_fd)
             os.close(write_fd)
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a signal arrives or `timeout` passes."""
+        assert self.selector is not None
         for key, _ in self.selector.select(timeout):
             with contextlib.suppress(BlockingIOError):
                 while os.read(key.fd, 512):

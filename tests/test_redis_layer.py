@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, daphne_tls_args, free_port, receive_json, ws_connect
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    daphne_tls_args,
+    free_port,
+    receive_json,
+    wait_for_port,
+    ws_connect,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +82,51 @@ def test_an_idle_socket_outlives_redis_pys_socket_timeout(daphne_redis, client_t
     reply, idle = asyncio.run(scenario())
     assert reply == {"type": "pong"}
     assert idle >= 12
+
+
+@pytest.fixture(scope="module")
+def sentinel(redis_server, tmp_path_factory):
+    """A real Redis Sentinel watching the private redis-server as master "realtime"."""
+    master_port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    port = free_port()
+    config = tmp_path_factory.mktemp("sentinel") / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\nsentinel monitor realtime 127.0.0.1 {master_port} 1\n"
+    )
+    process = subprocess.Popen(
+        ["redis-server", str(config), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process, 10)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_broadcasts_travel_through_a_sentinel_managed_redis(
+    start, dev_certs, sentinel, client_tls, server_env
+):
+    port = free_port()
+    sentinel_env = {"REDIS_SENTINELS": sentinel, "REDIS_SENTINEL_MASTER": "realtime"}
+    server = start(daphne_tls_args(port, dev_certs), port, **sentinel_env)
+    code = "from realtime import broadcast\nbroadcast.send('via sentinel')\n"
+
+    async def scenario():
+        async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
+            await receive_json(socket_)
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+                cwd=ROOT,
+                env={**server_env, **sentinel_env},
+                capture_output=True,
+                text=True,
+            )
+            assert result.returncode == 0, result.stderr
+            return await receive_json(socket_)
+
+    assert asyncio.run(scenario())["message"] == "via sentinel"
+    assert "Channel layer: channels_redis.pubsub.RedisPubSubChannelLayer" in server.log()

@@ -106,3 +106,25 @@ def test_daphne_without_a_secret_key_names_the_variable(server_env):
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_redis_sentinels_configure_channels_redis_for_high_availability():
+    layers = setting(
+        "CHANNEL_LAYERS",
+        DJANGO_DEBUG="1",
+        REDIS_SENTINELS="10.0.0.1:26379, 10.0.0.2:26379",
+        REDIS_SENTINEL_MASTER="realtime",
+    )
+    assert "'sentinels': [('10.0.0.1', 26379), ('10.0.0.2', 26379)]" in layers
+    assert "'master_name': 'realtime'" in layers
+
+
+def test_the_layer_class_can_be_chosen():
+    layers = setting(
+        "CHANNEL_LAYERS", DJANGO_DEBUG="1", REDIS_URL="redis://h:1/0", REDIS_CHANNEL_LAYER="core"
+    )
+    assert "channels_redis.core.RedisChannelLayer" in layers
+    result = manage(
+        "check", DJANGO_DEBUG="1", REDIS_URL="redis://h:1/0", REDIS_CHANNEL_LAYER="kafka"
+    )
+    assert "REDIS_CHANNEL_LAYER must be pubsub or core" in result.stderr

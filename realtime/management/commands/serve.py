@@ -1,0 +1,138 @@
+"""`serve`: N daphne workers on one public TLS port, supervised, for production.
+
+    python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F
+
+Each worker is `daphne -e realtime:PORT:...:reusePort=yes project.asgi:application`: the same
+port and certificate in every worker, SO_REUSEPORT so that the kernel spreads connections over
+them (realtime/endpoints.py), and the Redis channel layer between them. realtime/supervisor.py
+restarts a worker that dies and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from realtime.endpoints import reuseport_endpoint, server_tls_options
+from realtime.management.commands.runserver import certificate_names
+from realtime.supervisor import DEFAULT_GRACE, Supervisor
+from realtime.tls import DevCertError, ensure_dev_certificate
+
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+APPLICATION = "project.asgi:application"
+
+
+def daphne_path() -> Path:
+    """The daphne script next to this Python (the virtualenv's own)."""
+    return Path(sys.executable).with_name("daphne")
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind the port once as the workers will (SO_REUSEPORT), to fail early and clearly."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+    except OSError as exc:
+        hint = ""
+        if port < 1024:
+            hint = " Ports below 1024 need root or CAP_NET_BIND_SERVICE (docs/deployment.md)."
+        raise CommandError(f"Cannot listen on {host} port {port}: {exc}.{hint}") from None
+
+
+class Command(BaseCommand):
+    help = (
+        "Serves HTTPS and WSS with N supervised daphne workers sharing one TLS port "
+        "(SO_REUSEPORT). More than one worker needs REDIS_URL."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="Number of daphne processes (default 1; one per CPU core is a good start).",
+        )
+        parser.add_argument("--port", type=int, default=8443, help="TLS port (default 8443).")
+        parser.add_argument(
+            "--host",
+            default="127.0.0.1",
+            help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all IPv4, :: for IPv6).",
+        )
+        parser.add_argument("--cert", help="PEM certificate, optionally followed by its chain.")
+        parser.add_argument("--key", help="PEM private key of --cert.")
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=DEFAULT_GRACE,
+            help=f"Seconds the workers get to stop before SIGKILL (default {DEFAULT_GRACE}).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        workers, port = options["workers"], options["port"]
+        host = options["host"].removeprefix("[").removesuffix("]")
+        self._check_options(workers, port)
+        cert, key = self._tls_files(options["cert"], options["key"])
+        check_can_listen(host, port)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        endpoint = reuseport_endpoint(port, cert.resolve(), key.resolve(), interface=host)
+        shown = f"[{host}]" if ":" in host else host
+        self.stdout.write(f"Serving https://{shown}:{port}/ with {workers} daphne worker(s).")
+        supervisor = Supervisor(
+            [str(daphne_path()), "-e", endpoint, APPLICATION],
+            workers,
+            cwd=settings.BASE_DIR,
+            grace=options["grace"],
+            log=self._log,
+        )
+        supervisor.run()
+
+    def _log(self, line: str) -> None:
+        self.stdout.write(line)
+        self.stdout.flush()
+
+    def _check_options(self, workers: int, port: int) -> None:
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        if not 1 <= port <= 65535:
+            raise CommandError("--port must be from 1 to 65535.")
+        if workers > 1 and settings.CHANNEL_LAYERS["default"]["BACKEND"] == IN_MEMORY_LAYER:
+            raise CommandError(
+                f"--workers {workers} needs a shared channel layer: the in-memory layer only "
+                "works inside one process, so broadcasts would not reach the other workers' "
+                "clients. Set REDIS_URL (redis:// or rediss://), or use --workers 1."
+            )
+        if not daphne_path().is_file():
+            raise CommandError(f"{daphne_path()} not found: install daphne in this virtualenv.")
+
+    def _tls_files(self, cert: str | None, key: str | None) -> tuple[Path, Path]:
+        """The given certificate and key, or the dev certificate (created when missing)."""
+        if bool(cert) != bool(key):
+            raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
+        files = (Path(cert), Path(key)) if cert and key else self._dev_certificate()
+        try:
+            server_tls_options(*files)  # reads and checks both files, as each worker will
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return files
+
+    def _dev_certificate(self) -> tuple[Path, Path]:
+        try:
+            result = ensure_dev_certificate(
+                settings.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
+            )
+        except DevCertError as exc:
+            raise CommandError(str(exc)) from exc
+        verb = "Issued" if result.leaf_issued else "Using"
+        self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
+        return result.paths.cert, result.paths.key

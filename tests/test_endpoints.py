@@ -1,0 +1,154 @@
+"""The `realtime:` Twisted endpoint: its string builder, its parser plugin and its TLS settings.
+
+Parsing goes through Twisted's own `serverFromString`, which finds the parser through
+twisted/plugins/realtime_endpoints.py at the repository root, as daphne does; a MemoryReactor
+records what the endpoint asks the reactor for. The last test runs the real daphne command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from twisted.internet import tcp
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+
+from realtime.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
+from realtime.tls import DevCertPaths
+from tests.conftest import DAPHNE, ROOT, free_port, receive_json, ws_connect
+
+
+def test_the_builder_escapes_paths_and_adds_reuse_port():
+    endpoint = reuseport_endpoint(443, Path("/etc/tls/a:b=c.pem"), Path("/etc/tls/k\\ey.pem"))
+    assert endpoint == (
+        "realtime:443:privateKey=/etc/tls/k\\\\ey.pem:certKey=/etc/tls/a\\:b\\=c.pem:reusePort=yes"
+    )
+
+
+@pytest.mark.parametrize("interface", ["::1", "[::1]"])
+def test_the_builder_escapes_an_ipv6_interface(interface):
+    endpoint = reuseport_endpoint(8443, "c.pem", "k.pem", interface=interface)
+    assert endpoint == (
+        "realtime:8443:privateKey=k.pem:certKey=c.pem:interface=\\:\\:1:reusePort=yes"
+    )
+
+
+@pytest.mark.parametrize("port", [-1, 65536, "8443", True])
+def test_the_builder_refuses_a_bad_port(port):
+    with pytest.raises(ValueError, match="port"):
+        reuseport_endpoint(port, "c.pem", "k.pem")
+
+
+def test_the_plugin_directory_does_not_shadow_twisted():
+    import twisted
+    import twisted.plugins
+
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+    assert Path(twisted.__file__).parent != ROOT / "twisted"
+    assert str(ROOT / "twisted" / "plugins") in twisted.plugins.__path__
+
+
+def parse(description: str) -> tuple[ReusePortTLSEndpoint, MemoryReactor]:
+    reactor = MemoryReactor()
+    return serverFromString(reactor, description), reactor
+
+
+def test_serverfromstring_finds_the_plugin(dev_certs: DevCertPaths):
+    endpoint, reactor = parse(reuseport_endpoint(8443, dev_certs.cert, dev_certs.key, "::1"))
+    assert isinstance(endpoint, ReusePortTLSEndpoint)
+    assert (endpoint.port, endpoint.interface, endpoint.reuse_port) == (8443, "::1", True)
+
+
+def test_listen_passes_a_reuse_port_binding_to_listenssl(dev_certs: DevCertPaths):
+    endpoint, reactor = parse(reuseport_endpoint(0, dev_certs.cert, dev_certs.key, "127.0.0.1"))
+    listening = []
+    endpoint.listen(Factory()).addCallback(listening.append)
+    assert len(listening) == 1
+    [(binding, _, options, backlog, interface)] = reactor.sslServers
+    assert options is endpoint.tls_options
+    assert (backlog, interface) == (50, "127.0.0.1")
+    # What tcp.Port (which listenSSL builds) makes of that Binding: both socket options set.
+    port = tcp.Port(binding, Factory(), backlog, interface, reactor=reactor)
+    with port.createInternetSocket() as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+
+
+def test_reuse_port_is_off_unless_asked_for(dev_certs: DevCertPaths):
+    endpoint, reactor = parse(f"realtime:0:privateKey={dev_certs.key}:certKey={dev_certs.cert}")
+    endpoint.listen(Factory())
+    [(binding, *_)] = reactor.sslServers
+    port = tcp.Port(binding, Factory(), reactor=reactor)
+    with port.createInternetSocket() as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+
+
+def test_reuse_port_takes_yes_or_no(dev_certs: DevCertPaths):
+    description = f"realtime:0:privateKey={dev_certs.key}:certKey={dev_certs.cert}"
+    with pytest.raises(ValueError, match="reusePort must be yes or no, not 'maybe'"):
+        parse(description + ":reusePort=maybe")
+
+
+def test_the_key_and_certificate_options_are_required(dev_certs: DevCertPaths):
+    with pytest.raises(ValueError, match="both privateKey=FILE and certKey=FILE are required"):
+        parse(f"realtime:8443:certKey={dev_certs.cert}")
+
+
+def test_a_missing_certificate_names_the_file(dev_certs: DevCertPaths, tmp_path: Path):
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match=f"Cannot read the certificate file {missing}"):
+        parse(reuseport_endpoint(8443, missing, dev_certs.key))
+
+
+def test_a_missing_key_names_the_file(dev_certs: DevCertPaths, tmp_path: Path):
+    missing = tmp_path / "missing-key.pem"
+    with pytest.raises(ValueError, match=f"Cannot read the private key file {missing}"):
+        server_tls_options(dev_certs.cert, missing)
+
+
+def test_an_unreadable_key_is_named_and_never_shown(dev_certs: DevCertPaths, tmp_path: Path):
+    bad = tmp_path / "bad-key.pem"
+    secret = "c2VjcmV0IGtleSBtYXRlcmlhbA=="
+    bad.write_text(f"-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ValueError) as info:
+        server_tls_options(dev_certs.cert, bad)
+    assert str(bad) in str(info.value)
+    assert secret not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_key_of_another_certificate_is_refused(dev_certs: DevCertPaths):
+    with pytest.raises(ValueError, match="does not belong to"):
+        server_tls_options(dev_certs.cert, dev_certs.ca_key)
+
+
+def test_the_certificate_file_may_hold_the_chain(dev_certs: DevCertPaths, tmp_path: Path):
+    chain = tmp_path / "fullchain.pem"
+    chain.write_bytes(dev_certs.cert.read_bytes() + dev_certs.ca_cert.read_bytes())
+    options = server_tls_options(chain, dev_certs.key, extra_chain=dev_certs.ca_cert)
+    assert options.certificate == x509.load_pem_x509_certificate(dev_certs.cert.read_bytes())
+    assert len(options.extraCertChain) == 2
+    options.getContext()  # OpenSSL accepts the certificate, key and chain
+
+
+def test_plain_daphne_serves_wss_with_the_realtime_endpoint(start, dev_certs, client_tls):
+    """The command in docs/deployment.md: daphne from the project root finds the plugin."""
+    port = free_port()
+    endpoint = reuseport_endpoint(port, dev_certs.cert, dev_certs.key, "127.0.0.1")
+    server = start([DAPHNE, "-e", endpoint, "project.asgi:application"], port)
+
+    async def scenario():
+        async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
+            return await receive_json(socket_)
+
+    welcome = asyncio.run(scenario())
+    assert welcome["secure"] is True
+    assert welcome["scheme"] == "wss"
+    assert welcome["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
+    assert "Traceback" not in server.log()
