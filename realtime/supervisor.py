@@ -53,9 +53,9 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     (a pipe would need code in the worker watching it) and it also covers a SIGKILLed
     supervisor, which can run no clean-up. SIGKILL rather than SIGTERM: with no supervisor
     left, a worker that hung on to the shared port would take connections unsupervised.
-    The setting survives exec. Elsewhere this is a no-op: stop the supervisor with SIGTERM.
+    The setting survives exec; it fires when the forking thread ends, and the supervisor only
+    forks from its main thread. Elsewhere this is a no-op: stop the supervisor with SIGTERM.
     """
-
     if not sys.platform.startswith("linux"):
         return lambda: None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not after

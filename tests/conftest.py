@@ -217,8 +217,10 @@ def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
     password = f"pw-{username}-0123456789"
     code = (
         "from django.contrib.auth import get_user_model\n"
-        f"get_user_model().objects.create_user({username!r}, password={password!r}, "
-        f"is_staff={staff!r}, is_superuser={staff!r})\n"
+        f"user, _ = get_user_model().objects.get_or_create(username={username!r})\n"
+        f"user.is_staff = user.is_superuser = {staff!r}\n"
+        f"user.set_password({password!r})\n"
+        "user.save()\n"
     )
     subprocess.run(
         [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from realtime.tls import ensure_dev_certificate
-from tests.conftest import PYTHON, ROOT, daphne_tls_args, free_port
+from tests.conftest import PYTHON, ROOT, create_user, daphne_tls_args, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -50,10 +50,13 @@ def app_test_certs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def https_server(start, app_test_certs):
+def https_server(start, app_test_certs, redis_server):
     port = free_port()
     return start(
-        daphne_tls_args(port, app_test_certs), port, DJANGO_ALLOWED_HOSTS=f"{HOST},localhost"
+        daphne_tls_args(port, app_test_certs),
+        port,
+        DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
+        REDIS_URL=redis_server,
     )
 
 
@@ -137,3 +140,38 @@ def test_an_https_page_may_not_open_ws_but_may_open_wss(page, https_server):
     )
     assert secure["type"] == "welcome"
     assert secure["secure"] is True
+
+
+def admin_broadcast(page: Page, base: str, message: str, audience: str) -> None:
+    page.goto(f"{base}/admin/realtime/broadcast/add/")
+    page.fill("#id_message", message)
+    page.select_option("#id_level", "warning")
+    page.select_option("#id_audience", audience)
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+
+
+def test_an_admin_broadcast_appears_live_and_staff_only_ones_do_not(
+    browser, page, https_server, server_env
+):
+    password = create_user(server_env, "alice", staff=True)
+    base = f"https://{HOST}:{https_server.port}"
+    open_page(page, base + "/", "wss")
+
+    staff_context = browser.new_context()
+    admin = staff_context.new_page()
+    admin.goto(f"{base}/admin/login/?next=/admin/")
+    admin.fill("#id_username", "alice")
+    admin.fill("#id_password", password)
+    admin.click("input[type=submit]")
+    expect(admin.locator("#user-tools")).to_contain_text("alice")
+
+    admin_broadcast(admin, base, "Staff eyes only", "staff")
+    admin_broadcast(admin, base, "Hello, everyone", "everyone")
+    staff_context.close()
+
+    newest = page.locator("#broadcasts li").first
+    expect(newest).to_contain_text("Hello, everyone", timeout=10_000)
+    expect(newest).to_have_attribute("data-level", "warning")
+    expect(page.locator("#broadcasts")).not_to_contain_text("Staff eyes only")
+    assert page.locator("#broadcasts li", has_text="Hello, everyone").count() == 1

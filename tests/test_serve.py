@@ -63,9 +63,7 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> ob
     return asyncio.run(eventually(condition, timeout, what))
 
 
-async def welcomed(
-    stack: contextlib.AsyncExitStack, url: str, tls
-) -> tuple[str, ClientConnection]:
+async def welcomed(stack: contextlib.AsyncExitStack, url: str, tls) -> tuple[str, ClientConnection]:
     socket_ = await stack.enter_async_context(ws_connect(url, tls))
     welcome = await receive_json(socket_)
     assert welcome["secure"] is True
