@@ -14,6 +14,10 @@ from project.asgi import application
 from realtime.broadcast import group_for
 from realtime.worker import worker_id
 
+# Channels closes stale database connections around each consumer event, so even consumers
+# that run no query touch the connection.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 SAME_ORIGIN = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
 
 
