@@ -17,16 +17,14 @@ from typing import Any
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from realtime import presence, protocol
 from realtime.models import Broadcast
+from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.broadcast")
-
-IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 
 
 class LayerUnavailable(Exception):
@@ -92,7 +90,7 @@ def publish(broadcast: Broadcast) -> bool:
 
 def check_layer_reaches_other_processes() -> None:
     """Raise LayerUnavailable unless a broadcast from this process can reach the servers."""
-    if settings.CHANNEL_LAYERS["default"]["BACKEND"] == IN_MEMORY_LAYER:
+    if redis_host() is None:
         raise LayerUnavailable(
             "The channel layer is the in-memory one, which only works inside one process, so "
             "a broadcast from here cannot reach the server processes. Set REDIS_URL (the same "

@@ -97,6 +97,11 @@ def general_name(host: str) -> GeneralName:
     return x509.DNSName(name)
 
 
+def certificate_names(allowed_hosts: list[str]) -> list[str]:
+    """The ALLOWED_HOSTS entries a certificate can name (no wildcards or subdomain patterns)."""
+    return [host for host in allowed_hosts if host != "*" and not host.startswith(".")]
+
+
 def name_text(name: GeneralName) -> str:
     """A SAN entry as text; IP addresses in their canonical form."""
     return str(name.value)

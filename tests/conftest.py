@@ -6,6 +6,7 @@ starts them. Clients verify certificates against the test's own dev CA, never CE
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -207,8 +208,6 @@ async def ws_connect(url: str, tls: ssl.SSLContext | None = None, **kwargs) -> C
 
 
 async def receive_json(socket_: ClientConnection, timeout: float = 10) -> dict:
-    import asyncio
-
     return json.loads(await asyncio.wait_for(socket_.recv(), timeout))
 
 
@@ -274,3 +273,21 @@ class BrowserSession:
 
     def cookie_header(self) -> str:
         return "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+
+
+def admin_send(session: BrowserSession, message: str, audience: str) -> str:
+    status, html = session.post_form(
+        "/admin/realtime/broadcast/add/",
+        {"message": message, "level": "success", "audience": audience},
+    )
+    assert status == 200, html
+    return html
+
+
+async def drain(socket_, timeout: float = 1.5) -> list[dict]:
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
+        except TimeoutError:
+            return messages

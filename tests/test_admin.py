@@ -4,14 +4,15 @@ on the Redis layer, and WSS clients that receive the broadcast by audience."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from tests.conftest import (
     BrowserSession,
+    admin_send,
     create_user,
     daphne_tls_args,
+    drain,
     free_port,
     receive_json,
     ws_connect,
@@ -33,24 +34,6 @@ def session_for(site, client_tls, username: str | None) -> BrowserSession:
     if username:
         session.login(username, passwords[username])
     return session
-
-
-def admin_send(session: BrowserSession, message: str, audience: str) -> str:
-    status, html = session.post_form(
-        "/admin/realtime/broadcast/add/",
-        {"message": message, "level": "success", "audience": audience},
-    )
-    assert status == 200, html
-    return html
-
-
-async def drain(socket_, timeout: float = 1.5) -> list[dict]:
-    messages = []
-    while True:
-        try:
-            messages.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
-        except TimeoutError:
-            return messages
 
 
 def test_admin_broadcasts_reach_each_audience_and_nobody_else(site, client_tls):

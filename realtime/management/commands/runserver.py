@@ -16,12 +16,7 @@ from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from realtime.server import RealtimeServer
-from realtime.tls import DevCertError, ensure_dev_certificate, ssl_endpoint
-
-
-def certificate_names(allowed_hosts: list[str]) -> list[str]:
-    """The ALLOWED_HOSTS entries a certificate can name (no wildcards or subdomain patterns)."""
-    return [host for host in allowed_hosts if host != "*" and not host.startswith(".")]
+from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate, ssl_endpoint
 
 
 class Command(DaphneRunserverCommand):

@@ -20,11 +20,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.endpoints import reuseport_endpoint, server_tls_options
-from realtime.management.commands.runserver import certificate_names
+from realtime.redis_client import redis_host
 from realtime.supervisor import DEFAULT_GRACE, Supervisor
-from realtime.tls import DevCertError, ensure_dev_certificate
+from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
 
-IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 APPLICATION = "project.asgi:application"
 
 
@@ -106,7 +105,7 @@ class Command(BaseCommand):
             raise CommandError("--workers must be at least 1.")
         if not 1 <= port <= 65535:
             raise CommandError("--port must be from 1 to 65535.")
-        if workers > 1 and settings.CHANNEL_LAYERS["default"]["BACKEND"] == IN_MEMORY_LAYER:
+        if workers > 1 and redis_host() is None:
             raise CommandError(
                 f"--workers {workers} needs a shared channel layer: the in-memory layer only "
                 "works inside one process, so broadcasts would not reach the other workers' "
