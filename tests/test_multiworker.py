@@ -68,6 +68,12 @@ def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
     return session
 
 
+def connected_now(session: BrowserSession) -> int:
+    """The admin's presence figure: clients connected now over all workers."""
+    _, html = session.request("/admin/realtime/broadcast/")
+    return int(re.search(r'data-audience="everyone">(\d+)<', html).group(1))
+
+
 def run_broadcast_command(env: dict, redis_url: str, message: str) -> None:
     result = subprocess.run(
         [PYTHON, "manage.py", "broadcast", message],
@@ -104,6 +110,9 @@ def test_every_client_on_both_workers_gets_admin_and_command_broadcasts_by_audie
             staff = await open_spread(
                 url, client_tls, 4, stack, additional_headers={"Cookie": alice.cookie_header()}
             )
+            await asyncio.to_thread(
+                wait_until, lambda: connected_now(alice) == 20, "presence of 20 clients"
+            )
             await asyncio.to_thread(admin_send, alice, "admin to everyone", "everyone")
             await asyncio.to_thread(admin_send, alice, "admin to staff", "staff")
             await asyncio.to_thread(
@@ -127,10 +136,11 @@ def test_every_client_on_both_workers_gets_admin_and_command_broadcasts_by_audie
 
 
 def test_a_worker_killed_with_sigkill_leaves_the_other_serving_and_comes_back(
-    served, client_tls, server_env, redis_server
+    served, client_tls, server_env, redis_server, users
 ):
     url = f"wss://localhost:{served.port}/ws/"
     before = worker_pids(served)
+    alice = logged_in(served.port, client_tls, "alice", users)
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
@@ -145,6 +155,13 @@ def test_a_worker_killed_with_sigkill_leaves_the_other_serving_and_comes_back(
                 run_broadcast_command, server_env, redis_server, "after the crash"
             )
             received = [await receive_json(s) for s in survivors]
+            # The dead worker's presence entry expires on its own (PRESENCE_TTL).
+            await asyncio.to_thread(
+                wait_until,
+                lambda: connected_now(alice) == len(survivors),
+                "the dead worker's clients to leave the presence count",
+                25,
+            )
             return victim, received
 
     victim, received = asyncio.run(scenario())
