@@ -34,6 +34,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 
 import django  # noqa: E402
+import redis  # noqa: E402
 
 django.setup()
 
@@ -92,6 +93,23 @@ class Clients:
         await asyncio.gather(*(s.close() for s in self.sockets), return_exceptions=True)
 
 
+def redis_calls(redis_url: str) -> dict[str, int]:
+    """Redis's own count of commands served, by command (INFO commandstats), and its bytes."""
+    client = redis.Redis.from_url(redis_url)
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+    network = client.info("stats")
+    client.close()
+    calls["bytes_in"] = network["total_net_input_bytes"]
+    calls["bytes_out"] = network["total_net_output_bytes"]
+    return calls
+
+
+def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    return {name: count for name, count in sorted(delta.items()) if count}
+
+
 async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int, rounds: int):
     layer = LAYERS[name](hosts=[{"address": redis_url, "socket_timeout": None}])
     clients = Clients(f"wss://localhost:{port}/ws/", tls, f"https://localhost:{port}")
@@ -100,6 +118,7 @@ async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int,
     open_seconds = time.perf_counter() - opened
     await asyncio.sleep(1)
     results = []
+    calls_before = redis_calls(redis_url)
     for seq in range(rounds):
         text = json.dumps({"type": "bench", "seq": seq, "message": "x" * 100})
         sent = time.perf_counter()
@@ -119,10 +138,21 @@ async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int,
             }
         )
         await asyncio.sleep(0.5)
+    # Includes the idle polling of the rounds' pauses (the core layer's blocking pops).
+    redis_per_round = {
+        command: round(count / rounds, 1)
+        for command, count in calls_between(calls_before, redis_calls(redis_url)).items()
+    }
     spread = {worker: clients.workers.count(worker) for worker in sorted(set(clients.workers))}
     await clients.close()
     await layer.flush()
-    return {"layer": name, "open_s": open_seconds, "workers": spread, "rounds": results}
+    return {
+        "layer": name,
+        "open_s": open_seconds,
+        "workers": spread,
+        "redis_commands_per_broadcast": redis_per_round,
+        "rounds": results,
+    }
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -201,6 +231,7 @@ def summarize(result: dict) -> dict:
         "max_ms": max(r["max_ms"] for r in rounds) if rounds else None,
         "lost": sum(r["lost"] for r in result["rounds"]),
         "messages": len(result["rounds"]) * sum(result["workers"].values()),
+        "redis_commands_per_broadcast": result["redis_commands_per_broadcast"],
     }
 
 
@@ -229,6 +260,9 @@ def main() -> None:
             f"| {row['layer']} | {row['workers']} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} "
             f"| {row['max_ms']:.0f} | {row['lost']} of {row['messages']} |"
         )
+    print("\nRedis commands per broadcast (INFO commandstats, the rounds' pauses included):")
+    for row in summary:
+        print(f"- {row['layer']}: {row['redis_commands_per_broadcast']}")
     out = ROOT / "bench" / "results" / "layer_fanout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {

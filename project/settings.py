@@ -149,6 +149,10 @@ else:
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = envint("REALTIME_WS_MAX_MESSAGE_SIZE", 64 * 1024)
 DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
 
+# Resume after a reconnect: how far back the server replays missed broadcasts (docs/protocol.md).
+REALTIME_RESUME_MAX_COUNT = envint("REALTIME_RESUME_MAX_COUNT", 500)
+REALTIME_RESUME_MAX_AGE = envint("REALTIME_RESUME_MAX_AGE", 3600)
+
 REALTIME_CERT_DIR = Path(os.environ.get("REALTIME_CERT_DIR", str(BASE_DIR / "certs")))
 
 # --- Security -------------------------------------------------------------------------------

@@ -11,12 +11,15 @@ layer, whatever the number of workers and sockets), forwarded as is by every con
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -102,6 +105,42 @@ def check_layer_reaches_other_processes() -> None:
         raise LayerUnavailable(f"Cannot reach Redis (REDIS_URL): {exc}") from None
 
 
+@dataclass
+class Replay:
+    """What a resuming client missed: the broadcasts' texts in id order, or why it cannot."""
+
+    texts: list[str]
+    latest: int
+    failure: str | None = None
+
+
+def missed_since(after: int, audiences: list[str]) -> Replay:
+    """The broadcasts of `audiences` with ids above `after`, within the resume window.
+
+    The window is REALTIME_RESUME_MAX_COUNT broadcasts and REALTIME_RESUME_MAX_AGE seconds;
+    a gap beyond it is a failure ("too_many" or "too_old") and the client should reload.
+    """
+    latest = Broadcast.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    if after > latest:
+        return Replay([], latest, "unknown_id")
+    limit = settings.REALTIME_RESUME_MAX_COUNT
+    missed = list(
+        Broadcast.objects.filter(id__gt=after, audience__in=audiences).order_by("id")[: limit + 1]
+    )
+    if len(missed) > limit:
+        return Replay([], latest, "too_many")
+    oldest_allowed = timezone.now() - timedelta(seconds=settings.REALTIME_RESUME_MAX_AGE)
+    if missed and missed[0].sent_at < oldest_allowed:
+        return Replay([], latest, "too_old")
+    return Replay([protocol.encode(b.as_message()) for b in missed], latest)
+
+
 def recent_for(user: Any, limit: int = 5) -> list[Broadcast]:
     """The latest broadcasts a user may see, newest first (for the page on load)."""
     return list(Broadcast.objects.filter(audience__in=audiences_for(user))[:limit])
+
+
+def latest_id_for(user: Any) -> int:
+    """The id of the newest broadcast a user may see, 0 if none: where its page resumes from."""
+    visible = Broadcast.objects.filter(audience__in=audiences_for(user))
+    return visible.order_by("-id").values_list("id", flat=True).first() or 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from realtime import presence, protocol
-from realtime.broadcast import audiences_for, group_for
+from realtime.broadcast import audiences_for, group_for, missed_since
 from realtime.worker import worker_id
 
 
@@ -56,6 +57,19 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         if message["type"] == "ping":
             await self.send(text_data=protocol.pong())
+        elif message["type"] == "resume":
+            await self._resume(message["after"])
+
+    async def _resume(self, after: int) -> None:
+        """Replay what this socket's audiences missed; live broadcasts may interleave, and
+        the client orders and de-duplicates by id."""
+        replay = await database_sync_to_async(missed_since)(after, self.audiences)
+        if replay.failure:
+            await self.send(text_data=protocol.resume_failed(after, replay.failure, replay.latest))
+            return
+        for text in replay.texts:
+            await self.send(text_data=text)
+        await self.send(text_data=protocol.resumed(after, len(replay.texts), replay.latest))
 
     async def realtime_send(self, event: dict[str, Any]) -> None:
         """Group event: forward text serialized once by the sender (realtime.broadcast)."""

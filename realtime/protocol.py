@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 PROTOCOL_VERSION = 1
-CLIENT_TYPES = frozenset({"ping"})
+CLIENT_TYPES = frozenset({"ping", "resume"})
 
 
 class ProtocolError(Exception):
@@ -37,6 +37,12 @@ def parse_client_message(text: str) -> dict[str, Any]:
     if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         known = ", ".join(sorted(CLIENT_TYPES))
         raise ProtocolError("unknown_type", f"Unknown message type {kind!r}; known: {known}.")
+    if kind == "resume":
+        after = message.get("after")
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ProtocolError(
+                "invalid_resume", '"after" must be the last broadcast id seen (>= 0).'
+            )
     return message
 
 
@@ -64,5 +70,26 @@ def welcome(*, scheme: str, worker: str, user: str | None, tls: dict[str, str] |
             "worker": worker,
             "user": user,
             "tls": tls and {"version": tls["tls_version"], "cipher": tls["cipher_suite"]},
+        }
+    )
+
+
+def resumed(after: int, replayed: int, latest: int) -> str:
+    return encode({"type": "resumed", "after": after, "replayed": replayed, "latest": latest})
+
+
+def resume_failed(after: int, reason: str, latest: int) -> str:
+    details = {
+        "too_many": "More broadcasts were missed than the server replays; reload the page.",
+        "too_old": "Missed broadcasts are older than the server replays; reload the page.",
+        "unknown_id": "That id is not known here (the server's history changed); reload.",
+    }
+    return encode(
+        {
+            "type": "resume_failed",
+            "after": after,
+            "reason": reason,
+            "latest": latest,
+            "detail": details[reason],
         }
     )

@@ -71,6 +71,8 @@
     welcome: null,
     lastBroadcastId: null,
     messageCount: 0,
+    resumes: 0,
+    resumeFailed: null,
   };
 
   var ws = null;
@@ -112,6 +114,8 @@
       welcome: state.welcome,
       lastBroadcastId: state.lastBroadcastId,
       messageCount: state.messageCount,
+      resumes: state.resumes,
+      resumeFailed: state.resumeFailed,
       readyState: ws ? ws.readyState : null,
     };
   }
@@ -282,6 +286,13 @@
   }
 
   function rememberRenderedBroadcasts() {
+    // The newest id visible when the page was rendered, even if none is listed: resuming
+    // from it covers what was sent between the page load and the first connection.
+    var body = global.document && global.document.body;
+    var rendered = body && body.getAttribute && body.getAttribute("data-last-broadcast-id");
+    if (rendered != null && rendered !== "" && !isNaN(Number(rendered))) {
+      state.lastBroadcastId = Number(rendered);
+    }
     var list = $("broadcasts");
     var items = list ? list.querySelectorAll("li[data-broadcast-id]") : [];
     for (var i = 0; i < items.length; i++) {
@@ -333,8 +344,29 @@
       state.welcome = msg;
       state.attempt = 0;
       renderWelcome(msg);
+      // On every (re)connect: ask for what was missed since the last broadcast seen.
+      send({ type: "resume", after: state.lastBroadcastId == null ? 0 : state.lastBroadcastId });
+    } else if (type === "resumed") {
+      state.resumes += 1;
+    } else if (type === "resume_failed") {
+      state.resumeFailed = msg;
+      reloadOnce();
     }
     addMessageItem(type, msg, data);
+  }
+
+  // The gap was larger than the server replays: a reload shows the current state. At most
+  // once a minute, so that a server that keeps refusing cannot put the page in a loop.
+  function reloadOnce() {
+    var storage = global.sessionStorage;
+    var last = storage ? Number(storage.getItem("realtime.reloadedAt") || 0) : 0;
+    if (Date.now() - last < 60000 || !global.location || !global.location.reload) {
+      return;
+    }
+    if (storage) {
+      storage.setItem("realtime.reloadedAt", String(Date.now()));
+    }
+    global.location.reload();
   }
 
   // ---------------------------------------------------------------- connection lifecycle
