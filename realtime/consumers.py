@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from realtime import presence, protocol
 from realtime.broadcast import audiences_for, group_for, missed_since
 from realtime.worker import worker_id
+
+logger = logging.getLogger("realtime.consumers")
+
+TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the server is overloaded or a dependency is down
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
@@ -20,7 +26,16 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # only the groups of the audiences it belongs to.
         self.audiences = audiences_for(self.scope.get("user"))
         self.groups = [group_for(audience) for audience in self.audiences]
-        await super().websocket_connect(message)
+        try:
+            await super().websocket_connect(message)
+        except (redis.RedisError, OSError) as exc:
+            # Redis is unreachable (restarting?): no broadcast could reach this socket. Say
+            # "try again later" instead of crashing; the client reconnects with backoff and
+            # resumes, so nothing is lost.
+            logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
+            self.groups = []
+            await self.accept()
+            await self.close(code=TRY_AGAIN_LATER)
 
     async def connect(self) -> None:
         await self.accept()
