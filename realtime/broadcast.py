@@ -21,6 +21,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from realtime import presence, protocol
@@ -28,6 +29,10 @@ from realtime.models import Broadcast
 from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.broadcast")
+
+# How much earlier than the last broadcast a client saw another one may have been published
+# and still reached it later (two processes publishing at once).
+REPLAY_SLACK = timedelta(seconds=2)
 
 
 class LayerUnavailable(Exception):
@@ -74,21 +79,55 @@ def send_broadcast(broadcast: Broadcast) -> Broadcast:
 
 
 def publish(broadcast: Broadcast) -> bool:
-    """Hand a stored broadcast to the channel layer. False, logged, when it cannot."""
+    """Hand a stored broadcast to the channel layer, once. False, logged, when it cannot.
+
+    Publishing first claims the broadcast (published_at from NULL to now) so that the sender
+    and the workers' republisher never both publish it; a failure releases the claim.
+    """
+    now = timezone.now()
+    claimed = Broadcast.objects.filter(pk=broadcast.pk, published_at__isnull=True)
+    if not claimed.update(published_at=now):
+        return True  # somebody else published it
     text = protocol.encode(broadcast.as_message())  # once for every socket
     event = {"type": "realtime.send", "text": text}
     try:
         recipients = presence.counts()[broadcast.audience]
         async_to_sync(get_channel_layer().group_send)(group_for(broadcast.audience), event)
     except (redis.RedisError, OSError) as exc:
-        logger.error("Broadcast #%s is stored but could not be published: %s", broadcast.pk, exc)
+        Broadcast.objects.filter(pk=broadcast.pk).update(published_at=None)
+        logger.error(
+            "Broadcast #%s is stored but could not be published (it will be republished when "
+            "the channel layer is back): %s",
+            broadcast.pk,
+            exc,
+        )
         return False
-    broadcast.published_at = timezone.now()
-    broadcast.recipients = recipients
-    Broadcast.objects.filter(pk=broadcast.pk).update(
-        published_at=broadcast.published_at, recipients=recipients
-    )
+    broadcast.published_at, broadcast.recipients = now, recipients
+    Broadcast.objects.filter(pk=broadcast.pk).update(recipients=recipients)
     return True
+
+
+def republish_pending(grace: float = 5.0) -> int:
+    """Publish what is stored but unpublished (the channel layer failed), oldest first.
+
+    Only broadcasts older than `grace` seconds, so that the sender's own publish after commit
+    goes first, and younger than the resume window (older ones a client cannot resume anyway).
+    Returns how many were published; stops at the first failure (the layer is still down).
+    """
+    now = timezone.now()
+    pending = Broadcast.objects.filter(
+        published_at__isnull=True,
+        sent_at__lte=now - timedelta(seconds=grace),
+        sent_at__gte=now - timedelta(seconds=settings.REALTIME_RESUME_MAX_AGE),
+    ).order_by("id")
+    published = 0
+    for broadcast in pending[:100]:
+        if not publish(broadcast):
+            break
+        published += 1
+    if published:
+        logger.info("Republished %d broadcast(s) stored while the channel layer failed", published)
+    return published
 
 
 def check_layer_reaches_other_processes() -> None:
@@ -115,7 +154,13 @@ class Replay:
 
 
 def missed_since(after: int, audiences: list[str]) -> Replay:
-    """The broadcasts of `audiences` with ids above `after`, within the resume window.
+    """The broadcasts of `audiences` a client that last saw broadcast `after` may have missed.
+
+    That is every one with a larger id, and also those published no earlier than
+    REPLAY_SLACK before `after` was: broadcasts reach clients in the order they are published,
+    which is id order except when one is republished after a channel layer failure, or when
+    two processes publish at the same moment. Unpublished ones are included too (stored
+    first, published after). The client de-duplicates by id, so overlap costs nothing.
 
     The window is REALTIME_RESUME_MAX_COUNT broadcasts and REALTIME_RESUME_MAX_AGE seconds;
     a gap beyond it is a failure ("too_many" or "too_old") and the client should reload.
@@ -123,14 +168,19 @@ def missed_since(after: int, audiences: list[str]) -> Replay:
     latest = Broadcast.objects.order_by("-id").values_list("id", flat=True).first() or 0
     if after > latest:
         return Replay([], latest, "unknown_id")
-    limit = settings.REALTIME_RESUME_MAX_COUNT
-    missed = list(
-        Broadcast.objects.filter(id__gt=after, audience__in=audiences).order_by("id")[: limit + 1]
+    maybe_missed = Q(id__gt=after) | Q(published_at__isnull=True)
+    seen_published_at = (
+        Broadcast.objects.filter(pk=after).values_list("published_at", flat=True).first()
     )
+    if seen_published_at is not None:
+        maybe_missed |= Q(published_at__gte=seen_published_at - REPLAY_SLACK)
+    limit = settings.REALTIME_RESUME_MAX_COUNT
+    candidates = Broadcast.objects.filter(maybe_missed, audience__in=audiences).exclude(pk=after)
+    missed = list(candidates.order_by("id")[: limit + 1])
     if len(missed) > limit:
         return Replay([], latest, "too_many")
     oldest_allowed = timezone.now() - timedelta(seconds=settings.REALTIME_RESUME_MAX_AGE)
-    if missed and missed[0].sent_at < oldest_allowed:
+    if any(b.id > after and b.sent_at < oldest_allowed for b in missed):
         return Replay([], latest, "too_old")
     return Replay([protocol.encode(b.as_message()) for b in missed], latest)
 

@@ -13,14 +13,25 @@ and makes daphne answer an oversized message with close code 1009: autobahn's de
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 
+from realtime.redis_client import redis_host
+
 logger = logging.getLogger("realtime.server")
+
+GOING_AWAY = 1001
+SHUTDOWN_CLOSE_WAIT = 2.0  # seconds for clients to answer the close frames
+REPUBLISH_INTERVAL = 2.0
 
 
 def transport_tls_info(transport: Any) -> dict[str, str] | None:
@@ -69,8 +80,51 @@ class RealtimeServer(Server):
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         logger.info(describe_channel_layer())
+        reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
+        if redis_host() is not None:
+            self._republisher = task.LoopingCall(self._republish_pending)
+            self._republisher.start(REPUBLISH_INTERVAL, now=False)
         if self._ready_callable_given:
             self._ready_callable_given()
+
+    def open_websockets(self) -> list[WebSocketProtocol]:
+        return [
+            protocol
+            for protocol in self.connections
+            if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN
+        ]
+
+    def close_websockets(self) -> defer.Deferred[None]:
+        """On shutdown (SIGTERM), close every WebSocket with 1001 (going away) and wait a
+        moment for the close handshakes, so clients know to reconnect (daphne#177)."""
+        sockets = self.open_websockets()
+        for protocol in sockets:
+            protocol.sendClose(code=GOING_AWAY, reason="server shutting down")
+        logger.info("Closing %d WebSocket(s) with 1001 before shutting down", len(sockets))
+        deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT
+
+        def wait(done: defer.Deferred[None]) -> None:
+            if not self.open_closing(sockets) or time.monotonic() > deadline:
+                done.callback(None)
+            else:
+                reactor.callLater(0.05, wait, done)
+
+        done: defer.Deferred[None] = defer.Deferred()
+        wait(done)
+        return done
+
+    @staticmethod
+    def open_closing(sockets: list[WebSocketProtocol]) -> list[WebSocketProtocol]:
+        return [p for p in sockets if p.state != p.STATE_CLOSED]
+
+    def _republish_pending(self) -> defer.Deferred[None]:
+        """Publish broadcasts that were stored but could not be published (Redis was down)."""
+        from realtime.broadcast import republish_pending
+
+        future = asyncio.ensure_future(sync_to_async(republish_pending)())
+        return defer.Deferred.fromFuture(future).addErrback(
+            lambda failure: logger.error("Republishing failed: %s", failure.getErrorMessage())
+        )
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         if scope["type"] == "websocket":

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from realtime import views
+from realtime import health, views
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("healthz", health.healthz, name="healthz"),
 ]

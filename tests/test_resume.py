@@ -134,3 +134,23 @@ def test_a_live_broadcast_during_the_replay_is_not_lost():
     live, messages = asyncio.run(scenario())
     ids = [m.get("id") for m in messages if m["type"] == "broadcast"]
     assert set(ids) == {missed.pk, live.pk}
+
+
+def test_a_broadcast_published_after_a_newer_one_is_replayed(monkeypatch):
+    """Republished after an outage, broadcast n reaches clients after n + 1: a client that
+    saw n + 1 and resumes from it must still get n."""
+    real_publish = broadcast.publish
+    monkeypatch.setattr(broadcast, "publish", lambda b: False)
+    late = broadcast.send("stored while Redis was down")
+    monkeypatch.setattr(broadcast, "publish", real_publish)
+    newer = broadcast.send("sent after Redis came back")
+    assert broadcast.publish(Broadcast.objects.get(pk=late.pk))  # the republisher's turn
+    messages = resume(newer.pk)
+    assert [m.get("id") for m in messages] == [late.pk, None]
+
+
+def test_old_broadcasts_published_long_ago_are_not_replayed_again():
+    old = broadcast.send("old")
+    Broadcast.objects.filter(pk=old.pk).update(published_at=timezone.now() - timedelta(minutes=10))
+    seen = broadcast.send("seen")
+    assert resume(seen.pk)[0]["type"] == "resumed"
