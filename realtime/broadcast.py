@@ -89,7 +89,7 @@ def publish(broadcast: Broadcast) -> bool:
     if not claimed.update(published_at=now):
         return True  # somebody else published it
     text = protocol.encode(broadcast.as_message())  # once for every socket
-    event = {"type": "realtime.send", "text": text}
+    event = {"type": "realtime.send", "text": text, "id": broadcast.pk}
     try:
         recipients = presence.counts()[broadcast.audience]
         async_to_sync(get_channel_layer().group_send)(group_for(broadcast.audience), event)

@@ -18,7 +18,6 @@ import logging
 import time
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
@@ -31,7 +30,7 @@ logger = logging.getLogger("realtime.server")
 
 GOING_AWAY = 1001
 SHUTDOWN_CLOSE_WAIT = 2.0  # seconds for clients to answer the close frames
-REPUBLISH_INTERVAL = 2.0
+MAINTENANCE_INTERVAL = 2.0
 
 
 def transport_tls_info(transport: Any) -> dict[str, str] | None:
@@ -70,6 +69,9 @@ class RealtimeServer(Server):
         ceiling = settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
         self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)
         self.websocket_max_frame_size = capped_size(self.websocket_max_frame_size, ceiling)
+        # Registered before daphne's own trigger (in run()), so that the close frames go out
+        # before daphne cancels the applications.
+        reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
         self._ready_callable_given = self.ready_callable
         # ready_callable runs after daphne has built its WebSocket factory, before the reactor.
         self.ready_callable = self._before_serving
@@ -80,10 +82,9 @@ class RealtimeServer(Server):
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         logger.info(describe_channel_layer())
-        reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
         if redis_host() is not None:
-            self._republisher = task.LoopingCall(self._republish_pending)
-            self._republisher.start(REPUBLISH_INTERVAL, now=False)
+            self._maintenance = task.LoopingCall(self._maintain)
+            self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
         if self._ready_callable_given:
             self._ready_callable_given()
 
@@ -99,7 +100,9 @@ class RealtimeServer(Server):
         moment for the close handshakes, so clients know to reconnect (daphne#177)."""
         sockets = self.open_websockets()
         for protocol in sockets:
-            protocol.sendClose(code=GOING_AWAY, reason="server shutting down")
+            # sendCloseFrame: autobahn's public sendClose() refuses codes other than 1000 and
+            # 3000-4999 (daphne sends its 1011 the same way).
+            protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
         logger.info("Closing %d WebSocket(s) with 1001 before shutting down", len(sockets))
         deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT
 
@@ -117,13 +120,12 @@ class RealtimeServer(Server):
     def open_closing(sockets: list[WebSocketProtocol]) -> list[WebSocketProtocol]:
         return [p for p in sockets if p.state != p.STATE_CLOSED]
 
-    def _republish_pending(self) -> defer.Deferred[None]:
-        """Publish broadcasts that were stored but could not be published (Redis was down)."""
-        from realtime.broadcast import republish_pending
+    def _maintain(self) -> defer.Deferred[None]:
+        """Republish what the channel layer refused, deliver what it lost (realtime.delivery)."""
+        from realtime.delivery import maintain
 
-        future = asyncio.ensure_future(sync_to_async(republish_pending)())
-        return defer.Deferred.fromFuture(future).addErrback(
-            lambda failure: logger.error("Republishing failed: %s", failure.getErrorMessage())
+        return defer.Deferred.fromFuture(asyncio.ensure_future(maintain())).addErrback(
+            lambda failure: logger.error("Maintenance failed: %s", failure.getErrorMessage())
         )
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:

@@ -1,0 +1,144 @@
+"""Test clients that behave like the page's client: reconnect with backoff and resume by id.
+
+Also a private redis-server that a test can stop and start again on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.conftest import origin_for, wait_for_port
+
+
+@dataclass
+class ResumingClient:
+    """Keeps a WSS connection up; records each broadcast id once, as the page shows them."""
+
+    url: str
+    tls: ssl.SSLContext | None
+    headers: dict[str, str] = field(default_factory=dict)
+    seen: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    connections: int = 0
+    close_codes: list[int | None] = field(default_factory=list)
+    resume_failures: list[dict] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
+    last_id: int = 0
+    socket: ClientConnection | None = None
+    stopping: bool = False
+    _seen_set: set[int] = field(default_factory=set)
+
+    async def run(self) -> None:
+        delay = 0.05
+        while not self.stopping:
+            try:
+                await self._one_connection()
+                delay = 0.05
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
+                pass
+            if not self.stopping:
+                await asyncio.sleep(random.uniform(0, delay))  # full jitter, as the page
+                delay = min(delay * 2, 1.0)
+
+    async def _one_connection(self) -> None:
+        async with connect(
+            self.url,
+            ssl=self.tls,
+            origin=origin_for(self.url),
+            additional_headers=self.headers,
+            open_timeout=10,
+        ) as socket_:
+            self.socket = socket_
+            self.connections += 1
+            try:
+                async for text in socket_:
+                    await self._handle(socket_, json.loads(text))
+            finally:
+                self.close_codes.append(socket_.close_code)
+                self.socket = None
+
+    async def _handle(self, socket_: ClientConnection, message: dict) -> None:
+        kind = message["type"]
+        if kind == "welcome":
+            self.workers.append(message["worker"])
+            await socket_.send(json.dumps({"type": "resume", "after": self.last_id}))
+        elif kind == "broadcast":
+            self._record(message["id"])
+        elif kind == "resume_failed":
+            self.resume_failures.append(message)
+
+    def _record(self, broadcast_id: int) -> None:
+        if broadcast_id in self._seen_set:
+            self.duplicates += 1
+            return
+        self._seen_set.add(broadcast_id)
+        self.seen.append(broadcast_id)
+        self.last_id = max(self.last_id, broadcast_id)
+
+    async def drop(self) -> None:
+        """Disconnect now, as a flaky network would; run() reconnects."""
+        if self.socket is not None:
+            await self.socket.close()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.drop()
+
+    def shown(self) -> list[int]:
+        """What the page would show: each id once, ordered by id."""
+        return sorted(self.seen)
+
+
+async def until(condition, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port that a test may stop and start again."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir = port, workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process, 10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
