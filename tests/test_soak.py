@@ -1,0 +1,174 @@
+"""Soak: many WSS clients on `serve --workers 2` with random disconnects, while broadcasts are
+sent and one worker and Redis are each restarted once. It passes only when every client saw
+every broadcast of its audience exactly once (as the page shows them: de-duplicated by id,
+ordered by id) and nothing of another audience.
+
+Short by default (for `make test`); `SOAK=long make test` (or `SOAK=long pytest
+tests/test_soak.py -s`) runs 200 clients and 1,000 broadcasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT, BrowserSession, create_user, free_port
+from tests.resuming import RestartableRedis, ResumingClient, until
+
+LONG = os.environ.get("SOAK") == "long"
+CLIENTS = 200 if LONG else 40
+STAFF_CLIENTS = 20 if LONG else 5
+BROADCASTS = 1000 if LONG else 150
+RATE = 25  # broadcasts per second
+STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
+
+
+def sender_code(count: int, rate: float) -> str:
+    """A separate process sending `count` broadcasts, one in four to staff only."""
+    return (
+        "import time\n"
+        "from realtime import broadcast\n"
+        f"for n in range({count}):\n"
+        "    audience = 'staff' if n % 4 == 3 else 'everyone'\n"
+        "    broadcast.send(f'soak {n}', audience=audience)\n"
+        f"    time.sleep({1 / rate})\n"
+    )
+
+
+def ids_by_audience(db_path: str, after: int) -> dict[str, list[int]]:
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute(
+            "SELECT id, audience FROM realtime_broadcast WHERE id > ? ORDER BY id", (after,)
+        ).fetchall()
+    return {
+        "everyone": [i for i, a in rows if a == "everyone"],
+        "staff": [i for i, a in rows if a == "staff"],
+    }
+
+
+def latest_id(db_path: str) -> int:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast").fetchone()[0]
+
+
+async def flaky_network(clients: list[ResumingClient], stop: asyncio.Event) -> int:
+    """Drop a random client every ~100 ms: returns how many drops."""
+    drops = 0
+    while not stop.is_set():
+        await asyncio.sleep(random.uniform(0.05, 0.15))
+        await random.choice(clients).drop()
+        drops += 1
+    return drops
+
+
+@pytest.mark.timeout(600)
+def test_soak_no_broadcast_lost_or_duplicated(start, server_env, client_tls, tmp_path_factory):
+    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("soak-redis"))
+    redis.start()
+    try:
+        run_soak(start, server_env, client_tls, redis)
+    finally:
+        redis.stop()
+
+
+def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
+    password = create_user(server_env, "alice", staff=True)
+    port = free_port()
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
+        port,
+        REDIS_URL=redis.url,
+    )
+    alice = BrowserSession(f"https://localhost:{port}", client_tls)
+    alice.login("alice", password)
+    url = f"wss://localhost:{port}/ws/"
+    db_path = server_env["DJANGO_DB_PATH"]
+    start_id = latest_id(db_path)
+    env = {**server_env, "REDIS_URL": redis.url}
+
+    async def scenario():
+        staff = [
+            ResumingClient(url, client_tls, {"Cookie": alice.cookie_header()}, last_id=start_id)
+            for _ in range(STAFF_CLIENTS)
+        ]
+        anonymous = [
+            ResumingClient(url, client_tls, last_id=start_id)
+            for _ in range(CLIENTS - STAFF_CLIENTS)
+        ]
+        clients = staff + anonymous
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        await until(lambda: all(c.connections for c in clients), 60, "all clients connected")
+        stop_flaking = asyncio.Event()
+        flaking = asyncio.create_task(flaky_network(clients, stop_flaking))
+        sender = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "manage.py",
+            "shell",
+            "--no-imports",
+            "-c",
+            sender_code(BROADCASTS, RATE),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        duration = BROADCASTS / RATE
+        await asyncio.sleep(duration * 0.3)
+        pids = dict(STARTED.findall(server.log()))
+        os.kill(int(pids["w1"]), signal.SIGKILL)
+        await asyncio.sleep(duration * 0.3)
+        redis.stop()
+        await asyncio.sleep(1.5)
+        redis.start()
+        assert await sender.wait() == 0, "the sender failed"
+        stop_flaking.set()
+        drops = await flaking
+        expected = ids_by_audience(db_path, start_id)
+        everything = sorted(expected["everyone"] + expected["staff"])
+        started = time.monotonic()
+        await until(
+            lambda: (
+                all(set(everything) <= set(c.seen) for c in staff)
+                and all(set(expected["everyone"]) <= set(c.seen) for c in anonymous)
+            ),
+            90,
+            "every client to see every broadcast of its audience",
+        )
+        settle = time.monotonic() - started
+        for client in clients:
+            await client.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return staff, anonymous, expected, everything, drops, settle
+
+    staff, anonymous, expected, everything, drops, settle = asyncio.run(scenario())
+    start_id = min(everything) - 1
+    clients = staff + anonymous
+    lost = sum(len(set(everything) - set(c.seen)) for c in staff) + sum(
+        len(set(expected["everyone"]) - set(c.seen)) for c in anonymous
+    )
+    leaked = sum(len(set(expected["staff"]) & set(c.seen)) for c in anonymous)
+    print(
+        f"\nSoak: {len(clients)} clients ({len(staff)} staff), {len(everything)} broadcasts "
+        f"({len(expected['staff'])} staff-only), faults: 1 worker SIGKILL, 1 Redis restart, "
+        f"{drops} random disconnects; reconnections "
+        f"{sum(c.connections - 1 for c in clients)}; lost {lost}; duplicates received and "
+        f"dropped by the client {sum(c.duplicates for c in clients)}; shown twice 0; "
+        f"staff-only leaked to anonymous {leaked}; last delivery {settle:.1f} s after the "
+        "last send"
+    )
+    assert len(everything) == BROADCASTS
+    assert lost == 0
+    assert leaked == 0
+    for client in staff:
+        assert [i for i in client.shown() if i > start_id] == everything
+    for client in anonymous:
+        assert [i for i in client.shown() if i > start_id] == expected["everyone"]
+    assert not any(c.resume_failures for c in clients)
