@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# sslyze pins cryptography<47, the project cryptography 50: it gets a virtualenv of its own.
+SSLYZE_VENV := $(VENV)/sslyze
 PORT ?= 8443
 
 .PHONY: run test setup certs migrate static lint daphne clean
@@ -17,12 +19,17 @@ test: setup
 	node tests/js/test_client.mjs
 	$(PY) -m pytest
 
-setup: $(VENV)/.installed certs migrate
+setup: $(VENV)/.installed $(SSLYZE_VENV)/.installed certs migrate
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(SSLYZE_VENV)/.installed: requirements-sslyze.txt $(VENV)/.installed
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet -r requirements-sslyze.txt
 	touch $@
 
 certs: $(VENV)/.installed
@@ -34,9 +41,10 @@ migrate: $(VENV)/.installed
 static: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --noinput --verbosity 0
 
-# The production command from the README (needs DJANGO_SECRET_KEY; debug off).
+# The production command from the README (needs DJANGO_SECRET_KEY; debug off): the realtime:
+# endpoint, Mozilla's intermediate TLS profile (REALTIME_TLS_PROFILE does not apply here).
 daphne: setup static
-	$(VENV)/bin/daphne -e ssl:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
+	$(VENV)/bin/daphne -e realtime:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
 		project.asgi:application
 
 clean:

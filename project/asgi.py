@@ -1,4 +1,5 @@
-"""The ASGI application: HTTP to Django, WebSockets through origin checks and auth to Channels.
+"""The ASGI application: HTTP to Django, WebSockets through origin, TLS and limit checks and
+auth to Channels (docs/security.md).
 
 Served by `daphne -e ssl:...`, `manage.py runserver [--tls]` and `manage.py serve`.
 """
@@ -21,9 +22,13 @@ except SettingsError as exc:
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from realtime.middleware import TransportSchemeMiddleware  # noqa: E402
+from realtime.limits import websocket_limits  # noqa: E402
+from realtime.middleware import (  # noqa: E402
+    RequireTLSMiddleware,
+    TransportSchemeMiddleware,
+    origin_validator,
+)
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 if "daphne.cli" in sys.modules:
@@ -36,8 +41,13 @@ if "daphne.cli" in sys.modules:
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
+        # Cheapest refusals first: origin (403), TLS (1008), then the per-client limits.
         "websocket": TransportSchemeMiddleware(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            origin_validator(
+                RequireTLSMiddleware(
+                    websocket_limits(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                )
+            )
         ),
     }
 )

@@ -155,6 +155,89 @@ REALTIME_RESUME_MAX_AGE = envint("REALTIME_RESUME_MAX_AGE", 3600)
 
 REALTIME_CERT_DIR = Path(os.environ.get("REALTIME_CERT_DIR", str(BASE_DIR / "certs")))
 
+# --- TLS: the server's profile, and Redis over TLS (docs/tls.md) ----------------------------
+
+# Kept inside this block on purpose: the module is pure data and needs no app loading.
+from realtime.tls_profiles import DEFAULT_PROFILE, tls_profile  # noqa: E402
+
+# Mozilla's "intermediate" (TLS 1.2 and 1.3) or "modern" (TLS 1.3 only) profile, served by
+# `serve` and `runserver --tls`. Plain daphne takes it in the endpoint: realtime:...:profile=.
+REALTIME_TLS_PROFILE = os.environ.get("REALTIME_TLS_PROFILE", "") or DEFAULT_PROFILE
+try:
+    tls_profile(REALTIME_TLS_PROFILE, what="REALTIME_TLS_PROFILE")
+except ValueError as exc:
+    raise SettingsError(str(exc)) from None
+
+REDIS_TLS_FILES = {
+    "ssl_ca_certs": "REDIS_CA_FILE",
+    "ssl_certfile": "REDIS_CLIENT_CERT",
+    "ssl_keyfile": "REDIS_CLIENT_KEY",
+}
+
+
+def redis_tls_options() -> dict[str, str]:
+    """redis-py's ssl_* options for a rediss:// REDIS_URL, from the REDIS_TLS_FILES variables.
+
+    Only rediss:// gets them: a plain connection refuses ssl_* options with a TypeError
+    (channels_redis#371), and a CA file next to a plain URL would be a false sense of TLS.
+    """
+    options = {}
+    for option, name in REDIS_TLS_FILES.items():
+        path = os.environ.get(name, "")
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise SettingsError(f"{name}: cannot read the file {path}.")
+        if path:
+            options[option] = path
+    if options and (REDIS_SENTINELS or not REDIS_URL.startswith("rediss://")):
+        names = ", ".join(REDIS_TLS_FILES[option] for option in options)
+        # Only the scheme is shown: the URL may hold a password.
+        scheme = REDIS_URL.split(":", 1)[0] + "://" if REDIS_URL else "unset"
+        raise SettingsError(
+            f"{names} set, but REDIS_URL is {scheme}: these settings are for Redis over TLS, "
+            "a rediss:// REDIS_URL (without REDIS_SENTINELS)."
+        )
+    if "ssl_keyfile" in options and "ssl_certfile" not in options:
+        raise SettingsError("REDIS_CLIENT_KEY needs REDIS_CLIENT_CERT (the client certificate).")
+    return options
+
+
+REDIS_TLS_OPTIONS = redis_tls_options()
+if REDIS_TLS_OPTIONS:
+    # The same host dict feeds channels-redis and realtime/redis_client.py (presence, commands).
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0].update(REDIS_TLS_OPTIONS)
+
+# --- WebSocket hardening: origins, TLS, limits (docs/security.md) ---------------------------
+
+
+def websocket_origins(name: str) -> list[str]:
+    """Full origins (scheme://host[:port]): a bare host would match any scheme and port."""
+    origins = [origin.lower().rstrip("/") for origin in envlist(name, [])]
+    for origin in origins:
+        scheme, _, host = origin.partition("://")
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise SettingsError(
+                f"{name} entries must be origins like https://app.example.org:8443, not {origin!r}."
+            )
+    return origins
+
+
+# Unset: AllowedHostsOriginValidator (the Origin's host must be in ALLOWED_HOSTS, any port).
+# Set: only these exact origins, so scheme and port matter.
+REALTIME_ALLOWED_ORIGINS = websocket_origins("REALTIME_ALLOWED_ORIGINS")
+# Refuse (close 1008) a WebSocket that came neither over TLS nor through a trusted https proxy.
+REALTIME_REQUIRE_TLS = envbool("REALTIME_REQUIRE_TLS", not DEBUG)
+# Incoming messages per socket: a token bucket refilled at RATE per second holding BURST.
+REALTIME_WS_RATE = envint("REALTIME_WS_RATE", 10)
+REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)
+# Seconds without an incoming message before the server closes a socket (4000); 0: never.
+REALTIME_WS_IDLE_TIMEOUT = envint("REALTIME_WS_IDLE_TIMEOUT", 300)
+# Seconds a connection gets to send its request (TLS included) and be accepted.
+REALTIME_WS_HANDSHAKE_TIMEOUT = envint("REALTIME_WS_HANDSHAKE_TIMEOUT", 10)
+if REALTIME_WS_HANDSHAKE_TIMEOUT < 1:
+    raise SettingsError("REALTIME_WS_HANDSHAKE_TIMEOUT must be at least 1 (seconds).")
+# Open WebSockets per client address in each server process; 0: no cap.
+REALTIME_WS_MAX_PER_CLIENT = envint("REALTIME_WS_MAX_PER_CLIENT", 100)
+
 # --- Security -------------------------------------------------------------------------------
 
 # Behind a TLS-terminating proxy, set DJANGO_TRUST_PROXY_HEADERS=1 so that X-Forwarded-Proto

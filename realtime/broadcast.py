@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from realtime import presence, protocol
+from realtime.delivery import group_for
 from realtime.models import Broadcast
 from realtime.redis_client import redis_host
 
@@ -37,10 +38,6 @@ REPLAY_SLACK = timedelta(seconds=2)
 
 class LayerUnavailable(Exception):
     """The channel layer cannot carry a broadcast to the server processes."""
-
-
-def group_for(audience: str) -> str:
-    return f"realtime.audience.{audience}"
 
 
 def audiences_for(user: Any) -> list[str]:
@@ -89,7 +86,12 @@ def publish(broadcast: Broadcast) -> bool:
     if not claimed.update(published_at=now):
         return True  # somebody else published it
     text = protocol.encode(broadcast.as_message())  # once for every socket
-    event = {"type": "realtime.send", "text": text, "id": broadcast.pk}
+    event = {
+        "type": "realtime.send",
+        "text": text,
+        "id": broadcast.pk,
+        "audience": broadcast.audience,
+    }
     try:
         recipients = presence.counts()[broadcast.audience]
         async_to_sync(get_channel_layer().group_send)(group_for(broadcast.audience), event)

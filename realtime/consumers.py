@@ -1,4 +1,8 @@
-"""The WebSocket consumer behind /ws/: welcome, ping, error replies and broadcasts."""
+"""The WebSocket consumer behind /ws/: welcome, ping, error replies and broadcasts.
+
+Authorization is per message: a socket may only confirm the audiences it was given at connect
+(`subscribe`), and only staff may send a broadcast.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +12,81 @@ from typing import Any
 import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.utils import timezone
 
-from realtime import presence, protocol
-from realtime.broadcast import audiences_for, group_for, missed_since
+from realtime import broadcast, delivery, presence, protocol
+from realtime.broadcast import audiences_for, missed_since
+from realtime.models import Broadcast
+from realtime.sessions import session_group
 from realtime.worker import worker_id
 
 logger = logging.getLogger("realtime.consumers")
 
 TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the server is overloaded or a dependency is down
+SIGNED_OUT = 4001  # the session signed out: reconnect, now anonymous
+
+
+def is_authenticated(user: Any) -> bool:
+    return user is not None and user.is_authenticated
+
+
+def is_staff(user: Any) -> bool:
+    return is_authenticated(user) and user.is_staff
+
+
+def send_as_staff(user: Any, message: str, level: str, audience: str) -> Broadcast | None:
+    """Send a broadcast if `user` is active staff now, not only when the socket opened."""
+    staff = get_user_model().objects.filter(pk=user.pk, is_active=True, is_staff=True)
+    if not staff.exists():
+        return None
+    return broadcast.send(message, level=level, audience=audience, sender=user)
+
+
+def validation_detail(exc: ValidationError) -> str:
+    return " ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
 
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        # Audience is decided here, on the server, from the session's user: a socket joins
-        # only the groups of the audiences it belongs to.
+        # Audience is decided here, on the server, from the session's user. Broadcasts reach
+        # the socket through this worker's fan-out (realtime.delivery), which delivers only
+        # the audiences registered for it; the socket's own groups are its session's only.
         self.audiences = audiences_for(self.scope.get("user"))
-        self.groups = [group_for(audience) for audience in self.audiences]
+        self.groups = []
+        session = self.scope.get("session")
+        if is_authenticated(self.scope.get("user")) and session and session.session_key:
+            self.groups.append(session_group(session.session_key))
+        self.connected_at = timezone.now()
         try:
             await super().websocket_connect(message)
-        except (redis.RedisError, OSError) as exc:
-            # Redis is unreachable (restarting?): no broadcast could reach this socket. Say
-            # "try again later" instead of crashing; the client reconnects with backoff and
-            # resumes, so nothing is lost.
-            logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
-            self.groups = []
-            await self.accept()
-            await self.close(code=TRY_AGAIN_LATER)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            await self._try_again_later(exc)
+
+    async def _try_again_later(self, exc: Exception) -> None:
+        # Redis is unreachable (restarting?): no broadcast could reach this socket. Say "try
+        # again later" instead of crashing; the client reconnects with backoff and resumes,
+        # so nothing is lost.
+        logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
+        self.groups = []
+        await self.accept()
+        await self.close(code=TRY_AGAIN_LATER)
 
     async def connect(self) -> None:
         await self.accept()
         presence.joined(self.audiences)
         self._counted = True
         await self.send(text_data=self._welcome())
+        # After the welcome, so that no broadcast precedes it: the client resumes from the
+        # welcome, and whatever was published before this line is in the replay.
+        await delivery.fanout.register(self, self.audiences, self.connected_at)
 
     async def disconnect(self, code: int) -> None:
+        delivery.fanout.unregister(self)
         if getattr(self, "_counted", False):
             presence.left(self.audiences)
             self._counted = False
@@ -55,6 +98,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             worker=worker_id(),
             user=user.get_username() if user is not None and user.is_authenticated else None,
             tls=self.scope.get("extensions", {}).get("tls"),
+            idle_timeout=max(settings.REALTIME_WS_IDLE_TIMEOUT, 0),
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -74,6 +118,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=protocol.pong())
         elif message["type"] == "resume":
             await self._resume(message["after"])
+        elif message["type"] == "subscribe":
+            await self._subscribe(message["audience"])
+        elif message["type"] == "broadcast":
+            await self._broadcast(message)
 
     async def _resume(self, after: int) -> None:
         """Replay what this socket's audiences missed; live broadcasts may interleave, and
@@ -86,6 +134,34 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=text)
         await self.send(text_data=protocol.resumed(after, len(replay.texts), replay.latest))
 
-    async def realtime_send(self, event: dict[str, Any]) -> None:
-        """Group event: forward text serialized once by the sender (realtime.broadcast)."""
-        await self.send(text_data=event["text"])
+    async def _subscribe(self, audience: str) -> None:
+        """Audiences are joined at connect from the session's user; this confirms one, and
+        refuses (changing nothing) any other: a client cannot add itself to a group."""
+        if audience not in self.audiences:
+            detail = "This socket may not receive that audience's broadcasts."
+            await self.send(text_data=protocol.error("forbidden", detail))
+            return
+        await self.send(text_data=protocol.subscribed(audience))
+
+    async def _broadcast(self, message: dict[str, Any]) -> None:
+        user = self.scope.get("user")
+        if not is_staff(user):
+            await self.send(text_data=protocol.error("forbidden", "Only staff may broadcast."))
+            return
+        try:
+            fields = protocol.broadcast_request(message)
+            sent = await database_sync_to_async(send_as_staff)(user, *fields)
+        except protocol.ProtocolError as exc:
+            await self.send(text_data=protocol.error(exc.code, exc.detail))
+            return
+        except ValidationError as exc:
+            await self.send(text_data=protocol.error("invalid_broadcast", validation_detail(exc)))
+            return
+        if sent is None:
+            await self.send(text_data=protocol.error("forbidden", "Only staff may broadcast."))
+            return
+        await self.send(text_data=protocol.broadcast_sent(sent.pk))
+
+    async def realtime_logout(self, event: dict[str, Any]) -> None:
+        """Group event from realtime.sessions: this socket's session signed out."""
+        await self.close(code=SIGNED_OUT, reason="Signed out")

@@ -1,24 +1,33 @@
-"""Catch-up: broadcasts that were published while this worker could not hear Redis.
+"""Delivering broadcasts to this worker's sockets: the fan-out, and catch-up after losses.
 
-Redis pub/sub delivers at most once, to the subscribers connected at that moment. When Redis
-restarts, each worker resubscribes on its own (redis-py), but whatever was published in
-between never reaches it, and its clients are still connected, so they do not resume.
+Fan-out. Each worker process joins the audience groups once, with one channel of its own,
+instead of every socket joining them. A broadcast therefore arrives at a worker once (one
+Redis message per worker on the pub/sub layer) and is written to each socket of its audience
+from here: framed once (autobahn's prepared message) and written straight to each daphne
+WebSocket, without waking a consumer task per socket. Sockets served by another ASGI server
+(no `realtime.websocket` scope extension, e.g. in tests or under uvicorn) get the text through
+their consumer's `send()`.
 
-So each worker remembers which broadcasts reached it through the channel layer, and every
-few seconds asks the database for broadcasts published (a little while ago, so live delivery
-has had its chance) to an audience it has sockets in, that it never received. It delivers
-those itself to its sockets that were already connected when the broadcast was published.
-Clients de-duplicate by id, so a late copy is harmless; a missing one is not.
+Catch-up. Redis pub/sub delivers at most once, to the subscribers connected at that moment.
+When Redis restarts, each worker resubscribes on its own (redis-py), but whatever was
+published in between never reaches it, and its clients are still connected, so they do not
+resume. So the fan-out remembers which broadcasts reached this worker, and every few seconds
+the worker asks the database for broadcasts published (a little while ago, so that live
+delivery had its chance) to an audience it has sockets in, that it never received, and
+delivers those to its sockets that were already connected when they were published. Clients
+de-duplicate by id, so a late copy is harmless; a missing one is not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime import protocol
@@ -26,71 +35,163 @@ from realtime.models import Broadcast
 
 logger = logging.getLogger("realtime.delivery")
 
+AUDIENCES = [choice.value for choice in Broadcast.Audience]
 SETTLE = timedelta(seconds=3)  # live delivery normally takes milliseconds; under load, ~1 s
 LOOK_BACK = timedelta(minutes=5)
 REMEMBERED = 10_000
+REJOIN_EVERY = 600.0  # seconds: the core layer forgets group members after group_expiry
+JOIN_TIMEOUT = 5.0
 
 
-class Recipient(Protocol):
-    connected_at: datetime
-
-    async def send(self, text_data: str) -> None: ...
+def group_for(audience: str) -> str:
+    return f"realtime.audience.{audience}"
 
 
-received: OrderedDict[int, None] = OrderedDict()
-local: dict[str, set[Any]] = {}
+class Recipient:
+    """One socket of this worker, as the fan-out sees it."""
+
+    def __init__(self, consumer: Any, connected_at: datetime) -> None:
+        self.consumer = consumer
+        self.connected_at = connected_at
+        extension = consumer.scope.get("extensions", {}).get("realtime.websocket")
+        self.websocket = extension["protocol"] if extension else None
+
+    def push(self, text: str, prepared: Any) -> None:
+        """Write one broadcast to this socket (called in the event loop's thread)."""
+        websocket = self.websocket
+        if websocket is None:
+            asyncio.ensure_future(self.consumer.send(text_data=text))
+        elif websocket.state == websocket.STATE_OPEN:
+            websocket.sendPreparedMessage(prepared)
 
 
-def register(consumer: Recipient, audiences: list[str]) -> None:
-    for audience in audiences:
-        local.setdefault(audience, set()).add(consumer)
+class Fanout:
+    """This worker's single member of every audience group."""
+
+    def __init__(self) -> None:
+        self.local: dict[str, dict[Any, Recipient]] = {audience: {} for audience in AUDIENCES}
+        self.received: OrderedDict[int, None] = OrderedDict()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.joined: asyncio.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # --- Sockets -------------------------------------------------------------------------
+
+    async def register(self, consumer: Any, audiences: list[str], connected_at: datetime) -> None:
+        """Start delivering broadcasts of `audiences` to a consumer's socket.
+
+        Raises TimeoutError (or the layer's error) when the groups cannot be joined.
+        """
+        self._ensure_running()
+        assert self.joined is not None
+        await asyncio.wait_for(asyncio.shield(self.joined.wait()), JOIN_TIMEOUT)
+        recipient = Recipient(consumer, connected_at)
+        for audience in audiences:
+            self.local[audience][consumer] = recipient
+
+    def unregister(self, consumer: Any) -> None:
+        for recipients in self.local.values():
+            recipients.pop(consumer, None)
+
+    # --- Receiving -----------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop or self.task is None or self.task.done():
+            self.loop, self.joined = loop, asyncio.Event()
+            self.task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel("realtime.fanout.")
+        while True:
+            try:
+                await self._join(layer, channel)
+                await self._receive_until_rejoin(layer, channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the layer's errors vary; keep going
+                logger.warning("Broadcast fan-out lost the channel layer, retrying: %s", exc)
+                await asyncio.sleep(1)
+
+    async def _join(self, layer: Any, channel: str) -> None:
+        for audience in AUDIENCES:
+            await layer.group_add(group_for(audience), channel)
+        assert self.joined is not None
+        self.joined.set()
+
+    async def _receive_until_rejoin(self, layer: Any, channel: str) -> None:
+        deadline = asyncio.get_running_loop().time() + REJOIN_EVERY
+        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                event = await asyncio.wait_for(layer.receive(channel), remaining)
+            except TimeoutError:
+                return
+            self.deliver(event)
+
+    def deliver(self, event: dict[str, Any]) -> int:
+        """Write a broadcast event to every local socket of its audience; returns how many."""
+        if "id" in event:
+            self._mark_received(event["id"])
+        recipients = list(self.local.get(event.get("audience", "everyone"), {}).values())
+        text = event["text"]
+        prepared = self._prepare(text, recipients)
+        for recipient in recipients:
+            recipient.push(text, prepared)
+        return len(recipients)
+
+    @staticmethod
+    def _prepare(text: str, recipients: list[Recipient]) -> Any:
+        """The WebSocket frame, built once for every daphne socket (server frames are not
+        masked, so the bytes are the same for all)."""
+        for recipient in recipients:
+            if recipient.websocket is not None:
+                return recipient.websocket.factory.prepareMessage(text.encode())
+        return None
+
+    def _mark_received(self, broadcast_id: int) -> None:
+        if broadcast_id not in self.received:
+            self.received[broadcast_id] = None
+            if len(self.received) > REMEMBERED:
+                self.received.popitem(last=False)
+
+    # --- Catch-up ------------------------------------------------------------------------
+
+    def never_received(self, now: datetime) -> list[Broadcast]:
+        audiences = [audience for audience, recipients in self.local.items() if recipients]
+        if not audiences:
+            return []
+        published = Broadcast.objects.filter(
+            published_at__gte=now - LOOK_BACK,
+            published_at__lte=now - SETTLE,
+            audience__in=audiences,
+        ).order_by("id")
+        return [b for b in published if b.id not in self.received]
+
+    async def catch_up(self) -> int:
+        """Deliver what this worker never heard to its sockets that were connected back then."""
+        missed = await sync_to_async(self.never_received)(timezone.now())
+        for broadcast in missed:
+            recipients = [
+                recipient
+                for recipient in self.local[broadcast.audience].values()
+                if recipient.connected_at <= broadcast.published_at
+            ]
+            text = protocol.encode(broadcast.as_message())
+            prepared = self._prepare(text, recipients)
+            for recipient in recipients:
+                recipient.push(text, prepared)
+            self._mark_received(broadcast.id)
+            logger.warning(
+                "Broadcast #%s never reached this worker through the channel layer; delivered "
+                "it to %d socket(s) from the database",
+                broadcast.id,
+                len(recipients),
+            )
+        return len(missed)
 
 
-def unregister(consumer: Recipient, audiences: list[str]) -> None:
-    for audience in audiences:
-        local.get(audience, set()).discard(consumer)
-
-
-def mark_received(broadcast_id: int) -> None:
-    """Called for every broadcast event a consumer of this worker handles (hot path: O(1))."""
-    if broadcast_id not in received:
-        received[broadcast_id] = None
-        if len(received) > REMEMBERED:
-            received.popitem(last=False)
-
-
-def never_received(now: datetime) -> list[Broadcast]:
-    audiences = [audience for audience, consumers in local.items() if consumers]
-    if not audiences:
-        return []
-    published = Broadcast.objects.filter(
-        published_at__gte=now - LOOK_BACK,
-        published_at__lte=now - SETTLE,
-        audience__in=audiences,
-    ).order_by("id")
-    return [b for b in published if b.id not in received]
-
-
-async def catch_up() -> int:
-    """Deliver what this worker missed to its sockets that were connected back then."""
-    missed = await sync_to_async(never_received)(timezone.now())
-    for broadcast in missed:
-        text = protocol.encode(broadcast.as_message())
-        recipients = [
-            consumer
-            for consumer in list(local.get(broadcast.audience, ()))
-            if consumer.connected_at <= broadcast.published_at
-        ]
-        for consumer in recipients:
-            await consumer.send(text_data=text)
-        mark_received(broadcast.id)
-        logger.warning(
-            "Broadcast #%s never reached this worker through the channel layer; delivered it "
-            "to %d socket(s) from the database",
-            broadcast.id,
-            len(recipients),
-        )
-    return len(missed)
+fanout = Fanout()
 
 
 async def maintain() -> None:
@@ -98,4 +199,4 @@ async def maintain() -> None:
     from realtime.broadcast import republish_pending
 
     await sync_to_async(republish_pending)()
-    await catch_up()
+    await fanout.catch_up()

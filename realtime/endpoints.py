@@ -1,17 +1,20 @@
-"""The `realtime:` Twisted endpoint: TLS on a TCP port that several processes can share.
+"""The `realtime:` Twisted endpoint: hardened TLS on a TCP port that several processes can share.
 
     realtime:PORT:privateKey=KEY:certKey=CERT[:interface=ADDR][:backlog=N]
-             [:reusePort=yes|no][:extraCertChain=FILE]
+             [:reusePort=yes|no][:extraCertChain=FILE][:profile=intermediate|modern]
 
-It is the stock `ssl:` endpoint plus `reusePort=yes`, which sets SO_REUSEPORT on the listening
-socket: several daphne processes of the same user can then bind the same port and the Linux
-kernel spreads new connections over them. `manage.py serve` starts its workers with it; plain
-`daphne -e realtime:...` works too when run from the project root, where
-twisted/plugins/realtime_endpoints.py registers this parser. daphne's `--fd` cannot do this:
-it only serves plaintext on an inherited socket.
+It is the stock `ssl:` endpoint with two differences. Its TLS settings follow one of Mozilla's
+profiles (realtime/tls_profiles.py; `intermediate` unless `profile=modern`), where `ssl:`
+also accepts CBC and CCM cipher suites and the X448 and P-521 curves. And `reusePort=yes` sets
+SO_REUSEPORT on the listening socket: several daphne processes of the same user can then bind
+the same port and the Linux kernel spreads new connections over them. `manage.py serve` starts
+its workers with it and `runserver --tls` serves through it; plain `daphne -e realtime:...`
+works too when run from the project root, where twisted/plugins/realtime_endpoints.py
+registers this parser. daphne's `--fd` cannot do this: it only serves plaintext on an
+inherited socket.
 
 `certKey` may hold the whole chain (leaf first, as a fullchain.pem does); the stock `ssl:`
-endpoint reads only its first certificate. TLS 1.2 is the minimum.
+endpoint reads only its first certificate.
 """
 
 from __future__ import annotations
@@ -22,24 +25,29 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from twisted.internet import defer
+from OpenSSL import SSL
+from twisted.internet import defer, task
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
-from twisted.internet.ssl import CertificateOptions, TLSVersion
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from realtime.tls import escape_endpoint_value
+from realtime.tls_profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
 
 PREFIX = "realtime"
 YES_NO = {"yes": True, "no": False}
+TWISTED_TLS_VERSIONS = {"TLSv1.2": TLSVersion.TLSv1_2, "TLSv1.3": TLSVersion.TLSv1_3}
+DRAIN = 0.5  # seconds a stopping server still serves the connections it accepted last
 
 
 # --- TLS context -----------------------------------------------------------------------------
@@ -78,27 +86,72 @@ def _public_der(key: Any) -> bytes:
     )
 
 
+class ProfileCertificateOptions(CertificateOptions):
+    """Twisted's CertificateOptions plus what it has no argument for: a TLS profile's groups,
+    TLS 1.3 cipher suites, no renegotiation, and the client's cipher order when asked."""
+
+    def __init__(self, *args: Any, profile: TLSProfile, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.profile = profile
+        self._profile_applied = False
+        if not profile.server_cipher_preference:
+            # Twisted always sets this flag and pyOpenSSL cannot clear one on a context.
+            self._options &= ~SSL.OP_CIPHER_SERVER_PREFERENCE
+
+    def getContext(self) -> SSL.Context:
+        # Twisted builds the context once and caches it; every connection calls this first,
+        # so the profile is in place before the first Connection freezes the context.
+        context = super().getContext()
+        if not self._profile_applied:
+            apply_profile(context, self.profile)
+            self._profile_applied = True
+        return context
+
+
+def apply_profile(context: SSL.Context, profile: TLSProfile) -> None:
+    """Set a profile's key exchange groups, TLS 1.3 suites and no renegotiation on a context."""
+    context.set_tls13_ciphersuites(":".join(profile.tls13_ciphersuites).encode("ascii"))
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
+    # pyOpenSSL's only curve setter (set_tmp_ecdh) takes a single curve; OpenSSL's own call,
+    # through the cryptography bindings pyOpenSSL is built on, takes the whole list.
+    groups = ":".join(profile.groups).encode("ascii")
+    if Binding.lib.SSL_CTX_set1_curves_list(context._context, groups) != 1:
+        raise ValueError(f"OpenSSL refused the key exchange groups {groups.decode()}.")
+
+
 def server_tls_options(
-    cert_path: Path | str, key_path: Path | str, extra_chain: Path | str | None = None
-) -> CertificateOptions:
-    """The server's TLS settings: certificate, chain and key from PEM files, TLS 1.2 or newer.
+    cert_path: Path | str,
+    key_path: Path | str,
+    extra_chain: Path | str | None = None,
+    profile: str = DEFAULT_PROFILE,
+) -> ProfileCertificateOptions:
+    """The server's TLS settings: certificate, chain and key from PEM files, and a TLS profile.
 
     `cert_path` holds the server certificate, optionally followed by its intermediates;
-    `extra_chain` adds more intermediates. Raises ValueError naming the file at fault.
+    `extra_chain` adds more intermediates; `profile` is "intermediate" or "modern"
+    (realtime/tls_profiles.py). Raises ValueError naming the file or the profile at fault.
     """
+    chosen = tls_profile(profile, what=f"{PREFIX}: profile")
     leaf, *chain = load_certificates(cert_path)
     key = load_private_key(key_path)
     if _public_der(key.public_key()) != _public_der(leaf.public_key()):
         raise ValueError(f"The private key {key_path} does not belong to {cert_path}.")
     if extra_chain is not None:
         chain += load_certificates(extra_chain)
+    ciphers = {}
+    if chosen.tls12_ciphers:
+        cipher_string = ":".join(chosen.tls12_ciphers)
+        ciphers["acceptableCiphers"] = AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
     # cryptography objects, not pyOpenSSL's X509/PKey wrappers: pyOpenSSL 26 deprecates those,
     # and Twisted hands both kinds to the OpenSSL context unchanged.
-    return CertificateOptions(
+    return ProfileCertificateOptions(
         privateKey=key,
         certificate=leaf,
         extraCertChain=chain or None,
-        raiseMinimumTo=TLSVersion.TLSv1_2,
+        raiseMinimumTo=TWISTED_TLS_VERSIONS[chosen.min_version],
+        lowerMaximumSecurityTo=TWISTED_TLS_VERSIONS[chosen.max_version],
+        profile=chosen,
+        **ciphers,
     )
 
 
@@ -132,7 +185,7 @@ class ReusePortTLSEndpoint:
             self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
         )
         # The interface is passed too: tcp.Port picks IPv6 from it, not from the Binding.
-        return defer.execute(
+        listening = defer.execute(
             self.reactor.listenSSL,
             binding,
             factory,
@@ -140,6 +193,27 @@ class ReusePortTLSEndpoint:
             self.backlog,
             self.interface,
         )
+        return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
+
+
+def stop_accepting_on_shutdown(port: IListeningPort, reactor: Any) -> IListeningPort:
+    """Make `port` the first thing a shutdown closes, and let its last connections settle.
+
+    With SO_REUSEPORT, a worker that stops (SIGTERM from `serve`'s rolling restart) should
+    take no new connection once it has begun to stop: the others' sockets take them. So at
+    the start of the shutdown this accepts what the kernel already queued for this socket
+    (closing it would reset those), stops listening, and gives TLS handshakes under way
+    DRAIN seconds before daphne closes every connection.
+    """
+
+    def stop_accepting() -> defer.Deferred[None]:
+        if hasattr(port, "doRead"):  # a real tcp.Port
+            port.doRead()
+        port.stopListening()
+        return task.deferLater(reactor, DRAIN, lambda: None)
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop_accepting)
+    return port
 
 
 def _port_number(value: str) -> int:
@@ -180,6 +254,7 @@ class ReusePortTLSParser:
         backlog: str = "50",
         reusePort: str = "no",
         extraCertChain: str | None = None,
+        profile: str = DEFAULT_PROFILE,
     ) -> ReusePortTLSEndpoint:
         port_number = _port_number(port)
         if not privateKey or not certKey:
@@ -190,7 +265,7 @@ class ReusePortTLSParser:
         return ReusePortTLSEndpoint(
             reactor,
             port_number,
-            server_tls_options(certKey, privateKey, extraCertChain),
+            server_tls_options(certKey, privateKey, extraCertChain, profile),
             backlog=int(backlog),
             interface=interface,
             reuse_port=reuse_port,
@@ -200,16 +275,23 @@ class ReusePortTLSParser:
 parser = ReusePortTLSParser()
 
 
-def reuseport_endpoint(
-    port: int, cert: Path | str, key: Path | str, interface: str | None = None
+def realtime_endpoint(
+    port: int,
+    cert: Path | str,
+    key: Path | str,
+    interface: str | None = None,
+    *,
+    reuse_port: bool = False,
+    profile: str | None = None,
 ) -> str:
-    """A `realtime:` endpoint string with reusePort=yes (pure: no file is read).
+    """A `realtime:` endpoint string (pure: no file is read).
 
-    >>> reuseport_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem")
-    'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:reusePort=yes'
+    >>> realtime_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem", profile="modern")
+    'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:profile=modern'
 
     Paths and the interface are escaped as in `realtime.tls.ssl_endpoint`; an IPv6 interface
-    may be given as "::1" or "[::1]". Pass it to `daphne -e`.
+    may be given as "::1" or "[::1]". Without `profile` the endpoint's default (intermediate)
+    applies. Pass it to `daphne -e`.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}.")
@@ -223,5 +305,23 @@ def reuseport_endpoint(
         if interface.startswith("[") and interface.endswith("]"):
             interface = interface[1:-1]
         parts.append("interface=" + escape_endpoint_value(interface))
-    parts.append("reusePort=yes")
+    if reuse_port:
+        parts.append("reusePort=yes")
+    if profile is not None:
+        parts.append("profile=" + tls_profile(profile).name)
     return ":".join(parts)
+
+
+def reuseport_endpoint(
+    port: int,
+    cert: Path | str,
+    key: Path | str,
+    interface: str | None = None,
+    profile: str | None = None,
+) -> str:
+    """A `realtime:` endpoint string with reusePort=yes (pure: no file is read).
+
+    >>> reuseport_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem")
+    'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:reusePort=yes'
+    """
+    return realtime_endpoint(port, cert, key, interface, reuse_port=True, profile=profile)

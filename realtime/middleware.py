@@ -1,19 +1,27 @@
-"""ASGI middleware that gives every WebSocket scope a `scheme` the project can rely on.
+"""ASGI middleware for WebSockets: a `scheme` the project can rely on, origins, TLS required.
 
 The scheme is "wss" only when the socket arrived over TLS (as RealtimeServer reports it from
 the transport), or when Django is told to trust a TLS-terminating proxy
 (SECURE_PROXY_SSL_HEADER, set by DJANGO_TRUST_PROXY_HEADERS=1) and that proxy says https.
 A server that does not report the scheme at all gets "ws": unknown is never taken as secure.
+
+`origin_validator()` picks Channels' origin check (403 before the consumer runs) from the
+settings and logs why it refused; `RequireTLSMiddleware` closes sockets that are not "wss"
+with 1008 when REALTIME_REQUIRE_TLS is on (docs/security.md).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import ParseResult
 
+from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 logger = logging.getLogger("realtime.middleware")
+
+POLICY_VIOLATION = 1008
 
 _warned_missing_scheme = False
 
@@ -59,4 +67,106 @@ class TransportSchemeMiddleware:
         if scope["type"] == "websocket":
             scheme = proxy_scheme(scope) or server_scheme(scope)
             scope = {**scope, "scheme": scheme}
+        return await self.app(scope, receive, send)
+
+
+# --- Origins ---------------------------------------------------------------------------------
+
+MAX_LOGGED_ORIGINS = 100  # distinct refused origins logged per process: a client picks them
+_logged_origins: set[str] = set()
+
+
+def describe_origin(parsed: ParseResult | None) -> str:
+    """The Origin header as received, shortened, for a log line."""
+    if parsed is None:
+        return "(no Origin header)"
+    return repr(parsed.geturl()[:200])
+
+
+def refusal_reason(parsed: ParseResult | None, by_origin: bool) -> str:
+    """Why an origin was refused, in terms of the setting an operator would change."""
+    if parsed is None:
+        return "browsers always send Origin; other clients must send it too"
+    if parsed.hostname is None:
+        return (
+            "an opaque origin (a sandboxed page, a file: URL, a privacy redirect) is never trusted"
+        )
+    if by_origin:
+        return "it is not in REALTIME_ALLOWED_ORIGINS (scheme, host and port must all match)"
+    return f"host {parsed.hostname!r} is not in DJANGO_ALLOWED_HOSTS"
+
+
+def log_refused_origin(parsed: ParseResult | None, by_origin: bool) -> None:
+    """One WARNING per distinct origin: a wrong ALLOWED_HOSTS otherwise fails silently (403)."""
+    origin = describe_origin(parsed)
+    if origin in _logged_origins or len(_logged_origins) > MAX_LOGGED_ORIGINS:
+        return
+    _logged_origins.add(origin)
+    if len(_logged_origins) > MAX_LOGGED_ORIGINS:
+        logger.warning("Refused WebSocket origins: too many to log; not logging more.")
+        return
+    logger.warning(
+        "Refused a WebSocket from origin %s with 403: %s.",
+        origin,
+        refusal_reason(parsed, by_origin),
+    )
+
+
+class LoggingOriginValidator(OriginValidator):
+    """Channels' OriginValidator (403 before the consumer runs) that says why it refused."""
+
+    def __init__(self, application: Any, allowed_origins: list[str], *, by_origin: bool) -> None:
+        super().__init__(application, allowed_origins)
+        self.by_origin = by_origin
+
+    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
+        valid = super().valid_origin(parsed_origin)
+        if not valid:
+            log_refused_origin(parsed_origin, self.by_origin)
+        return valid
+
+
+def origin_validator(app: Any) -> LoggingOriginValidator:
+    """REALTIME_ALLOWED_ORIGINS when set (exact scheme, host and port); else ALLOWED_HOSTS,
+    which compares the Origin's host only, like Channels' AllowedHostsOriginValidator."""
+    if settings.REALTIME_ALLOWED_ORIGINS:
+        return LoggingOriginValidator(app, settings.REALTIME_ALLOWED_ORIGINS, by_origin=True)
+    return LoggingOriginValidator(app, settings.ALLOWED_HOSTS, by_origin=False)
+
+
+# --- TLS required ----------------------------------------------------------------------------
+
+
+async def accept_then_close(receive: Any, send: Any, code: int, reason: str) -> None:
+    """Refuse a socket with a close code the client can read.
+
+    A refused handshake can only be an HTTP status, which browsers hide (the page sees 1006).
+    A close code and reason need an open socket, so accept first, then close at once.
+    """
+    event = await receive()
+    if event["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class RequireTLSMiddleware:
+    """With REALTIME_REQUIRE_TLS, close a socket whose scheme is not "wss" with 1008.
+
+    Runs after TransportSchemeMiddleware, whose scheme comes from the transport or a trusted
+    proxy. The page's client does not reconnect after 1008.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if (
+            scope["type"] == "websocket"
+            and settings.REALTIME_REQUIRE_TLS
+            and scope.get("scheme") != "wss"
+        ):
+            logger.info("Closed a WebSocket that did not come over TLS (1008).")
+            reason = "TLS required: connect with wss://"
+            return await accept_then_close(receive, send, POLICY_VIOLATION, reason)
         return await self.app(scope, receive, send)

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 PROTOCOL_VERSION = 1
-CLIENT_TYPES = frozenset({"ping", "resume"})
+CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "broadcast"})
 
 
 class ProtocolError(Exception):
@@ -43,7 +43,25 @@ def parse_client_message(text: str) -> dict[str, Any]:
             raise ProtocolError(
                 "invalid_resume", '"after" must be the last broadcast id seen (>= 0).'
             )
+    if kind == "subscribe" and not isinstance(message.get("audience"), str):
+        raise ProtocolError("invalid_subscribe", '"audience" must be an audience name.')
     return message
+
+
+def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
+    """The message, level and audience of a client's `broadcast`, or ProtocolError.
+
+    Checked only after the sender is known to be staff, so that others learn nothing but
+    "forbidden"; the values themselves are validated by the Broadcast model.
+    """
+    text = message.get("message")
+    level = message.get("level", "info")
+    audience = message.get("audience", "everyone")
+    if not all(isinstance(value, str) for value in (text, level, audience)):
+        raise ProtocolError(
+            "invalid_broadcast", '"message", "level" and "audience" must be strings.'
+        )
+    return text, level, audience
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -59,7 +77,22 @@ def pong() -> str:
     return encode({"type": "pong"})
 
 
-def welcome(*, scheme: str, worker: str, user: str | None, tls: dict[str, str] | None) -> str:
+def subscribed(audience: str) -> str:
+    return encode({"type": "subscribed", "audience": audience})
+
+
+def broadcast_sent(broadcast_id: int) -> str:
+    return encode({"type": "broadcast_sent", "id": broadcast_id})
+
+
+def welcome(
+    *,
+    scheme: str,
+    worker: str,
+    user: str | None,
+    tls: dict[str, str] | None,
+    idle_timeout: int = 0,
+) -> str:
     """The first message on every socket: how it is connected, and to which server process."""
     return encode(
         {
@@ -70,6 +103,8 @@ def welcome(*, scheme: str, worker: str, user: str | None, tls: dict[str, str] |
             "worker": worker,
             "user": user,
             "tls": tls and {"version": tls["tls_version"], "cipher": tls["cipher_suite"]},
+            # Seconds of silence before the server closes the socket (4000); 0: never.
+            "idle_timeout": idle_timeout,
         }
     )
 

@@ -24,6 +24,7 @@ from django.conf import settings
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 
+from realtime.closing import AppCloseWebSocketProtocol
 from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.server")
@@ -69,6 +70,11 @@ class RealtimeServer(Server):
         ceiling = settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
         self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)
         self.websocket_max_frame_size = capped_size(self.websocket_max_frame_size, ceiling)
+        # The handshake (daphne: 5 s under `daphne`, 5 s and 20 s under runserver) is bounded
+        # by REALTIME_WS_HANDSHAKE_TIMEOUT too; daphne applies it when it builds its factory.
+        handshake = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
+        self.websocket_handshake_timeout = capped_size(self.websocket_handshake_timeout, handshake)
+        self.websocket_connect_timeout = capped_size(self.websocket_connect_timeout, handshake)
         # Registered before daphne's own trigger (in run()), so that the close frames go out
         # before daphne cancels the applications.
         reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
@@ -81,6 +87,11 @@ class RealtimeServer(Server):
         # allowNullOrigin is repeated because autobahn resets it to False on every call; the
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
+        # Close codes such as 1008 and 1013, and their reasons, as the application sends them.
+        self.ws_factory.protocol = AppCloseWebSocketProtocol
+        # Twisted's HTTP idle timeout (60 s) is all that drops a connection that never sends its
+        # request, or never finishes TLS; it is off while a request is handled or upgraded.
+        self.http_factory.timeOut = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
         logger.info(describe_channel_layer())
         if redis_host() is not None:
             self._maintenance = task.LoopingCall(self._maintain)
@@ -132,8 +143,12 @@ class RealtimeServer(Server):
         if scope["type"] == "websocket":
             tls = transport_tls_info(protocol.transport)
             scope["scheme"] = "wss" if tls else "ws"
+            extensions = scope.setdefault("extensions", {})
             if tls:
-                scope.setdefault("extensions", {})["tls"] = tls
+                extensions["tls"] = tls
+            # Lets realtime.delivery write a broadcast frame, built once, straight to this
+            # socket instead of through a consumer task per socket (the fan-out fast path).
+            extensions["realtime.websocket"] = {"protocol": protocol}
         return super().create_application(protocol, scope)
 
 

@@ -342,6 +342,7 @@ def _build_leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     names: list[GeneralName],
     now: datetime,
+    validity: timedelta = LEAF_VALIDITY,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
@@ -362,7 +363,7 @@ def _build_leaf(
         decipher_only=False,
     )
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    not_after = min(now + LEAF_VALIDITY, ca.not_valid_after_utc)
+    not_after = min(now + validity, ca.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -397,13 +398,17 @@ def _kept_reason(leaf: x509.Certificate) -> str:
 
 
 def ensure_dev_certificate(
-    cert_dir: Path, extra_hosts: Iterable[str] = (), now: datetime | None = None
+    cert_dir: Path,
+    extra_hosts: Iterable[str] = (),
+    now: datetime | None = None,
+    leaf_validity: timedelta = LEAF_VALIDITY,
 ) -> DevCertResult:
     """Create the development CA if needed and make sure a good server certificate exists.
 
     The server certificate covers DEFAULT_HOSTS, `extra_hosts` and, when re-issued, every
     name the previous one covered. Existing files that need no change are left untouched.
-    Raises DevCertError when the CA files are inconsistent.
+    A newly issued one is valid for `leaf_validity` (Mozilla's "modern" TLS profile wants
+    90 days at most). Raises DevCertError when the CA files are inconsistent.
     """
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
@@ -420,7 +425,8 @@ def ensure_dev_certificate(
         _restrict_key_mode(paths.key)
         return DevCertResult(paths, ca_created, leaf_issued=False, reason=_kept_reason(leaf))
     previous = _san_names(leaf) if leaf is not None else []
-    new_leaf, new_key = _build_leaf(ca, ca_key, _unique([*wanted, *previous]), now)
+    names = _unique([*wanted, *previous])
+    new_leaf, new_key = _build_leaf(ca, ca_key, names, now, leaf_validity)
     _write_key(paths.key, new_key)
     _write_cert(paths.cert, new_leaf)
     return DevCertResult(paths, ca_created, leaf_issued=True, reason=reason or "missing")

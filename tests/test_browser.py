@@ -11,6 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +179,75 @@ def test_an_admin_broadcast_appears_live_and_staff_only_ones_do_not(
     expect(newest).to_have_attribute("data-level", "warning")
     expect(page.locator("#broadcasts")).not_to_contain_text("Staff eyes only")
     assert page.locator("#broadcasts li", has_text="Hello, everyone").count() == 1
+
+
+STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def served(start, app_test_certs, redis_server):
+    """`serve --workers 2` with Redis, under app.test."""
+    port = free_port()
+    certificate = ["--cert", str(app_test_certs.cert), "--key", str(app_test_certs.key)]
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port), *certificate],
+        port,
+        DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
+        REDIS_URL=redis_server,
+    )
+    deadline = time.monotonic() + 30
+    while len(dict(STARTED.findall(server.log()))) < 2:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+    return server
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def send_from_a_shell(env: dict, redis_url: str, messages: list[str]) -> None:
+    code = "from realtime import broadcast\n" + "".join(
+        f"broadcast.send({m!r})\n" for m in messages
+    )
+    subprocess.run(
+        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env={**env, "REDIS_URL": redis_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_the_page_reconnects_after_its_worker_dies_and_shows_what_it_missed_once(
+    page, served, server_env, redis_server
+):
+    open_page(page, f"https://{HOST}:{served.port}/", "wss")
+    screenshot(page, "worker-killed-1-open")
+    page.evaluate(
+        """() => {
+            window.statesSeen = [];
+            new MutationObserver(() => window.statesSeen.push(
+                document.querySelector("#connection").dataset.state
+            )).observe(document.querySelector("#connection"), {attributes: true});
+        }"""
+    )
+    worker = page.evaluate("window.realtime.state().welcome.worker")
+    os.kill(int(dict(STARTED.findall(served.log()))[worker]), signal.SIGKILL)
+    send_from_a_shell(
+        server_env, redis_server, [f"missed while {worker} was down {n}" for n in range(3)]
+    )
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=20_000)
+    for n in range(3):
+        item = page.locator("#broadcasts li", has_text=f"missed while {worker} was down {n}")
+        expect(item).to_have_count(1, timeout=10_000)
+    screenshot(page, "worker-killed-2-reconnected")
+    seen = page.evaluate("window.statesSeen")
+    assert "closed" in seen and seen[-1] == "open", seen
+    state = page.evaluate("window.realtime.state()")
+    assert state["resumes"] >= 2  # once on the first connection, again after the reconnect
+    ids = page.eval_on_selector_all(
+        "#broadcasts li", "items => items.map(i => Number(i.dataset.broadcastId))"
+    )
+    assert ids == sorted(ids, reverse=True) and len(ids) == len(set(ids))

@@ -40,15 +40,17 @@ def with_scheme(scheme: str, tls: dict | None = None):
 
 
 async def open_socket(app=None, headers=SAME_ORIGIN) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(app or with_scheme("ws"), "/ws/", headers=headers)
+    communicator = WebsocketCommunicator(app or with_scheme("wss"), "/ws/", headers=headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
 
 
-def test_it_welcomes_a_plain_socket_as_not_secure():
+def test_it_welcomes_a_plain_socket_as_not_secure(settings):
+    settings.REALTIME_REQUIRE_TLS = False  # as with DJANGO_DEBUG=1
+
     async def scenario():
-        communicator = await open_socket()
+        communicator = await open_socket(with_scheme("ws"))
         welcome = await communicator.receive_json_from()
         await communicator.disconnect()
         return welcome

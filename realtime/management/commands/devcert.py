@@ -13,13 +13,13 @@ from typing import Any
 from django.conf import settings
 from django.core.management import BaseCommand, CommandError, CommandParser
 
+from realtime.endpoints import realtime_endpoint
 from realtime.tls import (
     DevCertError,
     DevCertResult,
     certificate_expiry,
     ensure_dev_certificate,
     leaf_names,
-    ssl_endpoint,
     trust_instructions,
 )
 
@@ -70,6 +70,8 @@ class Command(BaseCommand):
         self.stdout.write(f"  names:       {', '.join(leaf_names(paths.cert))}")
         self.stdout.write(f"  expires:     {expiry:%Y-%m-%d %H:%M} UTC")
         self.stdout.write("")
-        self.stdout.write("Serve it with `manage.py runserver --tls`, or with daphne:")
-        endpoint = shlex.quote(ssl_endpoint(8443, paths.cert, paths.key))
+        self.stdout.write(
+            "Serve it with `manage.py runserver --tls`, or with daphne from the project root:"
+        )
+        endpoint = shlex.quote(realtime_endpoint(8443, paths.cert, paths.key))
         self.stdout.write(f"  daphne -e {endpoint} project.asgi:application")

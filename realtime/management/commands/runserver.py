@@ -1,7 +1,9 @@
 """`runserver` with `--tls`: HTTPS and WSS on one port, with autoreload, like Django's runserver.
 
-Without --tls it is daphne's runserver (HTTP and WS). Either way it runs RealtimeServer, so
-WebSocket scopes carry the real scheme.
+With --tls it serves through the `realtime:` endpoint, so with the same TLS profile
+(REALTIME_TLS_PROFILE) as `serve`; `--redirect-http PORT` adds a plain-HTTP port that only
+redirects to it. Without --tls it is daphne's runserver (HTTP and WS). Either way it runs
+RealtimeServer, so WebSocket scopes carry the real scheme.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from django.conf import settings
 from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
+from realtime.endpoints import realtime_endpoint
+from realtime.redirect import redirect_endpoint
 from realtime.server import RealtimeServer
-from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate, ssl_endpoint
+from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
 
 
 class Command(DaphneRunserverCommand):
@@ -35,15 +39,24 @@ class Command(DaphneRunserverCommand):
         )
         parser.add_argument("--cert", help="PEM certificate (chain) to serve instead.")
         parser.add_argument("--key", help="PEM private key of --cert.")
+        parser.add_argument(
+            "--redirect-http",
+            type=int,
+            metavar="PORT",
+            help="With --tls: also listen for plain HTTP on PORT and redirect it to HTTPS.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.tls_files: tuple[Path, Path] | None = None
+        self.redirect_port: int | None = options.get("redirect_http")
         if options["tls"]:
             self.protocol = "https"
             self.tls_files = self._tls_files(options.get("cert"), options.get("key"))
             self.server_cls = self._build_tls_server
-        elif options.get("cert") or options.get("key"):
-            raise CommandError("--cert and --key only apply with --tls.")
+        elif options.get("cert") or options.get("key") or self.redirect_port is not None:
+            raise CommandError("--cert, --key and --redirect-http only apply with --tls.")
+        if self.redirect_port is not None and not 1 <= self.redirect_port <= 65535:
+            raise CommandError("--redirect-http must be a port from 1 to 65535.")
         super().handle(*args, **options)
 
     def _tls_files(self, cert: str | None, key: str | None) -> tuple[Path, Path]:
@@ -71,8 +84,12 @@ class Command(DaphneRunserverCommand):
         return result.paths.cert, result.paths.key
 
     def _build_tls_server(self, **kwargs: Any) -> RealtimeServer:
-        """Called by daphne's inner_run in place of the server class: swaps in the ssl endpoint."""
+        """Called by daphne's inner_run in place of the server class: swaps in the TLS endpoint."""
         assert self.tls_files is not None
         cert, key = self.tls_files
-        kwargs["endpoints"] = [ssl_endpoint(int(self.port), cert, key, interface=self.addr)]
+        port, profile = int(self.port), settings.REALTIME_TLS_PROFILE
+        endpoints = [realtime_endpoint(port, cert, key, self.addr, profile=profile)]
+        if self.redirect_port is not None:
+            endpoints.append(redirect_endpoint(self.redirect_port, port, self.addr))
+        kwargs["endpoints"] = endpoints
         return RealtimeServer(**kwargs)

@@ -1,11 +1,15 @@
 """`serve`: N daphne workers on one public TLS port, supervised, for production.
 
-    python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F
+    python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
+        [--redirect-http 80]
 
-Each worker is `daphne -e realtime:PORT:...:reusePort=yes project.asgi:application`: the same
-port and certificate in every worker, SO_REUSEPORT so that the kernel spreads connections over
-them (realtime/endpoints.py), and the Redis channel layer between them. realtime/supervisor.py
-restarts a worker that dies and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
+Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P project.asgi:application`:
+the same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT
+so that the kernel spreads connections over them (realtime/endpoints.py), and the Redis channel
+layer between them. With --redirect-http each worker also answers plain HTTP on that port with
+a redirect to HTTPS (realtime/redirect.py). realtime/supervisor.py restarts a worker that dies,
+replaces them one at a time on SIGHUP (to load a renewed certificate) and stops them all on
+SIGTERM or SIGINT. See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.endpoints import reuseport_endpoint, server_tls_options
+from realtime.redirect import redirect_endpoint
 from realtime.redis_client import redis_host
 from realtime.supervisor import DEFAULT_GRACE, Supervisor
 from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
@@ -71,6 +76,12 @@ class Command(BaseCommand):
         parser.add_argument("--cert", help="PEM certificate, optionally followed by its chain.")
         parser.add_argument("--key", help="PEM private key of --cert.")
         parser.add_argument(
+            "--redirect-http",
+            type=int,
+            metavar="PORT",
+            help="Also listen for plain HTTP on PORT (e.g. 80) and redirect it to HTTPS.",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=DEFAULT_GRACE,
@@ -78,21 +89,31 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        workers, port = options["workers"], options["port"]
+        workers, port, http_port = options["workers"], options["port"], options["redirect_http"]
         host = options["host"].removeprefix("[").removesuffix("]")
-        self._check_options(workers, port)
+        self._check_options(workers, port, http_port)
         cert, key = self._tls_files(options["cert"], options["key"])
-        check_can_listen(host, port)
+        ports = [port] if http_port is None else [port, http_port]
+        for each in ports:
+            check_can_listen(host, each)
         call_command("collectstatic", interactive=False, verbosity=0)
-        endpoint = reuseport_endpoint(port, cert.resolve(), key.resolve(), interface=host)
+        profile = settings.REALTIME_TLS_PROFILE
+        endpoints = ["-e", reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)]
         shown = f"[{host}]" if ":" in host else host
-        self.stdout.write(f"Serving https://{shown}:{port}/ with {workers} daphne worker(s).")
+        self.stdout.write(
+            f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
+            f"TLS profile {profile}."
+        )
+        if http_port is not None:
+            endpoints += ["-e", redirect_endpoint(http_port, port, host, reuse_port=True)]
+            self.stdout.write(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
         supervisor = Supervisor(
-            [str(daphne_path()), "-e", endpoint, APPLICATION],
+            [str(daphne_path()), *endpoints, APPLICATION],
             workers,
             cwd=settings.BASE_DIR,
             grace=options["grace"],
             log=self._log,
+            ready_ports=ports,
         )
         supervisor.run()
 
@@ -100,11 +121,13 @@ class Command(BaseCommand):
         self.stdout.write(line)
         self.stdout.flush()
 
-    def _check_options(self, workers: int, port: int) -> None:
+    def _check_options(self, workers: int, port: int, http_port: int | None) -> None:
         if workers < 1:
             raise CommandError("--workers must be at least 1.")
         if not 1 <= port <= 65535:
             raise CommandError("--port must be from 1 to 65535.")
+        if http_port is not None and not (1 <= http_port <= 65535 and http_port != port):
+            raise CommandError("--redirect-http must be a port from 1 to 65535 other than --port.")
         if workers > 1 and redis_host() is None:
             raise CommandError(
                 f"--workers {workers} needs a shared channel layer: the in-memory layer only "
@@ -120,7 +143,8 @@ class Command(BaseCommand):
             raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
         files = (Path(cert), Path(key)) if cert and key else self._dev_certificate()
         try:
-            server_tls_options(*files)  # reads and checks both files, as each worker will
+            # Reads and checks both files and the profile, as each worker will.
+            server_tls_options(*files, profile=settings.REALTIME_TLS_PROFILE)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         return files

@@ -80,6 +80,7 @@
   var reconnectTimer = null;
   var countdownTimer = null;
   var stableTimer = null;
+  var keepAliveTimer = null;
   var started = false;
 
   function $(id) {
@@ -342,6 +343,7 @@
       showBroadcast(msg);
     } else if (type === "welcome") {
       state.welcome = msg;
+      keepAlive(msg.idle_timeout);
       state.attempt = 0;
       renderWelcome(msg);
       // On every (re)connect: ask for what was missed since the last broadcast seen.
@@ -370,6 +372,24 @@
   }
 
   // ---------------------------------------------------------------- connection lifecycle
+
+  // The server closes a socket that sends nothing for welcome.idle_timeout seconds (code
+  // 4000); a ping every third of that keeps an idle page connected.
+  function keepAlive(seconds) {
+    stopKeepAlive();
+    if (typeof seconds === "number" && seconds > 0) {
+      keepAliveTimer = setInterval(safe(function () {
+        send({ type: "ping" });
+      }), Math.max(seconds / 3, 1) * 1000);
+    }
+  }
+
+  function stopKeepAlive() {
+    if (keepAliveTimer) {
+      clearInterval(keepAliveTimer);
+      keepAliveTimer = null;
+    }
+  }
 
   function clearTimers() {
     if (reconnectTimer) {
@@ -439,6 +459,7 @@
       if (sock !== ws) {
         return;
       }
+      stopKeepAlive();
       if (stableTimer) {
         clearTimeout(stableTimer);
         stableTimer = null;

@@ -1,0 +1,163 @@
+"""Per-connection limits for WebSockets, as ASGI middleware (documented in docs/security.md).
+
+- `ConnectionCapMiddleware`: at most REALTIME_WS_MAX_PER_CLIENT open sockets per client
+  address in this process; the next one is accepted and closed with 1013 (try again later).
+- `RateLimitMiddleware`: a token bucket per socket (REALTIME_WS_RATE messages per second,
+  REALTIME_WS_BURST at once). A message over it is dropped and answered with the error
+  `rate_limited`; after twice the burst dropped without a pause, the socket is closed with 1008.
+- `IdleTimeoutMiddleware`: a socket that sends nothing for REALTIME_WS_IDLE_TIMEOUT seconds
+  is closed with 4000.
+
+Each wraps `receive` (or the whole connection) so the consumer never sees what was refused,
+and each reads its setting per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from realtime import protocol
+from realtime.middleware import POLICY_VIOLATION, accept_then_close
+
+logger = logging.getLogger("realtime.limits")
+
+TRY_AGAIN_LATER = 1013
+IDLE_TIMEOUT = 4000  # application range: the client may reconnect at once (not "going away")
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+open_per_client: Counter[str] = Counter()
+
+
+def client_address(scope: dict[str, Any]) -> str | None:
+    """The client's address: the last X-Forwarded-For entry when proxy headers are trusted
+    (the one the trusted proxy added; earlier ones are the client's word), else the peer's."""
+    if getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-for":
+                last = value.decode("latin1").split(",")[-1].strip()
+                if last:
+                    return last
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+class ConnectionCapMiddleware:
+    """Refuse a client address's socket beyond REALTIME_WS_MAX_PER_CLIENT open in this process."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
+        limit = settings.REALTIME_WS_MAX_PER_CLIENT
+        address = client_address(scope) if scope["type"] == "websocket" else None
+        if address is None or limit <= 0:
+            return await self.app(scope, receive, send)
+        if open_per_client[address] >= limit:
+            logger.warning("Refused a WebSocket from %s: %d already open (1013).", address, limit)
+            reason = "Too many connections from your address"
+            return await accept_then_close(receive, send, TRY_AGAIN_LATER, reason)
+        open_per_client[address] += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            open_per_client[address] -= 1
+            if open_per_client[address] <= 0:
+                del open_per_client[address]
+
+
+class TokenBucket:
+    """`rate` tokens a second up to `burst`; counts messages dropped since it was last full."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= self.burst:
+            self.dropped = 0  # a full bucket means the client paused: forgive
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+
+class RateLimitMiddleware:
+    """Drop incoming messages over the rate with an error reply; close 1008 if it goes on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
+        rate, burst = settings.REALTIME_WS_RATE, settings.REALTIME_WS_BURST
+        if scope["type"] != "websocket" or rate <= 0:
+            return await self.app(scope, receive, send)
+        bucket = TokenBucket(rate, max(burst, 1))
+
+        async def limited_receive() -> dict[str, Any]:
+            while True:
+                event = await receive()
+                if event["type"] != "websocket.receive" or bucket.take():
+                    return event
+                if bucket.dropped > 2 * bucket.burst:
+                    logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
+                    return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
+                detail = f"Too many messages: this one was dropped. At most {rate} a second."
+                await send(
+                    {"type": "websocket.send", "text": protocol.error("rate_limited", detail)}
+                )
+
+        return await self.app(scope, limited_receive, send)
+
+
+class IdleTimeoutMiddleware:
+    """Close a socket with 4000 when nothing arrives from the client for the idle timeout.
+
+    daphne's own pings keep a silent TCP connection known to be alive; whether a client that
+    says nothing may hold a socket is the application's decision, made here.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
+        timeout = settings.REALTIME_WS_IDLE_TIMEOUT
+        if scope["type"] != "websocket" or timeout <= 0:
+            return await self.app(scope, receive, send)
+
+        async def receive_or_idle() -> dict[str, Any]:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await receive()
+            except TimeoutError:
+                return await close(send, IDLE_TIMEOUT, f"Idle for {timeout} s")
+
+        return await self.app(scope, receive_or_idle, send)
+
+
+async def close(send: Any, code: int, reason: str) -> dict[str, Any]:
+    """Close the socket, and tell the consumer it is gone so that it cleans up and stops."""
+    await send({"type": "websocket.close", "code": code, "reason": reason})
+    return {"type": "websocket.disconnect", "code": code}
+
+
+def describe(scope: dict[str, Any]) -> str:
+    return client_address(scope) or "an unknown address"
+
+
+def websocket_limits(app: Any) -> Any:
+    """The limits in the order they apply: address cap at connect, then idle and rate."""
+    return ConnectionCapMiddleware(IdleTimeoutMiddleware(RateLimitMiddleware(app)))

@@ -1,0 +1,200 @@
+"""Plain HTTP that only ever redirects to HTTPS: the `realtime-redirect:` Twisted endpoint.
+
+    realtime-redirect:PORT:httpsPort=TLSPORT[:interface=ADDR][:backlog=N][:reusePort=yes|no]
+
+Given to daphne beside its TLS endpoint (`serve --redirect-http 80`, `runserver --tls
+--redirect-http PORT`, or a second `-e` of plain daphne), it listens for plain HTTP and answers
+every request, whatever its path or method, with a redirect to
+https://<host>:<TLSPORT><path> (the port left out when it is 443): 301 for GET and HEAD, 308
+otherwise so that a client repeats a POST as a POST. A Host that is not in ALLOWED_HOSTS gets
+400, as Django would answer it.
+
+It never serves the application: `listen()` ignores the factory daphne hands it (daphne gives
+every endpoint its own HTTP and WebSocket factory) and listens with a tiny Twisted web site
+instead. So no page, static file or WebSocket is ever served over the plain port, and the
+redirect does not depend on the application's middleware. With reusePort=yes every worker of
+`serve` listens on it, like on the TLS port. HSTS is not sent here: browsers ignore it over
+plain HTTP (RFC 6797, 8.1); the HTTPS responses carry it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from twisted.internet import defer
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+    IStreamServerEndpointStringParser,
+)
+from twisted.internet.tcp import makeBinding
+from twisted.plugin import IPlugin
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from realtime.endpoints import stop_accepting_on_shutdown
+from realtime.tls import escape_endpoint_value
+
+PREFIX = "realtime-redirect"
+HTTPS_PORT = 443
+IDLE_TIMEOUT = 10  # seconds a plain-HTTP connection may stay silent (Twisted's default: 60)
+# RFC 3986 reserved and unreserved characters, and "%" of existing escapes: kept as sent.
+URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+
+
+def redirect_status(method: str) -> int:
+    """301 for GET and HEAD (understood by every client); 308 keeps a POST a POST."""
+    return 301 if method in ("GET", "HEAD") else 308
+
+
+def redirect_location(
+    host_header: str | None, https_port: int, target: str, allowed_hosts: Iterable[str]
+) -> str | None:
+    """The https URL for a plain-HTTP request, or None when its Host is missing or not allowed.
+
+    >>> redirect_location("example.com:80", 443, "/a?b=1", ["example.com"])
+    'https://example.com/a?b=1'
+    >>> redirect_location("[::1]:8080", 8443, "/", ["[::1]"])
+    'https://[::1]:8443/'
+    """
+    domain, _ = split_domain_port(host_header or "")
+    if not domain or not validate_host(domain, list(allowed_hosts)):
+        return None
+    if not target.startswith("/"):
+        # An absolute-form request target (http://host/path) or "*": only its path counts.
+        parts = urlsplit(target)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not target.startswith("/"):
+            target = "/" + target
+    port = "" if https_port == HTTPS_PORT else f":{https_port}"
+    return f"https://{domain}{port}{quote(target, safe=URI_SAFE)}"
+
+
+class RedirectResource(Resource):
+    """Answers every request with a redirect to the same path over HTTPS."""
+
+    isLeaf = True
+
+    def __init__(self, https_port: int) -> None:
+        super().__init__()
+        self.https_port = https_port
+
+    def render(self, request: Request) -> bytes:
+        host = request.getHeader("host")
+        target = request.uri.decode("latin-1")
+        location = redirect_location(host, self.https_port, target, settings.ALLOWED_HOSTS)
+        request.setHeader("server", PREFIX)  # not Twisted's name and version
+        request.setHeader("content-type", "text/plain; charset=utf-8")
+        if location is None:
+            request.setResponseCode(400)
+            return b"Bad Request: unknown or missing Host.\n"
+        request.setResponseCode(redirect_status(request.method.decode("latin-1")))
+        request.setHeader("location", location)
+        return f"This site is served over HTTPS: {location}\n".encode()
+
+
+@implementer(IStreamServerEndpoint)
+class RedirectEndpoint:
+    """Listens for plain HTTP on a TCP port with a redirect-only site (see the module doc)."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        https_port: int,
+        backlog: int = 50,
+        interface: str = "",
+        reuse_port: bool = False,
+    ) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.https_port = https_port
+        self.backlog = backlog
+        self.interface = interface
+        self.reuse_port = reuse_port
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        # `factory` (daphne's application) is ignored on purpose: this port only redirects.
+        site = Site(RedirectResource(self.https_port), timeout=IDLE_TIMEOUT)
+        binding = makeBinding(
+            self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
+        )
+        listening = defer.execute(
+            self.reactor.listenTCP, binding, site, self.backlog, self.interface
+        )
+        return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
+
+
+def _port_number(name: str, value: str, lowest: int) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not lowest <= port <= 65535:
+        raise ValueError(
+            f"{PREFIX}: {name} must be a number from {lowest} to 65535, not {value!r}."
+        )
+    return port
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class RedirectParser:
+    """Parses `realtime-redirect:PORT:httpsPort=TLSPORT[:...]` (see the module docstring)."""
+
+    prefix = PREFIX
+
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> RedirectEndpoint:
+        return self._parse(reactor, *args, **kwargs)
+
+    def _parse(
+        self,
+        reactor: Any,
+        port: str,
+        httpsPort: str | None = None,
+        interface: str = "",
+        backlog: str = "50",
+        reusePort: str = "no",
+    ) -> RedirectEndpoint:
+        if httpsPort is None:
+            raise ValueError(f"{PREFIX}: httpsPort=PORT (where HTTPS is served) is required.")
+        if reusePort.lower() not in ("yes", "no"):
+            raise ValueError(f"{PREFIX}: reusePort must be yes or no, not {reusePort!r}.")
+        reuse_port = reusePort.lower() == "yes"
+        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError(f"{PREFIX}: reusePort=yes needs SO_REUSEPORT, which is missing here.")
+        return RedirectEndpoint(
+            reactor,
+            _port_number("the port", port, 0),
+            _port_number("httpsPort", httpsPort, 1),
+            backlog=int(backlog),
+            interface=interface,
+            reuse_port=reuse_port,
+        )
+
+
+parser = RedirectParser()
+
+
+def redirect_endpoint(
+    port: int, https_port: int, interface: str | None = None, *, reuse_port: bool = False
+) -> str:
+    """A `realtime-redirect:` endpoint string.
+
+    >>> redirect_endpoint(80, 443, "0.0.0.0", reuse_port=True)
+    'realtime-redirect:80:httpsPort=443:interface=0.0.0.0:reusePort=yes'
+
+    An IPv6 interface may be given as "::" or "[::]"; it is escaped for the endpoint syntax.
+    """
+    parts = [PREFIX, str(port), f"httpsPort={https_port}"]
+    if interface:
+        parts.append("interface=" + escape_endpoint_value(interface.strip("[]")))
+    if reuse_port:
+        parts.append("reusePort=yes")
+    return ":".join(parts)

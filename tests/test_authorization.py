@@ -1,0 +1,251 @@
+"""Per-message authorization on /ws/: subscribing to audiences, staff-only broadcasts, and
+sockets closed when their session signs out. Through the whole application, in process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from project.asgi import application
+from realtime import broadcast
+from realtime.models import Broadcast
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _empty_channel_layer():
+    yield
+    async_to_sync(get_channel_layer().flush)()
+
+
+def signed_in(name: str, *, staff: bool = False) -> Client:
+    get_user_model().objects.create_user(name, password="pw-" + name, is_staff=staff)
+    client = Client()
+    assert client.login(username=name, password="pw-" + name)
+    return client
+
+
+def socket_for(client: Client | None = None) -> WebsocketCommunicator:
+    """A same-origin WSS socket, anonymous or carrying a test client's session cookie."""
+    headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
+    if client is not None:
+        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+
+    async def over_tls(scope, receive, send):
+        return await application({**scope, "scheme": "wss"}, receive, send)
+
+    return WebsocketCommunicator(over_tls, "/ws/", headers=headers)
+
+
+async def opened(client: Client | None = None) -> WebsocketCommunicator:
+    communicator = socket_for(client)
+    assert (await communicator.connect())[0]
+    assert (await communicator.receive_json_from())["type"] == "welcome"
+    return communicator
+
+
+async def ask(communicator: WebsocketCommunicator, message: dict) -> dict:
+    await communicator.send_json_to(message)
+    return await communicator.receive_json_from()
+
+
+async def broadcasts_seen(communicator: WebsocketCommunicator) -> list[str]:
+    seen = []
+    while not await communicator.receive_nothing(timeout=0.3):
+        message = await communicator.receive_json_from()
+        if message["type"] == "broadcast":
+            seen.append(message["message"])
+    return seen
+
+
+def test_an_anonymous_socket_cannot_subscribe_itself_to_staff():
+    async def scenario():
+        socket_ = await opened()
+        refused = await ask(socket_, {"type": "subscribe", "audience": "staff"})
+        other = await ask(socket_, {"type": "subscribe", "audience": "martians"})
+        await sync_to_async(broadcast.send)("for staff", audience="staff")
+        seen = await broadcasts_seen(socket_)
+        alive = await ask(socket_, {"type": "ping"})
+        await socket_.disconnect()
+        return refused, other, seen, alive
+
+    refused, other, seen, alive = asyncio.run(scenario())
+    assert refused["type"] == "error" and refused["code"] == "forbidden" and refused["detail"]
+    assert other["code"] == "forbidden"
+    assert seen == []
+    assert alive == {"type": "pong"}
+
+
+def test_a_signed_in_user_cannot_subscribe_to_staff_but_confirms_its_own_audiences():
+    bob = signed_in("bob")
+
+    async def scenario():
+        socket_ = await opened(bob)
+        replies = [
+            await ask(socket_, {"type": "subscribe", "audience": audience})
+            for audience in ("staff", "authenticated", "authenticated", "everyone")
+        ]
+        await socket_.disconnect()
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert replies[0]["code"] == "forbidden"
+    assert replies[1:] == [
+        {"type": "subscribed", "audience": "authenticated"},
+        {"type": "subscribed", "audience": "authenticated"},
+        {"type": "subscribed", "audience": "everyone"},
+    ]
+
+
+def test_staff_may_subscribe_to_staff():
+    alice = signed_in("alice", staff=True)
+
+    async def scenario():
+        socket_ = await opened(alice)
+        reply = await ask(socket_, {"type": "subscribe", "audience": "staff"})
+        await socket_.disconnect()
+        return reply
+
+    assert asyncio.run(scenario()) == {"type": "subscribed", "audience": "staff"}
+
+
+@pytest.mark.parametrize("audience", [None, 7, ["staff"]])
+def test_a_subscribe_without_an_audience_name_is_invalid(audience):
+    async def scenario():
+        socket_ = await opened()
+        reply = await ask(socket_, {"type": "subscribe", "audience": audience})
+        await socket_.disconnect()
+        return reply
+
+    assert asyncio.run(scenario())["code"] == "invalid_subscribe"
+
+
+@pytest.mark.parametrize("who", ["anonymous", "user"])
+def test_only_staff_may_broadcast(who):
+    client = signed_in("bob") if who == "user" else None
+
+    async def scenario():
+        socket_ = await opened(client)
+        reply = await ask(socket_, {"type": "broadcast", "message": "hi", "audience": "everyone"})
+        malformed = await ask(socket_, {"type": "broadcast", "message": 3})
+        await socket_.disconnect()
+        return reply, malformed
+
+    reply, malformed = asyncio.run(scenario())
+    assert reply["type"] == "error" and reply["code"] == "forbidden"
+    assert malformed["code"] == "forbidden"  # others learn nothing about what staff may send
+    assert not Broadcast.objects.exists()
+
+
+def test_a_staff_broadcast_is_stored_as_theirs_and_reaches_its_audience():
+    alice, bob = signed_in("alice", staff=True), signed_in("bob")
+
+    async def scenario():
+        staff, user, anonymous = await opened(alice), await opened(bob), await opened()
+        reply = await ask(
+            staff,
+            {
+                "type": "broadcast",
+                "message": "Deploy at six",
+                "level": "warning",
+                "audience": "authenticated",
+            },
+        )
+        seen = [await broadcasts_seen(s) for s in (staff, user, anonymous)]
+        for communicator in (staff, user, anonymous):
+            await communicator.disconnect()
+        return reply, seen
+
+    reply, seen = asyncio.run(scenario())
+    sent = Broadcast.objects.get()
+    assert reply == {"type": "broadcast_sent", "id": sent.pk}
+    assert (sent.message, sent.level, sent.audience) == (
+        "Deploy at six",
+        "warning",
+        "authenticated",
+    )
+    assert sent.sent_by.username == "alice"
+    assert seen == [["Deploy at six"], ["Deploy at six"], []]
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        ({"message": ""}, "message"),
+        ({"message": "x" * 2001}, "message"),
+        ({"message": "hi", "level": "panic"}, "level"),
+        ({"message": "hi", "audience": "martians"}, "audience"),
+        ({"message": ["hi"]}, None),
+        ({"message": "hi", "level": None}, None),
+    ],
+)
+def test_an_invalid_staff_broadcast_is_refused_and_not_stored(message, field):
+    alice = signed_in("alice", staff=True)
+
+    async def scenario():
+        socket_ = await opened(alice)
+        reply = await ask(socket_, {"type": "broadcast", **message})
+        await socket_.disconnect()
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply["type"] == "error" and reply["code"] == "invalid_broadcast"
+    if field:
+        assert reply["detail"].startswith(f"{field}:")
+    assert not Broadcast.objects.exists()
+
+
+def test_staff_demoted_after_connecting_can_no_longer_broadcast():
+    alice = signed_in("alice", staff=True)
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await sync_to_async(get_user_model().objects.filter(username="alice").update)(
+            is_staff=False
+        )
+        reply = await ask(socket_, {"type": "broadcast", "message": "still staff?"})
+        await socket_.disconnect()
+        return reply
+
+    assert asyncio.run(scenario())["code"] == "forbidden"
+    assert not Broadcast.objects.exists()
+
+
+def test_signing_out_closes_that_sessions_sockets_with_4001_and_no_others():
+    alice, bob = signed_in("alice", staff=True), signed_in("bob")
+
+    async def scenario():
+        first, second, other = await opened(alice), await opened(alice), await opened(bob)
+        anonymous = await opened()
+        await sync_to_async(alice.logout)()
+        closes = [await first.receive_output(), await second.receive_output()]
+        untouched = [await ask(s, {"type": "ping"}) for s in (other, anonymous)]
+        for communicator in (first, second, other, anonymous):
+            await communicator.disconnect()
+        return closes, untouched
+
+    closes, untouched = asyncio.run(scenario())
+    assert closes == [{"type": "websocket.close", "code": 4001, "reason": "Signed out"}] * 2
+    assert untouched == [{"type": "pong"}] * 2
+
+
+def test_the_session_key_never_reaches_the_channel_layer():
+    alice = signed_in("alice")
+    key = alice.cookies["sessionid"].value
+
+    async def scenario():
+        socket_ = await opened(alice)
+        groups = dict(get_channel_layer().groups)
+        await socket_.disconnect()
+        return groups
+
+    names = list(asyncio.run(scenario()))
+    assert any(name.startswith("realtime.session.") for name in names)
+    assert not any(key in name for name in names)
