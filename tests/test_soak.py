@@ -134,14 +134,20 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         expected = ids_by_audience(db_path, start_id)
         everything = sorted(expected["everyone"] + expected["staff"])
         started = time.monotonic()
-        await until(
-            lambda: (
-                all(set(everything) <= set(c.seen) for c in staff)
-                and all(set(expected["everyone"]) <= set(c.seen) for c in anonymous)
-            ),
-            90,
-            "every client to see every broadcast of its audience",
-        )
+        wanted = [(c, everything) for c in staff] + [(c, expected["everyone"]) for c in anonymous]
+
+        def missing() -> list[tuple[list[int], list[str], int]]:
+            return [
+                (sorted(set(ids) - set(c.seen))[:10], c.workers[-3:], c.connections)
+                for c, ids in wanted
+                if set(ids) - set(c.seen)
+            ]
+
+        try:
+            await until(lambda: not missing(), 90, "every client to see every broadcast")
+        except AssertionError as error:
+            log_tail = "\n".join(server.log().splitlines()[-30:])
+            raise AssertionError(f"{error}: {missing()}\nserver log:\n{log_tail}") from None
         settle = time.monotonic() - started
         for client in clients:
             await client.stop()
