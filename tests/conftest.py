@@ -160,36 +160,51 @@ def daphne_tls(start, dev_certs: DevCertPaths) -> ServerProcess:
     return start(daphne_tls_args(port, dev_certs), port)
 
 
+def redis_args(port: int, workdir: Path) -> list[str]:
+    """A private, throw-away redis-server: loopback only, nothing kept on disk."""
+    return [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(workdir),
+    ]  # fmt: skip
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port that a test may stop and start again."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir = port, workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RestartableRedis:
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not on PATH (Debian package redis-server)")
+        self.process = subprocess.Popen(
+            redis_args(self.port, self.workdir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (the shared one on 6379 is never touched)."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not on PATH (Debian package redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("redis")).start()
     try:
-        wait_for_port(port, process, 10)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield redis.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        redis.stop()
 
 
 def origin_for(url: str) -> str:

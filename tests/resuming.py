@@ -1,7 +1,4 @@
-"""Test clients that behave like the page's client: reconnect with backoff and resume by id.
-
-Also a private redis-server that a test can stop and start again on the same port.
-"""
+"""Test clients that behave like the page's client: reconnect with backoff and resume by id."""
 
 from __future__ import annotations
 
@@ -9,14 +6,12 @@ import asyncio
 import json
 import random
 import ssl
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.conftest import origin_for, wait_for_port
+from tests.conftest import origin_for
 
 
 @dataclass
@@ -105,40 +100,3 @@ async def until(condition, timeout: float, what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-class RestartableRedis:
-    """A private redis-server on a fixed port that a test may stop and start again."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port, self.workdir = port, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.process, 10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None

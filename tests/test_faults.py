@@ -21,6 +21,7 @@ from tests.conftest import (
     PYTHON,
     ROOT,
     BrowserSession,
+    RestartableRedis,
     admin_send,
     create_user,
     daphne_tls_args,
@@ -28,7 +29,7 @@ from tests.conftest import (
     receive_json,
     ws_connect,
 )
-from tests.resuming import RestartableRedis, ResumingClient, until
+from tests.resuming import ResumingClient, until
 
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 

@@ -20,8 +20,15 @@ import time
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, BrowserSession, create_user, free_port
-from tests.resuming import RestartableRedis, ResumingClient, until
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    BrowserSession,
+    RestartableRedis,
+    create_user,
+    free_port,
+)
+from tests.resuming import ResumingClient, until
 
 LONG = os.environ.get("SOAK") == "long"
 CLIENTS = 200 if LONG else 40
