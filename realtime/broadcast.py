@@ -25,15 +25,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from realtime import presence, protocol
-from realtime.delivery import group_for
+from realtime.delivery import CATCH_UP_DELAY, group_for
 from realtime.models import Broadcast
 from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.broadcast")
 
 # How much earlier than the last broadcast a client saw another one may have been published
-# and still reached it later (two processes publishing at once).
-REPLAY_SLACK = timedelta(seconds=2)
+# and still not have reached it: two processes publishing at once, or a broadcast Redis lost
+# on its way to the client's worker, which delivers it only after delivery.CATCH_UP_DELAY.
+REPLAY_SLACK = 2 * CATCH_UP_DELAY
 
 
 class LayerUnavailable(Exception):
@@ -160,8 +161,10 @@ def missed_since(after: int, audiences: list[str]) -> Replay:
 
     That is every one with a larger id, and also those published no earlier than
     REPLAY_SLACK before `after` was: broadcasts reach clients in the order they are published,
-    which is id order except when one is republished after a channel layer failure, or when
-    two processes publish at the same moment. Unpublished ones are included too (stored
+    which is id order except when one is republished after a channel layer failure, when
+    two processes publish at the same moment, or when Redis lost it on its way to the
+    client's worker (the worker's catch-up delivers it later, but only to sockets that were
+    connected when it was published). Unpublished ones are included too (stored
     first, published after). The client de-duplicates by id, so overlap costs nothing.
 
     The window is REALTIME_RESUME_MAX_COUNT broadcasts and REALTIME_RESUME_MAX_AGE seconds;

@@ -37,6 +37,9 @@ logger = logging.getLogger("realtime.delivery")
 
 AUDIENCES = [choice.value for choice in Broadcast.Audience]
 SETTLE = timedelta(seconds=3)  # live delivery normally takes milliseconds; under load, ~1 s
+MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (RealtimeServer runs maintain())
+# The longest a lost broadcast waits for a worker's catch-up (broadcast.REPLAY_SLACK uses it).
+CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
 REMEMBERED = 10_000
 REJOIN_EVERY = 600.0  # seconds: the core layer forgets group members after group_expiry

@@ -25,13 +25,13 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 
 from realtime.closing import AppCloseWebSocketProtocol
+from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.server")
 
 GOING_AWAY = 1001
 SHUTDOWN_CLOSE_WAIT = 2.0  # seconds for clients to answer the close frames
-MAINTENANCE_INTERVAL = 2.0
 
 
 def transport_tls_info(transport: Any) -> dict[str, str] | None:
