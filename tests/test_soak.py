@@ -93,6 +93,8 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
         port,
         REDIS_URL=redis.url,
+        # Every soak client comes from 127.0.0.1: the per-address cap would refuse some.
+        REALTIME_WS_MAX_PER_CLIENT="0",
     )
     alice = BrowserSession(f"https://localhost:{port}", client_tls)
     alice.login("alice", password)
