@@ -20,13 +20,11 @@ from django.utils import timezone
 from realtime import broadcast, delivery, presence, protocol
 from realtime.broadcast import audiences_for, missed_since
 from realtime.models import Broadcast
+from realtime.protocol import SIGNED_OUT, TRY_AGAIN_LATER
 from realtime.sessions import session_group
 from realtime.worker import worker_id
 
 logger = logging.getLogger("realtime.consumers")
-
-TRY_AGAIN_LATER = 1013  # RFC 6455 registry: the server is overloaded or a dependency is down
-SIGNED_OUT = 4001  # the session signed out: reconnect, now anonymous
 
 
 def is_authenticated(user: Any) -> bool:

@@ -24,12 +24,11 @@ from typing import Any
 from django.conf import settings
 
 from realtime import protocol
-from realtime.middleware import POLICY_VIOLATION, accept_then_close
+from realtime.middleware import accept_then_close
+from realtime.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.limits")
 
-TRY_AGAIN_LATER = 1013
-IDLE_TIMEOUT = 4000  # application range: the client may reconnect at once (not "going away")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -19,9 +19,10 @@ from urllib.parse import ParseResult
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
+from realtime.protocol import POLICY_VIOLATION
+
 logger = logging.getLogger("realtime.middleware")
 
-POLICY_VIOLATION = 1008
 
 _warned_missing_scheme = False
 

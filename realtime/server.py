@@ -26,11 +26,11 @@ from twisted.internet.interfaces import ISSLTransport
 
 from realtime.closing import AppCloseWebSocketProtocol
 from realtime.delivery import MAINTENANCE_INTERVAL
+from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
 
 logger = logging.getLogger("realtime.server")
 
-GOING_AWAY = 1001
 SHUTDOWN_CLOSE_WAIT = 2.0  # seconds for clients to answer the close frames
 
 
