@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import redis
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -49,6 +50,16 @@ def validation_detail(exc: ValidationError) -> str:
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels 4.2+ runs close_old_connections in a worker thread before every handler: a
+        # thread hop for each incoming message, which halved echo throughput here
+        # (bench/results). This consumer reaches the database only through
+        # database_sync_to_async, which closes stale connections itself around each call.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         # Audience is decided here, on the server, from the session's user. Broadcasts reach

@@ -65,7 +65,9 @@ class Recipient:
         if websocket is None:
             asyncio.ensure_future(self.consumer.send(text_data=text))
         elif websocket.state == websocket.STATE_OPEN:
-            websocket.sendPreparedMessage(prepared)
+            # The frame's bytes, straight to the (TLS) transport: autobahn's sendData only adds
+            # debug accounting, and this loop runs once per socket per broadcast.
+            websocket.transport.write(prepared.payloadHybi)
 
 
 class Fanout:

@@ -80,8 +80,11 @@ def error(code: str, detail: str) -> str:
     return encode({"type": "error", "code": code, "detail": detail})
 
 
+PONG = encode({"type": "pong"})  # the most frequent reply: built once
+
+
 def pong() -> str:
-    return encode({"type": "pong"})
+    return PONG
 
 
 def subscribed(audience: str) -> str:
