@@ -1,5 +1,5 @@
 # Two commands: `make run` (set up and serve https://localhost:8443/) and `make test`.
-# Everything else here is a step those two take.
+# Everything else here is a step those two take, except `make bench` (docs/benchmarks.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := $(VENV)/sslyze
 PORT ?= 8443
 
-.PHONY: run test setup certs migrate static lint daphne clean
+.PHONY: run test setup certs migrate static lint daphne clean bench
 
 run: setup static
 	DJANGO_DEBUG=1 $(PY) manage.py runserver --tls 127.0.0.1:$(PORT)
@@ -46,6 +46,21 @@ static: $(VENV)/.installed
 daphne: setup static
 	$(VENV)/bin/daphne -e realtime:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
 		project.asgi:application
+
+# Benchmarks against the peers (docs/benchmarks.md): BENCH=quick (default, a few minutes) or
+# BENCH=full (about 20). Writes bench/results/latest.{json,md} and fanout.png.
+BENCH ?= quick
+
+bench: $(VENV)/.installed-bench bench/node/node_modules/.installed
+	$(PY) -m bench.run --mode $(BENCH)
+
+$(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench/node/node_modules/.installed: bench/node/package.json bench/node/package-lock.json
+	cd bench/node && npm ci --no-audit --no-fund
+	touch $@
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

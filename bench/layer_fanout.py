@@ -9,7 +9,9 @@ group_send of pre-serialized text) and time their arrival at every socket.
 
 Prints a Markdown table and writes bench/results/layer_fanout.json. Latency is measured from
 just before group_send to arrival at each client, all on this machine (client included: the
-client's own CPU use is part of the figures, equally for both layers).
+client's own CPU use is part of the figures, equally for both layers). The comparison with
+other servers, with a Node client fast enough for 5,000 sockets, is bench/run.py
+(`make bench`, docs/benchmarks.md).
 """
 
 from __future__ import annotations

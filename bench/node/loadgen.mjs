@@ -1,0 +1,393 @@
+/**
+ * The load generator of bench/run.py: WebSocket clients in one Node process (the `ws`
+ * package), fast enough that the servers, not the client, are what is measured.
+ *
+ *   node loadgen.mjs echo --url U --origin O [--ca CA.pem] [--connections 50] \
+ *       [--message '{"type":"ping"}'] [--reply '{"type":"pong"}'] [--duration 3] [--warmup 1]
+ *   node loadgen.mjs fanout --url U[,U2...] --origin O [--ca CA.pem] --sockets N \
+ *       [--concurrency 100]
+ *
+ * Each mode prints JSON lines on stdout. `echo` prints one result and exits.
+ * `fanout` opens N sockets (spread round-robin over the URLs), prints {"event":"opened"}, then
+ * takes JSON commands on stdin, one a line:
+ *   {"cmd":"mark"}  note the time and this process's CPU use, print {"event":"marked"}
+ *       (sent just before a broadcast: the client's CPU during delivery is counted from here)
+ *   {"cmd":"expect","seqs":[3,4],"timeout":20}  wait until every open socket has received
+ *       the broadcasts with these sequence numbers (or the timeout), print {"event":"round"}
+ *       with latencies overall and, for the project (whose welcome names the worker), per
+ *       server worker
+ *   {"cmd":"close"}  close every socket, print {"event":"closed"} and exit.
+ *
+ * A broadcast is recognised by `bench seq=N sent=T` anywhere in the frame's text, T being the
+ * sender's wall clock in milliseconds (time.time_ns() / 1e6 in Python); latency is the
+ * arrival time on this process's wall clock (performance.timeOrigin + performance.now())
+ * minus T. Both clocks are the same machine's.
+ *
+ * Handshakes per second are measured by bench/handshakes.py instead: Node's TLS client costs
+ * about 1.1 ms of CPU per new connection, too much to load a server from one core.
+ *
+ * Certificates are verified against --ca only (the run's throw-away dev CA) with the server
+ * name "localhost"; nothing here turns verification off. No permessage-deflate is offered,
+ * so every server sends plain frames (uvicorn would otherwise compress and daphne not).
+ */
+
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+
+import WebSocket from 'ws';
+
+const BENCH_PATTERN = /bench seq=(\d+) sent=(\d+(?:\.\d+)?)/;
+
+const { positionals, values: args } = parseArgs({
+  allowPositionals: true,
+  options: {
+    url: { type: 'string' },
+    origin: { type: 'string' },
+    ca: { type: 'string' },
+    concurrency: { type: 'string' },
+    duration: { type: 'string', default: '3' },
+    warmup: { type: 'string' },
+    connections: { type: 'string', default: '50' },
+    message: { type: 'string', default: '{"type":"ping"}' },
+    reply: { type: 'string' },
+    sockets: { type: 'string' },
+  },
+});
+
+const CA = args.ca ? readFileSync(args.ca) : undefined;
+
+function now() {
+  return performance.timeOrigin + performance.now();
+}
+
+function emit(object) {
+  process.stdout.write(`${JSON.stringify(object)}\n`);
+}
+
+function percentile(sorted, fraction) {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))];
+}
+
+function round3(value) {
+  return value === null ? null : Math.round(value * 1000) / 1000;
+}
+
+/** CPU this process used between two process.cpuUsage() readings, in % of one core. */
+function cpuPercent(before, seconds) {
+  const used = process.cpuUsage(before);
+  return round3(((used.user + used.system) / 1e6 / seconds) * 100);
+}
+
+/**
+ * Open one WebSocket; resolves to it once open. `onMessage` listens from the start: a message
+ * sent right after the upgrade (the project's welcome) can arrive before the promise resolves.
+ */
+function open(url, { handshakeTimeout = 60000, onMessage } = {}) {
+  const options = {
+    origin: args.origin,
+    perMessageDeflate: false,
+    handshakeTimeout,
+  };
+  if (url.startsWith('wss:')) {
+    options.ca = CA;
+    options.servername = 'localhost';
+  }
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, options);
+    if (onMessage) ws.on('message', onMessage);
+    ws.once('open', () => {
+      ws.removeAllListeners('error');
+      ws.on('error', () => {});
+      resolve(ws);
+    });
+    ws.once('error', reject);
+  });
+}
+
+/** Close a socket with the closing handshake; resolves when it is closed (5 s at most). */
+function closeSocket(ws) {
+  return new Promise((resolve) => {
+    if (ws.readyState === WebSocket.CLOSED) {
+      resolve();
+      return;
+    }
+    const timer = setTimeout(() => {
+      ws.terminate();
+      resolve();
+    }, 5000);
+    ws.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    ws.close(1000);
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// --- echo --------------------------------------------------------------------------------
+
+/** N connections, each sending the next message as soon as the reply to the last arrives. */
+async function echo() {
+  const connections = Number(args.connections);
+  const duration = Number(args.duration) * 1000;
+  const warmup = Number(args.warmup ?? 1) * 1000;
+  const message = args.message;
+  const reply = args.reply ?? message;
+  const sockets = [];
+  for (let i = 0; i < connections; i += 10) {
+    const batch = Math.min(10, connections - i);
+    sockets.push(...(await Promise.all(Array.from({ length: batch }, () => open(args.url)))));
+  }
+  await sleep(300); // let welcome messages (the project's) arrive before the clock starts
+  let counting = false;
+  let replies = 0;
+  let unexpected = 0;
+  let closed = 0;
+  let running = true;
+  for (const ws of sockets) {
+    ws.on('message', (data) => {
+      if (data.toString() !== reply) {
+        unexpected += 1;
+        return;
+      }
+      if (counting) replies += 1;
+      if (running) ws.send(message);
+    });
+    ws.on('close', () => (closed += 1));
+    ws.send(message);
+  }
+  await sleep(warmup);
+  counting = true;
+  const cpuBefore = process.cpuUsage();
+  const started = now();
+  await sleep(duration);
+  counting = false;
+  const seconds = (now() - started) / 1000;
+  const clientCpu = cpuPercent(cpuBefore, seconds);
+  const closedEarly = closed;
+  running = false;
+  await sleep(200);
+  await Promise.all(sockets.map(closeSocket));
+  emit({
+    mode: 'echo',
+    connections,
+    message_bytes: Buffer.byteLength(message),
+    reply_bytes: Buffer.byteLength(reply),
+    seconds: round3(seconds),
+    replies,
+    per_second: round3(replies / seconds),
+    unexpected,
+    closed_early: closedEarly,
+    client_cpu_percent: clientCpu,
+  });
+}
+
+// --- fanout ------------------------------------------------------------------------------
+
+class Receivers {
+  constructor() {
+    this.sockets = [];
+    this.open = 0;
+    this.closedEarly = 0;
+    this.arrivals = new Map(); // seq -> {sent, latencies: [], last, bytes}
+    this.duplicates = 0;
+    this.waiters = [];
+  }
+
+  /** A message listener for one socket, to give to open() before the socket exists. */
+  listener() {
+    const seen = new Set();
+    const socket = { worker: null };
+    return (data) => this.onMessage(data, seen, socket);
+  }
+
+  add(ws) {
+    this.sockets.push(ws);
+    this.open += 1;
+    ws.on('close', () => {
+      this.open -= 1;
+      if (!this.closing) this.closedEarly += 1;
+    });
+  }
+
+  onMessage(data, seen, socket) {
+    const arrived = now();
+    const text = data.toString();
+    const match = BENCH_PATTERN.exec(text);
+    if (!match) {
+      if (socket.worker === null && text.startsWith('{"type":"welcome"')) {
+        socket.worker = JSON.parse(text).worker ?? null; // the project's server process
+      }
+      return;
+    }
+    const seq = Number(match[1]);
+    if (seen.has(seq)) {
+      this.duplicates += 1;
+      return;
+    }
+    seen.add(seq);
+    let entry = this.arrivals.get(seq);
+    if (!entry) {
+      entry = { sent: Number(match[2]), latencies: [], last: 0, bytes: data.length };
+      entry.byWorker = new Map();
+      this.arrivals.set(seq, entry);
+    }
+    entry.latencies.push(arrived - entry.sent);
+    if (socket.worker !== null) {
+      if (!entry.byWorker.has(socket.worker)) entry.byWorker.set(socket.worker, []);
+      entry.byWorker.get(socket.worker).push(arrived - entry.sent);
+    }
+    entry.last = Math.max(entry.last, arrived);
+    for (const waiter of this.waiters) waiter();
+  }
+
+  complete(seqs, expected) {
+    return seqs.every((seq) => (this.arrivals.get(seq)?.latencies.length ?? 0) >= expected);
+  }
+
+  /** Resolves when every seq reached `expected` sockets, or after `timeout` ms. */
+  wait(seqs, expected, timeout) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((waiter) => waiter !== check);
+        resolve();
+      };
+      const check = () => {
+        if (this.complete(seqs, expected)) done();
+      };
+      const timer = setTimeout(done, timeout);
+      this.waiters.push(check);
+      check();
+    });
+  }
+}
+
+async function openMany(urls, count, concurrency, receivers) {
+  let next = 0;
+  let failed = 0;
+  let firstError = null;
+  async function worker() {
+    while (next < count) {
+      const url = urls[next % urls.length];
+      next += 1;
+      try {
+        receivers.add(await open(url, { onMessage: receivers.listener() }));
+      } catch (error) {
+        failed += 1;
+        firstError ??= String(error?.message ?? error);
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return { failed, firstError };
+}
+
+/** p50, p99 and max latency of one broadcast at each server worker's sockets. */
+function workerStats(byWorker) {
+  const stats = {};
+  for (const [worker, values] of byWorker) {
+    const sorted = [...values].sort((a, b) => a - b);
+    stats[worker] = {
+      received: sorted.length,
+      p50_ms: round3(percentile(sorted, 0.5)),
+      p99_ms: round3(percentile(sorted, 0.99)),
+      max_ms: round3(sorted[sorted.length - 1]),
+    };
+  }
+  return stats;
+}
+
+function roundStats(receivers, seqs, expected) {
+  const perSeq = seqs.map((seq) => {
+    const entry = receivers.arrivals.get(seq);
+    const latencies = entry ? [...entry.latencies].sort((a, b) => a - b) : [];
+    return {
+      seq,
+      received: latencies.length,
+      lost: Math.max(expected - latencies.length, 0),
+      frame_bytes: entry?.bytes ?? null,
+      p50_ms: round3(percentile(latencies, 0.5)),
+      p99_ms: round3(percentile(latencies, 0.99)),
+      max_ms: round3(latencies.length ? latencies[latencies.length - 1] : null),
+      sent: entry?.sent ?? null,
+      last: entry?.last ?? null,
+      per_worker: entry ? workerStats(entry.byWorker) : {},
+    };
+  });
+  const received = perSeq.reduce((sum, row) => sum + row.received, 0);
+  const firstSent = Math.min(...perSeq.filter((r) => r.sent).map((r) => r.sent));
+  const lastArrival = Math.max(...perSeq.filter((r) => r.last).map((r) => r.last));
+  const span = lastArrival - firstSent;
+  return {
+    event: 'round',
+    seqs,
+    expected,
+    received,
+    lost: perSeq.reduce((sum, row) => sum + row.lost, 0),
+    duplicates: receivers.duplicates,
+    span_ms: Number.isFinite(span) ? round3(span) : null,
+    deliveries_per_second: Number.isFinite(span) && span > 0 ? round3((received / span) * 1000) : null,
+    per_seq: perSeq.map(({ sent, last, ...row }) => row),
+  };
+}
+
+async function fanout() {
+  const urls = args.url.split(',');
+  const count = Number(args.sockets);
+  const concurrency = Number(args.concurrency ?? 100);
+  const receivers = new Receivers();
+  const started = now();
+  const { failed, firstError } = await openMany(urls, count, concurrency, receivers);
+  const seconds = (now() - started) / 1000;
+  emit({
+    event: 'opened',
+    opened: receivers.open,
+    failed,
+    first_error: firstError,
+    seconds: round3(seconds),
+    per_second: round3(receivers.open / seconds),
+  });
+  let mark = { cpu: process.cpuUsage(), at: now() };
+  const lines = createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    if (!line.trim()) continue;
+    const command = JSON.parse(line);
+    if (command.cmd === 'mark') {
+      mark = { cpu: process.cpuUsage(), at: now() };
+      emit({ event: 'marked', open: receivers.open });
+    } else if (command.cmd === 'expect') {
+      const expected = receivers.open;
+      await receivers.wait(command.seqs, expected, (command.timeout ?? 20) * 1000);
+      // This process's CPU from the mark until the last arrival: near 100% of a core, the
+      // client may be what limits the figures.
+      const clientCpu = cpuPercent(mark.cpu, (now() - mark.at) / 1000);
+      await sleep(command.grace_ms ?? 100); // duplicates and stragglers still count
+      const stats = roundStats(receivers, command.seqs, expected);
+      stats.closed_early = receivers.closedEarly;
+      stats.client_cpu_percent = clientCpu;
+      emit(stats);
+    } else if (command.cmd === 'close') {
+      receivers.closing = true;
+      await Promise.all(receivers.sockets.map(closeSocket));
+      emit({ event: 'closed', closed_early: receivers.closedEarly });
+      break;
+    }
+  }
+  process.exit(0);
+}
+
+const modes = { echo, fanout };
+const mode = modes[positionals[0]];
+if (!mode) {
+  console.error(`usage: node loadgen.mjs ${Object.keys(modes).join('|')} --url URL ...`);
+  process.exit(2);
+}
+mode().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});

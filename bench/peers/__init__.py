@@ -1,0 +1,1 @@
+"""Peer servers that bench/run.py measures the project against, doing the same work."""

@@ -1,0 +1,814 @@
+"""Results of bench/run.py: medians, ratios, targets, the Markdown table and the chart.
+
+    .venv/bin/python -m bench.report [--from bench/results/latest.json] [--update-docs]
+
+Without options it renders latest.md and fanout.png again from latest.json (with --from
+bench/results/full.json: full.md and fanout-full.png). `--update-docs`
+also pastes the Markdown between the markers of docs/benchmarks.md, so that the document
+shows the latest run without hand editing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+DOC_START = "<!-- bench:latest:start (python -m bench.report --update-docs) -->"
+DOC_END = "<!-- bench:latest:end -->"
+PACKAGES = [
+    "Django",
+    "channels",
+    "channels-redis",
+    "daphne",
+    "Twisted",
+    "autobahn",
+    "pyOpenSSL",
+    "cryptography",
+    "redis",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "websockets",
+    "psutil",
+    "matplotlib",
+]
+SOURCE_DIRS = ("project", "realtime", "twisted", "bench")
+CLIENT_BOUND = 90.0  # % of a core: above it the load generator, not the server, may be the limit
+TARGET_FANOUT_P99_MS = 250.0
+TARGET_FANOUT_RATIO = 3.0
+TARGET_ECHO_FRACTION = 0.7
+TARGET_IDLE_CPU = 5.0
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def command_output(args: list[str]) -> str | None:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def git_commit() -> str | None:
+    """HEAD's commit, read from .git's files (no git command runs)."""
+    git = ROOT / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return None
+
+
+def source_state() -> dict[str, Any]:
+    """A digest of the code under test (no git command runs; the tree may hold uncommitted
+    work) and its newest file. Taken at the start and the end of a run: a difference means
+    the code changed while it ran, and the figures mix two versions."""
+    files = sorted(
+        path
+        for folder in SOURCE_DIRS
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in (".py", ".mjs")
+        and not {"node_modules", "__pycache__", "results"} & set(path.parts)
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    newest = max(files, key=lambda path: path.stat().st_mtime)
+    modified = datetime.fromtimestamp(newest.stat().st_mtime, UTC)
+    return {
+        "digest": digest.hexdigest()[:16],
+        "files": len(files),
+        "newest": str(newest.relative_to(ROOT)),
+        "newest_modified": modified.isoformat(timespec="seconds"),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    from OpenSSL import SSL
+
+    ws_package = ROOT / "bench" / "node" / "node_modules" / "ws" / "package.json"
+    redis_version = command_output(["redis-server", "--version"]) or ""
+    return {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "memory_gib": memory_gib(),
+            "kernel": platform.release(),
+            "platform": platform.platform(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "node": command_output(["node", "--version"]),
+            "node_openssl": command_output(["node", "-p", "process.versions.openssl"]),
+            "ws": json.loads(ws_package.read_text())["version"] if ws_package.is_file() else None,
+            "python_ssl": ssl.OPENSSL_VERSION,
+            "pyopenssl_openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+            "redis_server": next(
+                (part for part in redis_version.split() if part.startswith("v=")), "?"
+            ).removeprefix("v="),
+            **package_versions(),
+        },
+        "git_commit": git_commit(),
+    }
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def summarize_echo_peer(entry: dict[str, Any]) -> dict[str, Any]:
+    handshakes = entry.get("handshakes", [])
+    resumed = entry.get("handshakes_resumed", [])
+    echo = entry.get("echo", [])
+    idle = entry.get("idle") or {}
+    return {
+        "handshakes_per_s": median(r["per_second"] for r in handshakes),
+        "handshake_errors": sum(r["errors"] for r in handshakes),
+        "handshake_client_cpu": median(r["client_cpu_percent"] for r in handshakes),
+        "tls": next((r["tls"] for r in handshakes if r.get("tls")), None),
+        "resumed_per_s": median(r["per_second"] for r in resumed),
+        "resumed_fraction": median(r["reused_fraction"] for r in resumed),
+        "resumed_client_cpu": median(r["client_cpu_percent"] for r in resumed),
+        "echo_per_s": median(r["per_second"] for r in echo),
+        "echo_client_cpu": median(r["client_cpu_percent"] for r in echo),
+        "echo_unexpected": sum(r["unexpected"] for r in echo),
+        "idle_sockets": idle.get("sockets"),
+        "kib_per_socket": idle.get("kib_per_socket"),
+        "idle_cpu_percent": idle.get("cpu_percent"),
+        "rounds": len(echo),
+    }
+
+
+def summarize_fanout(entry: dict[str, Any]) -> dict[str, Any]:
+    rounds, bursts, idle = entry.get("rounds", []), entry.get("bursts", []), entry.get("idle", {})
+    firsts = [r["per_seq"][0] for r in rounds]
+    return {
+        "p50_ms": median(s["p50_ms"] for s in firsts),
+        "p99_ms": median(s["p99_ms"] for s in firsts),
+        "max_ms": median(s["max_ms"] for s in firsts),
+        "worst_max_ms": max((s["max_ms"] for s in firsts if s["max_ms"] is not None), default=None),
+        "lost": sum(r["lost"] for r in rounds),
+        "expected": sum(r["expected"] * len(r["seqs"]) for r in rounds),
+        "burst_per_s": median(b["deliveries_per_second"] for b in bursts),
+        "burst_lost": sum(b["lost"] for b in bursts),
+        "burst_expected": sum(b["expected"] * len(b["seqs"]) for b in bursts),
+        "frame_bytes": next((s["frame_bytes"] for s in firsts if s["frame_bytes"]), None),
+        "opened": entry["open"]["opened"],
+        "open_failed": entry["open"]["failed"],
+        "open_per_s": entry["open"]["per_second"],
+        "kib_per_socket": idle.get("kib_per_socket"),
+        "idle_cpu_percent": idle.get("cpu_percent"),
+        "idle_redis_cpu_percent": idle.get("redis_cpu_percent"),
+        "client_cpu": median(r.get("client_cpu_percent") for r in rounds),
+        "per_worker": per_worker(firsts),
+        "rounds": len(rounds),
+    }
+
+
+def per_worker(firsts: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Median p50/p99 per server worker (the project's welcome names it), and its sockets."""
+    workers = sorted({worker for s in firsts for worker in s.get("per_worker", {})})
+    return {
+        worker: {
+            "sockets": median(s["per_worker"].get(worker, {}).get("received") for s in firsts),
+            "p50_ms": median(s["per_worker"].get(worker, {}).get("p50_ms") for s in firsts),
+            "p99_ms": median(s["per_worker"].get(worker, {}).get("p99_ms") for s in firsts),
+        }
+        for worker in workers
+    }
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    echo = {f"{e['peer']}/{e['transport']}": summarize_echo_peer(e) for e in results["echo_peers"]}
+    fanout = {
+        f"{e['peer']}/{e['transport']}/{e['sockets']}": summarize_fanout(e)
+        for e in results["fanout"]
+    }
+    return {"echo": echo, "fanout": fanout}
+
+
+def largest_size(summary: dict[str, Any], transport: str) -> int | None:
+    sizes = [int(key.split("/")[2]) for key in summary["fanout"] if f"/{transport}/" in key]
+    return max(sizes) if sizes else None
+
+
+def fanout_figure(
+    summary: dict[str, Any], peer: str, transport: str, size: int | None, field: str
+) -> float | None:
+    return summary["fanout"].get(f"{peer}/{transport}/{size}", {}).get(field)
+
+
+def echo_figure(summary: dict[str, Any], peer: str, transport: str, field: str) -> float | None:
+    return summary["echo"].get(f"{peer}/{transport}", {}).get(field)
+
+
+def ratios(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of "the project's figure divided by the peer's" (and wss ÷ ws per peer)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(measure: str, transport: str, better: str, **values: float | None) -> None:
+        rows.append({"measure": measure, "transport": transport, "better": better, **values})
+
+    for transport in ("wss", "ws"):
+        for field, measure in (
+            (
+                "handshakes_per_s",
+                "Handshakes + upgrades /s (full TLS)"
+                if transport == "wss"
+                else "Connections + upgrades /s",
+            ),
+            ("resumed_per_s", "Handshakes + upgrades /s (TLS 1.3 resumed)"),
+            ("echo_per_s", "Echo messages /s"),
+            ("kib_per_socket", "Memory per idle socket"),
+        ):
+            project = echo_figure(summary, "project-daphne", transport, field)
+            if project is None:
+                continue
+            add(
+                measure,
+                transport,
+                "lower" if field == "kib_per_socket" else "higher",
+                bare=ratio(project, echo_figure(summary, "bare-daphne", transport, field)),
+                node=ratio(project, echo_figure(summary, "node", transport, field)),
+                uvicorn=ratio(echo_figure(summary, "project-uvicorn", transport, field), project),
+            )
+    for transport in ("wss", "ws"):
+        for size in sorted({int(k.split("/")[2]) for k in summary["fanout"]}):
+            for field, measure, better in (
+                ("p99_ms", f"Fan-out p99 latency, {size:,} sockets", "lower"),
+                ("burst_per_s", f"Fan-out deliveries /s, {size:,} sockets", "higher"),
+            ):
+                project = fanout_figure(summary, "project", transport, size, field)
+                if project is None:
+                    continue
+                add(
+                    measure,
+                    transport,
+                    better,
+                    node=ratio(project, fanout_figure(summary, "node", transport, size, field)),
+                    tutorial=ratio(
+                        project, fanout_figure(summary, "tutorial", transport, size, field)
+                    ),
+                )
+    return rows
+
+
+def tls_cost(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """wss ÷ ws for each peer and measure."""
+    rows = []
+    for field, measure in (
+        ("handshakes_per_s", "Handshakes + upgrades /s"),
+        ("echo_per_s", "Echo messages /s"),
+        ("kib_per_socket", "Memory per idle socket"),
+    ):
+        row: dict[str, Any] = {"measure": measure}
+        for peer in ("bare-daphne", "project-daphne", "project-uvicorn", "node"):
+            row[peer] = ratio(
+                echo_figure(summary, peer, "wss", field), echo_figure(summary, peer, "ws", field)
+            )
+        if any(value is not None for key, value in row.items() if key != "measure"):
+            rows.append(row)
+    sizes = sorted({int(k.split("/")[2]) for k in summary["fanout"] if "/ws/" in k})
+    for size in sizes:
+        for field, measure in (
+            ("p99_ms", f"Fan-out p99, {size:,} sockets"),
+            ("burst_per_s", f"Fan-out deliveries /s, {size:,} sockets"),
+        ):
+            row = {"measure": measure}
+            for peer in ("project", "tutorial", "node"):
+                row[f"fanout-{peer}"] = ratio(
+                    fanout_figure(summary, peer, "wss", size, field),
+                    fanout_figure(summary, peer, "ws", size, field),
+                )
+            if any(value is not None for key, value in row.items() if key != "measure"):
+                rows.append(row)
+    return rows
+
+
+def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    size = largest_size(summary, "wss")
+    project = summary["fanout"].get(f"project/wss/{size}", {})
+    tutorial = summary["fanout"].get(f"tutorial/wss/{size}", {})
+    rows = []
+
+    p99, lost = project.get("p99_ms"), project.get("lost")
+    reached = None if p99 is None or size != 5000 else (p99 < TARGET_FANOUT_P99_MS and lost == 0)
+    figure = (
+        f"p99 {fmt_ms(p99)} ms (p50 {fmt_ms(project.get('p50_ms'))}, max "
+        f"{fmt_ms(project.get('max_ms'))}), lost {lost} of {project.get('expected') or 0:,}, "
+        f"{size:,} sockets"
+        if p99 is not None
+        else "not measured"
+    )
+    rows.append(
+        {
+            "target": "A broadcast reaches 5,000 WSS sockets on 2 workers: p99 < 250 ms, none lost",
+            "figure": figure,
+            "reached": reached,
+        }
+    )
+
+    fanout_ratio = ratio(project.get("burst_per_s"), tutorial.get("burst_per_s"))
+    rows.append(
+        {
+            "target": "Project fan-out throughput >= 3x the tutorial pattern's (WSS, 2 workers)",
+            "figure": (
+                f"{fmt_ratio(fanout_ratio)} ({fmt_int(project.get('burst_per_s'))} vs "
+                f"{fmt_int(tutorial.get('burst_per_s'))} deliveries/s, {size:,} sockets)"
+                if fanout_ratio is not None
+                else "not measured"
+            ),
+            "reached": None if fanout_ratio is None else fanout_ratio >= TARGET_FANOUT_RATIO,
+        }
+    )
+
+    echo_wss = ratio(
+        echo_figure(summary, "project-daphne", "wss", "echo_per_s"),
+        echo_figure(summary, "bare-daphne", "wss", "echo_per_s"),
+    )
+    echo_ws = ratio(
+        echo_figure(summary, "project-daphne", "ws", "echo_per_s"),
+        echo_figure(summary, "bare-daphne", "ws", "echo_per_s"),
+    )
+    rows.append(
+        {
+            "target": "Echo through the consumer >= 70% of bare ASGI echo under daphne",
+            "figure": f"WSS {fmt_pct(echo_wss)}, WS {fmt_pct(echo_ws)}",
+            "reached": None if echo_wss is None else echo_wss >= TARGET_ECHO_FRACTION,
+        }
+    )
+
+    idle = summary["fanout"].get("project/wss/5000", {})
+    cpu = idle.get("idle_cpu_percent")
+    redis_cpu = idle.get("idle_redis_cpu_percent") or 0.0
+    rows.append(
+        {
+            "target": "5,000 idle WSS sockets cost < 5% of a core (project, 2 workers)",
+            "figure": (
+                f"{cpu:.1f}% of a core (Redis beside it {redis_cpu:.1f}%)"
+                if cpu is not None
+                else "not measured"
+            ),
+            "reached": None if cpu is None else cpu < TARGET_IDLE_CPU,
+        }
+    )
+    return rows
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def source_line(results: dict[str, Any]) -> str:
+    source = results.get("source", {})
+    start, end = source.get("start"), source.get("end")
+    if not start:
+        return ""
+    line = (
+        f"Code measured: digest `{start['digest']}` of {start['files']} files under "
+        f"{', '.join(SOURCE_DIRS)} (newest: `{start['newest']}`, {start['newest_modified']})."
+    )
+    if end and end["digest"] != start["digest"]:
+        line += (
+            f" **The code changed during the run** (digest `{end['digest']}` at the end, "
+            f"`{end['newest']}` {end['newest_modified']}): the figures mix two versions."
+        )
+    return line
+
+
+def fmt_load(results: dict[str, Any]) -> str:
+    start = results.get("load_average", {}).get("start")
+    return "?" if not start else " / ".join(f"{value:.2f}" for value in start)
+
+
+def fmt_int(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def fmt_cpu(value: float | None, flag: bool = True) -> str:
+    if value is None:
+        return "-"
+    if not flag:  # idle CPU: small figures, one decimal
+        return f"{value:.1f}%"
+    return f"{value:.0f}%{' †' if value >= CLIENT_BOUND else ''}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def reached_text(value: bool | None) -> str:
+    return {True: "**reached**", False: "**not reached**", None: "not measured"}[value]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    summary = results.get("summary") or summarize(results)
+    env = results.get("environment", {})
+    machine, versions = env.get("machine", {}), env.get("versions", {})
+    config = results["config"]
+    lines = [
+        f"Run: `{results['mode']}` mode, {results['started']}, {results.get('duration_s', '?')} s; "
+        f"commit `{(env.get('git_commit') or '?')[:12]}`; load average before the run "
+        f"{fmt_load(results)}.",
+        source_line(results),
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, "
+        f"{machine.get('memory_gib')} GiB, Linux {machine.get('kernel')}. "
+        f"Python {versions.get('python')} (daphne {versions.get('daphne')}, channels "
+        f"{versions.get('channels')}, channels-redis {versions.get('channels-redis')}, Twisted "
+        f"{versions.get('Twisted')}, uvicorn {versions.get('uvicorn')}), Node "
+        f"{versions.get('node')} (ws {versions.get('ws')}), Redis {versions.get('redis_server')}.",
+        "",
+        "### Targets",
+        "",
+        *table(
+            ["Target", "Measured", "Result"],
+            [[t["target"], t["figure"], reached_text(t["reached"])] for t in targets(summary)],
+        ),
+        "",
+        "### The project against its peers",
+        "",
+        "Each cell is the project's figure divided by the peer's (project: daphne with "
+        "`project.asgi` for handshakes, echo and memory; `serve --workers 2` for fan-out). "
+        "Throughput rows: above 1 the project is faster. Latency and memory rows: below 1 "
+        "the project is better. Last column: the project under uvicorn divided by under daphne.",
+        "",
+        *table(
+            [
+                "Measure",
+                "Transport",
+                "project / bare daphne",
+                "project / Node",
+                "project / tutorial",
+                "uvicorn / daphne",
+            ],
+            [
+                [
+                    r["measure"],
+                    r["transport"].upper(),
+                    fmt_ratio(r.get("bare")),
+                    fmt_ratio(r.get("node")),
+                    fmt_ratio(r.get("tutorial")),
+                    fmt_ratio(r.get("uvicorn")),
+                ]
+                for r in ratios(summary)
+            ],
+        ),
+        "",
+        "### What TLS costs: WSS / WS",
+        "",
+        *table(
+            [
+                "Measure",
+                "bare daphne",
+                "project daphne",
+                "project uvicorn",
+                "Node",
+                "fan-out project",
+                "fan-out tutorial",
+                "fan-out Node",
+            ],
+            [
+                [
+                    r["measure"],
+                    *(
+                        fmt_ratio(r.get(k))
+                        for k in (
+                            "bare-daphne",
+                            "project-daphne",
+                            "project-uvicorn",
+                            "node",
+                            "fanout-project",
+                            "fanout-tutorial",
+                            "fanout-node",
+                        )
+                    ),
+                ]
+                for r in tls_cost(summary)
+            ],
+        ),
+        "",
+        *absolute_tables(summary, config),
+    ]
+    if results.get("errors"):
+        lines += ["", "Failed measurements (details in the JSON file):"]
+        lines += [f"- {error.splitlines()[0]}" for error in results["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def absolute_tables(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    echo_rows = []
+    for key, s in summary["echo"].items():
+        peer, transport = key.split("/")
+        resumed = (
+            f"{fmt_int(s['resumed_per_s'])} ({fmt_pct(s['resumed_fraction'])} resumed)"
+            if s["resumed_per_s"] is not None
+            else "-"
+        )
+        echo_rows.append(
+            [
+                peer,
+                transport.upper(),
+                f"{fmt_int(s['handshakes_per_s'])} ({fmt_cpu(s['handshake_client_cpu'])})",
+                resumed,
+                f"{fmt_int(s['echo_per_s'])} ({fmt_cpu(s['echo_client_cpu'])})",
+                "-" if s["kib_per_socket"] is None else f"{s['kib_per_socket']:.1f}",
+                fmt_cpu(s["idle_cpu_percent"], flag=False),
+            ]
+        )
+    fanout_rows = []
+    for key, s in sorted(
+        summary["fanout"].items(),
+        key=lambda kv: (kv[0].split("/")[1], int(kv[0].split("/")[2]), kv[0].split("/")[0]),
+    ):
+        peer, transport, size = key.split("/")
+        fanout_rows.append(
+            [
+                peer,
+                transport.upper(),
+                f"{int(size):,}",
+                fmt_ms(s["p50_ms"]),
+                fmt_ms(s["p99_ms"]),
+                fmt_ms(s["max_ms"]),
+                f"{s['lost']} of {s['expected']:,}",
+                "-"
+                if s["burst_per_s"] is None
+                else f"{fmt_int(s['burst_per_s'])} (lost {s['burst_lost']})",
+                fmt_int(s["open_per_s"]),
+                "-" if s["kib_per_socket"] is None else f"{s['kib_per_socket']:.1f}",
+                fmt_cpu(s["idle_cpu_percent"], flag=False),
+                "-" if s["frame_bytes"] is None else str(s["frame_bytes"]),
+            ]
+        )
+    return [
+        "### Absolute figures (this machine only; compare the ratios above)",
+        "",
+        f"Handshakes, echo and idle: one server process pinned to CPU 0, the Node load "
+        f"generator to CPU 1; medians of {config['rounds']} rounds of "
+        f"{config['handshake_seconds']:g} s (handshakes: {config['handshake_processes']} "
+        "client processes, one handshake in flight each) and "
+        f"{config['echo_seconds']:g} s (echo: {config['echo_connections']} sockets, "
+        'one 15-byte text message in flight on each, answered by 15 bytes: `{"type":"ping"}` '
+        'echoed, or the project\'s `{"type":"pong"}`). In brackets: the load generator\'s '
+        f"CPU; † marks {CLIENT_BOUND:.0f}% of a core or more, where the client may be the "
+        f"limit, so the server's real figure is at least that. Memory: RSS growth with "
+        f"{config['idle_sockets']:,} idle sockets opened on a fresh server, divided by their "
+        "number; "
+        + (
+            f"idle CPU over {config['echo_idle_seconds']:g} s."
+            if config.get("echo_idle_seconds")
+            else "idle CPU not measured in this mode (see fan-out below)."
+        ),
+        "",
+        *table(
+            [
+                "Peer",
+                "Transport",
+                "Handshakes /s (client CPU)",
+                "Resumed /s",
+                "Echo msg/s (client CPU)",
+                "KiB per idle socket",
+                "Idle CPU (% of a core)",
+            ],
+            echo_rows,
+        ),
+        "",
+        f"Fan-out: one broadcast at a time, latency from just before the send call to arrival, "
+        f"median of {config['fanout_rounds']} broadcasts (lost: all of them together). "
+        f"Deliveries/s: bursts of {config['burst']} broadcasts sent back to back, messages "
+        f"received divided by the time from the first send to the last arrival, median of "
+        f"{config['burst_rounds']} bursts. Not pinned. KiB per socket and idle CPU (over "
+        f"{config['idle_seconds']:g} s, all server processes, Redis not included) on the "
+        "largest set, opened on a fresh server.",
+        "",
+        *table(
+            [
+                "Peer",
+                "Transport",
+                "Sockets",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "Lost",
+                "Deliveries/s (burst)",
+                "Opened /s",
+                "KiB per socket",
+                "Idle CPU",
+                "Frame bytes",
+            ],
+            fanout_rows,
+        ),
+        *worker_lines(summary),
+    ]
+
+
+def worker_lines(summary: dict[str, Any]) -> list[str]:
+    """The project's fan-out per worker: an uneven spread or one slow worker shows here."""
+    lines = []
+    for key, s in summary["fanout"].items():
+        peer, transport, size = key.split("/")
+        if peer != "project" or not s.get("per_worker"):
+            continue
+        parts = [
+            f"{worker} {fmt_int(w['sockets'])} sockets, p50 {fmt_ms(w['p50_ms'])} / "
+            f"p99 {fmt_ms(w['p99_ms'])} ms"
+            for worker, w in s["per_worker"].items()
+        ]
+        lines.append(f"- {transport.upper()} {int(size):,}: " + "; ".join(parts))
+    if not lines:
+        return []
+    return ["", "The project's fan-out per worker (median of the broadcasts):", "", *lines]
+
+
+# --- chart -----------------------------------------------------------------------------------
+
+
+def chart(summary: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    peers = {
+        "project": ("tab:blue", "project (serve, 2 workers)"),
+        "tutorial": ("tab:red", "tutorial pattern (2 daphne workers)"),
+        "node": ("tab:green", "Node https + ws (1 process)"),
+    }
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    for axis, transport in zip(axes, ("wss", "ws"), strict=True):
+        all_sizes: set[int] = set()
+        for peer, (color, name) in peers.items():
+            points = sorted(
+                (int(key.split("/")[2]), s)
+                for key, s in summary["fanout"].items()
+                if key.startswith(f"{peer}/{transport}/")
+            )
+            if not points:
+                continue
+            sizes = [size for size, _ in points]
+            all_sizes.update(sizes)
+            for field, style, label in (("p50_ms", "o-", "p50"), ("p99_ms", "^--", "p99")):
+                values = [s[field] for _, s in points]
+                axis.plot(sizes, values, style, color=color, label=f"{name} {label}")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xticks(sorted(all_sizes), [f"{size:,}" for size in sorted(all_sizes)])
+        axis.minorticks_off()
+        axis.set_title(f"Broadcast fan-out over {transport.upper()}")
+        axis.set_xlabel("connected sockets")
+        axis.grid(True, which="major", alpha=0.3)
+        axis.axhline(TARGET_FANOUT_P99_MS, color="grey", linewidth=0.8, linestyle=":")
+        axis.annotate(
+            "target p99 250 ms",
+            (0.02, TARGET_FANOUT_P99_MS),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="grey",
+            va="bottom",
+        )
+    axes[0].set_ylabel("delivery latency (ms)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def output_paths(out: Path, stem: str) -> tuple[Path, Path, Path]:
+    """STEM.json, STEM.md and its chart: fanout.png for "latest", fanout-STEM.png otherwise."""
+    png = "fanout.png" if stem == "latest" else f"fanout-{stem}.png"
+    return out / f"{stem}.json", out / f"{stem}.md", out / png
+
+
+def render(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """Add the summary, ratios and targets to `results` and write its three files."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results)
+    results["summary"] = summary
+    results["ratios"] = ratios(summary)
+    results["tls_cost"] = tls_cost(summary)
+    results["targets"] = targets(summary)
+    json_path, md_path, png_path = output_paths(out, stem)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    md_path.write_text(markdown(results))
+    chart(summary, png_path, f"{results['mode']} run, {results['started']} (2 workers)")
+    return [json_path, md_path, png_path]
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    """latest.json, latest.md and fanout.png, and copies named after the mode (quick.json,
+    quick.md, fanout-quick.png), so that a quick run does not hide the last full one."""
+    written = render(results, out, "latest")
+    for path, copy in zip(written, output_paths(out, results["mode"]), strict=True):
+        shutil.copyfile(path, copy)
+    return written
+
+
+def update_doc(markdown_text: str, doc: Path = DOC) -> None:
+    text = doc.read_text()
+    if DOC_START not in text or DOC_END not in text:
+        sys.exit(f"{doc} has no {DOC_START} ... {DOC_END} section")
+    head, rest = text.split(DOC_START, 1)
+    _, tail = rest.split(DOC_END, 1)
+    doc.write_text(f"{head}{DOC_START}\n\n{markdown_text}\n{DOC_END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="source", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--update-docs", action="store_true")
+    args = parser.parse_args()
+    results = json.loads(args.source.read_text())
+    render(results, args.source.parent, args.source.stem)
+    if args.update_docs:
+        update_doc(markdown(results))
+        print(f"updated {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,546 @@
+"""The benchmark harness behind `make bench`: the project against its peers, on loopback.
+
+    .venv/bin/python -m bench.run [--mode quick|full] [--stages echo fanout]
+                                  [--peers NAME ...] [--transports wss ws]
+
+Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure means):
+
+- handshakes: new TCP + TLS + WebSocket upgrade + close per second, full TLS handshakes and
+  TLS 1.3 resumption; echo: request/reply messages per second through each server; idle:
+  memory per open socket and CPU of idle sockets. Peers: a bare ASGI echo app under daphne,
+  the project under daphne and under uvicorn, and the seed article's Node https + ws server.
+  Each server runs alone on CPU 0, the load generator on CPU 1.
+- fan-out: one broadcast to 100, 1,000 and 5,000 sockets (p50, p99, max latency, lost) and
+  bursts of broadcasts (deliveries per second). Peers: the project (`serve --workers 2`), the
+  Channels tutorial's pattern on 2 daphne workers, and the Node server. Not pinned: two
+  workers, Redis and the client share the two cores.
+
+Every figure is the median of several rounds. Writes bench/results/latest.json, latest.md and
+fanout.png (and copies named after the mode). Every process it starts is stopped at the end,
+on Ctrl-C and on errors too. Load goes to 127.0.0.1 only; certificates are verified against a
+throw-away dev CA made for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from bench import procs, report  # noqa: E402
+from bench.clients import FanoutClients, Trigger, loadgen_args, run_loadgen  # noqa: E402
+from bench.servers import (  # noqa: E402
+    ECHO_PEERS,
+    FANOUT_PEERS,
+    PING,
+    TRANSPORTS,
+    Peer,
+    Setup,
+    echo_peer,
+    fanout_peer,
+)
+from realtime.tls import ensure_dev_certificate  # noqa: E402
+
+SERVER_CPU = "0"  # one core for the server under test (echo, handshakes) ...
+LOADGEN_CPU = "1"  # ... the other for the load generator
+SETTLE_SECONDS = 3.0  # after opening sockets: handshakes, presence writes and GC settle
+OPEN_CONCURRENCY = 100  # handshakes in flight while opening fan-out sockets
+EXPECT_TIMEOUT = 10.0  # seconds for a broadcast to reach every socket before it counts as lost
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    rounds: int  # handshake and echo rounds
+    handshake_seconds: float
+    echo_seconds: float
+    echo_connections: int
+    handshake_processes: int  # client processes, each with one handshake in flight
+    warmup_seconds: float  # before each handshake and echo round's clock starts
+    idle_sockets: int  # opened on a fresh echo peer: memory per socket ...
+    idle_transports: tuple[str, ...]
+    echo_idle_seconds: float | None  # ... and the CPU of those idle sockets (None: not measured)
+    fanout_sizes: dict[str, list[int]]  # per transport, largest first (fresh server)
+    fanout_rounds: int
+    burst: int  # broadcasts sent back to back for deliveries per second
+    burst_rounds: int
+    idle_seconds: float  # idle CPU window on fan-out peers (daphne pings every socket each 20 s)
+
+
+MODES = {
+    "quick": Mode(
+        name="quick",
+        rounds=3,
+        handshake_seconds=1.5,
+        echo_seconds=1.5,
+        echo_connections=50,
+        handshake_processes=8,
+        warmup_seconds=0.3,
+        idle_sockets=1000,
+        idle_transports=("wss",),
+        echo_idle_seconds=None,
+        fanout_sizes={"wss": [5000, 1000, 100], "ws": [1000, 100]},
+        fanout_rounds=3,
+        burst=5,
+        burst_rounds=3,
+        idle_seconds=6,
+    ),
+    "full": Mode(
+        name="full",
+        rounds=5,
+        handshake_seconds=3,
+        echo_seconds=4,
+        echo_connections=50,
+        handshake_processes=8,
+        warmup_seconds=0.5,
+        idle_sockets=5000,
+        idle_transports=("wss", "ws"),
+        echo_idle_seconds=10,
+        fanout_sizes={"wss": [5000, 1000, 100], "ws": [5000, 1000, 100]},
+        fanout_rounds=5,
+        burst=10,
+        burst_rounds=3,
+        idle_seconds=20,
+    ),
+}
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def base_env() -> dict[str, str]:
+    prefixes = ("DJANGO_", "REDIS_", "REALTIME_", "TUTORIAL_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def check_tools() -> None:
+    missing = [tool for tool in ("node", "redis-server", "taskset") if not shutil.which(tool)]
+    if missing:
+        sys.exit(f"missing on PATH: {', '.join(missing)}")
+    if not (ROOT / "bench" / "node" / "node_modules" / "ws").is_dir():
+        sys.exit("bench/node/node_modules is missing: run `make bench` (it runs npm ci there)")
+
+
+def start_redis(work: Path, env: dict[str, str]) -> tuple[procs.Server, str]:
+    """A private redis-server on a free port (the shared one on 6379 is never touched)."""
+    port = procs.free_port()
+    args = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(work),
+        "--maxclients",
+        "20000",
+    ]
+    server = procs.Server("redis", args, env, [port], work / "logs" / "redis.log")
+    return server.start(), f"redis://127.0.0.1:{port}"
+
+
+def prepare(work: Path) -> tuple[Setup, procs.Server]:
+    logs = work / "logs"
+    logs.mkdir()
+    env = base_env()
+    certs = ensure_dev_certificate(work / "certs").paths
+    redis_server, redis_url = start_redis(work, env)
+    template = work / "template.sqlite3"
+    migrate_env = {
+        **env,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "1",
+        "DJANGO_DB_PATH": str(template),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=migrate_env,
+        check=True,
+        capture_output=True,
+    )
+    return Setup(work, logs, certs, redis_url, env, template), redis_server
+
+
+def flush_redis(setup: Setup) -> None:
+    client = redis.Redis.from_url(setup.redis_url)
+    client.flushall()
+    client.close()
+
+
+def ca_for(setup: Setup, transport: str) -> Path | None:
+    return setup.certs.ca_cert if transport == "wss" else None
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def handshake_round(setup: Setup, peer: Peer, mode: Mode, resume: bool) -> dict[str, Any]:
+    args = [
+        sys.executable,
+        "-m",
+        "bench.handshakes",
+        "--url",
+        peer.urls[0],
+        "--origin",
+        peer.origin,
+        "--processes",
+        str(mode.handshake_processes),
+        "--duration",
+        str(mode.handshake_seconds),
+        "--warmup",
+        str(mode.warmup_seconds),
+    ]
+    if peer.transport == "wss":
+        args += ["--ca", str(setup.certs.ca_cert)]
+    if resume:
+        args.append("--resume")
+    log = setup.logs / f"handshakes-{peer.name}-{peer.transport}.log"
+    return run_loadgen(args, setup.base_env, log, LOADGEN_CPU, mode.handshake_seconds + 90)
+
+
+def echo_round(setup: Setup, peer: Peer, mode: Mode) -> dict[str, Any]:
+    args = loadgen_args(
+        "echo",
+        peer.urls[0],
+        peer.origin,
+        ca_for(setup, peer.transport),
+        connections=mode.echo_connections,
+        duration=mode.echo_seconds,
+        warmup=mode.warmup_seconds,
+        message=PING,
+        reply=peer.echo_reply,
+    )
+    log = setup.logs / f"loadgen-echo-{peer.name}-{peer.transport}.log"
+    return run_loadgen(args, setup.base_env, log, LOADGEN_CPU, mode.echo_seconds + 60)
+
+
+def open_sockets(
+    setup: Setup, peer: Peer, sockets: int, cpus: str | None
+) -> tuple[FanoutClients, dict[str, Any]]:
+    args = loadgen_args(
+        "fanout",
+        ",".join(peer.urls),
+        peer.origin,
+        ca_for(setup, peer.transport),
+        sockets=sockets,
+        concurrency=OPEN_CONCURRENCY,
+    )
+    log = setup.logs / f"loadgen-fanout-{peer.name}-{peer.transport}-{sockets}.log"
+    clients = FanoutClients(args, setup.base_env, log, cpus)
+    try:
+        opened = clients.opened(timeout=300)
+    except Exception:
+        clients.stop()
+        raise
+    return clients, opened
+
+
+def idle_usage(
+    setup: Setup,
+    peer: Peer,
+    sockets: int,
+    before: procs.Usage,
+    window: float | None,
+    redis_server: procs.Server,
+) -> dict[str, Any]:
+    """Memory per open socket (RSS growth since `before`) and, over `window` seconds, the CPU
+    of the server processes (and separately Redis's) while the sockets stay idle."""
+    time.sleep(SETTLE_SECONDS)
+    opened = procs.usage(peer.servers)
+    result: dict[str, Any] = {
+        "sockets": sockets,
+        "rss_before_mib": round(before.rss_bytes / 2**20, 2),
+        "rss_after_mib": round(opened.rss_bytes / 2**20, 2),
+        "kib_per_socket": round((opened.rss_bytes - before.rss_bytes) / 1024 / sockets, 2),
+        "processes": len(opened.pids),
+    }
+    if window:
+        servers_before, redis_before = procs.usage(peer.servers), procs.usage([redis_server])
+        time.sleep(window)
+        servers_after, redis_after = procs.usage(peer.servers), procs.usage([redis_server])
+        result["window_s"] = window
+        result["cpu_percent"] = procs.cpu_percent_between(servers_before, servers_after)
+        result["redis_cpu_percent"] = procs.cpu_percent_between(redis_before, redis_after)
+    return result
+
+
+def measure_echo_peer(
+    setup: Setup, mode: Mode, name: str, transport: str, redis_server: procs.Server
+) -> dict[str, Any]:
+    peer = echo_peer(setup, name, transport, SERVER_CPU).start()
+    result: dict[str, Any] = {"peer": name, "transport": transport, "pinning": SERVER_CPU}
+    try:
+        time.sleep(1)
+        result["handshakes"] = [
+            handshake_round(setup, peer, mode, resume=False) for _ in range(mode.rounds)
+        ]
+        if transport == "wss":
+            result["handshakes_resumed"] = [
+                handshake_round(setup, peer, mode, resume=True) for _ in range(mode.rounds)
+            ]
+        result["echo"] = [echo_round(setup, peer, mode) for _ in range(mode.rounds)]
+        if transport in mode.idle_transports:
+            result["idle"] = idle_on_fresh(setup, mode, name, transport, redis_server)
+    finally:
+        peer.stop()
+    return result
+
+
+def idle_on_fresh(
+    setup: Setup, mode: Mode, name: str, transport: str, redis_server: procs.Server
+) -> dict[str, Any]:
+    """Idle sockets on a fresh server: memory that earlier rounds freed would hide growth."""
+    peer = echo_peer(setup, name, transport, SERVER_CPU).start()
+    try:
+        time.sleep(1)
+        before = procs.usage(peer.servers)
+        clients, opened = open_sockets(setup, peer, mode.idle_sockets, LOADGEN_CPU)
+        try:
+            idle = idle_usage(
+                setup, peer, mode.idle_sockets, before, mode.echo_idle_seconds, redis_server
+            )
+        finally:
+            clients.close()
+            # Let the server finish its disconnect work: uvicorn, stopped while 1,000
+            # disconnects are under way, takes 20 s to exit.
+            time.sleep(1)
+        return {"open": opened, **idle}
+    finally:
+        peer.stop()
+
+
+def measure_fanout_peer(
+    setup: Setup,
+    mode: Mode,
+    name: str,
+    transport: str,
+    redis_server: procs.Server,
+    next_seq: Callable[[int], int],
+) -> list[dict[str, Any]]:
+    flush_redis(setup)
+    peer = fanout_peer(setup, name, transport).start()
+    trigger = None
+    results = []
+    try:
+        time.sleep(2)
+        trigger = Trigger(
+            peer.trigger[0],
+            peer.trigger_env,
+            setup.logs / f"trigger-{name}-{transport}.log",
+            *peer.trigger[1:],
+        )
+        sizes = mode.fanout_sizes[transport]
+        for size in sizes:
+            say(f"fan-out {name} {transport}: {size} sockets")
+            fresh = size == sizes[0]
+            results.append(
+                fanout_size(setup, mode, peer, trigger, size, fresh, redis_server, next_seq)
+            )
+    finally:
+        if trigger is not None:
+            trigger.stop()
+        peer.stop()
+    return results
+
+
+def fanout_size(
+    setup: Setup,
+    mode: Mode,
+    peer: Peer,
+    trigger: Trigger,
+    size: int,
+    fresh: bool,
+    redis_server: procs.Server,
+    next_seq: Callable[[int], int],
+) -> dict[str, Any]:
+    before = procs.usage(peer.servers)
+    clients, opened = open_sockets(setup, peer, size, None)
+    result: dict[str, Any] = {
+        "peer": peer.name,
+        "transport": peer.transport,
+        "sockets": size,
+        "open": opened,
+    }
+    try:
+        if fresh:
+            # Only the first (largest) set opens on a fresh server: for later sets the servers
+            # reuse memory the earlier sets freed, which would hide their growth.
+            result["idle"] = idle_usage(setup, peer, size, before, mode.idle_seconds, redis_server)
+        else:
+            time.sleep(0.5)
+        result["rounds"] = []
+        for _ in range(mode.fanout_rounds):
+            seq = next_seq(1)
+            clients.mark()
+            sent = trigger.send(seq)
+            result["rounds"].append({**clients.expect([seq], EXPECT_TIMEOUT), **sent})
+            time.sleep(0.3)
+        result["bursts"] = []
+        if size >= 1000:
+            for _ in range(mode.burst_rounds):
+                first = next_seq(mode.burst)
+                clients.mark()
+                sent = trigger.send(first, mode.burst)
+                seqs = list(range(first, first + mode.burst))
+                stats = clients.expect(seqs, EXPECT_TIMEOUT * mode.burst)
+                result["bursts"].append({**stats, **sent})
+                time.sleep(0.5)
+    finally:
+        result["closed"] = clients.close()
+        time.sleep(1)  # disconnect work done before the next set opens or the server stops
+    return result
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def run_echo_stage(
+    results: dict[str, Any],
+    setup: Setup,
+    mode: Mode,
+    peers: list[str] | None,
+    transports: list[str],
+    redis_server: procs.Server,
+) -> None:
+    for name in ECHO_PEERS:
+        for transport in transports:
+            if peers and name not in peers:
+                continue
+            say(f"handshakes, echo, idle: {name} {transport}")
+            try:
+                results["echo_peers"].append(
+                    measure_echo_peer(setup, mode, name, transport, redis_server)
+                )
+            except Exception as exc:  # one broken peer does not end the run
+                results["errors"].append(f"{name} {transport}: {exc}")
+                say(f"FAILED {name} {transport}: {exc}")
+
+
+def run_fanout_stage(
+    results: dict[str, Any],
+    setup: Setup,
+    mode: Mode,
+    peers: list[str] | None,
+    transports: list[str],
+    redis_server: procs.Server,
+    next_seq: Callable[[int], int],
+) -> None:
+    for name in FANOUT_PEERS:
+        for transport in transports:
+            if peers and name not in peers:
+                continue
+            try:
+                results["fanout"] += measure_fanout_peer(
+                    setup, mode, name, transport, redis_server, next_seq
+                )
+            except Exception as exc:
+                results["errors"].append(f"fan-out {name} {transport}: {exc}")
+                say(f"FAILED fan-out {name} {transport}: {exc}")
+
+
+def keep_logs(logs: Path) -> str | None:
+    """Copy the servers' and clients' logs out of the temporary directory, for a failed run."""
+    if not logs.is_dir():
+        return None
+    kept = Path(tempfile.gettempdir()) / f"realtime-bench-logs-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copytree(logs, kept)
+    say(f"logs kept in {kept}")
+    return str(kept)
+
+
+def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list[str]) -> dict:
+    started = datetime.now(UTC)
+    results: dict[str, Any] = {
+        "mode": mode.name,
+        "started": started.isoformat(timespec="seconds"),
+        "config": asdict(mode),
+        "pinning": {
+            "echo_and_handshakes": {"server": SERVER_CPU, "loadgen": LOADGEN_CPU},
+            "idle_on_echo_peers": {"server": SERVER_CPU, "loadgen": LOADGEN_CPU},
+            "fanout": "unpinned (2 workers, Redis, trigger and load generator share 2 cores)",
+        },
+        "echo_peers": [],
+        "fanout": [],
+        "errors": [],
+        # Anything else running on these 2 cores skews the figures: a high start value says so.
+        "load_average": {"start": os.getloadavg()},
+        "source": {"start": report.source_state()},
+    }
+    seq = [0]
+
+    def next_seq(count: int) -> int:
+        first = seq[0]
+        seq[0] += count
+        return first
+
+    with tempfile.TemporaryDirectory(prefix="realtime-bench-") as tmp:
+        try:
+            setup, redis_server = prepare(Path(tmp))
+            results["environment"] = report.environment()
+            if "echo" in stages:
+                run_echo_stage(results, setup, mode, peers, transports, redis_server)
+            if "fanout" in stages:
+                run_fanout_stage(results, setup, mode, peers, transports, redis_server, next_seq)
+        finally:
+            procs.stop_all()
+            if results["errors"]:
+                results["logs"] = keep_logs(Path(tmp) / "logs")
+    results["load_average"]["end"] = os.getloadavg()
+    results["source"]["end"] = report.source_state()
+    results["duration_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=MODES, default=os.environ.get("BENCH") or "quick")
+    parser.add_argument(
+        "--stages", nargs="+", choices=["echo", "fanout"], default=["echo", "fanout"]
+    )
+    parser.add_argument("--peers", nargs="+", choices=sorted({*ECHO_PEERS, *FANOUT_PEERS}))
+    parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=TRANSPORTS)
+    parser.add_argument("--out", type=Path, default=report.RESULTS)
+    args = parser.parse_args()
+    check_tools()
+    procs.handle_stop_signals()
+    mode = MODES[args.mode]
+    say(f"{mode.name} run; server logs are kept (in /tmp) only if something fails")
+    try:
+        results = run(mode, args.stages, args.peers, args.transports)
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every process the run started is stopped; nothing was written")
+    written = report.write(results, args.out)
+    say("written: " + ", ".join(str(path) for path in written))
+    print(report.markdown(results))
+    if results["errors"]:
+        sys.exit("some measurements failed:\n" + "\n".join(results["errors"]))
+
+
+if __name__ == "__main__":
+    main()
