@@ -212,6 +212,11 @@ def summarize_fanout(entry: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": median(s["p99_ms"] for s in firsts),
         "max_ms": median(s["max_ms"] for s in firsts),
         "worst_max_ms": max((s["max_ms"] for s in firsts if s["max_ms"] is not None), default=None),
+        "worst_p99_ms": max((s["p99_ms"] for s in firsts if s["p99_ms"] is not None), default=None),
+        # A median hides the odd slow broadcast (a worker in a long GC pause): count them.
+        "over_target": sum(
+            1 for s in firsts if s["p99_ms"] is None or s["p99_ms"] >= TARGET_FANOUT_P99_MS
+        ),
         "lost": sum(r["lost"] for r in rounds),
         "expected": sum(r["expected"] * len(r["seqs"]) for r in rounds),
         "burst_per_s": median(b["deliveries_per_second"] for b in bursts),
@@ -357,11 +362,16 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
 
     p99, lost = project.get("p99_ms"), project.get("lost")
-    reached = None if p99 is None or size != 5000 else (p99 < TARGET_FANOUT_P99_MS and lost == 0)
+    reached: bool | str | None = None
+    if p99 is not None and size == 5000:
+        reached = p99 < TARGET_FANOUT_P99_MS and lost == 0
+        if reached and project.get("over_target"):
+            reached = "median"
     figure = (
         f"p99 {fmt_ms(p99)} ms (p50 {fmt_ms(project.get('p50_ms'))}, max "
         f"{fmt_ms(project.get('max_ms'))}), lost {lost} of {project.get('expected') or 0:,}, "
-        f"{size:,} sockets"
+        f"{size:,} sockets; {project.get('over_target')} of {project.get('rounds')} broadcasts "
+        f"had a p99 of 250 ms or more (worst {fmt_ms(project.get('worst_p99_ms'))} ms)"
         if p99 is not None
         else "not measured"
     )
@@ -478,8 +488,13 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def reached_text(value: bool | None) -> str:
-    return {True: "**reached**", False: "**not reached**", None: "not measured"}[value]
+def reached_text(value: bool | str | None) -> str:
+    return {
+        True: "**reached**",
+        False: "**not reached**",
+        None: "not measured",
+        "median": "**reached** by the median, not by every broadcast",
+    }[value]
 
 
 def markdown(results: dict[str, Any]) -> str:
