@@ -48,7 +48,7 @@ PACKAGES = [
     "psutil",
     "matplotlib",
 ]
-SOURCE_DIRS = ("project", "realtime", "twisted", "bench")
+CODE_DIRS = ("project", "realtime", "twisted")  # the code under test
 CLIENT_BOUND = 90.0  # % of a core: above it the load generator, not the server, may be the limit
 TARGET_FANOUT_P99_MS = 250.0
 TARGET_FANOUT_RATIO = 3.0
@@ -104,13 +104,10 @@ def git_commit() -> str | None:
     return None
 
 
-def source_state() -> dict[str, Any]:
-    """A digest of the code under test (no git command runs; the tree may hold uncommitted
-    work) and its newest file. Taken at the start and the end of a run: a difference means
-    the code changed while it ran, and the figures mix two versions."""
+def digest_of(folders: Iterable[str]) -> tuple[str, list[Path]]:
     files = sorted(
         path
-        for folder in SOURCE_DIRS
+        for folder in folders
         for path in (ROOT / folder).rglob("*")
         if path.suffix in (".py", ".mjs")
         and not {"node_modules", "__pycache__", "results"} & set(path.parts)
@@ -118,13 +115,23 @@ def source_state() -> dict[str, Any]:
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16], files
+
+
+def source_state() -> dict[str, Any]:
+    """A digest of the code under test (no git command runs; the tree may hold uncommitted
+    work) and its newest file, and one of the harness. Taken at the start and the end of a
+    run: a different code digest means the code changed while it ran, so the figures mix
+    two versions."""
+    digest, files = digest_of(CODE_DIRS)
     newest = max(files, key=lambda path: path.stat().st_mtime)
     modified = datetime.fromtimestamp(newest.stat().st_mtime, UTC)
     return {
-        "digest": digest.hexdigest()[:16],
+        "digest": digest,
         "files": len(files),
         "newest": str(newest.relative_to(ROOT)),
         "newest_modified": modified.isoformat(timespec="seconds"),
+        "bench_digest": digest_of(["bench"])[0],
     }
 
 
@@ -446,7 +453,7 @@ def source_line(results: dict[str, Any]) -> str:
         return ""
     line = (
         f"Code measured: digest `{start['digest']}` of {start['files']} files under "
-        f"{', '.join(SOURCE_DIRS)} (newest: `{start['newest']}`, {start['newest_modified']})."
+        f"{', '.join(CODE_DIRS)} (newest: `{start['newest']}`, {start['newest_modified']})."
     )
     if end and end["digest"] != start["digest"]:
         line += (
@@ -514,7 +521,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{versions.get('Twisted')}, uvicorn {versions.get('uvicorn')}), Node "
         f"{versions.get('node')} (ws {versions.get('ws')}), Redis {versions.get('redis_server')}.",
         "",
-        "### Targets",
+        "### Targets in this run",
         "",
         *table(
             ["Target", "Measured", "Result"],
@@ -638,8 +645,9 @@ def absolute_tables(summary: dict[str, Any], config: dict[str, Any]) -> list[str
     return [
         "### Absolute figures (this machine only; compare the ratios above)",
         "",
-        f"Handshakes, echo and idle: one server process pinned to CPU 0, the Node load "
-        f"generator to CPU 1; medians of {config['rounds']} rounds of "
+        f"Handshakes, echo and idle: each server one process pinned to CPU 0 (all the peers "
+        "of a transport up at once, measured in turn round after round), the load generators "
+        f"on CPU 1; medians of {config['rounds']} rounds of "
         f"{config['handshake_seconds']:g} s (handshakes: {config['handshake_processes']} "
         "client processes, one handshake in flight each) and "
         f"{config['echo_seconds']:g} s (echo: {config['echo_connections']} sockets, "
@@ -774,6 +782,21 @@ def chart(summary: dict[str, Any], path: Path, title: str) -> None:
 # --- output ----------------------------------------------------------------------------------
 
 
+def to_json(value: Any, depth: int = 0, flat_from: int = 4) -> str:
+    """Indented JSON whose deeper levels (a broadcast's figures, a worker's) stay on one line:
+    readable, diffable, and much smaller than json.dumps(indent=1)'s size."""
+    if depth >= flat_from or not isinstance(value, dict | list) or not value:
+        return json.dumps(value, ensure_ascii=False)
+    pad, inner = " " * depth, " " * (depth + 1)
+    if isinstance(value, dict):
+        items = [
+            f"{inner}{json.dumps(k)}: {to_json(v, depth + 1, flat_from)}" for k, v in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    items = [f"{inner}{to_json(v, depth + 1, flat_from)}" for v in value]
+    return "[\n" + ",\n".join(items) + f"\n{pad}]"
+
+
 def output_paths(out: Path, stem: str) -> tuple[Path, Path, Path]:
     """STEM.json, STEM.md and its chart: fanout.png for "latest", fanout-STEM.png otherwise."""
     png = "fanout.png" if stem == "latest" else f"fanout-{stem}.png"
@@ -789,7 +812,7 @@ def render(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     results["tls_cost"] = tls_cost(summary)
     results["targets"] = targets(summary)
     json_path, md_path, png_path = output_paths(out, stem)
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    json_path.write_text(to_json(results) + "\n")
     md_path.write_text(markdown(results))
     chart(summary, png_path, f"{results['mode']} run, {results['started']} (2 workers)")
     return [json_path, md_path, png_path]

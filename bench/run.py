@@ -9,7 +9,8 @@ Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure m
   TLS 1.3 resumption; echo: request/reply messages per second through each server; idle:
   memory per open socket and CPU of idle sockets. Peers: a bare ASGI echo app under daphne,
   the project under daphne and under uvicorn, and the seed article's Node https + ws server.
-  Each server runs alone on CPU 0, the load generator on CPU 1.
+  The servers run on CPU 0, the load generator on CPU 1; all the peers of a transport are up
+  at once and each round measures them in turn, so that unrelated load hits them alike.
 - fan-out: one broadcast to 100, 1,000 and 5,000 sockets (p50, p99, max latency, lost) and
   bursts of broadcasts (deliveries per second). Peers: the project (`serve --workers 2`), the
   Channels tutorial's pattern on 2 daphne workers, and the Node server. Not pinned: two
@@ -290,26 +291,59 @@ def idle_usage(
     return result
 
 
-def measure_echo_peer(
-    setup: Setup, mode: Mode, name: str, transport: str, redis_server: procs.Server
-) -> dict[str, Any]:
-    peer = echo_peer(setup, name, transport, SERVER_CPU).start()
-    result: dict[str, Any] = {"peer": name, "transport": transport, "pinning": SERVER_CPU}
+def measure_echo_peers(
+    results: dict[str, Any], setup: Setup, mode: Mode, names: list[str], transport: str
+) -> list[dict[str, Any]]:
+    """Handshakes and echo for every echo peer over one transport, rounds interleaved.
+
+    All the peers' servers run at once on the server CPU (an idle one costs next to nothing)
+    and each round measures every peer in turn: a burst of unrelated load on the machine then
+    lowers every peer's figures of that round, not one peer's every figure.
+    """
+    running: list[Peer] = []
+    entries: dict[str, dict[str, Any]] = {}
     try:
+        for name in names:
+            try:
+                running.append(echo_peer(setup, name, transport, SERVER_CPU).start())
+            except Exception as exc:  # one broken peer does not end the run
+                fail(results, f"{name} {transport}", exc)
+                continue
+            entries[name] = {
+                "peer": name,
+                "transport": transport,
+                "pinning": SERVER_CPU,
+                "handshakes": [],
+                "echo": [],
+            }
+            if transport == "wss":
+                entries[name]["handshakes_resumed"] = []
         time.sleep(1)
-        result["handshakes"] = [
-            handshake_round(setup, peer, mode, resume=False) for _ in range(mode.rounds)
-        ]
-        if transport == "wss":
-            result["handshakes_resumed"] = [
-                handshake_round(setup, peer, mode, resume=True) for _ in range(mode.rounds)
-            ]
-        result["echo"] = [echo_round(setup, peer, mode) for _ in range(mode.rounds)]
-        if transport in mode.idle_transports:
-            result["idle"] = idle_on_fresh(setup, mode, name, transport, redis_server)
+        for round_number in range(mode.rounds):
+            say(f"handshakes and echo over {transport}, round {round_number + 1}/{mode.rounds}")
+            for peer in list(running):
+                try:
+                    measure_round(setup, mode, peer, entries[peer.name])
+                except Exception as exc:
+                    fail(results, f"{peer.name} {transport}", exc)
+                    running.remove(peer)
+                    peer.stop()
     finally:
-        peer.stop()
-    return result
+        for peer in running:
+            peer.stop()
+    return list(entries.values())
+
+
+def measure_round(setup: Setup, mode: Mode, peer: Peer, entry: dict[str, Any]) -> None:
+    entry["handshakes"].append(handshake_round(setup, peer, mode, resume=False))
+    if peer.transport == "wss":
+        entry["handshakes_resumed"].append(handshake_round(setup, peer, mode, resume=True))
+    entry["echo"].append(echo_round(setup, peer, mode))
+
+
+def fail(results: dict[str, Any], what: str, exc: Exception) -> None:
+    results["errors"].append(f"{what}: {exc}")
+    say(f"FAILED {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
 def idle_on_fresh(
@@ -428,18 +462,19 @@ def run_echo_stage(
     transports: list[str],
     redis_server: procs.Server,
 ) -> None:
-    for name in ECHO_PEERS:
-        for transport in transports:
-            if peers and name not in peers:
-                continue
-            say(f"handshakes, echo, idle: {name} {transport}")
-            try:
-                results["echo_peers"].append(
-                    measure_echo_peer(setup, mode, name, transport, redis_server)
-                )
-            except Exception as exc:  # one broken peer does not end the run
-                results["errors"].append(f"{name} {transport}: {exc}")
-                say(f"FAILED {name} {transport}: {exc}")
+    names = [name for name in ECHO_PEERS if not peers or name in peers]
+    for transport in transports:
+        entries = measure_echo_peers(results, setup, mode, names, transport)
+        for entry in entries:
+            if transport in mode.idle_transports:
+                say(f"idle sockets: {entry['peer']} {transport}")
+                try:
+                    entry["idle"] = idle_on_fresh(
+                        setup, mode, entry["peer"], transport, redis_server
+                    )
+                except Exception as exc:
+                    fail(results, f"idle {entry['peer']} {transport}", exc)
+        results["echo_peers"] += entries
 
 
 def run_fanout_stage(
@@ -460,8 +495,7 @@ def run_fanout_stage(
                     setup, mode, name, transport, redis_server, next_seq
                 )
             except Exception as exc:
-                results["errors"].append(f"fan-out {name} {transport}: {exc}")
-                say(f"FAILED fan-out {name} {transport}: {exc}")
+                fail(results, f"fan-out {name} {transport}", exc)
 
 
 def keep_logs(logs: Path) -> str | None:
@@ -481,6 +515,7 @@ def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list
         "started": started.isoformat(timespec="seconds"),
         "config": asdict(mode),
         "pinning": {
+            # All echo peers of a transport run at once on SERVER_CPU, measured in turn.
             "echo_and_handshakes": {"server": SERVER_CPU, "loadgen": LOADGEN_CPU},
             "idle_on_echo_peers": {"server": SERVER_CPU, "loadgen": LOADGEN_CPU},
             "fanout": "unpinned (2 workers, Redis, trigger and load generator share 2 cores)",
