@@ -46,7 +46,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 
 from realtime.broadcast import group_for  # noqa: E402
 from realtime.tls import ensure_dev_certificate  # noqa: E402
-from tests.conftest import free_port, wait_for_port  # noqa: E402
+from tests.conftest import free_port, redis_args, wait_for_port  # noqa: E402
 
 LAYERS = {"core": RedisChannelLayer, "pubsub": RedisPubSubChannelLayer}
 PYTHON = sys.executable
@@ -160,19 +160,7 @@ async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int,
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
+        redis_args(port, workdir),
         stdout=subprocess.DEVNULL,
     )
     wait_for_port(port, process, 10)

@@ -56,6 +56,7 @@ from bench.servers import (  # noqa: E402
     fanout_peer,
 )
 from realtime.tls import ensure_dev_certificate  # noqa: E402
+from tests.conftest import redis_args  # noqa: E402
 
 SERVER_CPU = "0"  # one core for the server under test (echo, handshakes) ...
 LOADGEN_CPU = "1"  # ... the other for the load generator
@@ -147,17 +148,7 @@ def start_redis(work: Path, env: dict[str, str]) -> tuple[procs.Server, str]:
     """A private redis-server on a free port (the shared one on 6379 is never touched)."""
     port = procs.free_port()
     args = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(work),
+        *redis_args(port, work),
         "--maxclients",
         "20000",
     ]
