@@ -31,7 +31,7 @@ from realtime.endpoints import DRAIN, stop_accepting_on_shutdown
 from realtime.redirect import redirect_endpoint, redirect_location, redirect_status
 from realtime.supervisor import listening_ports, parse_proc_net_tcp
 from realtime.tls import DevCertPaths, ensure_dev_certificate
-from tests.conftest import PYTHON, free_port, receive_json
+from tests.conftest import PYTHON, free_port, receive_json, wait_for_port
 from tests.test_serve import alive, clients_on, eventually, ping, serve_args, started, welcomed
 
 # --- Readiness and stopping: a worker's own listening sockets (pure and local) -----------------
@@ -137,6 +137,7 @@ def plain_request(
 def serve_redirect(start):
     port, http_port = free_port(), free_port()
     server = start(serve_args(port, 1, "--redirect-http", str(http_port)), port)
+    wait_for_port(http_port, server.process, 30)  # listening just after the TLS port
     return server, port, http_port
 
 
@@ -191,7 +192,9 @@ def test_following_the_redirect_reaches_the_page_over_https(serve_redirect, clie
 def test_runserver_tls_can_redirect_plain_http_too(start):
     port, http_port = free_port(), free_port()
     args = ["runserver", "--tls", "--redirect-http", str(http_port), f"127.0.0.1:{port}"]
-    start([PYTHON, "manage.py", *args], port)
+    server = start([PYTHON, "manage.py", *args], port)
+    # The redirect endpoint starts listening just after the TLS one.
+    wait_for_port(http_port, server.process, 30)
     response = plain_request(http_port, path="/admin/")
     assert response.status == 301
     assert response.getheader("Location") == f"https://localhost:{port}/admin/"
