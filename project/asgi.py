@@ -20,7 +20,6 @@ try:
 except SettingsError as exc:
     sys.exit(f"Configuration error: {exc}")
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from realtime.limits import websocket_limits  # noqa: E402
@@ -30,6 +29,7 @@ from realtime.middleware import (  # noqa: E402
     origin_validator,
 )
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.sessions import websocket_auth  # noqa: E402
 
 if "daphne.cli" in sys.modules:
     # Started as `daphne ...`: daphne's own Server does not tell whether a WebSocket came over
@@ -45,7 +45,7 @@ application = ProtocolTypeRouter(
         "websocket": TransportSchemeMiddleware(
             origin_validator(
                 RequireTLSMiddleware(
-                    websocket_limits(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+                    websocket_limits(websocket_auth(URLRouter(websocket_urlpatterns)))
                 )
             )
         ),

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -21,8 +22,8 @@ from django.utils import timezone
 from realtime import broadcast, delivery, presence, protocol
 from realtime.broadcast import audiences_for, missed_since
 from realtime.models import Broadcast
-from realtime.protocol import SIGNED_OUT, TRY_AGAIN_LATER
-from realtime.sessions import session_group
+from realtime.protocol import TRY_AGAIN_LATER
+from realtime.sessions import signed_in_session
 from realtime.worker import worker_id
 
 logger = logging.getLogger("realtime.consumers")
@@ -51,6 +52,23 @@ def validation_detail(exc: ValidationError) -> str:
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one socket: its client's events, one after the other.
+
+        Channels' AsyncConsumer gives every socket a channel of its own on the layer (a Redis
+        subscription) and waits on it and the client together, with a new task and an
+        `asyncio.wait` for every message. Broadcasts and sign-outs reach this socket through
+        its worker's fan-out (realtime.delivery) instead, so the client is the only source.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs close_old_connections in a worker thread before every handler: a
         # thread hop for each incoming message, which halved echo throughput here
@@ -62,14 +80,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        # Audience is decided here, on the server, from the session's user. Broadcasts reach
-        # the socket through this worker's fan-out (realtime.delivery), which delivers only
-        # the audiences registered for it; the socket's own groups are its session's only.
+        # Audience is decided here, on the server, from the session's user.
         self.audiences = audiences_for(self.scope.get("user"))
-        self.groups = []
-        session = self.scope.get("session")
-        if is_authenticated(self.scope.get("user")) and session and session.session_key:
-            self.groups.append(session_group(session.session_key))
         self.connected_at = timezone.now()
         try:
             await super().websocket_connect(message)
@@ -81,7 +93,6 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # again later" instead of crashing; the client reconnects with backoff and resumes,
         # so nothing is lost.
         logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
-        self.groups = []
         await self.accept()
         await self.close(code=TRY_AGAIN_LATER)
 
@@ -92,7 +103,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=self._welcome())
         # After the welcome, so that no broadcast precedes it: the client resumes from the
         # welcome, and whatever was published before this line is in the replay.
-        await delivery.fanout.register(self, self.audiences, self.connected_at)
+        session = signed_in_session(self.scope)
+        await delivery.fanout.register(self, self.audiences, self.connected_at, session)
 
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)
@@ -170,7 +182,3 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=protocol.error("forbidden", "Only staff may broadcast."))
             return
         await self.send(text_data=protocol.broadcast_sent(sent.pk))
-
-    async def realtime_logout(self, event: dict[str, Any]) -> None:
-        """Group event from realtime.sessions: this socket's session signed out."""
-        await self.close(code=SIGNED_OUT, reason="Signed out")

@@ -8,6 +8,10 @@ WebSocket, without waking a consumer task per socket. Sockets served by another 
 (no `realtime.websocket` scope extension, e.g. in tests or under uvicorn) get the text through
 their consumer's `send()`.
 
+Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.sessions),
+and the worker closes its sockets of that session. So a socket needs no channel of its own on
+the layer: no Redis subscription per socket, nothing but its client to wait for.
+
 Catch-up. Redis pub/sub delivers at most once, to the subscribers connected at that moment.
 When Redis restarts, each worker resubscribes on its own (redis-py), but whatever was
 published in between never reaches it, and its clients are still connected, so they do not
@@ -32,6 +36,7 @@ from django.utils import timezone
 
 from realtime import protocol
 from realtime.models import Broadcast
+from realtime.sessions import LOGOUT, SESSIONS_GROUP
 
 logger = logging.getLogger("realtime.delivery")
 
@@ -50,6 +55,16 @@ def group_for(audience: str) -> str:
     return f"realtime.audience.{audience}"
 
 
+background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coroutine: Any) -> None:
+    """Run a coroutine on its own, holding a reference until it ends (asyncio keeps none)."""
+    task = asyncio.ensure_future(coroutine)
+    background.add(task)
+    task.add_done_callback(background.discard)
+
+
 class Recipient:
     """One socket of this worker, as the fan-out sees it."""
 
@@ -63,7 +78,7 @@ class Recipient:
         """Write one broadcast to this socket (called in the event loop's thread)."""
         websocket = self.websocket
         if websocket is None:
-            asyncio.ensure_future(self.consumer.send(text_data=text))
+            spawn(self.consumer.send(text_data=text))
         elif websocket.state == websocket.STATE_OPEN:
             # The frame's bytes, straight to the (TLS) transport: autobahn's sendData only adds
             # debug accounting, and this loop runs once per socket per broadcast.
@@ -75,6 +90,8 @@ class Fanout:
 
     def __init__(self) -> None:
         self.local: dict[str, dict[Any, Recipient]] = {audience: {} for audience in AUDIENCES}
+        self.sessions: dict[str, set[Any]] = {}  # session digest: its signed-in consumers
+        self.session_of: dict[Any, str] = {}
         self.received: OrderedDict[int, None] = OrderedDict()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.joined: asyncio.Event | None = None
@@ -82,8 +99,15 @@ class Fanout:
 
     # --- Sockets -------------------------------------------------------------------------
 
-    async def register(self, consumer: Any, audiences: list[str], connected_at: datetime) -> None:
-        """Start delivering broadcasts of `audiences` to a consumer's socket.
+    async def register(
+        self,
+        consumer: Any,
+        audiences: list[str],
+        connected_at: datetime,
+        session: str | None = None,
+    ) -> None:
+        """Start delivering broadcasts of `audiences` to a consumer's socket, and the sign-out
+        of its `session` (a digest from realtime.sessions) when a user is signed in on it.
 
         Raises TimeoutError (or the layer's error) when the groups cannot be joined.
         """
@@ -93,10 +117,18 @@ class Fanout:
         recipient = Recipient(consumer, connected_at)
         for audience in audiences:
             self.local[audience][consumer] = recipient
+        if session is not None:
+            self.sessions.setdefault(session, set()).add(consumer)
+            self.session_of[consumer] = session
 
     def unregister(self, consumer: Any) -> None:
         for recipients in self.local.values():
             recipients.pop(consumer, None)
+        session = self.session_of.pop(consumer, None)
+        if session in self.sessions:
+            self.sessions[session].discard(consumer)
+            if not self.sessions[session]:
+                del self.sessions[session]
 
     # --- Receiving -----------------------------------------------------------------------
 
@@ -120,8 +152,8 @@ class Fanout:
                 await asyncio.sleep(1)
 
     async def _join(self, layer: Any, channel: str) -> None:
-        for audience in AUDIENCES:
-            await layer.group_add(group_for(audience), channel)
+        for group in [*map(group_for, AUDIENCES), SESSIONS_GROUP]:
+            await layer.group_add(group, channel)
         assert self.joined is not None
         self.joined.set()
 
@@ -132,7 +164,21 @@ class Fanout:
                 event = await asyncio.wait_for(layer.receive(channel), remaining)
             except TimeoutError:
                 return
+            self.handle(event)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        if event["type"] == LOGOUT:
+            self.sign_out(event["session"])
+        else:
             self.deliver(event)
+
+    def sign_out(self, session: str) -> int:
+        """Close this worker's sockets of a session that signed out (4001); returns how many."""
+        consumers = self.sessions.pop(session, set())
+        for consumer in consumers:
+            self.session_of.pop(consumer, None)
+            spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
+        return len(consumers)
 
     def deliver(self, event: dict[str, Any]) -> int:
         """Write a broadcast event to every local socket of its audience; returns how many."""

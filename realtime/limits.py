@@ -122,6 +122,48 @@ class RateLimitMiddleware:
         return await self.app(scope, limited_receive, send)
 
 
+class IdleDeadline:
+    """`asyncio.timeout` around each wait for the client, with one timer per socket instead of
+    one per message: a receive only notes when it started waiting, and the timer, when it
+    fires early, moves itself to that moment plus the timeout. (A timer per message cost
+    5 us of the ~90 us an echo takes; bench/results.)"""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.waiting_since = self.loop.time()
+        self.waiter: asyncio.Task[Any] | None = None
+        self.expired = False
+        self.timer = self.loop.call_at(self.waiting_since + timeout, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if self.waiter is None:  # the consumer is busy, not waiting: not idle
+            self.timer = self.loop.call_at(now + self.timeout, self._check)
+        elif now < self.waiting_since + self.timeout:
+            self.timer = self.loop.call_at(self.waiting_since + self.timeout, self._check)
+        else:
+            self.expired = True
+            self.waiter.cancel()
+
+    async def receive(self, receive: Receive) -> dict[str, Any]:
+        """The client's next event; TimeoutError after `timeout` seconds without one."""
+        self.waiting_since = self.loop.time()
+        self.waiter = asyncio.current_task(self.loop)
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            # Ours, unless the task was also cancelled from elsewhere (as asyncio.timeout does).
+            if self.expired and self.waiter is not None and self.waiter.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self.waiter = None
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 class IdleTimeoutMiddleware:
     """Close a socket with 4000 when nothing arrives from the client for the idle timeout.
 
@@ -136,15 +178,18 @@ class IdleTimeoutMiddleware:
         timeout = settings.REALTIME_WS_IDLE_TIMEOUT
         if scope["type"] != "websocket" or timeout <= 0:
             return await self.app(scope, receive, send)
+        deadline = IdleDeadline(timeout)
 
         async def receive_or_idle() -> dict[str, Any]:
             try:
-                async with asyncio.timeout(timeout):
-                    return await receive()
+                return await deadline.receive(receive)
             except TimeoutError:
                 return await close(send, IDLE_TIMEOUT, f"Idle for {timeout} s")
 
-        return await self.app(scope, receive_or_idle, send)
+        try:
+            return await self.app(scope, receive_or_idle, send)
+        finally:
+            deadline.cancel()
 
 
 async def close(send: Any, code: int, reason: str) -> dict[str, Any]:

@@ -242,16 +242,50 @@ def test_signing_out_closes_that_sessions_sockets_with_4001_and_no_others():
     assert untouched == [{"type": "pong"}] * 2
 
 
-def test_the_session_key_never_reaches_the_channel_layer():
+def test_the_session_key_never_reaches_the_channel_layer(monkeypatch):
     alice = signed_in("alice")
     key = alice.cookies["sessionid"].value
+    layer = get_channel_layer()
+    sent = []
+    group_send = layer.group_send
+
+    async def recording_group_send(group, message):
+        sent.append((group, message))
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording_group_send)
 
     async def scenario():
         socket_ = await opened(alice)
-        groups = dict(get_channel_layer().groups)
+        await sync_to_async(alice.logout)()
+        closed = await socket_.receive_output()
         await socket_.disconnect()
-        return groups
+        return closed, list(layer.groups)
 
-    names = list(asyncio.run(scenario()))
-    assert any(name.startswith("realtime.session.") for name in names)
-    assert not any(key in name for name in names)
+    closed, groups = asyncio.run(scenario())
+    assert closed["code"] == 4001
+    assert [group for group, _ in sent] == ["realtime.sessions"]
+    assert sent[0][1]["type"] == "realtime.logout"
+    assert not any(key in repr(item) for item in [*sent, *groups])
+
+
+def test_a_socket_has_no_channel_of_its_own_on_the_layer():
+    """Broadcasts and sign-outs reach sockets through their worker's fan-out: opening 20
+    sockets, signed in or not, adds no channel and no group member (no Redis subscription)."""
+    alice = signed_in("alice")
+    layer = get_channel_layer()
+
+    async def scenario():
+        first = await opened()
+        await ask(first, {"type": "ping"})  # answered once its worker's fan-out is in place
+        before = {group: set(members) for group, members in layer.groups.items()}
+        sockets = [await opened(alice if n % 2 else None) for n in range(20)]
+        after = {group: set(members) for group, members in layer.groups.items()}
+        channels = set(layer.channels)
+        for socket_ in [first, *sockets]:
+            await socket_.disconnect()
+        return before, after, channels
+
+    before, after, channels = asyncio.run(scenario())
+    assert after == before
+    assert all(channel.startswith("realtime.fanout.") for channel in channels)

@@ -144,6 +144,42 @@ def test_a_silent_socket_is_closed_with_4000_after_the_idle_timeout(settings):
     assert seen == [{"type": "websocket.disconnect", "code": 4000}]
 
 
+def test_time_spent_handling_a_message_is_not_idle_time():
+    """Only waiting for the client counts: a consumer busy for twice the timeout is not closed."""
+
+    async def scenario():
+        deadline = limits.IdleDeadline(0.2)
+        queue: asyncio.Queue[dict] = asyncio.Queue()
+        queue.put_nowait({"type": "websocket.receive", "text": "work"})
+        first = await deadline.receive(queue.get)
+        await asyncio.sleep(0.5)  # busy with it
+        queue.put_nowait({"type": "websocket.receive", "text": "more"})
+        second = await deadline.receive(queue.get)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await deadline.receive(queue.get)
+        waited = asyncio.get_running_loop().time() - started
+        deadline.cancel()
+        return first["text"], second["text"], waited
+
+    first, second, waited = asyncio.run(scenario())
+    assert (first, second) == ("work", "more")
+    assert 0.15 < waited < 0.6
+
+
+def test_cancelling_a_waiting_socket_is_not_mistaken_for_idleness():
+    async def scenario():
+        deadline = limits.IdleDeadline(5)
+        waiting = asyncio.create_task(deadline.receive(asyncio.Queue().get))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        deadline.cancel()
+
+    asyncio.run(scenario())
+
+
 @pytest.fixture
 def cap_of_two(settings):
     settings.REALTIME_WS_MAX_PER_CLIENT = 2
