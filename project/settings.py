@@ -153,6 +153,10 @@ DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
 REALTIME_RESUME_MAX_COUNT = envint("REALTIME_RESUME_MAX_COUNT", 500)
 REALTIME_RESUME_MAX_AGE = envint("REALTIME_RESUME_MAX_AGE", 3600)
 
+# Garbage collection in server processes (realtime/collector.py): allocations between two
+# collections of the youngest generation, after start-up objects are frozen. 0: Python's defaults.
+REALTIME_GC_THRESHOLD = envint("REALTIME_GC_THRESHOLD", 10_000)
+
 REALTIME_CERT_DIR = Path(os.environ.get("REALTIME_CERT_DIR", str(BASE_DIR / "certs")))
 
 # --- TLS: the server's profile, and Redis over TLS (docs/tls.md) ----------------------------

@@ -25,6 +25,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 
 from realtime.closing import AppCloseWebSocketProtocol
+from realtime.collector import tune_for_serving
 from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
@@ -96,6 +97,7 @@ class RealtimeServer(Server):
         if redis_host() is not None:
             self._maintenance = task.LoopingCall(self._maintain)
             self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
+        tune_for_serving()
         if self._ready_callable_given:
             self._ready_callable_given()
 

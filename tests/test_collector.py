@@ -1,0 +1,48 @@
+"""realtime.collector: the garbage collector set up for a process that holds many sockets."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from realtime.collector import OLDER_THRESHOLDS, tune_for_serving
+
+
+@pytest.fixture(autouse=True)
+def _restore_collector():
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_start_up_objects_are_frozen_and_collections_are_rarer(settings):
+    settings.REALTIME_GC_THRESHOLD = 10_000
+    gc.unfreeze()
+    assert tune_for_serving()
+    # The modules, Django and the app loaded by now leave the collector's generations.
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold() == (10_000, *OLDER_THRESHOLDS)
+
+
+def test_cycles_are_still_collected_after_tuning(settings):
+    settings.REALTIME_GC_THRESHOLD = 10_000
+    tune_for_serving()
+
+    class Node:
+        pass
+
+    node = Node()
+    node.self = node
+    del node
+    assert gc.collect() >= 1
+
+
+def test_zero_keeps_pythons_defaults(settings):
+    settings.REALTIME_GC_THRESHOLD = 0
+    gc.unfreeze()
+    before = gc.get_threshold()
+    assert not tune_for_serving()
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
