@@ -30,6 +30,7 @@ from tests.conftest import (
     daphne_tls_args,
     free_port,
     receive_json,
+    redis_args,
     wait_for_port,
     ws_connect,
 )
@@ -49,31 +50,14 @@ def start_tls_redis(
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not on PATH (Debian package redis-server)")
     port = free_port()
+    tls_only = [
+        # Later options win in redis-server's command line: the plain port is turned off again.
+        "--port", "0", "--tls-port", str(port),
+        "--tls-cert-file", str(certs.cert), "--tls-key-file", str(certs.key),
+        "--tls-ca-cert-file", str(certs.ca_cert), "--requirepass", SECRET,
+    ]  # fmt: skip
     process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            "0",
-            "--tls-port",
-            str(port),
-            "--tls-cert-file",
-            str(certs.cert),
-            "--tls-key-file",
-            str(certs.key),
-            "--tls-ca-cert-file",
-            str(certs.ca_cert),
-            "--requirepass",
-            SECRET,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            *options,
-        ],  # fmt: skip
+        [*redis_args(port, workdir), *tls_only, *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -18,9 +18,9 @@ from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from realtime.endpoints import realtime_endpoint
+from realtime.management.certificates import serving_certificate
 from realtime.redirect import redirect_endpoint
 from realtime.server import RealtimeServer
-from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
 
 
 class Command(DaphneRunserverCommand):
@@ -60,28 +60,9 @@ class Command(DaphneRunserverCommand):
         super().handle(*args, **options)
 
     def _tls_files(self, cert: str | None, key: str | None) -> tuple[Path, Path]:
-        if bool(cert) != bool(key):
-            raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
-        if cert and key:
-            for path in (cert, key):
-                if not Path(path).is_file():
-                    raise CommandError(f"{path} does not exist or is not a file.")
-            return Path(cert), Path(key)
-        try:
-            result = ensure_dev_certificate(
-                settings.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
-            )
-        except DevCertError as exc:
-            raise CommandError(str(exc)) from exc
-        if os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
-            return result.paths.cert, result.paths.key  # the reloader's parent said it already
-        verb = "Issued" if result.leaf_issued else "Using"
-        self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
-        if result.ca_created:
-            self.stdout.write(
-                "Created a development CA: run `manage.py devcert` to see how to trust it."
-            )
-        return result.paths.cert, result.paths.key
+        # Under autoreload the reloader's parent has already announced the certificate.
+        quiet = os.environ.get(DJANGO_AUTORELOAD_ENV) == "true"
+        return serving_certificate(cert, key, None if quiet else self.stdout.write)
 
     def _build_tls_server(self, **kwargs: Any) -> RealtimeServer:
         """Called by daphne's inner_run in place of the server class: swaps in the TLS endpoint."""

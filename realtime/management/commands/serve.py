@@ -23,11 +23,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime.endpoints import reuseport_endpoint, server_tls_options
+from realtime.endpoints import reuseport_endpoint
+from realtime.management.certificates import serving_certificate
 from realtime.redirect import redirect_endpoint
 from realtime.redis_client import redis_host
 from realtime.supervisor import DEFAULT_GRACE, Supervisor
-from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
 
 APPLICATION = "project.asgi:application"
 
@@ -92,7 +92,7 @@ class Command(BaseCommand):
         workers, port, http_port = options["workers"], options["port"], options["redirect_http"]
         host = options["host"].removeprefix("[").removesuffix("]")
         self._check_options(workers, port, http_port)
-        cert, key = self._tls_files(options["cert"], options["key"])
+        cert, key = serving_certificate(options["cert"], options["key"], self.stdout.write)
         ports = [port] if http_port is None else [port, http_port]
         for each in ports:
             check_can_listen(host, each)
@@ -136,26 +136,3 @@ class Command(BaseCommand):
             )
         if not daphne_path().is_file():
             raise CommandError(f"{daphne_path()} not found: install daphne in this virtualenv.")
-
-    def _tls_files(self, cert: str | None, key: str | None) -> tuple[Path, Path]:
-        """The given certificate and key, or the dev certificate (created when missing)."""
-        if bool(cert) != bool(key):
-            raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
-        files = (Path(cert), Path(key)) if cert and key else self._dev_certificate()
-        try:
-            # Reads and checks both files and the profile, as each worker will.
-            server_tls_options(*files, profile=settings.REALTIME_TLS_PROFILE)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        return files
-
-    def _dev_certificate(self) -> tuple[Path, Path]:
-        try:
-            result = ensure_dev_certificate(
-                settings.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
-            )
-        except DevCertError as exc:
-            raise CommandError(str(exc)) from exc
-        verb = "Issued" if result.leaf_issued else "Using"
-        self.stdout.write(f"{verb} development certificate {result.paths.cert} ({result.reason}).")
-        return result.paths.cert, result.paths.key
