@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
+from django.db.models.signals import post_delete, post_save, pre_save
 
 
 class RealtimeConfig(AppConfig):
@@ -11,6 +13,15 @@ class RealtimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from realtime.sessions import close_sockets_of_session
+        from realtime import sessions
 
-        user_logged_out.connect(close_sockets_of_session, dispatch_uid="realtime.sessions")
+        uid = "realtime.sessions"
+        user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)
+        user_model = get_user_model()
+        pre_save.connect(sessions.remember_access, sender=user_model, dispatch_uid=uid)
+        post_save.connect(
+            sessions.close_sockets_if_access_changed, sender=user_model, dispatch_uid=uid
+        )
+        post_delete.connect(
+            sessions.close_sockets_of_deleted_user, sender=user_model, dispatch_uid=uid
+        )

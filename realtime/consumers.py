@@ -103,8 +103,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=self._welcome())
         # After the welcome, so that no broadcast precedes it: the client resumes from the
         # welcome, and whatever was published before this line is in the replay.
-        session = signed_in_session(self.scope)
-        await delivery.fanout.register(self, self.audiences, self.connected_at, session)
+        signed_in = signed_in_session(self.scope)
+        await delivery.fanout.register(self, self.audiences, self.connected_at, signed_in)
 
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)

@@ -9,7 +9,8 @@ WebSocket, without waking a consumer task per socket. Sockets served by another 
 their consumer's `send()`.
 
 Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.sessions),
-and the worker closes its sockets of that session. So a socket needs no channel of its own on
+and the worker closes its sockets of that session, or of that user when an account's access
+changed. So a socket needs no channel of its own on
 the layer: no Redis subscription per socket, nothing but its client to wait for.
 
 Catch-up. Redis pub/sub delivers at most once, to the subscribers connected at that moment.
@@ -36,7 +37,7 @@ from django.utils import timezone
 
 from realtime import protocol
 from realtime.models import Broadcast
-from realtime.sessions import LOGOUT, SESSIONS_GROUP
+from realtime.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, logout_key
 
 logger = logging.getLogger("realtime.delivery")
 
@@ -90,8 +91,9 @@ class Fanout:
 
     def __init__(self) -> None:
         self.local: dict[str, dict[Any, Recipient]] = {audience: {} for audience in AUDIENCES}
-        self.sessions: dict[str, set[Any]] = {}  # session digest: its signed-in consumers
-        self.session_of: dict[Any, str] = {}
+        # "session:<digest>" and "user:<pk>": the signed-in consumers of each, and back.
+        self.signed_in: dict[str, set[Any]] = {}
+        self.keys_of: dict[Any, tuple[str, ...]] = {}
         self.received: OrderedDict[int, None] = OrderedDict()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.joined: asyncio.Event | None = None
@@ -104,10 +106,10 @@ class Fanout:
         consumer: Any,
         audiences: list[str],
         connected_at: datetime,
-        session: str | None = None,
+        signed_in: SignedIn | None = None,
     ) -> None:
-        """Start delivering broadcasts of `audiences` to a consumer's socket, and the sign-out
-        of its `session` (a digest from realtime.sessions) when a user is signed in on it.
+        """Start delivering broadcasts of `audiences` to a consumer's socket, and, when a user
+        is signed in on it, the sign-out of its session or user (realtime.sessions).
 
         Raises TimeoutError (or the layer's error) when the groups cannot be joined.
         """
@@ -117,18 +119,18 @@ class Fanout:
         recipient = Recipient(consumer, connected_at)
         for audience in audiences:
             self.local[audience][consumer] = recipient
-        if session is not None:
-            self.sessions.setdefault(session, set()).add(consumer)
-            self.session_of[consumer] = session
+        if signed_in is not None:
+            self.keys_of[consumer] = signed_in.registry_keys()
+            for key in signed_in.registry_keys():
+                self.signed_in.setdefault(key, set()).add(consumer)
 
     def unregister(self, consumer: Any) -> None:
         for recipients in self.local.values():
             recipients.pop(consumer, None)
-        session = self.session_of.pop(consumer, None)
-        if session in self.sessions:
-            self.sessions[session].discard(consumer)
-            if not self.sessions[session]:
-                del self.sessions[session]
+        for key in self.keys_of.pop(consumer, ()):
+            self.signed_in[key].discard(consumer)
+            if not self.signed_in[key]:
+                del self.signed_in[key]
 
     # --- Receiving -----------------------------------------------------------------------
 
@@ -168,15 +170,16 @@ class Fanout:
 
     def handle(self, event: dict[str, Any]) -> None:
         if event["type"] == LOGOUT:
-            self.sign_out(event["session"])
+            self.sign_out(logout_key(event))
         else:
             self.deliver(event)
 
-    def sign_out(self, session: str) -> int:
-        """Close this worker's sockets of a session that signed out (4001); returns how many."""
-        consumers = self.sessions.pop(session, set())
+    def sign_out(self, key: str) -> int:
+        """Close this worker's sockets of a session that signed out, or of a user whose access
+        changed (4001); returns how many."""
+        consumers = list(self.signed_in.get(key, ()))
         for consumer in consumers:
-            self.session_of.pop(consumer, None)
+            self.unregister(consumer)
             spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
         return len(consumers)
 

@@ -10,12 +10,18 @@ after its session signed out. Django's `user_logged_out` signal therefore sends 
 the session by a hash of its key (the key itself is a credential and never goes to the channel
 layer); each worker closes its sockets of that session with 4001. The page's client reconnects
 and is then anonymous.
+
+The same happens to every socket of a user whose access changes while signed in: deactivated,
+deleted, made or no longer staff (whose sockets receive the staff audience), or given a new
+password (which ends the user's other sessions in Django). Their pages reconnect and get what
+the session allows now. Changes made with `QuerySet.update()` send no signal and are not seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -23,6 +29,7 @@ from asgiref.sync import async_to_sync
 from channels.auth import AuthMiddleware
 from channels.layers import get_channel_layer
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper
+from django.db import transaction
 
 logger = logging.getLogger("realtime.sessions")
 
@@ -53,12 +60,36 @@ def session_digest(session_key: str) -> str:
     return hashlib.sha256(session_key.encode()).hexdigest()[:32]
 
 
-def signed_in_session(scope: dict[str, Any]) -> str | None:
-    """The digest of a socket's session when a user is signed in on it, else None."""
+@dataclass(frozen=True)
+class SignedIn:
+    """Who a signed-in socket belongs to, as the channel layer may name it."""
+
+    session: str  # session_digest(), never the key
+    user: str  # the user's primary key
+
+    def registry_keys(self) -> tuple[str, ...]:
+        return (f"session:{self.session}", f"user:{self.user}")
+
+
+def logout_key(event: dict[str, Any]) -> str:
+    """The registry key (SignedIn.registry_keys()) a `realtime.logout` event names."""
+    return f"session:{event['session']}" if "session" in event else f"user:{event['user']}"
+
+
+def signed_in_session(scope: dict[str, Any]) -> SignedIn | None:
+    """A socket's session and user when a user is signed in on it, else None."""
     user, session = scope.get("user"), scope.get("session")
     if user is None or not user.is_authenticated or not session or not session.session_key:
         return None
-    return session_digest(session.session_key)
+    return SignedIn(session_digest(session.session_key), str(user.pk))
+
+
+def send_logout(event: dict[str, Any]) -> None:
+    try:
+        async_to_sync(get_channel_layer().group_send)(SESSIONS_GROUP, event)
+    except (redis.RedisError, OSError) as exc:
+        # Signing out must work even when Redis does not; the sockets then stay until they close.
+        logger.warning("Could not close the sockets of a signed-out session or user: %s", exc)
 
 
 def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
@@ -66,9 +97,36 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if not session_key:
         return
-    event = {"type": LOGOUT, "session": session_digest(session_key)}
-    try:
-        async_to_sync(get_channel_layer().group_send)(SESSIONS_GROUP, event)
-    except (redis.RedisError, OSError) as exc:
-        # Signing out must work even when Redis does not; the sockets then stay until they close.
-        logger.warning("Could not close the sockets of a signed-out session: %s", exc)
+    send_logout({"type": LOGOUT, "session": session_digest(session_key)})
+
+
+# What a signed-in socket's access depends on (audiences: realtime.broadcast.audiences_for).
+ACCESS_FIELDS = ("password", "is_active", "is_staff", "is_superuser")
+
+
+def access_of(user: Any) -> dict[str, Any]:
+    return {field: getattr(user, field, None) for field in ACCESS_FIELDS}
+
+
+def remember_access(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
+    """`pre_save` of the user model: note its access as stored, to compare after the save."""
+    if instance.pk is None or (update_fields and not set(update_fields) & set(ACCESS_FIELDS)):
+        return  # new, or a save of other fields only (login writes last_login alone)
+    stored = sender._default_manager.filter(pk=instance.pk).first()
+    instance._realtime_access_before = access_of(stored) if stored is not None else None
+
+
+def close_sockets_if_access_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """`post_save` of the user model: once committed, close the user's sockets if it changed."""
+    before = instance.__dict__.pop("_realtime_access_before", None)
+    if before is not None and before != access_of(instance):
+        close_sockets_of_user(instance.pk)
+
+
+def close_sockets_of_user(pk: Any, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: send_logout({"type": LOGOUT, "user": str(pk)}))
+
+
+def close_sockets_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """`post_delete` of the user model."""
+    close_sockets_of_user(instance.pk)

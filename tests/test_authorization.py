@@ -289,3 +289,100 @@ def test_a_socket_has_no_channel_of_its_own_on_the_layer():
     before, after, channels = asyncio.run(scenario())
     assert after == before
     assert all(channel.startswith("realtime.fanout.") for channel in channels)
+
+
+def change_user(name: str, **fields) -> None:
+    user = get_user_model().objects.get(username=name)
+    for field, value in fields.items():
+        if field == "password":
+            user.set_password(value)
+        else:
+            setattr(user, field, value)
+    user.save()
+
+
+async def closed_or_alive(communicator: WebsocketCommunicator) -> dict:
+    """The close a socket got, or the pong a live one answers."""
+    if not await communicator.receive_nothing(timeout=0.3):
+        return await communicator.receive_output()
+    return await ask(communicator, {"type": "ping"})
+
+
+SIGNED_OUT = {"type": "websocket.close", "code": 4001, "reason": "Signed out"}
+ALIVE = {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"is_staff": False},  # demoted: its sockets were given the staff audience
+        {"is_active": False},
+        {"password": "a-new-password"},
+    ],
+    ids=["demoted", "deactivated", "new-password"],
+)
+def test_a_change_of_access_closes_every_socket_of_that_user_only(change):
+    alice_phone, alice_laptop = signed_in("alice", staff=True), Client()
+    assert alice_laptop.login(username="alice", password="pw-alice")
+    bob = signed_in("bob", staff=True)
+
+    async def scenario():
+        sockets = [await opened(c) for c in (alice_phone, alice_laptop, bob)] + [await opened()]
+        for socket_ in sockets:
+            await ask(socket_, {"type": "ping"})  # registered with the fan-out by now
+        await sync_to_async(change_user)("alice", **change)
+        outcome = [await closed_or_alive(s) for s in sockets]
+        for socket_ in sockets:
+            await socket_.disconnect()
+        return outcome
+
+    assert asyncio.run(scenario()) == [SIGNED_OUT, SIGNED_OUT, ALIVE, ALIVE]
+
+
+def test_a_change_that_does_not_touch_access_closes_nothing():
+    alice = signed_in("alice", staff=True)
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await ask(socket_, {"type": "ping"})
+        await sync_to_async(change_user)("alice", first_name="Alice", email="a@example.org")
+        await sync_to_async(signed_in)("carol")  # a login elsewhere writes only last_login
+        outcome = await closed_or_alive(socket_)
+        await socket_.disconnect()
+        return outcome
+
+    assert asyncio.run(scenario()) == ALIVE
+
+
+def test_deleting_a_user_closes_their_sockets():
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await ask(socket_, {"type": "ping"})
+        await sync_to_async(get_user_model().objects.filter(username="alice").delete)()
+        outcome = await closed_or_alive(socket_)
+        await socket_.disconnect()
+        return outcome
+
+    assert asyncio.run(scenario()) == SIGNED_OUT
+
+
+def test_a_demoted_socket_receives_no_staff_broadcast_before_it_closes():
+    alice = signed_in("alice", staff=True)
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await ask(socket_, {"type": "ping"})
+        await sync_to_async(change_user)("alice", is_staff=False)
+        await sync_to_async(broadcast.send)("staff only", audience="staff")
+        seen = []
+        while True:
+            output = await socket_.receive_output(timeout=1)
+            if output["type"] == "websocket.close":
+                break
+            seen.append(output)
+        await socket_.disconnect()
+        return seen
+
+    assert asyncio.run(scenario()) == []
