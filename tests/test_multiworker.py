@@ -212,3 +212,78 @@ def test_two_serve_instances_sharing_one_redis_deliver_each_others_broadcasts(
     on_a, on_b = asyncio.run(scenario())
     assert on_a == ["from host A", "from host B"]
     assert on_b == ["from host A", "from host B"]
+
+
+async def open_on_both_workers(url: str, tls, stack: contextlib.AsyncExitStack, cookie: str):
+    """Open signed-in sockets until both workers hold at least one (the kernel spreads them)."""
+    sockets = await open_spread(url, tls, 2, stack, additional_headers={"Cookie": cookie})
+    while len({worker for _, worker in sockets}) < 2 and len(sockets) < 40:
+        sockets += await open_spread(url, tls, 1, stack, additional_headers={"Cookie": cookie})
+    return sockets
+
+
+async def close_code(socket_, timeout: float = 10) -> int | None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(socket_, timeout), timeout + 1)
+    await asyncio.wait_for(socket_.wait_closed(), timeout)
+    return socket_.close_code
+
+
+async def pongs(socket_) -> bool:
+    await socket_.send('{"type": "ping"}')
+    return (await receive_json(socket_))["type"] == "pong"
+
+
+def sign_out(session: BrowserSession) -> None:
+    _, page = session.request("/")
+    session.request("/accounts/logout/", {"csrfmiddlewaretoken": session.csrf_token(page)})
+
+
+def demote(env: dict, redis_url: str, username: str) -> None:
+    """What an admin does in another process: the user is no longer staff."""
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        f"user = get_user_model().objects.get(username={username!r})\n"
+        "user.is_staff = user.is_superuser = False\n"
+        "user.save()\n"
+    )
+    subprocess.run(
+        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env={**env, "REDIS_URL": redis_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_signing_out_and_losing_staff_close_the_sockets_on_both_workers(
+    served, client_tls, server_env, redis_server
+):
+    url = f"wss://localhost:{served.port}/ws/"
+    passwords = {
+        "carol": create_user(server_env, "carol", staff=True),
+        "dave": create_user(server_env, "dave", staff=False),
+    }
+    carol = logged_in(served.port, client_tls, "carol", passwords)
+    dave = logged_in(served.port, client_tls, "dave", passwords)
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            carols = await open_on_both_workers(url, client_tls, stack, carol.cookie_header())
+            daves = await open_on_both_workers(url, client_tls, stack, dave.cookie_header())
+            others = await open_spread(url, client_tls, 4, stack)
+            # A socket answers once its worker's fan-out has registered it.
+            assert all([await pongs(s) for s, _ in carols + daves + others])
+            await asyncio.to_thread(sign_out, dave)
+            dave_codes = [await close_code(s) for s, _ in daves]
+            await asyncio.to_thread(demote, server_env, redis_server, "carol")
+            carol_codes = [await close_code(s) for s, _ in carols]
+            alive = [await pongs(s) for s, _ in others]
+            workers = {w for _, w in carols} | {w for _, w in daves}
+            return dave_codes, carol_codes, alive, workers
+
+    dave_codes, carol_codes, alive, workers = asyncio.run(scenario())
+    assert workers == {"w1", "w2"}
+    assert set(dave_codes) == {4001}
+    assert set(carol_codes) == {4001}
+    assert alive == [True] * 4
