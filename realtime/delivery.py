@@ -10,8 +10,8 @@ their consumer's `send()`.
 
 Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.sessions),
 and the worker closes its sockets of that session, or of that user when an account's access
-changed. So a socket needs no channel of its own on
-the layer: no Redis subscription per socket, nothing but its client to wait for.
+changed. So a socket needs no channel of its own on the layer: no Redis subscription per
+socket, nothing but its client to wait for.
 
 Catch-up. Redis pub/sub delivers at most once, to the subscribers connected at that moment.
 When Redis restarts, each worker resubscribes on its own (redis-py), but whatever was
@@ -37,7 +37,7 @@ from django.utils import timezone
 
 from realtime import protocol
 from realtime.models import Broadcast
-from realtime.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, logout_key
+from realtime.sessions import LOGOUT, SESSIONS_GROUP, SignedIn
 
 logger = logging.getLogger("realtime.delivery")
 
@@ -120,8 +120,8 @@ class Fanout:
         for audience in audiences:
             self.local[audience][consumer] = recipient
         if signed_in is not None:
-            self.keys_of[consumer] = signed_in.registry_keys()
-            for key in signed_in.registry_keys():
+            self.keys_of[consumer] = keys = signed_in.registry_keys()
+            for key in keys:
                 self.signed_in.setdefault(key, set()).add(consumer)
 
     def unregister(self, consumer: Any) -> None:
@@ -170,7 +170,7 @@ class Fanout:
 
     def handle(self, event: dict[str, Any]) -> None:
         if event["type"] == LOGOUT:
-            self.sign_out(logout_key(event))
+            self.sign_out(event["signed_in"])
         else:
             self.deliver(event)
 

@@ -149,12 +149,12 @@ class IdleDeadline:
     async def receive(self, receive: Receive) -> dict[str, Any]:
         """The client's next event; TimeoutError after `timeout` seconds without one."""
         self.waiting_since = self.loop.time()
-        self.waiter = asyncio.current_task(self.loop)
+        self.waiter = task = asyncio.current_task(self.loop)
         try:
             return await receive()
         except asyncio.CancelledError:
             # Ours, unless the task was also cancelled from elsewhere (as asyncio.timeout does).
-            if self.expired and self.waiter is not None and self.waiter.uncancel() == 0:
+            if self.expired and task is not None and task.uncancel() == 0:
                 raise TimeoutError from None
             raise
         finally:

@@ -68,12 +68,16 @@ class SignedIn:
     user: str  # the user's primary key
 
     def registry_keys(self) -> tuple[str, ...]:
-        return (f"session:{self.session}", f"user:{self.user}")
+        return (session_entry(self.session), user_entry(self.user))
 
 
-def logout_key(event: dict[str, Any]) -> str:
-    """The registry key (SignedIn.registry_keys()) a `realtime.logout` event names."""
-    return f"session:{event['session']}" if "session" in event else f"user:{event['user']}"
+# The names a `realtime.logout` event gives (its "signed_in"), and the fan-out's registry uses.
+def session_entry(digest: str) -> str:
+    return f"session:{digest}"
+
+
+def user_entry(pk: Any) -> str:
+    return f"user:{pk}"
 
 
 def signed_in_session(scope: dict[str, Any]) -> SignedIn | None:
@@ -97,7 +101,7 @@ def close_sockets_of_session(sender: Any, request: Any, user: Any, **kwargs: Any
     session_key = getattr(getattr(request, "session", None), "session_key", None)
     if not session_key:
         return
-    send_logout({"type": LOGOUT, "session": session_digest(session_key)})
+    send_logout({"type": LOGOUT, "signed_in": session_entry(session_digest(session_key))})
 
 
 # What a signed-in socket's access depends on (audiences: realtime.broadcast.audiences_for).
@@ -123,8 +127,8 @@ def close_sockets_if_access_changed(sender: Any, instance: Any, **kwargs: Any) -
         close_sockets_of_user(instance.pk)
 
 
-def close_sockets_of_user(pk: Any, **kwargs: Any) -> None:
-    transaction.on_commit(lambda: send_logout({"type": LOGOUT, "user": str(pk)}))
+def close_sockets_of_user(pk: Any) -> None:
+    transaction.on_commit(lambda: send_logout({"type": LOGOUT, "signed_in": user_entry(pk)}))
 
 
 def close_sockets_of_deleted_user(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -236,6 +236,12 @@ def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
         f"user.set_password({password!r})\n"
         "user.save()\n"
     )
+    run_in_shell(env, code)
+    return password
+
+
+def run_in_shell(env: dict[str, str], code: str) -> None:
+    """Run Python in `manage.py shell` with a server's environment (its database, its Redis)."""
     subprocess.run(
         [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
         cwd=ROOT,
@@ -243,7 +249,6 @@ def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
         check=True,
         capture_output=True,
     )
-    return password
 
 
 class BrowserSession:

@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from realtime.tls import ensure_dev_certificate
-from tests.conftest import PYTHON, ROOT, create_user, daphne_tls_args, free_port
+from tests.conftest import PYTHON, ROOT, create_user, daphne_tls_args, free_port, run_in_shell
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -211,13 +210,7 @@ def send_from_a_shell(env: dict, redis_url: str, messages: list[str]) -> None:
     code = "from realtime import broadcast\n" + "".join(
         f"broadcast.send({m!r})\n" for m in messages
     )
-    subprocess.run(
-        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
-        cwd=ROOT,
-        env={**env, "REDIS_URL": redis_url},
-        check=True,
-        capture_output=True,
-    )
+    run_in_shell({**env, "REDIS_URL": redis_url}, code)
 
 
 def test_the_page_reconnects_after_its_worker_dies_and_shows_what_it_missed_once(

@@ -23,6 +23,7 @@ from tests.conftest import (
     drain,
     free_port,
     receive_json,
+    run_in_shell,
     ws_connect,
 )
 
@@ -247,13 +248,7 @@ def demote(env: dict, redis_url: str, username: str) -> None:
         "user.is_staff = user.is_superuser = False\n"
         "user.save()\n"
     )
-    subprocess.run(
-        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
-        cwd=ROOT,
-        env={**env, "REDIS_URL": redis_url},
-        check=True,
-        capture_output=True,
-    )
+    run_in_shell({**env, "REDIS_URL": redis_url}, code)
 
 
 def test_signing_out_and_losing_staff_close_the_sockets_on_both_workers(
