@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 
 from tests.conftest import (
     BrowserSession,
@@ -23,6 +24,9 @@ from tests.conftest import (
 def site(start, dev_certs, redis_server, server_env):
     alice = create_user(server_env, "alice", staff=True)
     bob = create_user(server_env, "bob", staff=False)
+    # The session's Redis may still hold the presence of a worker another module killed (it
+    # expires after 15 s); this module counts its own sockets only.
+    redis.Redis.from_url(redis_server).flushdb()
     port = free_port()
     server = start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server)
     return server, {"alice": alice, "bob": bob}
