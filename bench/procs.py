@@ -117,7 +117,9 @@ class Server:
     ports: list[int]
     log_path: Path
     cpus: str | None = None
-    listeners: int = 1  # listening sockets expected on the ports (serve: one per worker)
+    # serve's supervisor listens before its workers run: it is ready once each worker logged
+    # "is ready". Other servers are ready once they listen.
+    ready_workers: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 90.0) -> Server:
@@ -137,7 +139,10 @@ class Server:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.log()}"
                 )
-            if self._listening() >= self.listeners * len(self.ports):
+            if self.ready_workers:
+                if self.log(tail=None).count(" is ready\n") >= self.ready_workers:
+                    return
+            elif self._listening() >= len(self.ports):
                 return
             time.sleep(0.2)
         raise TimeoutError(
@@ -163,11 +168,12 @@ class Server:
         except psutil.NoSuchProcess:
             return []
 
-    def log(self, tail: int = 4000) -> str:
+    def log(self, tail: int | None = 4000) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-tail:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return text if tail is None else text[-tail:]
 
     def stop(self) -> None:
         if self.process is not None:

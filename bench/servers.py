@@ -226,7 +226,7 @@ def project_fanout(setup: Setup, transport: str) -> Peer:
             str(setup.certs.key),
         ]
         log = log_path(setup, "fanout-project", transport)
-        server = Server("project", args, env, [port], log, listeners=2)
+        server = Server("project", args, env, [port], log, ready_workers=2)
         return Peer(
             "project",
             transport,

@@ -8,7 +8,8 @@ profiles (realtime/tls_profiles.py; `intermediate` unless `profile=modern`), whe
 also accepts CBC and CCM cipher suites and the X448 and P-521 curves. And `reusePort=yes` sets
 SO_REUSEPORT on the listening socket: several daphne processes of the same user can then bind
 the same port and the Linux kernel spreads new connections over them. `manage.py serve` starts
-its workers with it and `runserver --tls` serves through it; plain `daphne -e realtime:...`
+its workers with it (each adopts the listening socket its supervisor opened for it, see
+realtime/listeners.py) and `runserver --tls` serves through it; plain `daphne -e realtime:...`
 works too when run from the project root, where twisted/plugins/realtime_endpoints.py
 registers this parser. daphne's `--fd` cannot do this: it only serves plaintext on an
 inherited socket.
@@ -39,8 +40,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from realtime.listeners import inherited_listener
 from realtime.tls import escape_endpoint_value
 from realtime.tls_profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
 
@@ -184,6 +187,11 @@ class ReusePortTLSEndpoint:
         self.reuse_port = reuse_port
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        # What listenSSL does with a port number: TLS in memory over a plain TCP port.
+        tls_factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
+        adopted = adopt_inherited(self.reactor, self.port, tls_factory)
+        if adopted is not None:
+            return adopted
         # tcp.Port accepts a Binding in place of the port number, and listenSSL hands it on.
         # SO_REUSEADDR stays on, as listenTCP sets it for a plain port number.
         binding = makeBinding(
@@ -201,18 +209,43 @@ class ReusePortTLSEndpoint:
         return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
 
 
-def stop_accepting_on_shutdown(port: IListeningPort, reactor: Any) -> IListeningPort:
+def adopt_inherited(
+    reactor: Any, port: int, factory: IProtocolFactory
+) -> defer.Deferred[IListeningPort] | None:
+    """Serve `factory` on the listening socket `serve`'s supervisor handed down for `port`
+    (realtime/listeners.py); None when there is none, and the endpoint binds its own."""
+    try:
+        listener = inherited_listener(port)
+    except ValueError:
+        return defer.fail()
+    if listener is None:
+        return None
+
+    def adopt() -> IListeningPort:
+        try:
+            return reactor.adoptStreamPort(listener.fileno(), listener.family, factory)
+        finally:
+            listener.close()  # the adopted port holds a descriptor of its own
+
+    listening = defer.execute(adopt)
+    return listening.addCallback(stop_accepting_on_shutdown, reactor, take_queued=False)
+
+
+def stop_accepting_on_shutdown(
+    port: IListeningPort, reactor: Any, take_queued: bool = True
+) -> IListeningPort:
     """Make `port` the first thing a shutdown closes, and let its last connections settle.
 
-    With SO_REUSEPORT, a worker that stops (SIGTERM from `serve`'s rolling restart) should
-    take no new connection once it has begun to stop: the others' sockets take them. So at
-    the start of the shutdown this accepts what the kernel already queued for this socket
-    (closing it would reset those), stops listening, and gives TLS handshakes under way
-    DRAIN seconds before daphne closes every connection.
+    A worker that stops (SIGTERM from `serve`'s rolling restart) takes no new connection once
+    it has begun to stop. On a socket of its own (`take_queued`), this first accepts what the
+    kernel already queued for it, since closing the socket resets those. On a socket shared with
+    its successor (inherited from `serve`'s supervisor) it leaves them to the successor. Then
+    it stops listening, and gives TLS handshakes under way DRAIN seconds before daphne closes
+    every connection.
     """
 
     def stop_accepting() -> defer.Deferred[None]:
-        if hasattr(port, "doRead"):  # a real tcp.Port
+        if take_queued and hasattr(port, "doRead"):  # a real tcp.Port
             port.doRead()
         port.stopListening()
         return task.deferLater(reactor, DRAIN, lambda: None)

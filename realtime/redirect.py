@@ -13,8 +13,8 @@ It never serves the application: `listen()` ignores the factory daphne hands it 
 every endpoint its own HTTP and WebSocket factory) and listens with a tiny Twisted web site
 instead. So no page, static file or WebSocket is ever served over the plain port, and the
 redirect does not depend on the application's middleware. With reusePort=yes every worker of
-`serve` listens on it, like on the TLS port. HSTS is not sent here: browsers ignore it over
-plain HTTP (RFC 6797, 8.1); the HTTPS responses carry it.
+`serve` listens on it (on the socket its supervisor opened), like on the TLS port. HSTS is not
+sent here: browsers ignore it over plain HTTP (RFC 6797, 8.1); the HTTPS responses carry it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from realtime.endpoints import stop_accepting_on_shutdown
+from realtime.endpoints import adopt_inherited, stop_accepting_on_shutdown
 from realtime.tls import escape_endpoint_value
 
 PREFIX = "realtime-redirect"
@@ -123,6 +123,9 @@ class RedirectEndpoint:
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # `factory` (daphne's application) is ignored on purpose: this port only redirects.
         site = Site(RedirectResource(self.https_port), timeout=IDLE_TIMEOUT)
+        adopted = adopt_inherited(self.reactor, self.port, site)
+        if adopted is not None:
+            return adopted
         binding = makeBinding(
             self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
         )

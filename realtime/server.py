@@ -27,6 +27,7 @@ from twisted.internet.interfaces import ISSLTransport
 from realtime.closing import AppCloseWebSocketProtocol
 from realtime.collector import tune_for_serving
 from realtime.delivery import MAINTENANCE_INTERVAL
+from realtime.listeners import notify_ready
 from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
 
@@ -98,6 +99,9 @@ class RealtimeServer(Server):
             self._maintenance = task.LoopingCall(self._maintain)
             self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
         tune_for_serving()
+        # Once the reactor runs, this process serves: `serve`'s supervisor may stop the one
+        # it replaces (realtime/listeners.py).
+        reactor.callWhenRunning(notify_ready)
         if self._ready_callable_given:
             self._ready_callable_given()
 

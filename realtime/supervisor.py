@@ -6,21 +6,28 @@ is started again after a delay that doubles (1 s up to 30 s) while it keeps dyin
 10 s of its start. SIGTERM or SIGINT forwards SIGTERM to every worker, waits up to a grace
 period, SIGKILLs the rest, and returns 0.
 
+The supervisor opens the listening sockets, one per port and worker slot, and keeps them
+(realtime/listeners.py): every process of a slot inherits the slot's sockets, so connections the
+kernel queued for a slot are never reset by a process that stops. A slot whose process dies has
+its sockets closed, so the kernel sends new connections to the other slots until its restart,
+which opens new ones. A worker writes to a pipe once it serves; the supervisor logs "is ready".
+
 SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
-for each worker a new process starts first; once it listens on every one of `ready_ports`
-(SO_REUSEPORT lets both processes listen on them), the old one gets SIGTERM and the grace
-period, then the next worker follows. If a new process exits or does not listen within
-READY_TIMEOUT, it is stopped, the old one keeps serving and the reload stops there.
+for each worker a new process starts on the same sockets; once it is ready, the old one gets
+SIGTERM and the grace period (it stops accepting at once; the new one takes what is queued),
+then the next worker follows. If a new process exits or is not ready within READY_TIMEOUT, it
+is stopped, the old one keeps serving and the reload stops there.
 
 Its output, one line per event (tests and operators parse the "started" and "exited" lines):
 
     worker w1 started (pid 1234)
+    worker w1 (pid 1234) is ready
     worker w1 (pid 1234) exited with code -9; restarting in 1.0 s
     worker w1 could not start: <error>; retrying in 2.0 s
     reloading: replacing 2 worker(s) one at a time (SIGHUP)
-    worker w1 (pid 1240) is listening; stopping pid 1234
+    worker w1 (pid 1234) replaced by pid 1240: stopping it
     worker w1 (pid 1234) stopped with code 0
-    worker w1 (pid 1240) exited with code 1 before listening; pid 1234 keeps serving
+    worker w1 (pid 1240) exited with code 1 before it was ready; pid 1234 keeps serving
     reload stopped: the workers not yet replaced keep running
     reload done
     stopping 2 worker(s): SIGTERM, up to 10.0 s
@@ -36,22 +43,23 @@ import ctypes
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from realtime.listeners import BACKLOG, LISTEN_FDS, READY, READY_FD, listen_fds_value, open_listener
 
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
 QUICK_EXIT = 10.0  # a worker that dies sooner than this after its start backs off further
 DEFAULT_GRACE = 10.0
-READY_TIMEOUT = 60.0  # how long a replacement worker may take to listen during a reload
-READY_FALLBACK = 5.0  # without /proc, a replacement alive this long counts as listening
+READY_TIMEOUT = 60.0  # how long a replacement worker may take to be ready during a reload
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-TCP_LISTEN = 0x0A  # the "st" column of /proc/net/tcp for a listening socket
 
 
 def restart_delay(previous: float | None, ran_for: float) -> float:
@@ -93,42 +101,6 @@ def _worker_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def parse_proc_net_tcp(text: str) -> list[tuple[int, int, int]]:
-    """(local port, state, socket inode) of each row of /proc/<pid>/net/tcp or tcp6."""
-    rows = []
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 10:
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            rows.append((port, int(fields[3], 16), int(fields[9])))
-    return rows
-
-
-def listening_ports(pid: int) -> set[int] | None:
-    """The TCP ports process `pid` itself listens on, or None where /proc cannot tell.
-
-    A port counts only when one of the process's own file descriptors is the listening
-    socket: another worker listening on the same port (SO_REUSEPORT) does not make this one
-    ready. Linux only.
-    """
-    proc = Path(f"/proc/{pid}")
-    if not Path("/proc/self/net/tcp").exists():
-        return None
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in (proc / "fd").iterdir():
-            with contextlib.suppress(OSError):
-                link = os.readlink(fd)
-                if link.startswith("socket:["):
-                    inodes.add(int(link[8:-1]))
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            rows = parse_proc_net_tcp((proc / "net" / table).read_text())
-            ports |= {port for port, st, inode in rows if st == TCP_LISTEN and inode in inodes}
-    return ports
-
-
 @dataclass
 class Worker:
     """One supervised process slot: w1, w2, ..."""
@@ -138,10 +110,20 @@ class Worker:
     started_at: float = 0.0
     delay: float | None = None  # the last restart delay, for the backoff
     restart_at: float | None = None
+    listeners: dict[int, socket.socket] = field(default_factory=dict)  # by port
+
+    def close_listeners(self) -> None:
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
 
 
 class Supervisor:
-    """Runs `command` N times, restarting exits, until SIGTERM or SIGINT."""
+    """Runs `command` N times, restarting exits, until SIGTERM or SIGINT.
+
+    `listen_on` lists the (host, port) pairs each worker slot gets a listening socket for;
+    the command's endpoints adopt them (realtime/listeners.py).
+    """
 
     def __init__(
         self,
@@ -151,7 +133,8 @@ class Supervisor:
         env: dict[str, str] | None = None,
         grace: float = DEFAULT_GRACE,
         log: Callable[[str], None] | None = None,
-        ready_ports: Sequence[int] = (),
+        listen_on: Sequence[tuple[str, int]] = (),
+        backlog: int = BACKLOG,
     ) -> None:
         self.command = list(command)
         self.workers = [Worker(f"w{n}") for n in range(1, workers + 1)]
@@ -159,7 +142,9 @@ class Supervisor:
         self.env = dict(os.environ if env is None else env)
         self.grace = grace
         self.log = log or (lambda line: print(line, flush=True))
-        self.ready_ports = set(ready_ports)
+        self.listen_on = list(listen_on)
+        self.backlog = backlog
+        self.ready_pids: set[int] = set()
         self.stop_requests = 0
         self.reload_requested = False
         self.selector: selectors.BaseSelector | None = None
@@ -182,15 +167,55 @@ class Supervisor:
         return 0
 
     def _spawn(self, worker: Worker) -> subprocess.Popen[bytes]:
-        """A new process for `worker`'s slot (raises OSError); logs its "started" line."""
-        process = subprocess.Popen(
-            self.command,
-            cwd=self.cwd,
-            env={**self.env, "REALTIME_WORKER_ID": worker.name},
-            preexec_fn=_worker_preexec(os.getpid()),
-        )
+        """A new process for `worker`'s slot, on the slot's listening sockets (opened when the
+        slot has none); raises OSError. Logs its "started" line; its "ready" one comes later."""
+        if not worker.listeners:
+            try:
+                for host, port in self.listen_on:
+                    worker.listeners[port] = open_listener(host, port, self.backlog)
+            except OSError:
+                worker.close_listeners()
+                raise
+        ready_read, ready_write = os.pipe()
+        env = {
+            **self.env,
+            "REALTIME_WORKER_ID": worker.name,
+            LISTEN_FDS: listen_fds_value(worker.listeners),
+            READY_FD: str(ready_write),
+        }
+        try:
+            process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=env,
+                pass_fds=[ready_write, *(s.fileno() for s in worker.listeners.values())],
+                preexec_fn=_worker_preexec(os.getpid()),
+            )
+        except OSError:
+            os.close(ready_read)
+            raise
+        finally:
+            os.close(ready_write)
+        os.set_blocking(ready_read, False)
+        assert self.selector is not None
+        self.selector.register(ready_read, selectors.EVENT_READ, (worker.name, process.pid))
         self.log(f"worker {worker.name} started (pid {process.pid})")
         return process
+
+    def _on_ready_pipe(self, fd: int, name: str, pid: int) -> None:
+        """A worker wrote to its ready pipe, or closed it (by exiting, say)."""
+        try:
+            said = os.read(fd, len(READY))
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        assert self.selector is not None
+        self.selector.unregister(fd)
+        os.close(fd)
+        if said == READY:
+            self.ready_pids.add(pid)
+            self.log(f"worker {name} (pid {pid}) is ready")
 
     def _start(self, worker: Worker) -> None:
         worker.restart_at = None
@@ -199,6 +224,7 @@ class Supervisor:
             worker.process = self._spawn(worker)
         except OSError as exc:
             worker.process = None
+            worker.close_listeners()
             message = f"worker {worker.name} could not start: {exc}"
             self._schedule_restart(worker, 0.0, message, "retrying")
 
@@ -209,6 +235,9 @@ class Supervisor:
                 continue
             if worker.process is not None and worker.process.poll() is not None:
                 process, worker.process = worker.process, None
+                self.ready_pids.discard(process.pid)
+                # Closed, so that the kernel sends the slot's new connections to the others.
+                worker.close_listeners()
                 message = f"worker {worker.name} (pid {process.pid}) exited with code"
                 self._schedule_restart(
                     worker, now - worker.started_at, f"{message} {process.returncode}"
@@ -232,7 +261,7 @@ class Supervisor:
     # --- Reloading (SIGHUP) -------------------------------------------------------------------
 
     def _reload(self) -> None:
-        """Replace every worker, one at a time, each new process listening before the old stops."""
+        """Replace every worker, one at a time, each new process ready before the old stops."""
         self.reload_requested = False  # a SIGHUP during the reload asks for another one
         self.log(f"reloading: replacing {len(self.workers)} worker(s) one at a time (SIGHUP)")
         for worker in self.workers:
@@ -245,48 +274,50 @@ class Supervisor:
         self.log("reload done")
 
     def _replace(self, worker: Worker) -> bool:
-        """Start `worker`'s successor, wait until it listens, then stop the old process."""
+        """Start `worker`'s successor on the same sockets, wait until it is ready, then stop
+        the old process."""
         old = worker.process
         try:
             new = self._spawn(worker)
         except OSError as exc:
             self.log(f"worker {worker.name} could not start: {exc}")
+            if old is None:
+                worker.close_listeners()
             return False
         started_at = time.monotonic()
-        failure = self._wait_until_listening(worker, new)
+        failure = self._wait_until_ready(worker, new)
         if failure:
             kept = f"pid {old.pid} keeps serving" if old is not None else "the slot stays empty"
             self.log(f"worker {worker.name} (pid {new.pid}) {failure}; {kept}")
             self._stop_process(worker.name, new)
+            if old is None:
+                worker.close_listeners()
             return False
         worker.process, worker.started_at = new, started_at
         worker.delay = worker.restart_at = None
         if old is None:
             return True
-        self.log(f"worker {worker.name} (pid {new.pid}) is listening; stopping pid {old.pid}")
+        self.log(f"worker {worker.name} (pid {old.pid}) replaced by pid {new.pid}: stopping it")
         self._stop_process(worker.name, old)
         return True
 
-    def _wait_until_listening(self, worker: Worker, process: subprocess.Popen[bytes]) -> str:
-        """Empty once `process` listens on every ready port; otherwise why it never will."""
+    def _wait_until_ready(self, worker: Worker, process: subprocess.Popen[bytes]) -> str:
+        """Empty once `process` said it is ready; otherwise why it never will be."""
         started = time.monotonic()
         while not self.stop_requests:
-            if process.poll() is not None:
-                return f"exited with code {process.returncode} before listening"
-            ports = listening_ports(process.pid)
-            if ports is None:
-                if time.monotonic() - started >= READY_FALLBACK:
-                    return ""
-            elif self.ready_ports <= ports:
+            if process.pid in self.ready_pids:
                 return ""
+            if process.poll() is not None:
+                return f"exited with code {process.returncode} before it was ready"
             if time.monotonic() - started > READY_TIMEOUT:
-                return f"did not listen within {READY_TIMEOUT:.0f} s"
+                return f"was not ready within {READY_TIMEOUT:.0f} s"
             self._reap_and_restart(skip=worker)
             self._wait(0.1)
-        return "was stopped before listening"
+        return "was stopped before it was ready"
 
     def _stop_process(self, name: str, process: subprocess.Popen[bytes]) -> None:
         """SIGTERM one process, up to the grace period, then SIGKILL; logs how it ended."""
+        self.ready_pids.discard(process.pid)
         self._signal(process, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
         while process.poll() is None and time.monotonic() < deadline and self.stop_requests < 2:
@@ -303,6 +334,8 @@ class Supervisor:
         return [w for w in self.workers if w.process is not None and w.process.poll() is None]
 
     def _stop_all(self) -> None:
+        for worker in self.workers:
+            worker.close_listeners()  # the workers hold the last references: they close them
         running = self._running()
         self.log(f"stopping {len(running)} worker(s): SIGTERM, up to {self.grace:.1f} s")
         for worker in running:
@@ -358,6 +391,9 @@ class Supervisor:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_fd)
+            for key in list(self.selector.get_map().values()):
+                if key.data is not None:  # the ready pipes of workers that never wrote
+                    os.close(key.fd)
             self.selector.close()
             os.close(read_fd)
             os.close(write_fd)
@@ -366,6 +402,9 @@ class Supervisor:
         """Sleep until a signal arrives or `timeout` passes."""
         assert self.selector is not None
         for key, _ in self.selector.select(timeout):
+            if key.data is not None:
+                self._on_ready_pipe(key.fd, *key.data)
+                continue
             with contextlib.suppress(BlockingIOError):
                 while os.read(key.fd, 512):
                     pass

@@ -50,6 +50,27 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -
     raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
 
 
+def workers_to_wait_for(args: list[str]) -> int:
+    """How many "is ready" lines a server logs once it serves: one per worker of `serve`.
+
+    `serve`'s supervisor listens before its workers have started, so a port that accepts a
+    connection does not yet mean a server that answers.
+    """
+    if "serve" not in args:
+        return 0
+    return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+
+
+def wait_for_ready_lines(server: ServerProcess, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log().count(" is ready\n") < count:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"process exited with {server.process.returncode} before ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} worker(s) were not ready within {timeout} s")
+        time.sleep(0.1)
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess whose output goes to a log file, shown when a test fails."""
@@ -73,6 +94,7 @@ class ServerProcess:
         log.close()
         try:
             wait_for_port(self.port, self.process, START_TIMEOUT)
+            wait_for_ready_lines(self, workers_to_wait_for(self.args), START_TIMEOUT)
         except Exception:
             self.stop()
             raise RuntimeError(f"{self.args} did not start:\n{self.log()}") from None

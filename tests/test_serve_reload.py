@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import os
 import re
 import signal
 import socket
@@ -29,53 +28,46 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime.endpoints import DRAIN, stop_accepting_on_shutdown
 from realtime.redirect import redirect_endpoint, redirect_location, redirect_status
-from realtime.supervisor import listening_ports, parse_proc_net_tcp
 from realtime.tls import DevCertPaths, ensure_dev_certificate
 from tests.conftest import PYTHON, free_port, receive_json, wait_for_port
 from tests.test_serve import alive, clients_on, eventually, ping, serve_args, started, welcomed
 
-# --- Readiness and stopping: a worker's own listening sockets (pure and local) -----------------
-
-PROC_NET_TCP = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:20FB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1
-   1: 0100007F:20FB 0100007F:D2A4 01 00000000:00000000 00:00000000 00000000     0        0 4343 1
-"""
+# --- Stopping: what a worker's listening socket does on SIGTERM (pure) ----------------------
 
 
-def test_proc_net_tcp_rows_give_port_state_and_inode():
-    assert parse_proc_net_tcp(PROC_NET_TCP) == [(8443, 0x0A, 4242), (8443, 0x01, 4343)]
+class RecordingPort:
+    """Stands in for a tcp.Port: records what the shutdown trigger asks of it."""
 
+    def __init__(self) -> None:
+        self.calls: list[str] = []
 
-def test_listening_ports_sees_only_this_processs_listening_sockets():
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            ports = listening_ports(os.getpid())
-            assert port in ports
-            assert client.getsockname()[1] not in ports  # connected, not listening
-    assert port not in listening_ports(os.getpid())
+    def doRead(self) -> None:
+        self.calls.append("accept what the kernel queued")
+
+    def stopListening(self) -> None:
+        self.calls.append("stop listening")
 
 
 def test_a_stopping_server_takes_what_is_queued_then_stops_listening_then_drains():
-    calls = []
-
-    class Port:
-        def doRead(self) -> None:
-            calls.append("accept what the kernel queued")
-
-        def stopListening(self) -> None:
-            calls.append("stop listening")
-
     reactor = MemoryReactorClock()
-    stop_accepting_on_shutdown(Port(), reactor)
+    port = RecordingPort()
+    stop_accepting_on_shutdown(port, reactor)
     [(trigger, args, kwargs)] = reactor.triggers["before"]["shutdown"]
     drained = []
     trigger(*args, **kwargs).addCallback(drained.append)
-    assert calls == ["accept what the kernel queued", "stop listening"]
+    assert port.calls == ["accept what the kernel queued", "stop listening"]
     assert not drained  # connections already accepted get DRAIN seconds before the close
     reactor.advance(DRAIN)
     assert drained == [None]
+
+
+def test_a_stopping_server_leaves_what_is_queued_on_a_shared_socket_to_its_successor():
+    reactor = MemoryReactorClock()
+    port = RecordingPort()
+    stop_accepting_on_shutdown(port, reactor, take_queued=False)
+    [(trigger, args, kwargs)] = reactor.triggers["before"]["shutdown"]
+    trigger(*args, **kwargs)
+    assert port.calls == ["stop listening"]
 
 
 # --- The redirect (pure) ---------------------------------------------------------------------
@@ -330,12 +322,11 @@ def test_sighup_replaces_the_workers_one_at_a_time_with_the_renewed_certificate(
     log = server.log()
     new = {name: pid for name, pid in started(log) if pid not in old.values()}
     assert set(new) == {"w1", "w2"}
-    for name in ("w1", "w2"):  # each new process listened before its predecessor was stopped
-        listening = log.index(
-            f"worker {name} (pid {new[name]}) is listening; stopping pid {old[name]}"
-        )
-        assert log.index(f"worker {name} started (pid {new[name]})") < listening
-        assert listening < log.index(f"worker {name} (pid {old[name]}) stopped with code 0")
+    for name in ("w1", "w2"):  # each new process was ready before its predecessor was stopped
+        ready = log.index(f"worker {name} (pid {new[name]}) is ready")
+        stopping = log.index(f"worker {name} (pid {old[name]}) replaced by pid {new[name]}")
+        assert log.index(f"worker {name} started (pid {new[name]})") < ready < stopping
+        assert stopping < log.index(f"worker {name} (pid {old[name]}) stopped with code 0")
         assert not alive(old[name]) and alive(new[name])
 
 
@@ -349,7 +340,7 @@ def test_a_reload_with_a_broken_certificate_keeps_the_running_worker(start, tmp_
     certs.cert.write_text("not a certificate\n")
     server.process.send_signal(signal.SIGHUP)
     asyncio.run(eventually(lambda: "reload stopped" in server.log(), 60, "the reload gives up"))
-    failed = re.search(r"worker w1 \(pid \d+\) exited with code \d+ before listening", server.log())
+    failed = re.search(r"w1 \(pid \d+\) exited with code \d+ before it was ready", server.log())
     assert failed, server.log()
     assert f"pid {old} keeps serving" in server.log()
     assert alive(old)

@@ -6,15 +6,15 @@
 Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P project.asgi:application`:
 the same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT
 so that the kernel spreads connections over them (realtime/endpoints.py), and the Redis channel
-layer between them. With --redirect-http each worker also answers plain HTTP on that port with
-a redirect to HTTPS (realtime/redirect.py). realtime/supervisor.py restarts a worker that dies,
-replaces them one at a time on SIGHUP (to load a renewed certificate) and stops them all on
-SIGTERM or SIGINT. See docs/deployment.md.
+layer between them. The supervisor opens each worker's listening sockets and keeps them across
+that worker's restarts (realtime/listeners.py). With --redirect-http each worker also answers
+plain HTTP on that port with a redirect to HTTPS (realtime/redirect.py). realtime/supervisor.py
+restarts a worker that dies, replaces them one at a time on SIGHUP (to load a renewed
+certificate) and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.endpoints import reuseport_endpoint
+from realtime.listeners import open_listener
 from realtime.management.certificates import serving_certificate
 from realtime.redirect import redirect_endpoint
 from realtime.redis_client import redis_host
@@ -38,15 +39,9 @@ def daphne_path() -> Path:
 
 
 def check_can_listen(host: str, port: int) -> None:
-    """Bind the port once as the workers will (SO_REUSEPORT), to fail early and clearly."""
+    """Open the port once as the supervisor will (SO_REUSEPORT), to fail early and clearly."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
+        open_listener(host, port).close()
     except OSError as exc:
         hint = ""
         if port < 1024:
@@ -113,7 +108,7 @@ class Command(BaseCommand):
             cwd=settings.BASE_DIR,
             grace=options["grace"],
             log=self._log,
-            ready_ports=ports,
+            listen_on=[(host, each) for each in ports],
         )
         supervisor.run()
 

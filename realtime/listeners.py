@@ -1,0 +1,119 @@
+"""Listening sockets that outlive a worker: `serve`'s supervisor opens them, its workers adopt them.
+
+Each worker slot of `manage.py serve` (w1, w2, ...) has one listening socket per port, bound
+with SO_REUSEPORT, so that the kernel spreads new connections over the slots. The supervisor
+opens these sockets and keeps them; each process of a slot inherits them and serves them (the
+`realtime:` and `realtime-redirect:` endpoints adopt an inherited socket instead of binding).
+
+Why: Linux resets the connections waiting in a listening socket's accept queue when the socket
+closes (unless the sysctl net.ipv4.tcp_migrate_req is 1). If each worker bound its own socket,
+a rolling restart (SIGHUP) would reset whatever reached the old process's queue between its last
+accept and its close. With the slot's socket held by the supervisor, the old and the new process
+of a slot share one queue: the old one stops accepting, the new one goes on, nothing is reset.
+
+Two environment variables hand this to a worker process:
+
+    REALTIME_LISTEN_FDS=8443:5,8080:6   port:descriptor of each inherited listening socket
+    REALTIME_READY_FD=7                 a pipe to write "ready" to once the worker serves
+
+Standard library only: realtime/supervisor.py imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Mapping, MutableMapping
+
+LISTEN_FDS = "REALTIME_LISTEN_FDS"
+READY_FD = "REALTIME_READY_FD"
+READY = b"ready\n"
+BACKLOG = 50  # Twisted's default, which the endpoints used when they bound their own sockets
+
+
+def open_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """A non-blocking TCP socket listening on host:port with SO_REUSEPORT (raises OSError)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+        listener.listen(backlog)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def listen_fds_value(listeners: Mapping[int, socket.socket]) -> str:
+    """The REALTIME_LISTEN_FDS value for sockets keyed by port.
+
+    >>> class Fake:
+    ...     def __init__(self, fd): self.fd = fd
+    ...     def fileno(self): return self.fd
+    >>> listen_fds_value({8443: Fake(5), 8080: Fake(6)})
+    '8443:5,8080:6'
+    """
+    return ",".join(f"{port}:{listener.fileno()}" for port, listener in listeners.items())
+
+
+def parse_listen_fds(value: str) -> dict[int, int]:
+    """port -> descriptor from a REALTIME_LISTEN_FDS value; ValueError names a bad entry."""
+    fds = {}
+    for entry in filter(None, value.split(",")):
+        port, _, fd = entry.partition(":")
+        if not (port.isdigit() and fd.isdigit()):
+            raise ValueError(f"{LISTEN_FDS}: expected PORT:FD entries, not {entry!r}.")
+        fds[int(port)] = int(fd)
+    return fds
+
+
+def inherited_listener(
+    port: int, environ: MutableMapping[str, str] = os.environ
+) -> socket.socket | None:
+    """The listening socket inherited for `port`, or None when there is none.
+
+    Each is handed out once (its entry leaves the environment's value): a second endpoint on
+    the same port binds a socket of its own. Raises ValueError when the descriptor is not a
+    TCP socket listening on that port.
+    """
+    fds = parse_listen_fds(environ.get(LISTEN_FDS, ""))
+    fd = fds.pop(port, None)
+    if fd is None:
+        return None
+    environ[LISTEN_FDS] = ",".join(f"{p}:{d}" for p, d in fds.items())
+    try:
+        listener = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"{LISTEN_FDS}: descriptor {fd} is not a socket: {exc}.") from None
+    listening = listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if listener.type != socket.SOCK_STREAM or not listening or _port_of(listener) != port:
+        listener.close()
+        raise ValueError(f"{LISTEN_FDS}: descriptor {fd} is not listening on TCP port {port}.")
+    return listener
+
+
+def _port_of(listener: socket.socket) -> int | None:
+    with contextlib.suppress(OSError, IndexError, TypeError):
+        return listener.getsockname()[1]
+    return None
+
+
+def notify_ready(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Tell the supervisor, if one is waiting, that this process serves. True when it was told."""
+    fd = environ.pop(READY_FD, "")
+    if not fd.isdigit():
+        return False
+    try:
+        os.write(int(fd), READY)
+    except OSError:  # the supervisor is gone: it closed its end
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
+    return True
