@@ -6,6 +6,9 @@ TLS connection. This Server looks at the transport the socket really arrived on 
 negotiated version and cipher. It is used by `runserver` (with or without --tls), by `serve`,
 and by plain `daphne` through `install_into_daphne_cli()`, called from project/asgi.py.
 
+Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
+something due, not every connection every 2 s (realtime/timeouts.py).
+
 It also enforces the project's message size limit (REALTIME_WS_MAX_MESSAGE_SIZE) as a ceiling,
 and makes daphne answer an oversized message with close code 1009: autobahn's default
 `failByDrop` drops the TCP connection instead, which a client sees as 1006.
@@ -30,6 +33,7 @@ from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.listeners import notify_ready
 from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
+from realtime.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 
 logger = logging.getLogger("realtime.server")
 
@@ -80,6 +84,7 @@ class RealtimeServer(Server):
         # Registered before daphne's own trigger (in run()), so that the close frames go out
         # before daphne cancels the applications.
         reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
+        self.timeouts = TimeoutSchedule()
         self._ready_callable_given = self.ready_callable
         # ready_callable runs after daphne has built its WebSocket factory, before the reactor.
         self.ready_callable = self._before_serving
@@ -104,6 +109,18 @@ class RealtimeServer(Server):
         reactor.callWhenRunning(notify_ready)
         if self._ready_callable_given:
             self._ready_callable_given()
+
+    def protocol_connected(self, protocol: Any) -> None:
+        super().protocol_connected(protocol)
+        self.timeouts.add(protocol, time.time())
+
+    def timeout_checker(self) -> None:
+        """daphne's periodic timeout check (run() starts it), on the connections with a check
+        due rather than on all of them."""
+        self.timeouts.sweep(
+            self.connections, time.time(), self.ping_interval, self.websocket_timeout
+        )
+        reactor.callLater(SWEEP_INTERVAL, self.timeout_checker)
 
     def open_websockets(self) -> list[WebSocketProtocol]:
         return [
