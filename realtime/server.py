@@ -27,13 +27,13 @@ from django.conf import settings
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 
-from realtime.closing import AppCloseWebSocketProtocol
 from realtime.collector import tune_for_serving
 from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.listeners import notify_ready
 from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
 from realtime.timeouts import SWEEP_INTERVAL, TimeoutSchedule
+from realtime.writethrough import WriteThroughWebSocketProtocol
 
 logger = logging.getLogger("realtime.server")
 
@@ -94,8 +94,9 @@ class RealtimeServer(Server):
         # allowNullOrigin is repeated because autobahn resets it to False on every call; the
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
-        # Close codes such as 1008 and 1013, and their reasons, as the application sends them.
-        self.ws_factory.protocol = AppCloseWebSocketProtocol
+        # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
+        # once open, frames go to the socket at once (realtime/writethrough.py).
+        self.ws_factory.protocol = WriteThroughWebSocketProtocol
         # Twisted's HTTP idle timeout (60 s) is all that drops a connection that never sends its
         # request, or never finishes TLS; it is off while a request is handled or upgraded.
         self.http_factory.timeOut = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
