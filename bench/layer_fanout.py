@@ -202,7 +202,7 @@ def run_one(name: str, state: Path, certs: Path, tls, sockets: int, rounds: int)
     )
     try:
         wait_for_port(port, server, 60)
-        time.sleep(2)  # both workers listening
+        time.sleep(2)  # both workers ready (serve listens at once; early handshakes would wait)
         return asyncio.run(measure_layer(name, port, redis_url, tls, sockets, rounds))
     finally:
         server.terminate()
