@@ -235,7 +235,8 @@ REALTIME_WS_RATE = envint("REALTIME_WS_RATE", 10)
 REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)
 # Seconds without an incoming message before the server closes a socket (4000); 0: never.
 REALTIME_WS_IDLE_TIMEOUT = envint("REALTIME_WS_IDLE_TIMEOUT", 300)
-# Seconds a connection gets to send its request (TLS included) and be accepted.
+# Seconds a connection gets, in total, to finish TLS and send its first request's headers, and
+# the application to accept a WebSocket (realtime/request_deadline.py).
 REALTIME_WS_HANDSHAKE_TIMEOUT = envint("REALTIME_WS_HANDSHAKE_TIMEOUT", 10)
 if REALTIME_WS_HANDSHAKE_TIMEOUT < 1:
     raise SettingsError("REALTIME_WS_HANDSHAKE_TIMEOUT must be at least 1 (seconds).")

@@ -26,12 +26,14 @@ from daphne.ws_protocol import WebSocketProtocol
 from django.conf import settings
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
+from twisted.web import http
 
 from realtime.collector import tune_for_serving
 from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.listeners import notify_ready
 from realtime.protocol import GOING_AWAY
 from realtime.redis_client import redis_host
+from realtime.request_deadline import channel_with_deadline
 from realtime.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from realtime.writethrough import WriteThroughWebSocketProtocol
 
@@ -97,9 +99,14 @@ class RealtimeServer(Server):
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/writethrough.py).
         self.ws_factory.protocol = WriteThroughWebSocketProtocol
-        # Twisted's HTTP idle timeout (60 s) is all that drops a connection that never sends its
-        # request, or never finishes TLS; it is off while a request is handled or upgraded.
+        # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
+        # timer, 60 s by default; off while a request is handled or upgraded) and as many in
+        # total to finish TLS and send its first request's headers (realtime/request_deadline).
         self.http_factory.timeOut = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
+        if not http.H2_ENABLED:
+            self.http_factory.protocol = channel_with_deadline(
+                settings.REALTIME_WS_HANDSHAKE_TIMEOUT
+            )
         logger.info(describe_channel_layer())
         if redis_host() is not None:
             self._maintenance = task.LoopingCall(self._maintain)
