@@ -50,16 +50,13 @@ def open_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket
     return listener
 
 
-def listen_fds_value(listeners: Mapping[int, socket.socket]) -> str:
-    """The REALTIME_LISTEN_FDS value for sockets keyed by port.
+def format_listen_fds(fds: Mapping[int, int]) -> str:
+    """A REALTIME_LISTEN_FDS value from port -> descriptor.
 
-    >>> class Fake:
-    ...     def __init__(self, fd): self.fd = fd
-    ...     def fileno(self): return self.fd
-    >>> listen_fds_value({8443: Fake(5), 8080: Fake(6)})
+    >>> format_listen_fds({8443: 5, 8080: 6})
     '8443:5,8080:6'
     """
-    return ",".join(f"{port}:{listener.fileno()}" for port, listener in listeners.items())
+    return ",".join(f"{port}:{fd}" for port, fd in fds.items())
 
 
 def parse_listen_fds(value: str) -> dict[int, int]:
@@ -86,7 +83,7 @@ def inherited_listener(
     fd = fds.pop(port, None)
     if fd is None:
         return None
-    environ[LISTEN_FDS] = ",".join(f"{p}:{d}" for p, d in fds.items())
+    environ[LISTEN_FDS] = format_listen_fds(fds)
     try:
         listener = socket.socket(fileno=fd)
     except OSError as exc:

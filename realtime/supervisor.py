@@ -51,7 +51,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.listeners import BACKLOG, LISTEN_FDS, READY, READY_FD, listen_fds_value, open_listener
+from realtime.listeners import (
+    BACKLOG,
+    LISTEN_FDS,
+    READY,
+    READY_FD,
+    format_listen_fds,
+    open_listener,
+)
 
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
@@ -180,7 +187,7 @@ class Supervisor:
         env = {
             **self.env,
             "REALTIME_WORKER_ID": worker.name,
-            LISTEN_FDS: listen_fds_value(worker.listeners),
+            LISTEN_FDS: format_listen_fds({p: s.fileno() for p, s in worker.listeners.items()}),
             READY_FD: str(ready_write),
         }
         try:
