@@ -17,8 +17,6 @@ from functools import partial
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -26,6 +24,7 @@ from django.utils import timezone
 
 from realtime import presence, protocol
 from realtime.delivery import CATCH_UP_DELAY, group_for
+from realtime.layer import send_to_group
 from realtime.models import Broadcast
 from realtime.redis_client import redis_host
 
@@ -95,7 +94,7 @@ def publish(broadcast: Broadcast) -> bool:
     }
     try:
         recipients = presence.counts()[broadcast.audience]
-        async_to_sync(get_channel_layer().group_send)(group_for(broadcast.audience), event)
+        send_to_group(group_for(broadcast.audience), event)
     except (redis.RedisError, OSError) as exc:
         Broadcast.objects.filter(pk=broadcast.pk).update(published_at=None)
         logger.error(

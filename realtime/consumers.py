@@ -83,18 +83,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # Audience is decided here, on the server, from the session's user.
         self.audiences = audiences_for(self.scope.get("user"))
         self.connected_at = timezone.now()
-        try:
-            await super().websocket_connect(message)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            await self._try_again_later(exc)
+        await super().websocket_connect(message)
 
     async def _try_again_later(self, exc: Exception) -> None:
         # Redis is unreachable (restarting?): no broadcast could reach this socket. Say "try
         # again later" instead of crashing; the client reconnects with backoff and resumes,
         # so nothing is lost.
         logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
-        await self.accept()
-        await self.close(code=TRY_AGAIN_LATER)
+        await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:
         await self.accept()
@@ -104,7 +100,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # After the welcome, so that no broadcast precedes it: the client resumes from the
         # welcome, and whatever was published before this line is in the replay.
         signed_in = signed_in_session(self.scope)
-        await delivery.fanout.register(self, self.audiences, self.connected_at, signed_in)
+        try:
+            await delivery.fanout.register(self, self.audiences, self.connected_at, signed_in)
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            await self._try_again_later(exc)
 
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)

@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.utils import timezone
 
 from realtime import protocol
@@ -48,8 +52,37 @@ MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (RealtimeServer runs mai
 CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
 REMEMBERED = 10_000
-REJOIN_EVERY = 600.0  # seconds: the core layer forgets group members after group_expiry
 JOIN_TIMEOUT = 5.0
+RETRY_DELAY = 1.0  # seconds between attempts while the channel layer fails
+CHECK_ATTEMPTS = 3  # a check's tries in a row when the connection fails
+PROBE = "realtime.fanout.probe"
+LOST_REASON = "Reconnect: the server lost its channel layer"
+
+
+def rejoin_interval() -> float:
+    """Seconds between renewals of the fan-out's group memberships (REALTIME_FANOUT_REJOIN)."""
+    return float(getattr(settings, "REALTIME_FANOUT_REJOIN", 600))
+
+
+def check_interval() -> float:
+    """Seconds between two checks that the fan-out hears the layer (REALTIME_FANOUT_CHECK)."""
+    return float(getattr(settings, "REALTIME_FANOUT_CHECK", 5))
+
+
+def check_timeout() -> float:
+    """Seconds a check, a join or a new channel may take (REALTIME_FANOUT_CHECK_TIMEOUT)."""
+    return float(getattr(settings, "REALTIME_FANOUT_CHECK_TIMEOUT", 5))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An exception as one short line, for logs and /healthz (no URL: Redis URLs hold passwords)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"timed out after {check_timeout():g} s"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+class LayerLost(ConnectionError):
+    """The fan-out cannot hear the channel layer now: a socket would miss what it is sent."""
 
 
 def group_for(audience: str) -> str:
@@ -98,6 +131,12 @@ class Fanout:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.joined: asyncio.Event | None = None
         self.task: asyncio.Task[None] | None = None
+        # The channel layer as the fan-out hears it: None, or why not and since when.
+        self.lost: str | None = None
+        self.lost_since = 0.0
+        self.probe_group = f"realtime.fanout.probe.{uuid.uuid4().hex}"
+        self.probe_token = 0
+        self.probe_waiter: asyncio.Future[None] | None = None
 
     # --- Sockets -------------------------------------------------------------------------
 
@@ -111,10 +150,13 @@ class Fanout:
         """Start delivering broadcasts of `audiences` to a consumer's socket, and, when a user
         is signed in on it, the sign-out of its session or user (realtime.sessions).
 
-        Raises TimeoutError (or the layer's error) when the groups cannot be joined.
+        Raises LayerLost while the fan-out cannot hear the layer, TimeoutError when the groups
+        cannot be joined in time.
         """
         self._ensure_running()
         assert self.joined is not None
+        if self.lost is not None:
+            raise LayerLost(self.lost)
         await asyncio.wait_for(asyncio.shield(self.joined.wait()), JOIN_TIMEOUT)
         recipient = Recipient(consumer, connected_at)
         for audience in audiences:
@@ -142,35 +184,154 @@ class Fanout:
 
     async def _run(self) -> None:
         layer = get_channel_layer()
-        channel = await layer.new_channel("realtime.fanout.")
+        channel = await self._open_channel(layer)
+        receiving = asyncio.ensure_future(self._receive_forever(layer, channel))
+        try:
+            await self._keep_joined(layer, channel)
+        finally:
+            receiving.cancel()
+
+    async def _open_channel(self, layer: Any) -> str:
         while True:
             try:
-                await self._join(layer, channel)
-                await self._receive_until_rejoin(layer, channel)
-            except asyncio.CancelledError:
-                raise
+                opening = layer.new_channel("realtime.fanout.")
+                return await asyncio.wait_for(opening, check_timeout())
             except Exception as exc:  # noqa: BLE001 - the layer's errors vary; keep going
-                logger.warning("Broadcast fan-out lost the channel layer, retrying: %s", exc)
-                await asyncio.sleep(1)
+                self._lose(failure_reason(exc))
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _receive_forever(self, layer: Any, channel: str) -> None:
+        """Hand every event of this worker's channel to handle(), for the worker's life.
+
+        The receive is never timed out: RedisPubSubChannelLayer deletes a channel whose
+        receive() is cancelled, after which group_add() on it raises for ever. Its errors (the
+        core layer's, while Redis is down) are retried quietly: the checks say when the fan-out
+        is deaf, and the core layer keeps an event in Redis until a receive takes it.
+        """
+        while True:
+            try:
+                event = await layer.receive(channel)
+            except Exception:  # noqa: BLE001 - the layer's errors vary; keep going
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            self.handle(event)
+
+    async def _keep_joined(self, layer: Any, channel: str) -> None:
+        """Join the groups, then prove every check interval that an event sent to a group
+        comes back; rejoin every rejoin interval, and after any failure."""
+        rejoin_at = 0.0
+        while True:
+            now = asyncio.get_running_loop().time()
+            rejoin = self.lost is not None or now >= rejoin_at
+            failure = await self._check(layer, channel, rejoin)
+            if failure is None:
+                rejoin_at = now + rejoin_interval() if rejoin else rejoin_at
+                self._regain()
+            else:
+                self._lose(failure)
+            await asyncio.sleep(check_interval())
+
+    async def _check(self, layer: Any, channel: str, rejoin: bool) -> str | None:
+        """None when the fan-out (re)joined if asked and its probe came back, else why not.
+
+        A connection error is tried again at once: each pooled connection to a Redis that
+        restarted fails once, and one stale connection is no outage.
+        """
+        failure = ""
+        for _ in range(CHECK_ATTEMPTS):
+            try:
+                if rejoin:
+                    await asyncio.wait_for(self._join(layer, channel), check_timeout())
+                await self._probe(layer)
+                return None
+            except redis.ConnectionError as exc:
+                failure = failure_reason(exc)
+            except Exception as exc:  # noqa: BLE001 - the layer's errors vary
+                return failure_reason(exc)
+        return failure
 
     async def _join(self, layer: Any, channel: str) -> None:
-        for group in [*map(group_for, AUDIENCES), SESSIONS_GROUP]:
+        # group_add() of a member again only renews it: the core layer's membership (a sorted
+        # set scored by join time) expires after group_expiry unless renewed, the pub/sub
+        # layer's lasts for the process. Nothing is received by anyone else in between.
+        for group in [*map(group_for, AUDIENCES), SESSIONS_GROUP, self.probe_group]:
             await layer.group_add(group, channel)
         assert self.joined is not None
-        self.joined.set()
+        if self.lost is None:
+            self.joined.set()
 
-    async def _receive_until_rejoin(self, layer: Any, channel: str) -> None:
-        deadline = asyncio.get_running_loop().time() + REJOIN_EVERY
-        while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
-            try:
-                event = await asyncio.wait_for(layer.receive(channel), remaining)
-            except TimeoutError:
-                return
-            self.handle(event)
+    async def _probe(self, layer: Any) -> None:
+        """Send an event to this worker's own group and wait for the receive loop to see it:
+        the whole path a broadcast takes (group membership, Redis, this worker's channel)."""
+        self.probe_token += 1
+        waiter = self.probe_waiter = asyncio.get_running_loop().create_future()
+        event = {"type": PROBE, "token": self.probe_token}
+        try:
+            await asyncio.wait_for(self._send_and_wait(layer, event, waiter), check_timeout())
+        except TimeoutError:
+            raise TimeoutError(
+                f"a check sent through the channel layer did not come back within "
+                f"{check_timeout():g} s"
+            ) from None
+
+    async def _send_and_wait(self, layer: Any, event: dict[str, Any], waiter: Any) -> None:
+        await layer.group_send(self.probe_group, event)
+        await waiter
+
+    def _probe_returned(self, event: dict[str, Any]) -> None:
+        waiter = self.probe_waiter
+        if waiter is not None and not waiter.done() and event.get("token") == self.probe_token:
+            waiter.set_result(None)
+
+    # --- Losing the layer ----------------------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        """The fan-out cannot hear the channel layer: say so once, refuse new sockets until it
+        can, and close the signed-in ones, whose sign-outs and access changes it would miss."""
+        if self.lost is not None:
+            self.lost = reason
+            return
+        self.lost, self.lost_since = reason, time.monotonic()
+        if self.joined is not None:
+            self.joined.clear()
+        closed = self.close_signed_in()
+        logger.error(
+            "Broadcast fan-out lost the channel layer (%s); closed %d signed-in socket(s) so "
+            "that they reconnect, and refusing new sockets until it is back",
+            reason,
+            closed,
+        )
+
+    def _regain(self) -> None:
+        if self.lost is None:
+            return
+        logger.warning(
+            "Broadcast fan-out has the channel layer again, after %.0f s",
+            time.monotonic() - self.lost_since,
+        )
+        self.lost = None
+        if self.joined is not None:
+            self.joined.set()
+
+    def close_signed_in(self) -> int:
+        """Close every signed-in socket with 1013: it reconnects once the layer is back."""
+        consumers = list(self.keys_of)
+        for consumer in consumers:
+            self.unregister(consumer)
+            spawn(consumer.close(code=protocol.TRY_AGAIN_LATER, reason=LOST_REASON))
+        return len(consumers)
+
+    def problem(self) -> str | None:
+        """Why this worker's fan-out cannot deliver now (for /healthz), or None."""
+        if self.lost is None:
+            return None
+        return f"lost the channel layer {time.monotonic() - self.lost_since:.0f} s ago: {self.lost}"
 
     def handle(self, event: dict[str, Any]) -> None:
         if event["type"] == LOGOUT:
             self.sign_out(event["signed_in"])
+        elif event["type"] == PROBE:
+            self._probe_returned(event)
         else:
             self.deliver(event)
 

@@ -1,8 +1,10 @@
-"""/healthz: 200 when the database and the channel layer work, 503 with the reason when not.
+"""/healthz: 200 when the database, the channel layer and this worker's fan-out work, 503 with
+the reason when not.
 
 For load balancers and service managers. The channel layer check is a real round trip (send a
 message to a new channel and receive it), so a Redis that accepts connections but does not
-deliver still fails it.
+deliver still fails it. The fan-out check is the answering worker's own: whether its last
+check through the layer came back (realtime.delivery).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
+
+from realtime.delivery import failure_reason, fanout
 
 CHECK_TIMEOUT = 3.0
 
@@ -41,7 +45,7 @@ async def run_check(check) -> str | None:
     except TimeoutError:
         return f"timed out after {CHECK_TIMEOUT:.0f} s"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return failure_reason(exc)
     return None
 
 
@@ -50,6 +54,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     results = {
         "database": await run_check(sync_to_async(check_database)),
         "channel_layer": await run_check(check_channel_layer),
+        "fanout": fanout.problem(),
     }
     healthy = all(reason is None for reason in results.values())
     body = {

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync
 from channels.auth import AuthMiddleware
-from channels.layers import get_channel_layer
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper
 from django.db import transaction
+
+from realtime.layer import send_to_group
 
 logger = logging.getLogger("realtime.sessions")
 
@@ -90,7 +90,7 @@ def signed_in_session(scope: dict[str, Any]) -> SignedIn | None:
 
 def send_logout(event: dict[str, Any]) -> None:
     try:
-        async_to_sync(get_channel_layer().group_send)(SESSIONS_GROUP, event)
+        send_to_group(SESSIONS_GROUP, event)
     except (redis.RedisError, OSError) as exc:
         # Signing out must work even when Redis does not; the sockets then stay until they close.
         logger.warning("Could not close the sockets of a signed-out session or user: %s", exc)

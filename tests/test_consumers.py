@@ -124,6 +124,9 @@ def test_a_group_message_reaches_every_socket_once():
         sockets = [await open_socket() for _ in range(3)]
         for communicator in sockets:
             await communicator.receive_json_from()
+            # Answered once the worker's fan-out has registered the socket.
+            await communicator.send_json_to({"type": "ping"})
+            assert (await communicator.receive_json_from())["type"] == "pong"
         await get_channel_layer().group_send(
             group_for("everyone"), {"type": "realtime.send", "text": text}
         )

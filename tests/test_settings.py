@@ -128,3 +128,20 @@ def test_the_layer_class_can_be_chosen():
         "check", DJANGO_DEBUG="1", REDIS_URL="redis://h:1/0", REDIS_CHANNEL_LAYER="kafka"
     )
     assert "REDIS_CHANNEL_LAYER must be pubsub or core" in result.stderr
+
+
+def test_the_core_layers_group_expiry_is_set_and_must_outlast_the_fanouts_rejoin():
+    core = {"DJANGO_DEBUG": "1", "REDIS_URL": "redis://h:1/0", "REDIS_CHANNEL_LAYER": "core"}
+    assert "'group_expiry': 86400" in setting("CHANNEL_LAYERS", **core)
+    assert "'group_expiry': 30" in setting("CHANNEL_LAYERS", **core, REDIS_GROUP_EXPIRY="30")
+    # Unset, the rejoin interval is 600 s, or half the group expiry when that is shorter.
+    assert setting("REALTIME_FANOUT_REJOIN", **core) == "600"
+    assert setting("REALTIME_FANOUT_REJOIN", **core, REDIS_GROUP_EXPIRY="30") == "15"
+    result = manage("check", **core, REDIS_GROUP_EXPIRY="600", REALTIME_FANOUT_REJOIN="600")
+    assert "REALTIME_FANOUT_REJOIN (600 s) must be shorter than REDIS_GROUP_EXPIRY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_fanout_periods_must_be_at_least_a_second():
+    result = manage("check", DJANGO_DEBUG="1", REALTIME_FANOUT_CHECK="0")
+    assert "REALTIME_FANOUT_CHECK must be at least 1 (seconds)" in result.stderr
