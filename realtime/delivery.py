@@ -8,6 +8,14 @@ WebSocket, without waking a consumer task per socket. Sockets served by another 
 (no `realtime.websocket` scope extension, e.g. in tests or under uvicorn) get the text through
 their consumer's `send()`.
 
+The fan-out stays subscribed for the worker's life (docs/reliability.md): one receive that is
+never cancelled (the pub/sub layer deletes a channel whose receive is cancelled), group
+memberships renewed by a separate task every REALTIME_FANOUT_REJOIN seconds (the core layer
+forgets members after group_expiry), and a check every REALTIME_FANOUT_CHECK seconds that an
+event sent to the worker's own probe group comes back. When a check fails the worker has lost
+the layer: it says so once, /healthz fails, and its signed-in sockets are closed (1013), since
+their sign-outs could no longer reach them.
+
 Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.sessions),
 and the worker closes its sockets of that session, or of that user when an account's access
 changed. So a socket needs no channel of its own on the layer: no Redis subscription per

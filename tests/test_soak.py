@@ -5,11 +5,17 @@ ordered by id) and nothing of another audience.
 
 Short by default (for `make test`); `SOAK=long make test` (or `SOAK=long pytest
 tests/test_soak.py -s`) runs 200 clients and 1,000 broadcasts.
+
+The uptime soak runs one worker past its fan-out's rejoin period (a 3 s period for 12 s; with
+SOAK=long the default 600 s period for 11 minutes) with broadcasts and sign-outs throughout,
+and prints the live-delivery latency per minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import random
 import re
@@ -25,10 +31,13 @@ from tests.conftest import (
     ROOT,
     BrowserSession,
     RestartableRedis,
+    admin_send,
     create_user,
     free_port,
+    ws_connect,
 )
 from tests.resuming import ResumingClient, until
+from tests.test_multiworker import sign_out
 
 LONG = os.environ.get("SOAK") == "long"
 CLIENTS = 200 if LONG else 40
@@ -187,3 +196,143 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
     for client in anonymous:
         assert [i for i in client.shown() if i > start_id] == expected["everyone"]
     assert not any(c.resume_failures for c in clients)
+
+
+# Uptime: one worker for longer than the fan-out's rejoin period, with broadcasts and sign-outs
+# throughout. Long: the default period (600 s) and 11 minutes; short: a 3 s period, 12 s.
+UPTIME = 660 if LONG else 12
+UPTIME_ENV = {} if LONG else {"REALTIME_FANOUT_REJOIN": "3", "REALTIME_FANOUT_CHECK": "1"}
+UPTIME_SOCKETS = 10
+BROADCAST_EVERY = 2.0 if LONG else 0.5
+SIGN_OUT_EVERY = 30.0 if LONG else 3.0
+PING_EVERY = 60.0  # under the idle timeout (300 s)
+LIVE = 3.0  # seconds: the database catch-up waits this long (realtime.delivery.SETTLE)
+
+
+async def read_broadcasts(socket_, arrivals: list[tuple[str, float]]) -> None:
+    """Note each broadcast's text and latency (sent_at to now); pings keep the socket."""
+    from datetime import datetime
+
+    last_ping = time.monotonic()
+    while True:
+        if time.monotonic() - last_ping > PING_EVERY:
+            await socket_.send('{"type": "ping"}')
+            last_ping = time.monotonic()
+        try:
+            message = json.loads(await asyncio.wait_for(socket_.recv(), 5))
+        except TimeoutError:
+            continue
+        if message["type"] == "broadcast":
+            sent = datetime.fromisoformat(message["sent_at"]).timestamp()
+            arrivals.append((message["message"], time.time() - sent))
+
+
+async def keep_broadcasting(admin, until_time: float) -> list[tuple[str, float]]:
+    """Admin posts every BROADCAST_EVERY seconds: [(text, seconds since start)]."""
+    sent, started, n = [], time.monotonic(), 0
+    while time.monotonic() < until_time:
+        text = f"uptime {n}"
+        await asyncio.to_thread(admin_send, admin, text, "everyone")
+        sent.append((text, time.monotonic() - started))
+        n += 1
+        await asyncio.sleep(BROADCAST_EVERY)
+    return sent
+
+
+async def keep_signing_out(port: int, tls, password: str, until_time: float) -> list[int | None]:
+    """Every SIGN_OUT_EVERY seconds: sign in, open a socket, sign out; the close codes."""
+    codes = []
+    while time.monotonic() < until_time:
+        session = await asyncio.to_thread(logged_in_session, port, tls, password)
+        url = f"wss://localhost:{port}/ws/"
+        async with ws_connect(
+            url, tls, additional_headers={"Cookie": session.cookie_header()}
+        ) as s:
+            await s.recv()
+            await s.send('{"type": "ping"}')
+            await s.recv()  # the pong: the fan-out has registered this socket
+            await asyncio.to_thread(sign_out, session)
+            with contextlib.suppress(Exception):
+                while True:
+                    await asyncio.wait_for(s.recv(), 5)
+            codes.append(s.close_code)
+        await asyncio.sleep(SIGN_OUT_EVERY)
+    return codes
+
+
+def logged_in_session(port: int, tls, password: str) -> BrowserSession:
+    session = BrowserSession(f"https://localhost:{port}", tls)
+    session.login("uptime-user", password)
+    return session
+
+
+def latency_per_minute(sent, arrivals) -> list[tuple[int, int, float, float]]:
+    """(minute, deliveries, median, max latency) by the minute each broadcast was sent."""
+    minute_of = {text: int(at // 60) for text, at in sent}
+    buckets: dict[int, list[float]] = {}
+    for text, seconds in arrivals:
+        buckets.setdefault(minute_of[text], []).append(seconds)
+    return [
+        (minute, len(values), sorted(values)[len(values) // 2], max(values))
+        for minute, values in sorted(buckets.items())
+    ]
+
+
+@pytest.mark.timeout(UPTIME + 180)
+def test_soak_a_worker_outlives_its_rejoin_period(start, server_env, client_tls, tmp_path_factory):
+    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("uptime-redis")).start()
+    try:
+        admin_password = create_user(server_env, "uptime-admin", staff=True)
+        user_password = create_user(server_env, "uptime-user", staff=False)
+        port = free_port()
+        server = start(
+            [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)],
+            port,
+            REDIS_URL=redis.url,
+            **UPTIME_ENV,
+        )
+        admin = BrowserSession(f"https://localhost:{port}", client_tls)
+        admin.login("uptime-admin", admin_password)
+
+        async def scenario():
+            arrivals: list[list[tuple[str, float]]] = [[] for _ in range(UPTIME_SOCKETS)]
+            async with contextlib.AsyncExitStack() as stack:
+                url = f"wss://localhost:{port}/ws/"
+                sockets = [
+                    await stack.enter_async_context(ws_connect(url, client_tls))
+                    for _ in range(UPTIME_SOCKETS)
+                ]
+                for socket_ in sockets:
+                    await socket_.recv()
+                readers = [
+                    asyncio.create_task(read_broadcasts(s, a))
+                    for s, a in zip(sockets, arrivals, strict=True)
+                ]
+                until_time = time.monotonic() + UPTIME
+                sent, codes = await asyncio.gather(
+                    keep_broadcasting(admin, until_time),
+                    keep_signing_out(port, client_tls, user_password, until_time),
+                )
+                await asyncio.sleep(LIVE)  # the last broadcast's delivery
+                for reader in readers:
+                    reader.cancel()
+                return sent, codes, arrivals
+
+        sent, codes, arrivals = asyncio.run(scenario())
+    finally:
+        redis.stop()
+    everything = [arrival for per_socket in arrivals for arrival in per_socket]
+    print(
+        f"\nUptime soak: one worker for {UPTIME} s, {len(sent)} broadcasts to "
+        f"{UPTIME_SOCKETS} sockets, {len(codes)} sign-outs (close codes {sorted(set(codes))})"
+    )
+    print("minute | deliveries | median latency (ms) | max latency (ms)")
+    for minute, count, median, worst in latency_per_minute(sent, everything):
+        print(f"{minute:6d} | {count:10d} | {median * 1000:19.1f} | {worst * 1000:16.1f}")
+    texts = [text for text, _ in sent]
+    for per_socket in arrivals:
+        assert [text for text, _ in per_socket] == texts
+    assert max(seconds for _, seconds in everything) < LIVE
+    assert codes and set(codes) == {4001}
+    assert "never reached this worker through the channel layer" not in server.log()
+    assert "lost the channel layer" not in server.log()
