@@ -1,8 +1,9 @@
-"""Sending an event to a channel layer group from sync code (a view, a signal, a command).
+"""Sending an event to a channel layer group, past the dead connections of a Redis restart.
 
 A Redis that restarted leaves the layer's pooled connections dead, and each fails once when
-next used: a broadcast or a sign-out sent then would fail although Redis is back. A connection
-error is therefore tried again at once, a few times; a Redis that is down still fails fast.
+next used ("Connection closed by server"): a broadcast or a sign-out sent then would fail
+although Redis is back. A connection error is therefore tried again at once, a few times; a
+Redis that is down still fails fast.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from channels.layers import get_channel_layer
 ATTEMPTS = 3
 
 
-def send_to_group(group: str, event: dict[str, Any]) -> None:
-    """group_send(), tried again on a connection error; raises the last error."""
-    send = async_to_sync(get_channel_layer().group_send)
+async def group_send(group: str, event: dict[str, Any], layer: Any = None) -> None:
+    """The layer's group_send(), tried again on a connection error; raises the last error."""
+    layer = layer or get_channel_layer()
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            send(group, event)
+            await layer.group_send(group, event)
             return
         except redis.ConnectionError:
             if attempt == ATTEMPTS:
                 raise
+
+
+def send_to_group(group: str, event: dict[str, Any]) -> None:
+    """group_send() from sync code (a view, a signal receiver, a command)."""
+    async_to_sync(group_send)(group, event)
