@@ -47,6 +47,9 @@ async def open_all(sockets):
     for communicator in sockets:
         assert (await communicator.connect())[0]
         await communicator.receive_json_from()  # welcome
+        # Answered once the worker's fan-out has registered the socket.
+        await communicator.send_json_to({"type": "ping"})
+        assert (await communicator.receive_json_from())["type"] == "pong"
 
 
 async def close_all(sockets):
