@@ -172,8 +172,9 @@ else:
 
 # Incoming WebSocket messages are small JSON objects; 64 KiB leaves room and bounds memory.
 # Larger messages are refused by daphne with close code 1009. Read by runserver and serve.
-DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = envint("REALTIME_WS_MAX_MESSAGE_SIZE", 64 * 1024)
-DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
+REALTIME_WS_MAX_MESSAGE_SIZE = envint("REALTIME_WS_MAX_MESSAGE_SIZE", 64 * 1024)
+# daphne's runserver reads these (RealtimeServer caps them at REALTIME_WS_MAX_MESSAGE_SIZE anyway).
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = REALTIME_WS_MAX_MESSAGE_SIZE
 
 # Resume after a reconnect: how far back the server replays missed broadcasts (docs/protocol.md).
 REALTIME_RESUME_MAX_COUNT = envint("REALTIME_RESUME_MAX_COUNT", 500)

@@ -13,7 +13,7 @@ class RealtimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from realtime import sessions
+        from realtime import checks, sessions  # noqa: F401 - checks registers the system checks
 
         uid = "realtime.sessions"
         user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)

@@ -17,12 +17,12 @@ from functools import partial
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from realtime import presence, protocol
+from realtime.conf import conf
 from realtime.delivery import CATCH_UP_DELAY, group_for
 from realtime.layer import send_to_group
 from realtime.models import Broadcast
@@ -120,7 +120,7 @@ def republish_pending(grace: float = 5.0) -> int:
     pending = Broadcast.objects.filter(
         published_at__isnull=True,
         sent_at__lte=now - timedelta(seconds=grace),
-        sent_at__gte=now - timedelta(seconds=settings.REALTIME_RESUME_MAX_AGE),
+        sent_at__gte=now - timedelta(seconds=conf.REALTIME_RESUME_MAX_AGE),
     ).order_by("id")
     published = 0
     for broadcast in pending[:100]:
@@ -178,12 +178,12 @@ def missed_since(after: int, audiences: list[str]) -> Replay:
     )
     if seen_published_at is not None:
         maybe_missed |= Q(published_at__gte=seen_published_at - REPLAY_SLACK)
-    limit = settings.REALTIME_RESUME_MAX_COUNT
+    limit = conf.REALTIME_RESUME_MAX_COUNT
     candidates = Broadcast.objects.filter(maybe_missed, audience__in=audiences).exclude(pk=after)
     missed = list(candidates.order_by("id")[: limit + 1])
     if len(missed) > limit:
         return Replay([], latest, "too_many")
-    oldest_allowed = timezone.now() - timedelta(seconds=settings.REALTIME_RESUME_MAX_AGE)
+    oldest_allowed = timezone.now() - timedelta(seconds=conf.REALTIME_RESUME_MAX_AGE)
     if any(b.id > after and b.sent_at < oldest_allowed for b in missed):
         return Replay([], latest, "too_old")
     return Replay([protocol.encode(b.as_message()) for b in missed], latest)

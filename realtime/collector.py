@@ -27,7 +27,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from django.conf import settings
+from realtime.conf import conf
 
 logger = logging.getLogger("realtime.collector")
 
@@ -38,7 +38,7 @@ OLDER_THRESHOLDS = (10, 10)
 
 def tune_for_serving() -> bool:
     """Freeze what start-up built and raise the collection threshold; False when turned off."""
-    threshold = settings.REALTIME_GC_THRESHOLD
+    threshold = conf.REALTIME_GC_THRESHOLD
     if threshold <= 0:
         return False
     gc.collect()  # whatever start-up left as garbage goes now, not into the frozen generation

@@ -14,13 +14,13 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from realtime import broadcast, delivery, presence, protocol
 from realtime.broadcast import audiences_for, missed_since
+from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.protocol import TRY_AGAIN_LATER
 from realtime.sessions import signed_in_session
@@ -118,7 +118,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             worker=worker_id(),
             user=user.get_username() if user is not None and user.is_authenticated else None,
             tls=self.scope.get("extensions", {}).get("tls"),
-            idle_timeout=max(settings.REALTIME_WS_IDLE_TIMEOUT, 0),
+            idle_timeout=max(conf.REALTIME_WS_IDLE_TIMEOUT, 0),
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

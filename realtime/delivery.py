@@ -44,10 +44,10 @@ from typing import Any
 import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.utils import timezone
 
 from realtime import protocol
+from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.sessions import LOGOUT, SESSIONS_GROUP, SignedIn
 
@@ -69,17 +69,17 @@ LOST_REASON = "Reconnect: the server lost its channel layer"
 
 def rejoin_interval() -> float:
     """Seconds between renewals of the fan-out's group memberships (REALTIME_FANOUT_REJOIN)."""
-    return float(getattr(settings, "REALTIME_FANOUT_REJOIN", 600))
+    return float(conf.REALTIME_FANOUT_REJOIN)
 
 
 def check_interval() -> float:
     """Seconds between two checks that the fan-out hears the layer (REALTIME_FANOUT_CHECK)."""
-    return float(getattr(settings, "REALTIME_FANOUT_CHECK", 5))
+    return float(conf.REALTIME_FANOUT_CHECK)
 
 
 def check_timeout() -> float:
     """Seconds a check, a join or a new channel may take (REALTIME_FANOUT_CHECK_TIMEOUT)."""
-    return float(getattr(settings, "REALTIME_FANOUT_CHECK_TIMEOUT", 5))
+    return float(conf.REALTIME_FANOUT_CHECK_TIMEOUT)
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 from django.conf import settings
 
 from realtime import protocol
+from realtime.conf import conf
 from realtime.middleware import accept_then_close
 from realtime.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
@@ -55,7 +56,7 @@ class ConnectionCapMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
-        limit = settings.REALTIME_WS_MAX_PER_CLIENT
+        limit = conf.REALTIME_WS_MAX_PER_CLIENT
         address = client_address(scope) if scope["type"] == "websocket" else None
         if address is None or limit <= 0:
             return await self.app(scope, receive, send)
@@ -101,7 +102,7 @@ class RateLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
-        rate, burst = settings.REALTIME_WS_RATE, settings.REALTIME_WS_BURST
+        rate, burst = conf.REALTIME_WS_RATE, conf.REALTIME_WS_BURST
         if scope["type"] != "websocket" or rate <= 0:
             return await self.app(scope, receive, send)
         bucket = TokenBucket(rate, max(burst, 1))
@@ -175,7 +176,7 @@ class IdleTimeoutMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> Any:
-        timeout = settings.REALTIME_WS_IDLE_TIMEOUT
+        timeout = conf.REALTIME_WS_IDLE_TIMEOUT
         if scope["type"] != "websocket" or timeout <= 0:
             return await self.app(scope, receive, send)
         deadline = IdleDeadline(timeout)

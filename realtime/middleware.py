@@ -19,6 +19,7 @@ from urllib.parse import ParseResult
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 
+from realtime.conf import conf
 from realtime.protocol import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.middleware")
@@ -52,8 +53,8 @@ def server_scheme(scope: dict[str, Any]) -> str:
         _warned_missing_scheme = True
         logger.warning(
             "The ASGI server did not put a scheme in the WebSocket scope, so no socket can be "
-            "known to be secure. Run daphne through project.asgi, runserver or serve, which "
-            "use realtime.server.RealtimeServer."
+            "known to be secure. Serve realtime.routing.websocket_application() with daphne, "
+            "runserver or serve, which use realtime.server.RealtimeServer."
         )
     return "ws"
 
@@ -94,7 +95,7 @@ def refusal_reason(parsed: ParseResult | None, by_origin: bool) -> str:
         )
     if by_origin:
         return "it is not in REALTIME_ALLOWED_ORIGINS (scheme, host and port must all match)"
-    return f"host {parsed.hostname!r} is not in DJANGO_ALLOWED_HOSTS"
+    return f"host {parsed.hostname!r} is not in ALLOWED_HOSTS (DJANGO_ALLOWED_HOSTS)"
 
 
 def log_refused_origin(parsed: ParseResult | None, by_origin: bool) -> None:
@@ -130,9 +131,17 @@ class LoggingOriginValidator(OriginValidator):
 def origin_validator(app: Any) -> LoggingOriginValidator:
     """REALTIME_ALLOWED_ORIGINS when set (exact scheme, host and port); else ALLOWED_HOSTS,
     which compares the Origin's host only, like Channels' AllowedHostsOriginValidator."""
-    if settings.REALTIME_ALLOWED_ORIGINS:
-        return LoggingOriginValidator(app, settings.REALTIME_ALLOWED_ORIGINS, by_origin=True)
-    return LoggingOriginValidator(app, settings.ALLOWED_HOSTS, by_origin=False)
+    if conf.REALTIME_ALLOWED_ORIGINS:
+        return LoggingOriginValidator(app, conf.REALTIME_ALLOWED_ORIGINS, by_origin=True)
+    return LoggingOriginValidator(app, allowed_hosts(), by_origin=False)
+
+
+def allowed_hosts() -> list[str]:
+    """ALLOWED_HOSTS, or, as Django's own host check does with DEBUG on and the list empty
+    (a new startproject), the local names."""
+    if settings.DEBUG and not settings.ALLOWED_HOSTS:
+        return [".localhost", "127.0.0.1", "[::1]"]
+    return list(settings.ALLOWED_HOSTS)
 
 
 # --- TLS required ----------------------------------------------------------------------------
@@ -164,7 +173,7 @@ class RequireTLSMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if (
             scope["type"] == "websocket"
-            and settings.REALTIME_REQUIRE_TLS
+            and conf.REALTIME_REQUIRE_TLS
             and scope.get("scheme") != "wss"
         ):
             logger.info("Closed a WebSocket that did not come over TLS (1008).")

@@ -4,7 +4,8 @@ daphne 4.2 leaves `scheme` out of the WebSocket scope, and the ASGI default is "
 TLS connection. This Server looks at the transport the socket really arrived on and sets
 `scheme` ("wss" or "ws") and, over TLS, the ASGI TLS extension (`extensions.tls`) with the
 negotiated version and cipher. It is used by `runserver` (with or without --tls), by `serve`,
-and by plain `daphne` through `install_into_daphne_cli()`, called from project/asgi.py.
+and by plain `daphne` through `install_into_daphne_cli()`, called by
+`realtime.routing.websocket_application()`.
 
 Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
 something due, not every connection every 2 s (realtime/timeouts.py).
@@ -29,6 +30,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http
 
 from realtime.collector import tune_for_serving
+from realtime.conf import conf
 from realtime.delivery import MAINTENANCE_INTERVAL
 from realtime.listeners import notify_ready
 from realtime.protocol import GOING_AWAY
@@ -75,12 +77,12 @@ class RealtimeServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Plain `daphne` passes its own 1 MiB default; the project's setting is the ceiling.
-        ceiling = settings.DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE
+        ceiling = conf.REALTIME_WS_MAX_MESSAGE_SIZE
         self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)
         self.websocket_max_frame_size = capped_size(self.websocket_max_frame_size, ceiling)
         # The handshake (daphne: 5 s under `daphne`, 5 s and 20 s under runserver) is bounded
         # by REALTIME_WS_HANDSHAKE_TIMEOUT too; daphne applies it when it builds its factory.
-        handshake = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
+        handshake = conf.REALTIME_WS_HANDSHAKE_TIMEOUT
         self.websocket_handshake_timeout = capped_size(self.websocket_handshake_timeout, handshake)
         self.websocket_connect_timeout = capped_size(self.websocket_connect_timeout, handshake)
         # Registered before daphne's own trigger (in run()), so that the close frames go out
@@ -102,11 +104,9 @@ class RealtimeServer(Server):
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
         # total to finish TLS and send its first request's headers (realtime/request_deadline).
-        self.http_factory.timeOut = settings.REALTIME_WS_HANDSHAKE_TIMEOUT
+        self.http_factory.timeOut = conf.REALTIME_WS_HANDSHAKE_TIMEOUT
         if not http.H2_ENABLED:
-            self.http_factory.protocol = channel_with_deadline(
-                settings.REALTIME_WS_HANDSHAKE_TIMEOUT
-            )
+            self.http_factory.protocol = channel_with_deadline(conf.REALTIME_WS_HANDSHAKE_TIMEOUT)
         logger.info(describe_channel_layer())
         if redis_host() is not None:
             self._maintenance = task.LoopingCall(self._maintain)

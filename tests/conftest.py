@@ -80,12 +80,13 @@ class ServerProcess:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cwd: Path = ROOT
 
     def start(self) -> ServerProcess:
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.args,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

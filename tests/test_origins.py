@@ -109,7 +109,7 @@ def test_a_refused_origin_is_logged_once_with_the_setting_to_change(settings, ca
     lines = [r.getMessage() for r in caplog.records if r.name == "realtime.middleware"]
     assert len(lines) == 3
     assert "'https://app.example.org'" in lines[0]
-    assert "host 'app.example.org' is not in DJANGO_ALLOWED_HOSTS" in lines[0]
+    assert "host 'app.example.org' is not in ALLOWED_HOSTS (DJANGO_ALLOWED_HOSTS)" in lines[0]
     assert "no Origin header" in lines[1]
     assert "opaque origin" in lines[2]
     assert all(r.levelno == logging.WARNING for r in caplog.records)
@@ -198,3 +198,15 @@ def test_with_tls_required_a_tls_socket_goes_through(settings):
 def test_without_tls_required_a_plain_socket_goes_through(settings):
     settings.REALTIME_REQUIRE_TLS = False
     assert tls_required_outcome("ws") == ([], True)
+
+
+def test_a_new_project_in_debug_with_no_allowed_hosts_takes_local_origins_only(settings):
+    """startproject leaves ALLOWED_HOSTS empty with DEBUG on; Django then serves local names."""
+    settings.ALLOWED_HOSTS = []
+    settings.REALTIME_ALLOWED_ORIGINS = []
+    settings.DEBUG = True
+    assert handshake("https://localhost:8000") == (True, True)
+    assert handshake("http://127.0.0.1:8000") == (True, True)
+    assert handshake("https://evil.example") == (False, False)
+    settings.DEBUG = False
+    assert handshake("https://localhost:8000") == (False, False)

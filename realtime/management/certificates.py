@@ -13,6 +13,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import CommandError
 
+from realtime.conf import conf
 from realtime.endpoints import server_tls_options
 from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
 
@@ -26,7 +27,7 @@ def serving_certificate(
         raise CommandError("Give both --cert and --key, or neither to use the dev certificate.")
     files = (Path(cert), Path(key)) if cert and key else dev_certificate(say)
     try:
-        server_tls_options(*files, profile=settings.REALTIME_TLS_PROFILE)
+        server_tls_options(*files, profile=conf.REALTIME_TLS_PROFILE)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     return files
@@ -35,7 +36,7 @@ def serving_certificate(
 def dev_certificate(say: Callable[[str], object] | None) -> tuple[Path, Path]:
     try:
         result = ensure_dev_certificate(
-            settings.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
+            conf.REALTIME_CERT_DIR, certificate_names(settings.ALLOWED_HOSTS)
         )
     except DevCertError as exc:
         raise CommandError(str(exc)) from exc

@@ -13,7 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management import BaseCommand, CommandError, CommandParser
 
+from realtime.conf import conf
 from realtime.endpoints import realtime_endpoint
+from realtime.management import daphne_application
 from realtime.tls import (
     DevCertError,
     DevCertResult,
@@ -43,11 +45,11 @@ class Command(BaseCommand):
             "--dir",
             type=Path,
             default=None,
-            help="Directory for the certificate files (default: settings.REALTIME_CERT_DIR).",
+            help="Directory for the certificate files (default: conf.REALTIME_CERT_DIR).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        cert_dir = Path(options["dir"] or settings.REALTIME_CERT_DIR)
+        cert_dir = Path(options["dir"] or conf.REALTIME_CERT_DIR)
         try:
             result = ensure_dev_certificate(cert_dir, options["host"])
         except DevCertError as exc:
@@ -74,4 +76,6 @@ class Command(BaseCommand):
             "Serve it with `manage.py runserver --tls`, or with daphne from the project root:"
         )
         endpoint = shlex.quote(realtime_endpoint(8443, paths.cert, paths.key))
-        self.stdout.write(f"  daphne -e {endpoint} project.asgi:application")
+        has_application = getattr(settings, "ASGI_APPLICATION", "")
+        application = daphne_application() if has_application else "<ASGI_APPLICATION>"
+        self.stdout.write(f"  daphne -e {endpoint} {application}")

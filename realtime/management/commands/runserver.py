@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from daphne.management.commands.runserver import Command as DaphneRunserverCommand
-from django.conf import settings
 from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
+from realtime.conf import conf
 from realtime.endpoints import realtime_endpoint
 from realtime.management.certificates import serving_certificate
 from realtime.redirect import redirect_endpoint
@@ -68,7 +68,7 @@ class Command(DaphneRunserverCommand):
         """Called by daphne's inner_run in place of the server class: swaps in the TLS endpoint."""
         assert self.tls_files is not None
         cert, key = self.tls_files
-        port, profile = int(self.port), settings.REALTIME_TLS_PROFILE
+        port, profile = int(self.port), conf.REALTIME_TLS_PROFILE
         endpoints = [realtime_endpoint(port, cert, key, self.addr, profile=profile)]
         if self.redirect_port is not None:
             endpoints.append(redirect_endpoint(self.redirect_port, port, self.addr))

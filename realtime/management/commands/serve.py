@@ -3,7 +3,7 @@
     python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
         [--redirect-http 80]
 
-Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P project.asgi:application`:
+Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P <ASGI_APPLICATION>`:
 the same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT
 so that the kernel spreads connections over them (realtime/endpoints.py), and the Redis channel
 layer between them. The supervisor opens each worker's listening sockets and keeps them across
@@ -23,14 +23,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from realtime.conf import conf
 from realtime.endpoints import reuseport_endpoint
 from realtime.listeners import open_listener
+from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
 from realtime.redirect import redirect_endpoint
 from realtime.redis_client import redis_host
 from realtime.supervisor import DEFAULT_GRACE, Supervisor
-
-APPLICATION = "project.asgi:application"
 
 
 def daphne_path() -> Path:
@@ -91,8 +91,9 @@ class Command(BaseCommand):
         ports = [port] if http_port is None else [port, http_port]
         for each in ports:
             check_can_listen(host, each)
-        call_command("collectstatic", interactive=False, verbosity=0)
-        profile = settings.REALTIME_TLS_PROFILE
+        if getattr(settings, "STATIC_ROOT", None):
+            call_command("collectstatic", interactive=False, verbosity=0)
+        profile = conf.REALTIME_TLS_PROFILE
         endpoints = ["-e", reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)]
         shown = f"[{host}]" if ":" in host else host
         self.stdout.write(
@@ -103,9 +104,9 @@ class Command(BaseCommand):
             endpoints += ["-e", redirect_endpoint(http_port, port, host, reuse_port=True)]
             self.stdout.write(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
         supervisor = Supervisor(
-            [str(daphne_path()), *endpoints, APPLICATION],
+            [str(daphne_path()), *endpoints, daphne_application()],
             workers,
-            cwd=settings.BASE_DIR,
+            cwd=getattr(settings, "BASE_DIR", None) or Path.cwd(),
             grace=options["grace"],
             log=self._log,
             listen_on=[(host, each) for each in ports],

@@ -1,0 +1,142 @@
+"""System checks of the realtime settings: a wrong value is an error that names the setting.
+
+Run by every management command (and `manage.py check`), as django-cors-headers does. The ids:
+
+- realtime.E001: a number setting that is not an integer, or is below its minimum;
+- realtime.E002: REALTIME_TLS_PROFILE is not a known profile;
+- realtime.E003: REALTIME_ALLOWED_ORIGINS holds something that is not a full origin;
+- realtime.E004: REALTIME_FANOUT_REJOIN is not shorter than the core layer's group_expiry;
+- realtime.E005: "realtime" comes after "django.contrib.staticfiles" in INSTALLED_APPS;
+- realtime.E006: REALTIME_REQUIRE_TLS is not True or False.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+from realtime.conf import conf
+from realtime.tls_profiles import PROFILES
+
+# Each integer setting and its least allowed value.
+MINIMUMS = {
+    "REALTIME_WS_MAX_MESSAGE_SIZE": 1,
+    "REALTIME_WS_RATE": 1,
+    "REALTIME_WS_BURST": 1,
+    "REALTIME_WS_IDLE_TIMEOUT": 0,
+    "REALTIME_WS_HANDSHAKE_TIMEOUT": 1,
+    "REALTIME_WS_MAX_PER_CLIENT": 0,
+    "REALTIME_RESUME_MAX_COUNT": 1,
+    "REALTIME_RESUME_MAX_AGE": 1,
+    "REALTIME_GC_THRESHOLD": 0,
+    "REALTIME_FANOUT_REJOIN": 1,
+    "REALTIME_FANOUT_CHECK": 1,
+    "REALTIME_FANOUT_CHECK_TIMEOUT": 1,
+}
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    return [
+        *check_numbers(),
+        *check_tls_profile(),
+        *check_origins(),
+        *check_fanout_rejoin(),
+        *check_app_order(),
+        *check_require_tls(),
+    ]
+
+
+def check_numbers() -> list[Error]:
+    errors = []
+    for name, least in MINIMUMS.items():
+        value = getattr(conf, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            errors.append(
+                Error(
+                    f"{name} must be an integer of at least {least}, not {value!r}.",
+                    id="realtime.E001",
+                )
+            )
+    return errors
+
+
+def check_tls_profile() -> list[Error]:
+    if conf.REALTIME_TLS_PROFILE in PROFILES:
+        return []
+    known = " or ".join(repr(name) for name in PROFILES)
+    return [
+        Error(
+            f"REALTIME_TLS_PROFILE must be {known}, not {conf.REALTIME_TLS_PROFILE!r}.",
+            id="realtime.E002",
+        )
+    ]
+
+
+def is_origin(origin: Any) -> bool:
+    """scheme://host[:port], lower case, no path: a bare host would match any scheme and port."""
+    if not isinstance(origin, str):
+        return False
+    scheme, _, host = origin.partition("://")
+    return (
+        scheme in ("http", "https") and bool(host) and "/" not in host and origin == origin.lower()
+    )
+
+
+def check_origins() -> list[Error]:
+    origins = conf.REALTIME_ALLOWED_ORIGINS
+    if isinstance(origins, (list, tuple)) and all(is_origin(origin) for origin in origins):
+        return []
+    return [
+        Error(
+            "REALTIME_ALLOWED_ORIGINS must be a list of lower-case origins such as "
+            f"'https://app.example.org:8443', not {origins!r}.",
+            id="realtime.E003",
+        )
+    ]
+
+
+def check_fanout_rejoin() -> list[Error]:
+    config = settings.CHANNEL_LAYERS.get("default", {})
+    if not config.get("BACKEND", "").startswith("channels_redis.core."):
+        return []
+    expiry = config.get("CONFIG", {}).get("group_expiry", 86400)
+    rejoin = conf.REALTIME_FANOUT_REJOIN
+    if not isinstance(rejoin, int) or rejoin < expiry:
+        return []
+    return [
+        Error(
+            f"REALTIME_FANOUT_REJOIN ({rejoin} s) must be shorter than the core layer's "
+            f"group_expiry ({expiry} s), or workers drop out of their groups.",
+            id="realtime.E004",
+        )
+    ]
+
+
+def check_app_order() -> list[Error]:
+    apps = list(settings.INSTALLED_APPS)
+    names = [app.split(".apps.")[0] for app in apps]
+    if "django.contrib.staticfiles" not in names or "realtime" not in names:
+        return []
+    if names.index("realtime") < names.index("django.contrib.staticfiles"):
+        return []
+    return [
+        Error(
+            '"realtime" must come before "django.contrib.staticfiles" in INSTALLED_APPS, '
+            "or runserver is staticfiles' own (no --tls, no WebSockets).",
+            id="realtime.E005",
+        )
+    ]
+
+
+def check_require_tls() -> list[Error]:
+    if isinstance(conf.REALTIME_REQUIRE_TLS, bool):
+        return []
+    return [
+        Error(
+            f"REALTIME_REQUIRE_TLS must be True or False, not {conf.REALTIME_REQUIRE_TLS!r}.",
+            id="realtime.E006",
+        )
+    ]

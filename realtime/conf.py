@@ -1,0 +1,74 @@
+"""Every setting of the realtime app, with its default: `from realtime.conf import conf`.
+
+A project sets only what it wants to change, in its Django settings; `conf.NAME` reads the
+project's value when there is one, else the default here, at the moment it is asked (so tests
+may override settings). realtime/checks.py turns a wrong value into a system check error that
+names the setting (realtime.E001, ...). README.md's settings table says what each one does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+MIB = 1024 * 1024
+
+
+def default_cert_dir() -> Path:
+    """certs/ beside the project (BASE_DIR, as startproject defines it), else the cwd."""
+    return Path(getattr(settings, "BASE_DIR", Path.cwd())) / "certs"
+
+
+def default_require_tls() -> bool:
+    """On in production (DEBUG off), off in development."""
+    return not settings.DEBUG
+
+
+def default_fanout_rejoin() -> int:
+    """600 s, or half the core layer's group_expiry when that is shorter."""
+    config = settings.CHANNEL_LAYERS.get("default", {}) if _has("CHANNEL_LAYERS") else {}
+    expiry = config.get("CONFIG", {}).get("group_expiry", 86400)
+    return min(600, max(int(expiry) // 2, 1))
+
+
+def _has(name: str) -> bool:
+    return hasattr(settings, name)
+
+
+# Values, or callables that compute the default from other settings when it is asked for.
+DEFAULTS: dict[str, Any] = {
+    # Incoming WebSocket messages are small JSON objects: 64 KiB leaves room and bounds memory.
+    "REALTIME_WS_MAX_MESSAGE_SIZE": 64 * 1024,
+    "REALTIME_WS_RATE": 10,
+    "REALTIME_WS_BURST": 20,
+    "REALTIME_WS_IDLE_TIMEOUT": 300,
+    "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
+    "REALTIME_WS_MAX_PER_CLIENT": 100,
+    "REALTIME_ALLOWED_ORIGINS": [],
+    "REALTIME_REQUIRE_TLS": default_require_tls,
+    "REALTIME_TLS_PROFILE": "intermediate",
+    "REALTIME_CERT_DIR": default_cert_dir,
+    "REALTIME_RESUME_MAX_COUNT": 500,
+    "REALTIME_RESUME_MAX_AGE": 3600,
+    "REALTIME_GC_THRESHOLD": 10_000,
+    "REALTIME_FANOUT_REJOIN": default_fanout_rejoin,
+    "REALTIME_FANOUT_CHECK": 5,
+    "REALTIME_FANOUT_CHECK_TIMEOUT": 5,
+}
+
+
+class Conf:
+    """The realtime settings as attributes: the project's value, else the default."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"{name} is not a realtime setting")
+        if hasattr(settings, name):
+            return getattr(settings, name)
+        default = DEFAULTS[name]
+        return default() if callable(default) else default
+
+
+conf = Conf()
