@@ -55,7 +55,7 @@ from bench.servers import (  # noqa: E402
     echo_peer,
     fanout_peer,
 )
-from realtime.tls import ensure_dev_certificate  # noqa: E402
+from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
 from tests.conftest import redis_args  # noqa: E402
 
 SERVER_CPU = "0"  # one core for the server under test (echo, handshakes) ...

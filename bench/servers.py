@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import ROOT, Server, free_port
-from realtime.endpoints import realtime_endpoint
-from realtime.tls import DevCertPaths
+from realtime.server.endpoints import realtime_endpoint
+from realtime.tls.devca import DevCertPaths
 
 BIN = Path(sys.executable).parent
 DAPHNE = str(BIN / "daphne")

@@ -134,7 +134,7 @@ def redis_host() -> dict[str, object]:
     return {"address": REDIS_URL, "socket_timeout": None}
 
 
-# Each worker's fan-out (realtime/delivery.py) renews its group memberships every
+# Each worker's fan-out (realtime/broadcasting/fanout.py) renews its group memberships every
 # REALTIME_FANOUT_REJOIN seconds, and every REALTIME_FANOUT_CHECK seconds sends itself an
 # event through the layer that must come back within REALTIME_FANOUT_CHECK_TIMEOUT seconds.
 # The core layer forgets a group member that has not renewed its membership for this long.
@@ -180,7 +180,7 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = REALTIME_W
 REALTIME_RESUME_MAX_COUNT = envint("REALTIME_RESUME_MAX_COUNT", 500)
 REALTIME_RESUME_MAX_AGE = envint("REALTIME_RESUME_MAX_AGE", 3600)
 
-# Garbage collection in server processes (realtime/collector.py): allocations between two
+# Garbage collection in server processes (realtime/server/collector.py): allocations between two
 # collections of the youngest generation, after start-up objects are frozen. 0: Python's defaults.
 REALTIME_GC_THRESHOLD = envint("REALTIME_GC_THRESHOLD", 10_000)
 
@@ -189,7 +189,7 @@ REALTIME_CERT_DIR = Path(os.environ.get("REALTIME_CERT_DIR", str(BASE_DIR / "cer
 # --- TLS: the server's profile, and Redis over TLS (docs/tls.md) ----------------------------
 
 # Kept inside this block on purpose: the module is pure data and needs no app loading.
-from realtime.tls_profiles import DEFAULT_PROFILE, tls_profile  # noqa: E402
+from realtime.tls.profiles import DEFAULT_PROFILE, tls_profile  # noqa: E402
 
 # Mozilla's "intermediate" (TLS 1.2 and 1.3) or "modern" (TLS 1.3 only) profile, served by
 # `serve` and `runserver --tls`. Plain daphne takes it in the endpoint: realtime:...:profile=.
@@ -234,7 +234,8 @@ def redis_tls_options() -> dict[str, str]:
 
 REDIS_TLS_OPTIONS = redis_tls_options()
 if REDIS_TLS_OPTIONS:
-    # The same host dict feeds channels-redis and realtime/redis_client.py (presence, commands).
+    # The same host dict feeds channels-redis and realtime/broadcasting/redis_client.py
+    # (presence, commands).
     CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0].update(REDIS_TLS_OPTIONS)
 
 # --- WebSocket hardening: origins, TLS, limits (docs/security.md) ---------------------------
@@ -263,7 +264,7 @@ REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)
 # Seconds without an incoming message before the server closes a socket (4000); 0: never.
 REALTIME_WS_IDLE_TIMEOUT = envint("REALTIME_WS_IDLE_TIMEOUT", 300)
 # Seconds a connection gets, in total, to finish TLS and send its first request's headers, and
-# the application to accept a WebSocket (realtime/request_deadline.py).
+# the application to accept a WebSocket (realtime/server/request_deadline.py).
 REALTIME_WS_HANDSHAKE_TIMEOUT = envint("REALTIME_WS_HANDSHAKE_TIMEOUT", 10)
 if REALTIME_WS_HANDSHAKE_TIMEOUT < 1:
     raise SettingsError("REALTIME_WS_HANDSHAKE_TIMEOUT must be at least 1 (seconds).")

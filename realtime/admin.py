@@ -8,7 +8,8 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
-from realtime import broadcast, presence
+from realtime import broadcast
+from realtime.broadcasting import presence
 from realtime.models import Broadcast
 
 

@@ -13,9 +13,10 @@ class RealtimeConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from realtime import checks, sessions  # noqa: F401 - checks registers the system checks
+        from realtime import checks  # noqa: F401 - registers the system checks
+        from realtime.websocket import sessions
 
-        uid = "realtime.sessions"
+        uid = "realtime.websocket.sessions"
         user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)
         user_model = get_user_model()
         pre_save.connect(sessions.remember_access, sender=user_model, dispatch_uid=uid)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.checks import Error, register
 
 from realtime.conf import conf
-from realtime.tls_profiles import PROFILES
+from realtime.tls.profiles import PROFILES
 
 # Each integer setting and its least allowed value.
 MINIMUMS = {

@@ -4,7 +4,7 @@ the reason when not.
 For load balancers and service managers. The channel layer check is a real round trip (send a
 message to a new channel and receive it), so a Redis that accepts connections but does not
 deliver still fails it. The fan-out check is the answering worker's own: whether its last
-check through the layer came back (realtime.delivery).
+check through the layer came back (realtime.broadcasting.fanout).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
-from realtime.delivery import failure_reason, fanout
+from realtime.broadcasting.fanout import failure_reason, fanout
 
 CHECK_TIMEOUT = 3.0
 

@@ -15,10 +15,15 @@ from typing import Any
 from channels.routing import URLRouter
 from django.urls import path
 
-from realtime.consumers import RealtimeConsumer
-from realtime.limits import websocket_limits
-from realtime.middleware import RequireTLSMiddleware, TransportSchemeMiddleware, origin_validator
-from realtime.sessions import websocket_auth
+from realtime.broadcasting import maintenance
+from realtime.websocket.consumer import RealtimeConsumer
+from realtime.websocket.limits import websocket_limits
+from realtime.websocket.middleware import (
+    RequireTLSMiddleware,
+    TransportSchemeMiddleware,
+    origin_validator,
+)
+from realtime.websocket.sessions import websocket_auth
 
 websocket_urlpatterns = [
     path("ws/", RealtimeConsumer.as_asgi()),
@@ -30,10 +35,12 @@ def websocket_application() -> Any:
     (1008), the per-client limits; then the session's user, read once."""
     if "daphne.cli" in sys.modules:
         # Started as `daphne ...`: daphne's own Server does not tell whether a WebSocket came
-        # over TLS, so its command line builds realtime's Server instead (realtime/server.py).
-        from realtime.server import install_into_daphne_cli
+        # over TLS, so its command line builds realtime's Server instead
+        # (realtime/server/daphne_server.py).
+        from realtime.server.daphne_server import install_into_daphne_cli
 
         install_into_daphne_cli()
+    maintenance.schedule()
     return TransportSchemeMiddleware(
         origin_validator(
             RequireTLSMiddleware(websocket_limits(websocket_auth(URLRouter(websocket_urlpatterns))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from realtime.broadcast import latest_id_for, recent_for
+from realtime.broadcasting.replay import latest_id_for, recent_for
 
 RECENT_BROADCASTS = 5
 

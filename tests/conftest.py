@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from realtime.tls import DevCertPaths, ensure_dev_certificate
+from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -264,7 +264,7 @@ def test_the_session_key_never_reaches_the_channel_layer(monkeypatch):
 
     closed, groups = asyncio.run(scenario())
     assert closed["code"] == 4001
-    # The fan-out's own checks aside (realtime.delivery), the sign-out is the only event.
+    # The fan-out's own checks aside (realtime.broadcasting.fanout), the sign-out is the only event.
     sent = [(group, event) for group, event in sent if event["type"] != "realtime.fanout.probe"]
     assert [group for group, _ in sent] == ["realtime.sessions"]
     assert sent[0][1]["type"] == "realtime.logout"

@@ -15,6 +15,7 @@ from django.db import transaction
 
 from project.asgi import application
 from realtime import broadcast
+from realtime.broadcasting import sending
 from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,13 +172,13 @@ def test_bad_broadcasts_are_refused_before_storing(kwargs, field):
 
 def test_the_message_is_serialized_once_for_all_sockets(monkeypatch):
     calls = []
-    real_encode = broadcast.protocol.encode
+    real_encode = sending.protocol.encode
 
     def counting_encode(message):
         calls.append(message)
         return real_encode(message)
 
-    monkeypatch.setattr(broadcast.protocol, "encode", counting_encode)
+    monkeypatch.setattr(sending.protocol, "encode", counting_encode)
 
     async def scenario():
         sockets = [socket_for() for _ in range(5)]

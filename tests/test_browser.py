@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from realtime.tls import ensure_dev_certificate
+from realtime.tls.devca import ensure_dev_certificate
 from tests.conftest import PYTHON, ROOT, create_user, daphne_tls_args, free_port, run_in_shell
 
 CHROMIUM = Path("/usr/bin/chromium")

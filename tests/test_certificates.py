@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError
 
 from realtime.management.certificates import serving_certificate
-from realtime.tls import ensure_dev_certificate
+from realtime.tls.devca import ensure_dev_certificate
 
 
 def test_without_files_the_dev_certificate_is_created_and_announced(tmp_path: Path, settings):

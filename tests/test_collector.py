@@ -1,4 +1,4 @@
-"""realtime.collector: the garbage collector set up for a process that holds many sockets."""
+"""realtime.server.collector: the garbage collector set up for a process that holds many sockets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from realtime.collector import OLDER_THRESHOLDS, tune_for_serving
+from realtime.server.collector import OLDER_THRESHOLDS, tune_for_serving
 
 
 @pytest.fixture(autouse=True)

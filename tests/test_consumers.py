@@ -11,8 +11,8 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from realtime.broadcast import group_for
-from realtime.worker import worker_id
+from realtime.broadcasting.fanout import group_for
+from realtime.server.worker import worker_id
 
 # Channels closes stale database connections around each consumer event, so even consumers
 # that run no query touch the connection.

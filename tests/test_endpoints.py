@@ -18,8 +18,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
-from realtime.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
-from realtime.tls import DevCertPaths
+from realtime.server.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
+from realtime.tls.devca import DevCertPaths
 from tests.conftest import DAPHNE, ROOT, free_port, receive_json, ws_connect
 
 

@@ -48,7 +48,8 @@ GROUP_EXPIRY = 4  # seconds, REDIS_GROUP_EXPIRY (the core layer's): twice the re
 CHECK = 1  # seconds, REALTIME_FANOUT_CHECK
 CHECK_TIMEOUT = 2  # seconds, REALTIME_FANOUT_CHECK_TIMEOUT
 ROUNDS = 3
-# Live delivery takes milliseconds; the database catch-up waits 3 s (realtime.delivery.SETTLE).
+# Live delivery takes milliseconds; the database catch-up waits 3 s
+# (realtime.broadcasting.fanout.SETTLE).
 LIVE = 1.5
 LOST = "Broadcast fan-out lost the channel layer"
 REGAINED = "Broadcast fan-out has the channel layer again"

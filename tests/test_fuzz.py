@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from project.asgi import application
-from realtime import protocol
+from realtime.websocket import protocol
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,4 +1,5 @@
-"""realtime.limits: rate limit, idle timeout and per-address cap, with WebsocketCommunicator."""
+"""realtime.websocket.limits: rate limit, idle timeout and per-address cap, with
+WebsocketCommunicator."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import time
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from realtime import limits
-from realtime.closing import sendable
+from realtime.server.closing import sendable
+from realtime.websocket import limits
 
 
 def echo_app(seen: list[dict]):

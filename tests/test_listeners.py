@@ -1,4 +1,5 @@
-"""Listening sockets that `serve`'s supervisor holds and its workers adopt (realtime/listeners.py).
+"""Listening sockets that `serve`'s supervisor holds and its workers adopt
+(realtime/server/listeners.py).
 
 The supervisor tests run the real Supervisor in its own process (it handles signals) with a
 small stand-in worker instead of daphne: a worker that never accepts is the only way to be sure
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from realtime.listeners import (
+from realtime.server.listeners import (
     LISTEN_FDS,
     READY,
     READY_FD,
@@ -87,7 +88,7 @@ def test_a_port_already_taken_without_reuseport_cannot_be_opened():
 WORKER = """
 import os, signal, sys, time
 from pathlib import Path
-from realtime.listeners import inherited_listener, notify_ready
+from realtime.server.listeners import inherited_listener, notify_ready
 
 port, starts, mode = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 listener = inherited_listener(port)
@@ -109,7 +110,7 @@ while True:
 SUPERVISOR = """
 import sys
 from pathlib import Path
-import realtime.supervisor as supervisor
+import realtime.server.supervisor as supervisor
 
 # Long enough that a test sees the slot of a dead worker before its restart, on a slow machine.
 supervisor.FIRST_DELAY = 10.0

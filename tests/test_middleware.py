@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from realtime.middleware import TransportSchemeMiddleware
+from realtime.websocket.middleware import TransportSchemeMiddleware
 
 
 def scheme_seen(scope: dict) -> str:

@@ -1,4 +1,4 @@
-"""Cross-site WebSocket hijacking and TLS required: realtime.middleware, in process.
+"""Cross-site WebSocket hijacking and TLS required: realtime.websocket.middleware, in process.
 
 Each refused handshake must be refused before the consumer (here: a recording app) runs.
 """
@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 from project.env import SettingsError
 from project.settings import websocket_origins
-from realtime import middleware
+from realtime.websocket import middleware
 from tests.test_settings import STRONG_KEY, setting
 
 # A refusal runs Channels' WebsocketDenier, a consumer, which closes stale database connections.
@@ -101,12 +101,12 @@ def test_with_allowed_origins_scheme_host_and_port_must_all_match(settings, orig
 def test_a_refused_origin_is_logged_once_with_the_setting_to_change(settings, caplog):
     settings.ALLOWED_HOSTS = ["localhost"]
     settings.REALTIME_ALLOWED_ORIGINS = []
-    with caplog.at_level(logging.WARNING, logger="realtime.middleware"):
+    with caplog.at_level(logging.WARNING, logger="realtime.websocket.middleware"):
         for _ in range(3):
             handshake("https://app.example.org")
         handshake(None)
         handshake("null")
-    lines = [r.getMessage() for r in caplog.records if r.name == "realtime.middleware"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "realtime.websocket.middleware"]
     assert len(lines) == 3
     assert "'https://app.example.org'" in lines[0]
     assert "host 'app.example.org' is not in ALLOWED_HOSTS (DJANGO_ALLOWED_HOSTS)" in lines[0]
@@ -117,14 +117,14 @@ def test_a_refused_origin_is_logged_once_with_the_setting_to_change(settings, ca
 
 def test_with_allowed_origins_the_log_names_that_setting(settings, caplog):
     settings.REALTIME_ALLOWED_ORIGINS = ["https://localhost:8443"]
-    with caplog.at_level(logging.WARNING, logger="realtime.middleware"):
+    with caplog.at_level(logging.WARNING, logger="realtime.websocket.middleware"):
         handshake("https://localhost:9443")
     assert "not in REALTIME_ALLOWED_ORIGINS" in caplog.records[0].getMessage()
 
 
 def test_refused_origins_stop_being_logged_after_a_hundred(settings, caplog):
     settings.REALTIME_ALLOWED_ORIGINS = ["https://localhost:8443"]
-    with caplog.at_level(logging.WARNING, logger="realtime.middleware"):
+    with caplog.at_level(logging.WARNING, logger="realtime.websocket.middleware"):
         for n in range(150):
             middleware.log_refused_origin(urlparse(f"https://x{n}.example"), by_origin=True)
     assert len(caplog.records) == middleware.MAX_LOGGED_ORIGINS + 1

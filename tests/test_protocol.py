@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from realtime import protocol
+from realtime.websocket import protocol
 
 
 @pytest.mark.parametrize(

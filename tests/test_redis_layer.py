@@ -31,7 +31,7 @@ def send_from_another_process(env: dict, redis_url: str, text: str) -> None:
     code = (
         "from asgiref.sync import async_to_sync\n"
         "from channels.layers import get_channel_layer\n"
-        "from realtime.broadcast import group_for\n"
+        "from realtime.broadcasting.fanout import group_for\n"
         f"event = {{'type': 'realtime.send', 'text': {text!r}}}\n"
         "async_to_sync(get_channel_layer().group_send)(group_for('everyone'), event)\n"
     )

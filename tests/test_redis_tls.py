@@ -1,7 +1,7 @@
 """Redis over TLS: a `rediss://` REDIS_URL with a password, verified against REDIS_CA_FILE.
 
 A private `redis-server` listens only with TLS (`--port 0 --tls-port P`), with a certificate
-from this module's own dev CA (realtime.tls, in a temporary directory) and `--requirepass`.
+from this module's own dev CA (realtime.tls.devca, in a temporary directory) and `--requirepass`.
 daphne and `manage.py broadcast` reach it as a deployment would, through environment
 variables; clients verify its certificate, and a wrong CA or password fails with a clear
 message that never shows the password.
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from realtime.tls import DevCertPaths, ensure_dev_certificate
+from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 from tests.conftest import (
     PYTHON,
     ROOT,

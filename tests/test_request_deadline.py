@@ -1,5 +1,5 @@
 """A connection's first request has REALTIME_WS_HANDSHAKE_TIMEOUT seconds in total
-(realtime/request_deadline.py), on a real daphne over TLS with the deadline set to 3 s.
+(realtime/server/request_deadline.py), on a real daphne over TLS with the deadline set to 3 s.
 
 Twisted's idle timer alone (the same 3 s) would let a client that sends a byte every half
 second hold its connection for ever; the deadline drops it. Requests and WebSockets that

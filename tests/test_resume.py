@@ -11,6 +11,7 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime import broadcast
+from realtime.broadcasting import sending
 from realtime.models import Broadcast
 from tests.test_broadcast import socket_for
 
@@ -70,7 +71,7 @@ def test_the_replay_keeps_to_the_clients_audience():
 def test_unpublished_broadcasts_are_replayed_too(monkeypatch):
     """Store first, publish after: a broadcast stored while Redis was down is not lost."""
     start = broadcast.send("before")
-    monkeypatch.setattr(broadcast, "publish", lambda b: False)
+    monkeypatch.setattr(sending, "publish", lambda b: False)
     stored = broadcast.send("stored during an outage")
     assert Broadcast.objects.get(pk=stored.pk).published_at is None
     assert resume(start.pk)[0]["id"] == stored.pk
@@ -139,12 +140,12 @@ def test_a_live_broadcast_during_the_replay_is_not_lost():
 def test_a_broadcast_published_after_a_newer_one_is_replayed(monkeypatch):
     """Republished after an outage, broadcast n reaches clients after n + 1: a client that
     saw n + 1 and resumes from it must still get n."""
-    real_publish = broadcast.publish
-    monkeypatch.setattr(broadcast, "publish", lambda b: False)
+    real_publish = sending.publish
+    monkeypatch.setattr(sending, "publish", lambda b: False)
     late = broadcast.send("stored while Redis was down")
-    monkeypatch.setattr(broadcast, "publish", real_publish)
+    monkeypatch.setattr(sending, "publish", real_publish)
     newer = broadcast.send("sent after Redis came back")
-    assert broadcast.publish(Broadcast.objects.get(pk=late.pk))  # the republisher's turn
+    assert sending.publish(Broadcast.objects.get(pk=late.pk))  # the republisher's turn
     messages = resume(newer.pk)
     assert [m.get("id") for m in messages] == [late.pk, None]
 

@@ -25,7 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from realtime.supervisor import MAX_DELAY, QUICK_EXIT, restart_delay
+from realtime.server.supervisor import MAX_DELAY, QUICK_EXIT, restart_delay
 from tests.conftest import PYTHON, ROOT, free_port, receive_json, ws_connect
 
 STARTED = re.compile(r"^worker (w\d+) started \(pid (\d+)\)$", re.MULTILINE)

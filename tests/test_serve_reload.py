@@ -26,9 +26,9 @@ from cryptography import x509
 from twisted.internet.testing import MemoryReactorClock
 from websockets.exceptions import ConnectionClosed
 
-from realtime.endpoints import DRAIN, stop_accepting_on_shutdown
-from realtime.redirect import redirect_endpoint, redirect_location, redirect_status
-from realtime.tls import DevCertPaths, ensure_dev_certificate
+from realtime.server.endpoints import DRAIN, stop_accepting_on_shutdown
+from realtime.server.redirect import redirect_endpoint, redirect_location, redirect_status
+from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 from tests.conftest import PYTHON, free_port, receive_json, wait_for_port
 from tests.test_serve import alive, clients_on, eventually, ping, serve_args, started, welcomed
 

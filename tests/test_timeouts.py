@@ -1,4 +1,5 @@
-"""The timeout sweep that visits only the connections with a check due (realtime/timeouts.py).
+"""The timeout sweep that visits only the connections with a check due
+(realtime/server/timeouts.py).
 
 In process: daphne's own WebSocketProtocol.check_timeouts() runs on stand-in connections (no
 transport: they record the ping or close daphne asks for) against a clock the test moves, as
@@ -20,7 +21,7 @@ from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
-from realtime.timeouts import SWEEP_INTERVAL, TimeoutSchedule
+from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from tests.conftest import DAPHNE, free_port
 
 PING_INTERVAL = 20.0

@@ -1,4 +1,4 @@
-"""Unit tests of realtime.tls: the development CA, the server certificate and endpoints."""
+"""Unit tests of realtime.tls.devca: the development CA, the server certificate and endpoints."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from realtime.tls import (
+from realtime.tls.devca import (
     DEFAULT_HOSTS,
     DevCertError,
     DevCertPaths,

@@ -21,9 +21,9 @@ import pytest
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
-from realtime.endpoints import realtime_endpoint, server_tls_options
-from realtime.tls import DevCertPaths, ensure_dev_certificate
-from realtime.tls_profiles import PROFILES, tls_profile
+from realtime.server.endpoints import realtime_endpoint, server_tls_options
+from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
+from realtime.tls.profiles import PROFILES, tls_profile
 from tests.conftest import DAPHNE, PYTHON, ROOT, daphne_tls_args, free_port
 
 SSLYZE = Path(sys.executable).parents[1] / "sslyze" / "bin" / "python"

@@ -1,4 +1,4 @@
-"""Writing an open WebSocket's bytes at once (realtime/writethrough.py).
+"""Writing an open WebSocket's bytes at once (realtime/server/writethrough.py).
 
 Real Twisted transports (tcp.Server, and Twisted's TLS with the project's certificate options)
 over a real socket pair, driven by hand through a MemoryReactorClock: the reactor is the only
@@ -25,8 +25,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from realtime.endpoints import server_tls_options
-from realtime.writethrough import write_through
+from realtime.server.endpoints import server_tls_options
+from realtime.server.writethrough import write_through
 from tests.conftest import receive_json, ws_connect
 
 PEER = ("127.0.0.1", 40000)

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.core.management import CommandError
 
 from realtime.conf import conf
-from realtime.endpoints import server_tls_options
-from realtime.tls import DevCertError, certificate_names, ensure_dev_certificate
+from realtime.server.endpoints import server_tls_options
+from realtime.tls.devca import DevCertError, certificate_names, ensure_dev_certificate
 
 
 def serving_certificate(

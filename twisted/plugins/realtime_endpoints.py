@@ -1,5 +1,6 @@
 """Registers realtime's endpoints with Twisted's plugin system: `realtime:` (TLS,
-realtime/endpoints.py) and `realtime-redirect:` (plain HTTP to HTTPS, realtime/redirect.py).
+realtime/server/endpoints.py) and `realtime-redirect:` (plain HTTP to HTTPS,
+realtime/server/redirect.py).
 
 Twisted looks for plugins in a `twisted/plugins` directory under every sys.path entry, and
 daphne puts "." on sys.path, so `daphne -e realtime:...` run from the project root finds this
@@ -10,7 +11,7 @@ Twisted caches what it found in dropin.cache here (ignored by git).
 
 from __future__ import annotations
 
-from realtime.endpoints import parser
-from realtime.redirect import parser as redirect_parser
+from realtime.server.endpoints import parser
+from realtime.server.redirect import parser as redirect_parser
 
 __all__ = ["parser", "redirect_parser"]

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from realtime import broadcast
+from realtime.broadcasting import sending
 from realtime.models import Broadcast
 
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            broadcast.check_layer_reaches_other_processes()
+            sending.check_layer_reaches_other_processes()
             sent = broadcast.send(
                 options["message"], level=options["level"], audience=options["audience"]
             )

@@ -1,6 +1,6 @@
 """`manage.py devcert`: create or renew the local development CA and HTTPS certificate.
 
-A thin wrapper around `realtime.tls.ensure_dev_certificate()`; it prints what happened and
+A thin wrapper around `realtime.tls.devca.ensure_dev_certificate()`; it prints what happened and
 how to trust the CA. Private keys are written to disk, never printed.
 """
 
@@ -14,9 +14,9 @@ from django.conf import settings
 from django.core.management import BaseCommand, CommandError, CommandParser
 
 from realtime.conf import conf
-from realtime.endpoints import realtime_endpoint
 from realtime.management import daphne_application
-from realtime.tls import (
+from realtime.server.endpoints import realtime_endpoint
+from realtime.tls.devca import (
     DevCertError,
     DevCertResult,
     certificate_expiry,

@@ -17,10 +17,10 @@ from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from realtime.conf import conf
-from realtime.endpoints import realtime_endpoint
 from realtime.management.certificates import serving_certificate
-from realtime.redirect import redirect_endpoint
-from realtime.server import RealtimeServer
+from realtime.server.daphne_server import RealtimeServer
+from realtime.server.endpoints import realtime_endpoint
+from realtime.server.redirect import redirect_endpoint
 
 
 class Command(DaphneRunserverCommand):

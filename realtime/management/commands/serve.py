@@ -3,14 +3,14 @@
     python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
         [--redirect-http 80]
 
-Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P <ASGI_APPLICATION>`:
-the same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT
-so that the kernel spreads connections over them (realtime/endpoints.py), and the Redis channel
-layer between them. The supervisor opens each worker's listening sockets and keeps them across
-that worker's restarts (realtime/listeners.py). With --redirect-http each worker also answers
-plain HTTP on that port with a redirect to HTTPS (realtime/redirect.py). realtime/supervisor.py
-restarts a worker that dies, replaces them one at a time on SIGHUP (to load a renewed
-certificate) and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
+Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P <ASGI_APPLICATION>`: the
+same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT so
+that the kernel spreads connections over them (realtime/server/endpoints.py), and the Redis
+channel layer between them. The supervisor opens each worker's listening sockets and keeps them
+across that worker's restarts (realtime/server/listeners.py). With --redirect-http each worker
+also answers plain HTTP on that port with a redirect to HTTPS (realtime/server/redirect.py).
+realtime/server/supervisor.py restarts a worker that dies, replaces them one at a time on SIGHUP
+(to load a renewed certificate) and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from realtime.broadcasting.redis_client import redis_host
 from realtime.conf import conf
-from realtime.endpoints import reuseport_endpoint
-from realtime.listeners import open_listener
 from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
-from realtime.redirect import redirect_endpoint
-from realtime.redis_client import redis_host
-from realtime.supervisor import DEFAULT_GRACE, Supervisor
+from realtime.server.endpoints import reuseport_endpoint
+from realtime.server.listeners import open_listener
+from realtime.server.redirect import redirect_endpoint
+from realtime.server.supervisor import DEFAULT_GRACE, Supervisor
 
 
 def daphne_path() -> Path:

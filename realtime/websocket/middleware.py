@@ -20,9 +20,9 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from realtime.conf import conf
-from realtime.protocol import POLICY_VIOLATION
+from realtime.websocket.protocol import POLICY_VIOLATION
 
-logger = logging.getLogger("realtime.middleware")
+logger = logging.getLogger("realtime.websocket.middleware")
 
 
 _warned_missing_scheme = False
@@ -54,7 +54,7 @@ def server_scheme(scope: dict[str, Any]) -> str:
         logger.warning(
             "The ASGI server did not put a scheme in the WebSocket scope, so no socket can be "
             "known to be secure. Serve realtime.routing.websocket_application() with daphne, "
-            "runserver or serve, which use realtime.server.RealtimeServer."
+            "runserver or serve, which use realtime.server.daphne_server.RealtimeServer."
         )
     return "ws"
 

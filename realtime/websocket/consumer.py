@@ -18,15 +18,19 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from realtime import broadcast, delivery, presence, protocol
-from realtime.broadcast import audiences_for, missed_since
+from realtime import broadcast
+from realtime.broadcasting import fanout as delivery
+from realtime.broadcasting import presence
+from realtime.broadcasting.replay import missed_since
+from realtime.broadcasting.sending import audiences_for
 from realtime.conf import conf
 from realtime.models import Broadcast
-from realtime.protocol import TRY_AGAIN_LATER
-from realtime.sessions import signed_in_session
-from realtime.worker import worker_id
+from realtime.server.worker import worker_id
+from realtime.websocket import protocol
+from realtime.websocket.protocol import TRY_AGAIN_LATER
+from realtime.websocket.sessions import signed_in_session
 
-logger = logging.getLogger("realtime.consumers")
+logger = logging.getLogger("realtime.websocket.consumer")
 
 
 def is_authenticated(user: Any) -> bool:
@@ -58,7 +62,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         Channels' AsyncConsumer gives every socket a channel of its own on the layer (a Redis
         subscription) and waits on it and the client together, with a new task and an
         `asyncio.wait` for every message. Broadcasts and sign-outs reach this socket through
-        its worker's fan-out (realtime.delivery) instead, so the client is the only source.
+        its worker's fan-out (realtime.broadcasting.fanout) instead, so the client is the only
+        source.
         """
         self.scope = scope
         self.channel_layer = None

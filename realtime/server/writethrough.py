@@ -34,7 +34,7 @@ from typing import Any
 
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-from realtime.closing import AppCloseWebSocketProtocol
+from realtime.server.closing import AppCloseWebSocketProtocol
 
 TCP_STATE = ("_tempDataBuffer", "dataBuffer", "offset", "_writeDisconnected", "writeSomeData")
 
@@ -120,7 +120,7 @@ def report(kind: str, switched: set[str]) -> None:
         missing = ", ".join(sorted(expected - switched)).upper()
         logger.warning(
             "WebSocket writes over %s keep Twisted's buffering at the %s layer: this Twisted "
-            "lacks what realtime/writethrough.py needs. Broadcasts still work, more slowly.",
+            "lacks what realtime/server/writethrough.py needs. Broadcasts still work, more slowly.",
             kind,
             missing,
         )

@@ -16,7 +16,7 @@ Two environment variables hand this to a worker process:
     REALTIME_LISTEN_FDS=8443:5,8080:6   port:descriptor of each inherited listening socket
     REALTIME_READY_FD=7                 a pipe to write "ready" to once the worker serves
 
-Standard library only: realtime/supervisor.py imports it.
+Standard library only: realtime/server/supervisor.py imports it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Keep N worker processes running; stop them all on SIGTERM or SIGINT. Standard library only.
 
 `manage.py serve` uses it to run N daphne processes that share one TLS port (SO_REUSEPORT,
-see realtime/endpoints.py). Each worker gets REALTIME_WORKER_ID=w1..wN. A worker that exits
+see realtime/server/endpoints.py). Each worker gets REALTIME_WORKER_ID=w1..wN. A worker that exits
 is started again after a delay that doubles (1 s up to 30 s) while it keeps dying within
 10 s of its start. SIGTERM or SIGINT forwards SIGTERM to every worker, waits up to a grace
 period, SIGKILLs the rest, and returns 0.
 
 The supervisor opens the listening sockets, one per port and worker slot, and keeps them
-(realtime/listeners.py): every process of a slot inherits the slot's sockets, so connections the
-kernel queued for a slot are never reset by a process that stops. A slot whose process dies has
-its sockets closed, so the kernel sends new connections to the other slots until its restart,
-which opens new ones. A worker writes to a pipe once it serves; the supervisor logs "is ready".
+(realtime/server/listeners.py): every process of a slot inherits the slot's sockets, so
+connections the kernel queued for a slot are never reset by a process that stops. A slot whose
+process dies has its sockets closed, so the kernel sends new connections to the other slots
+until its restart, which opens new ones. A worker writes to a pipe once it serves; the
+supervisor logs "is ready".
 
 SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
 for each worker a new process starts on the same sockets; once it is ready, the old one gets
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.listeners import (
+from realtime.server.listeners import (
     BACKLOG,
     LISTEN_FDS,
     READY,
@@ -129,7 +130,7 @@ class Supervisor:
     """Runs `command` N times, restarting exits, until SIGTERM or SIGINT.
 
     `listen_on` lists the (host, port) pairs each worker slot gets a listening socket for;
-    the command's endpoints adopt them (realtime/listeners.py).
+    the command's endpoints adopt them (realtime/server/listeners.py).
     """
 
     def __init__(

@@ -29,7 +29,7 @@ import logging
 
 from realtime.conf import conf
 
-logger = logging.getLogger("realtime.collector")
+logger = logging.getLogger("realtime.server.collector")
 
 # Python's own second and third thresholds: how many collections of the generation below
 # make one of the next.

@@ -8,7 +8,7 @@
 Both: key exchange on X25519, P-256 or P-384 only (OpenSSL would also offer X448 and P-521),
 no TLS compression, no renegotiation, and the client's cipher order (all the ciphers left are
 strong, and clients without AES hardware then pick ChaCha20). Each profile passes
-`sslyze --mozilla_config=<name>` (tests/test_tls_profile.py). realtime/endpoints.py applies
+`sslyze --mozilla_config=<name>` (tests/test_tls_profile.py). realtime/server/endpoints.py applies
 them; REALTIME_TLS_PROFILE picks one for `serve` and `runserver --tls`.
 
 DHE suites of the guidelines are left out: they need DH parameters, and ECDHE covers every

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 
 import redis
 
-from realtime.redis_client import async_client, sync_client
+from realtime.broadcasting.redis_client import async_client, sync_client
 
-logger = logging.getLogger("realtime.presence")
+logger = logging.getLogger("realtime.broadcasting.presence")
 
 KEY_PREFIX = "realtime:presence:"
 PRESENCE_TTL = 15  # seconds: three missed refreshes and a worker counts as gone

@@ -6,10 +6,10 @@ happen over HTTPS, and a WebSocket could not send the cookie anyway), so it only
 
 Channels reads the session's user once, when a socket opens, so a socket would stay signed in
 after its session signed out. Django's `user_logged_out` signal therefore sends one
-`realtime.logout` event to the group every worker's fan-out joins (realtime.delivery), naming
-the session by a hash of its key (the key itself is a credential and never goes to the channel
-layer); each worker closes its sockets of that session with 4001. The page's client reconnects
-and is then anonymous.
+`realtime.logout` event to the group every worker's fan-out joins
+(realtime.broadcasting.fanout), naming the session by a hash of its key (the key itself is a
+credential and never goes to the channel layer); each worker closes its sockets of that session
+with 4001. The page's client reconnects and is then anonymous.
 
 The same happens to every socket of a user whose access changes while signed in: deactivated,
 deleted, made or no longer staff (whose sockets receive the staff audience), or given a new
@@ -29,11 +29,11 @@ from channels.auth import AuthMiddleware
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper
 from django.db import transaction
 
-from realtime.layer import send_to_group
+from realtime.broadcasting.layer import send_to_group
 
-logger = logging.getLogger("realtime.sessions")
+logger = logging.getLogger("realtime.websocket.sessions")
 
-SESSIONS_GROUP = "realtime.sessions"
+SESSIONS_GROUP = "realtime.sessions"  # a name on the wire: stable across versions
 LOGOUT = "realtime.logout"
 
 

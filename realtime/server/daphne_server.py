@@ -8,7 +8,7 @@ and by plain `daphne` through `install_into_daphne_cli()`, called by
 `realtime.routing.websocket_application()`.
 
 Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
-something due, not every connection every 2 s (realtime/timeouts.py).
+something due, not every connection every 2 s (realtime/server/timeouts.py).
 
 It also enforces the project's message size limit (REALTIME_WS_MAX_MESSAGE_SIZE) as a ceiling,
 and makes daphne answer an oversized message with close code 1009: autobahn's default
@@ -29,17 +29,18 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http
 
-from realtime.collector import tune_for_serving
 from realtime.conf import conf
-from realtime.delivery import MAINTENANCE_INTERVAL
-from realtime.listeners import notify_ready
-from realtime.protocol import GOING_AWAY
-from realtime.redis_client import redis_host
-from realtime.request_deadline import channel_with_deadline
-from realtime.timeouts import SWEEP_INTERVAL, TimeoutSchedule
-from realtime.writethrough import WriteThroughWebSocketProtocol
+from realtime.server import hooks
+from realtime.server.collector import tune_for_serving
+from realtime.server.frames import EXTENSION, WebSocketFrames
+from realtime.server.listeners import notify_ready
+from realtime.server.request_deadline import channel_with_deadline
+from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
+from realtime.server.writethrough import WriteThroughWebSocketProtocol
 
-logger = logging.getLogger("realtime.server")
+GOING_AWAY = 1001  # the close code for a server that is stopping (RFC 6455)
+
+logger = logging.getLogger("realtime.server.daphne_server")
 
 SHUTDOWN_CLOSE_WAIT = 2.0  # seconds for clients to answer the close frames
 
@@ -99,7 +100,7 @@ class RealtimeServer(Server):
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
-        # once open, frames go to the socket at once (realtime/writethrough.py).
+        # once open, frames go to the socket at once (realtime/server/writethrough.py).
         self.ws_factory.protocol = WriteThroughWebSocketProtocol
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
@@ -108,12 +109,10 @@ class RealtimeServer(Server):
         if not http.H2_ENABLED:
             self.http_factory.protocol = channel_with_deadline(conf.REALTIME_WS_HANDSHAKE_TIMEOUT)
         logger.info(describe_channel_layer())
-        if redis_host() is not None:
-            self._maintenance = task.LoopingCall(self._maintain)
-            self._maintenance.start(MAINTENANCE_INTERVAL, now=False)
+        self._periodic = [self._start_periodic(w, i) for w, i in hooks.periodic.items()]
         tune_for_serving()
         # Once the reactor runs, this process serves: `serve`'s supervisor may stop the one
-        # it replaces (realtime/listeners.py).
+        # it replaces (realtime/server/listeners.py).
         reactor.callWhenRunning(notify_ready)
         if self._ready_callable_given:
             self._ready_callable_given()
@@ -162,13 +161,20 @@ class RealtimeServer(Server):
     def open_closing(sockets: list[WebSocketProtocol]) -> list[WebSocketProtocol]:
         return [p for p in sockets if p.state != p.STATE_CLOSED]
 
-    def _maintain(self) -> defer.Deferred[None]:
-        """Republish what the channel layer refused, deliver what it lost (realtime.delivery)."""
-        from realtime.delivery import maintain
+    @staticmethod
+    def _start_periodic(work: hooks.Periodic, interval: float) -> task.LoopingCall:
+        """Run the app's periodic work (realtime.server.hooks) in the event loop."""
 
-        return defer.Deferred.fromFuture(asyncio.ensure_future(maintain())).addErrback(
-            lambda failure: logger.error("Maintenance failed: %s", failure.getErrorMessage())
-        )
+        def run() -> defer.Deferred[None]:
+            return defer.Deferred.fromFuture(asyncio.ensure_future(work())).addErrback(
+                lambda failure: logger.error(
+                    "Periodic %s failed: %s", work.__qualname__, failure.getErrorMessage()
+                )
+            )
+
+        looping = task.LoopingCall(run)
+        looping.start(interval, now=False)
+        return looping
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         if scope["type"] == "websocket":
@@ -177,9 +183,9 @@ class RealtimeServer(Server):
             extensions = scope.setdefault("extensions", {})
             if tls:
                 extensions["tls"] = tls
-            # Lets realtime.delivery write a broadcast frame, built once, straight to this
-            # socket instead of through a consumer task per socket (the fan-out fast path).
-            extensions["realtime.websocket"] = {"protocol": protocol}
+            # Lets the app write a broadcast frame, built once, to this socket instead of
+            # through a consumer task per socket (the fan-out fast path).
+            extensions[EXTENSION] = WebSocketFrames(protocol)
         return super().create_application(protocol, scope)
 
 

@@ -39,8 +39,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from realtime.endpoints import adopt_inherited, stop_accepting_on_shutdown
-from realtime.tls import escape_endpoint_value
+from realtime.server.endpoints import adopt_inherited, stop_accepting_on_shutdown
+from realtime.tls.devca import escape_endpoint_value
 
 PREFIX = "realtime-redirect"
 HTTPS_PORT = 443

@@ -4,15 +4,15 @@
              [:reusePort=yes|no][:extraCertChain=FILE][:profile=intermediate|modern]
 
 It is the stock `ssl:` endpoint with two differences. Its TLS settings follow one of Mozilla's
-profiles (realtime/tls_profiles.py; `intermediate` unless `profile=modern`), where `ssl:`
-also accepts CBC and CCM cipher suites and the X448 and P-521 curves. And `reusePort=yes` sets
+profiles (realtime/tls/profiles.py; `intermediate` unless `profile=modern`), where `ssl:` also
+accepts CBC and CCM cipher suites and the X448 and P-521 curves. And `reusePort=yes` sets
 SO_REUSEPORT on the listening socket: several daphne processes of the same user can then bind
 the same port and the Linux kernel spreads new connections over them. `manage.py serve` starts
 its workers with it (each adopts the listening socket its supervisor opened for it, see
-realtime/listeners.py) and `runserver --tls` serves through it; plain `daphne -e realtime:...`
-works too when run from the project root, where twisted/plugins/realtime_endpoints.py
-registers this parser. daphne's `--fd` cannot do this: it only serves plaintext on an
-inherited socket.
+realtime/server/listeners.py) and `runserver --tls` serves through it; plain `daphne -e
+realtime:...` works too: installed, or run from the project root, where
+twisted/plugins/realtime_endpoints.py registers this parser. daphne's `--fd` cannot do this: it
+only serves plaintext on an inherited socket.
 
 `certKey` may hold the whole chain (leaf first, as a fullchain.pem does); the stock `ssl:`
 endpoint reads only its first certificate.
@@ -43,9 +43,9 @@ from twisted.plugin import IPlugin
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from realtime.listeners import inherited_listener
-from realtime.tls import escape_endpoint_value
-from realtime.tls_profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
+from realtime.server.listeners import inherited_listener
+from realtime.tls.devca import escape_endpoint_value
+from realtime.tls.profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
 
 PREFIX = "realtime"
 YES_NO = {"yes": True, "no": False}
@@ -132,7 +132,7 @@ def server_tls_options(
 
     `cert_path` holds the server certificate, optionally followed by its intermediates;
     `extra_chain` adds more intermediates; `profile` is "intermediate" or "modern"
-    (realtime/tls_profiles.py). Raises ValueError naming the file or the profile at fault.
+    (realtime/tls/profiles.py). Raises ValueError naming the file or the profile at fault.
     """
     chosen = tls_profile(profile, what=f"{PREFIX}: profile")
     leaf, *chain = load_certificates(cert_path)
@@ -213,7 +213,7 @@ def adopt_inherited(
     reactor: Any, port: int, factory: IProtocolFactory
 ) -> defer.Deferred[IListeningPort] | None:
     """Serve `factory` on the listening socket `serve`'s supervisor handed down for `port`
-    (realtime/listeners.py); None when there is none, and the endpoint binds its own."""
+    (realtime/server/listeners.py); None when there is none, and the endpoint binds its own."""
     try:
         listener = inherited_listener(port)
     except ValueError:
@@ -327,7 +327,7 @@ def realtime_endpoint(
     >>> realtime_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem", profile="modern")
     'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:profile=modern'
 
-    Paths and the interface are escaped as in `realtime.tls.ssl_endpoint`; an IPv6 interface
+    Paths and the interface are escaped as in `realtime.tls.devca.ssl_endpoint`; an IPv6 interface
     may be given as "::1" or "[::1]". Without `profile` the endpoint's default (intermediate)
     applies. Pass it to `daphne -e`.
     """

@@ -23,12 +23,12 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime import protocol
 from realtime.conf import conf
-from realtime.middleware import accept_then_close
-from realtime.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
+from realtime.websocket import protocol
+from realtime.websocket.middleware import accept_then_close
+from realtime.websocket.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
-logger = logging.getLogger("realtime.limits")
+logger = logging.getLogger("realtime.websocket.limits")
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -16,7 +16,7 @@ event sent to the worker's own probe group comes back. When a check fails the wo
 the layer: it says so once, /healthz fails, and its signed-in sockets are closed (1013), since
 their sign-outs could no longer reach them.
 
-Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.sessions),
+Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.websocket.sessions),
 and the worker closes its sockets of that session, or of that user when an account's access
 changed. So a socket needs no channel of its own on the layer: no Redis subscription per
 socket, nothing but its client to wait for.
@@ -46,17 +46,18 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from realtime import protocol
 from realtime.conf import conf
 from realtime.models import Broadcast
-from realtime.sessions import LOGOUT, SESSIONS_GROUP, SignedIn
+from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
+from realtime.websocket import protocol
+from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn
 
-logger = logging.getLogger("realtime.delivery")
+logger = logging.getLogger("realtime.broadcasting.fanout")
 
 AUDIENCES = [choice.value for choice in Broadcast.Audience]
 SETTLE = timedelta(seconds=3)  # live delivery normally takes milliseconds; under load, ~1 s
-MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (RealtimeServer runs maintain())
-# The longest a lost broadcast waits for a worker's catch-up (broadcast.REPLAY_SLACK uses it).
+MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.maintenance)
+# The longest a lost broadcast waits for a worker's catch-up (replay.REPLAY_SLACK uses it).
 CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
 REMEMBERED = 10_000
@@ -113,18 +114,15 @@ class Recipient:
     def __init__(self, consumer: Any, connected_at: datetime) -> None:
         self.consumer = consumer
         self.connected_at = connected_at
-        extension = consumer.scope.get("extensions", {}).get("realtime.websocket")
-        self.websocket = extension["protocol"] if extension else None
+        # realtime.server.frames.WebSocketFrames under RealtimeServer, else None.
+        self.frames = consumer.scope.get("extensions", {}).get(FRAMES_EXTENSION)
 
     def push(self, text: str, prepared: Any) -> None:
         """Write one broadcast to this socket (called in the event loop's thread)."""
-        websocket = self.websocket
-        if websocket is None:
+        if self.frames is None:
             spawn(self.consumer.send(text_data=text))
-        elif websocket.state == websocket.STATE_OPEN:
-            # The frame's bytes, straight to the (TLS) transport: autobahn's sendData only adds
-            # debug accounting, and this loop runs once per socket per broadcast.
-            websocket.transport.write(prepared.payloadHybi)
+        else:
+            self.frames.send_prepared(prepared)
 
 
 class Fanout:
@@ -156,7 +154,7 @@ class Fanout:
         signed_in: SignedIn | None = None,
     ) -> None:
         """Start delivering broadcasts of `audiences` to a consumer's socket, and, when a user
-        is signed in on it, the sign-out of its session or user (realtime.sessions).
+        is signed in on it, the sign-out of its session or user (realtime.websocket.sessions).
 
         Raises LayerLost while the fan-out cannot hear the layer, TimeoutError when the groups
         cannot be joined in time.
@@ -368,8 +366,8 @@ class Fanout:
         """The WebSocket frame, built once for every daphne socket (server frames are not
         masked, so the bytes are the same for all)."""
         for recipient in recipients:
-            if recipient.websocket is not None:
-                return recipient.websocket.factory.prepareMessage(text.encode())
+            if recipient.frames is not None:
+                return recipient.frames.prepare(text)
         return None
 
     def _mark_received(self, broadcast_id: int) -> None:
@@ -415,11 +413,3 @@ class Fanout:
 
 
 fanout = Fanout()
-
-
-async def maintain() -> None:
-    """The periodic work of a worker on the Redis layer: republish, then catch up."""
-    from realtime.broadcast import republish_pending
-
-    await sync_to_async(republish_pending)()
-    await fanout.catch_up()

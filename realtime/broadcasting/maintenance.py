@@ -1,0 +1,27 @@
+"""The periodic work of a worker on the Redis layer: republish, then catch up.
+
+Registered with the server floor (realtime.server.hooks) by `websocket_application()`, so that
+the server runs it every MAINTENANCE_INTERVAL seconds without importing the app.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+
+from realtime.broadcasting.fanout import MAINTENANCE_INTERVAL, fanout
+from realtime.broadcasting.redis_client import redis_host
+from realtime.broadcasting.sending import republish_pending
+from realtime.server import hooks
+
+
+async def maintain() -> None:
+    """Publish what the channel layer refused, then deliver what it lost."""
+    await sync_to_async(republish_pending)()
+    await fanout.catch_up()
+
+
+def schedule() -> None:
+    """Ask the server to run maintain() when the layer is Redis (the in-memory one loses
+    nothing and reaches no other process)."""
+    if redis_host() is not None:
+        hooks.every(MAINTENANCE_INTERVAL, maintain)

@@ -1,0 +1,1 @@
+"""TLS: the development certificate authority (devca) and Mozilla's serving profiles."""
