@@ -23,7 +23,7 @@ from realtime.tls.profiles import PROFILES
 # Each integer setting and its least allowed value.
 MINIMUMS = {
     "REALTIME_WS_MAX_MESSAGE_SIZE": 1,
-    "REALTIME_WS_RATE": 1,
+    "REALTIME_WS_RATE": 0,  # 0: no rate limit
     "REALTIME_WS_BURST": 1,
     "REALTIME_WS_IDLE_TIMEOUT": 0,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 1,

@@ -33,6 +33,13 @@ def test_every_setting_has_a_default_when_the_project_sets_none(settings):
     assert conf.REALTIME_REQUIRE_TLS is False
 
 
+def test_zero_turns_off_what_the_readme_says_it_turns_off(settings):
+    for name in ("REALTIME_WS_RATE", "REALTIME_WS_MAX_PER_CLIENT", "REALTIME_WS_IDLE_TIMEOUT"):
+        setattr(settings, name, 0)
+    settings.REALTIME_GC_THRESHOLD = 0
+    assert check_settings() == []
+
+
 def test_an_unknown_name_is_an_error_not_a_silent_default():
     with pytest.raises(AttributeError, match="REALTIME_WS_RAET is not a realtime setting"):
         conf.REALTIME_WS_RAET  # noqa: B018
@@ -42,10 +49,16 @@ def test_an_unknown_name_is_an_error_not_a_silent_default():
     ("name", "value", "error_id", "words"),
     [
         (
-            "REALTIME_WS_RATE",
+            "REALTIME_WS_BURST",
             0,
             "realtime.E001",
-            "REALTIME_WS_RATE must be an integer of at least 1",
+            "REALTIME_WS_BURST must be an integer of at least 1",
+        ),
+        (
+            "REALTIME_WS_RATE",
+            -1,
+            "realtime.E001",
+            "REALTIME_WS_RATE must be an integer of at least 0",
         ),
         ("REALTIME_WS_IDLE_TIMEOUT", "300", "realtime.E001", "REALTIME_WS_IDLE_TIMEOUT"),
         ("REALTIME_FANOUT_CHECK", True, "realtime.E001", "REALTIME_FANOUT_CHECK"),

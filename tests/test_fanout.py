@@ -1,0 +1,156 @@
+"""Unit tests of a worker's fan-out (realtime.broadcasting.fanout) and of presence, in process:
+the catch-up's window and its once-only delivery, sign-outs, losing and regaining the layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from realtime.broadcasting import presence
+from realtime.broadcasting.fanout import LOOK_BACK, SETTLE, Fanout, LayerLost
+from realtime.broadcasting.redis_client import sync_client
+from realtime.models import Broadcast
+from realtime.websocket.sessions import SignedIn
+
+
+class FakeConsumer:
+    """What the fan-out needs of a consumer: a scope, send() and close()."""
+
+    def __init__(self) -> None:
+        self.scope: dict = {}
+        self.sent: list[str] = []
+        self.closed: list[int] = []
+
+    async def send(self, text_data: str) -> None:
+        self.sent.append(json.loads(text_data)["message"])
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed.append(code)
+
+
+def stored(message: str, published_ago: timedelta) -> Broadcast:
+    return Broadcast.objects.create(message=message, published_at=timezone.now() - published_ago)
+
+
+def event_of(broadcast: Broadcast) -> dict:
+    text = json.dumps(broadcast.as_message())
+    return {"type": "realtime.send", "text": text, "id": broadcast.pk, "audience": "everyone"}
+
+
+async def settle() -> None:
+    """Let the sends and closes the fan-out spawned run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_catch_up_delivers_a_lost_broadcast_once_to_sockets_that_were_there():
+    async def scenario():
+        fan = Fanout()
+        early, late = FakeConsumer(), FakeConsumer()
+        await fan.register(early, ["everyone"], timezone.now() - timedelta(minutes=1))
+        make = sync_to_async(stored)
+        heard = await make("heard live", SETTLE + timedelta(seconds=1))
+        lost = await make("lost", SETTLE + timedelta(seconds=1))
+        await make("too fresh: live delivery still has its chance", SETTLE / 3)
+        await make("too old: past the look-back", LOOK_BACK + timedelta(seconds=1))
+        fan.deliver(event_of(heard))
+        # Connected after `lost` was published: it resumed past it, the catch-up is not for it.
+        await fan.register(late, ["everyone"], lost.published_at + timedelta(seconds=1))
+        first, second = await fan.catch_up(), await fan.catch_up()
+        await settle()
+        fan.task.cancel()
+        return early.sent, late.sent, first, second
+
+    early, late, first, second = asyncio.run(scenario())
+    assert early == ["heard live", "lost"]
+    assert late == []
+    assert (first, second) == (1, 0)
+
+
+def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
+    async def scenario():
+        fan = Fanout()
+        now = timezone.now()
+        a1, a2, b, anonymous = FakeConsumer(), FakeConsumer(), FakeConsumer(), FakeConsumer()
+        await fan.register(a1, ["everyone"], now, SignedIn("s1", "7"))
+        await fan.register(a2, ["everyone"], now, SignedIn("s2", "7"))
+        await fan.register(b, ["everyone"], now, SignedIn("s3", "8"))
+        await fan.register(anonymous, ["everyone"], now)
+        by_session = fan.sign_out("session:s1")
+        by_user = fan.sign_out("user:7")
+        await settle()
+        fan.task.cancel()
+        return by_session, by_user, [c.closed for c in (a1, a2, b, anonymous)]
+
+    by_session, by_user, closed = asyncio.run(scenario())
+    assert (by_session, by_user) == (1, 1)  # a1 was no longer registered for user:7
+    assert closed == [[4001], [4001], [], []]
+
+
+def test_losing_the_layer_closes_signed_in_sockets_refuses_new_ones_and_recovers(settings):
+    settings.REALTIME_FANOUT_CHECK = 1
+    settings.REALTIME_FANOUT_CHECK_TIMEOUT = 1
+    layer = get_channel_layer()
+
+    async def scenario():
+        fan = Fanout()
+        signed_in, anonymous = FakeConsumer(), FakeConsumer()
+        now = timezone.now()
+        await fan.register(signed_in, ["everyone"], now, SignedIn("s1", "7"))
+        await fan.register(anonymous, ["everyone"], now)
+        real_group_send = layer.group_send
+
+        async def failing(group, message):
+            raise redis.ConnectionError("Connection refused")
+
+        layer.group_send = failing
+        try:
+            while fan.problem() is None:  # the next check, at most a second away
+                await asyncio.sleep(0.1)
+            problem = fan.problem()
+            with pytest.raises(LayerLost):
+                await fan.register(FakeConsumer(), ["everyone"], now)
+        finally:
+            layer.group_send = real_group_send
+        while fan.problem() is not None:
+            await asyncio.sleep(0.1)
+        await fan.register(FakeConsumer(), ["everyone"], now)  # accepted again
+        await settle()
+        fan.task.cancel()
+        return problem, signed_in.closed, anonymous.closed
+
+    problem, signed_in_closed, anonymous_closed = asyncio.run(scenario())
+    assert problem.startswith("lost the channel layer") and "Connection refused" in problem
+    assert signed_in_closed == [1013]
+    assert anonymous_closed == []
+
+
+def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings, redis_server):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_server, "socket_timeout": None}]},
+        }
+    }
+    sync_client.cache_clear()
+    try:
+        client = sync_client()
+        client.flushdb()
+        key = presence.KEY_PREFIX
+        client.set(key + "a:1", json.dumps({"everyone": 3, "staff": 1}), ex=60)
+        client.set(key + "b:2", json.dumps({"everyone": 2, "authenticated": 2}), px=300)
+        both = presence.counts()
+        asyncio.run(asyncio.sleep(0.5))  # past the second worker's expiry
+        one = presence.counts()
+    finally:
+        sync_client.cache_clear()
+    assert both == {"everyone": 5, "authenticated": 2, "staff": 1}
+    assert one == {"everyone": 3, "authenticated": 0, "staff": 1}
