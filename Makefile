@@ -8,24 +8,37 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := $(VENV)/sslyze
 PORT ?= 8443
 
-.PHONY: run test setup certs migrate static lint daphne clean bench
+.PHONY: run test setup certs migrate static lint daphne clean bench lock
 
 run: setup static
 	DJANGO_DEBUG=1 $(PY) manage.py runserver --tls 127.0.0.1:$(PORT)
 
-test: setup
+test: setup $(SSLYZE_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	node tests/js/test_client.mjs
 	$(PY) -m pytest
 
-setup: $(VENV)/.installed $(SSLYZE_VENV)/.installed certs migrate
+# What `make run` needs; the sslyze virtualenv is for the tests only.
+setup: $(VENV)/.installed certs migrate
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# requirements-dev.lock: requirements-dev.txt (and requirements.txt) with every transitive
+# dependency pinned and hashed; `make lock` makes both .lock files again after a .txt changes.
+$(VENV)/.installed: requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
+
+PIP_TOOLS := $(VENV)/pip-tools
+
+lock:
+	$(PYTHON) -m venv $(PIP_TOOLS)
+	$(PIP_TOOLS)/bin/python -m pip install --quiet pip-tools==7.6.2
+	for name in requirements requirements-dev; do \
+		$(PIP_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+			--no-emit-index-url --no-emit-find-links --output-file $$name.lock $$name.txt; \
+	done
 
 $(SSLYZE_VENV)/.installed: requirements-sslyze.txt $(VENV)/.installed
 	$(PYTHON) -m venv $(SSLYZE_VENV)

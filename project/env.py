@@ -15,9 +15,10 @@ def envbool(name: str, default: bool = False) -> bool:
     value = os.environ.get(name, "")
     if value == "":
         return default
-    if value in ("1", "true", "True", "yes"):
+    # Exactly what the README's table says: 1 or 0 (unset: the default), nothing else.
+    if value == "1":
         return True
-    if value in ("0", "false", "False", "no"):
+    if value == "0":
         return False
     raise SettingsError(f"{name} must be 1 or 0, not {value!r}.")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.conftest import origin_for
+from tests.helpers import origin_for
 
 
 @dataclass
@@ -91,12 +91,3 @@ class ResumingClient:
     def shown(self) -> list[int]:
         """What the page would show: each id once, ordered by id."""
         return sorted(self.seen)
-
-
-async def until(condition, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis
 
-from tests.conftest import (
+from tests.helpers import (
     BrowserSession,
     admin_send,
     create_user,

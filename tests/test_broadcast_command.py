@@ -10,7 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from realtime.models import Broadcast
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     ROOT,
     daphne_tls_args,

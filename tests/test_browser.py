@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from realtime.tls.devca import ensure_dev_certificate
-from tests.conftest import PYTHON, ROOT, create_user, daphne_tls_args, free_port, run_in_shell
+from tests.helpers import PYTHON, ROOT, create_user, daphne_tls_args, free_port, run_in_shell
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactor
 
 from realtime.server.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
 from realtime.tls.devca import DevCertPaths
-from tests.conftest import DAPHNE, ROOT, free_port, receive_json, ws_connect
+from tests.helpers import DAPHNE, ROOT, free_port, receive_json, ws_connect
 
 
 def test_the_builder_escapes_paths_and_adds_reuse_port():

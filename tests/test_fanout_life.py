@@ -15,32 +15,30 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import time
 from datetime import datetime
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
+    CAUGHT_UP,
     PYTHON,
     RestartableRedis,
     admin_send,
-    free_port,
-    receive_json,
-    run_in_shell,
-    ws_connect,
-)
-from tests.test_faults import healthz
-from tests.test_multiworker import (
     close_code,
     demote,
+    free_port,
+    healthz,
     logged_in,
     open_on_both_workers,
     open_spread,
     pongs,
+    receive_json,
+    run_in_shell,
     sign_out,
     wait_until,
+    ws_connect,
 )
 
 REJOIN = 2  # seconds, REALTIME_FANOUT_REJOIN
@@ -53,11 +51,6 @@ ROUNDS = 3
 LIVE = 1.5
 LOST = "Broadcast fan-out lost the channel layer"
 REGAINED = "Broadcast fan-out has the channel layer again"
-# A catch-up that reached sockets (to 0 sockets: published before they connected, or by the
-# other layer's server, which shares this database but not its Redis).
-CAUGHT_UP = re.compile(
-    r"never reached this worker through the channel layer; delivered it to [1-9]"
-)
 LAYERS = ["pubsub", "core"]
 
 

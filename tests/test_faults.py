@@ -12,12 +12,10 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     ROOT,
     BrowserSession,
@@ -26,10 +24,12 @@ from tests.conftest import (
     create_user,
     daphne_tls_args,
     free_port,
+    healthz,
     receive_json,
     ws_connect,
 )
-from tests.resuming import ResumingClient, until
+from tests.helpers import wait_until_async as until
+from tests.resuming import ResumingClient
 
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 
@@ -92,15 +92,6 @@ def ids_after(env: dict, after: int) -> list[int]:
 def latest_id(env: dict) -> int:
     with sqlite3.connect(env["DJANGO_DB_PATH"]) as db:
         return db.execute("SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast").fetchone()[0]
-
-
-def healthz(port: int, tls) -> tuple[int, dict]:
-    url = f"https://localhost:{port}/healthz"
-    try:
-        with urllib.request.urlopen(url, context=tls, timeout=15) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 async def start_clients(url: str, tls, count: int) -> tuple[list[ResumingClient], list]:

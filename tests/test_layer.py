@@ -12,7 +12,9 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from realtime.broadcasting.layer import group_send
-from tests.conftest import RestartableRedis, free_port
+from tests.helpers import RestartableRedis, free_port
+
+pytestmark = pytest.mark.e2e
 
 LAYERS = [RedisPubSubChannelLayer, RedisChannelLayer]
 

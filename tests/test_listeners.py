@@ -28,7 +28,7 @@ from realtime.server.listeners import (
     open_listener,
     parse_listen_fds,
 )
-from tests.conftest import PYTHON, ROOT, free_port
+from tests.helpers import PYTHON, ROOT, free_port
 from tests.test_serve import started
 
 # --- Handing sockets down (in process) -------------------------------------------------------

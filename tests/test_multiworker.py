@@ -14,16 +14,23 @@ import time
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     ROOT,
     BrowserSession,
     admin_send,
+    close_code,
     create_user,
+    demote,
     drain,
     free_port,
+    logged_in,
+    open_on_both_workers,
+    open_spread,
+    pongs,
     receive_json,
-    run_in_shell,
+    sign_out,
+    wait_until,
     ws_connect,
 )
 
@@ -55,20 +62,6 @@ def worker_pids(server) -> dict[str, int]:
     return {name: int(pid) for name, pid in STARTED.findall(server.log())}
 
 
-def wait_until(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
-    session = BrowserSession(f"https://localhost:{port}", tls)
-    session.login(username, users[username])
-    return session
-
-
 def connected_now(session: BrowserSession) -> int:
     """The admin's presence figure: clients connected now over all workers."""
     _, html = session.request("/admin/realtime/broadcast/")
@@ -84,15 +77,6 @@ def run_broadcast_command(env: dict, redis_url: str, message: str) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
-
-
-async def open_spread(url: str, tls, count: int, stack: contextlib.AsyncExitStack, **kw):
-    """Open `count` sockets; returns [(socket, worker)]."""
-    sockets = []
-    for _ in range(count):
-        socket_ = await stack.enter_async_context(ws_connect(url, tls, **kw))
-        sockets.append((socket_, (await receive_json(socket_))["worker"]))
-    return sockets
 
 
 def test_every_client_on_both_workers_gets_admin_and_command_broadcasts_by_audience(
@@ -213,42 +197,6 @@ def test_two_serve_instances_sharing_one_redis_deliver_each_others_broadcasts(
     on_a, on_b = asyncio.run(scenario())
     assert on_a == ["from host A", "from host B"]
     assert on_b == ["from host A", "from host B"]
-
-
-async def open_on_both_workers(url: str, tls, stack: contextlib.AsyncExitStack, cookie: str):
-    """Open signed-in sockets until both workers hold at least one (the kernel spreads them)."""
-    sockets = await open_spread(url, tls, 2, stack, additional_headers={"Cookie": cookie})
-    while len({worker for _, worker in sockets}) < 2 and len(sockets) < 40:
-        sockets += await open_spread(url, tls, 1, stack, additional_headers={"Cookie": cookie})
-    return sockets
-
-
-async def close_code(socket_, timeout: float = 10) -> int | None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(drain(socket_, timeout), timeout + 1)
-    await asyncio.wait_for(socket_.wait_closed(), timeout)
-    return socket_.close_code
-
-
-async def pongs(socket_) -> bool:
-    await socket_.send('{"type": "ping"}')
-    return (await receive_json(socket_))["type"] == "pong"
-
-
-def sign_out(session: BrowserSession) -> None:
-    _, page = session.request("/")
-    session.request("/accounts/logout/", {"csrfmiddlewaretoken": session.csrf_token(page)})
-
-
-def demote(env: dict, redis_url: str, username: str) -> None:
-    """What an admin does in another process: the user is no longer staff."""
-    code = (
-        "from django.contrib.auth import get_user_model\n"
-        f"user = get_user_model().objects.get(username={username!r})\n"
-        "user.is_staff = user.is_superuser = False\n"
-        "user.save()\n"
-    )
-    run_in_shell({**env, "REDIS_URL": redis_url}, code)
 
 
 def test_signing_out_and_losing_staff_close_the_sockets_on_both_workers(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, free_port, receive_json, ws_connect
+from tests.helpers import ROOT, ServerProcess, free_port, receive_json, ws_connect
 
 pytestmark = pytest.mark.timeout(600)
 

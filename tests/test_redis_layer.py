@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     ROOT,
     daphne_tls_args,

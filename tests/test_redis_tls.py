@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     ROOT,
     daphne_tls_args,

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import daphne_tls_args, free_port, receive_json, ws_connect
+from tests.helpers import daphne_tls_args, free_port, receive_json, ws_connect
 
 DEADLINE = 3
 

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import PYTHON, free_port, receive_json, ws_connect
+from tests.helpers import PYTHON, free_port, receive_json, ws_connect
 
 
 def welcome_from(url: str, tls: ssl.SSLContext | None = None, **kwargs) -> dict:

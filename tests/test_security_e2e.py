@@ -18,7 +18,7 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import (
+from tests.helpers import (
     PYTHON,
     BrowserSession,
     create_user,

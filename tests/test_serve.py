@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from realtime.server.supervisor import MAX_DELAY, QUICK_EXIT, restart_delay
-from tests.conftest import PYTHON, ROOT, free_port, receive_json, ws_connect
+from tests.helpers import PYTHON, ROOT, free_port, receive_json, ws_connect
 
 STARTED = re.compile(r"^worker (w\d+) started \(pid (\d+)\)$", re.MULTILINE)
 CLIENTS = 16

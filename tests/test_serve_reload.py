@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from realtime.server.endpoints import DRAIN, stop_accepting_on_shutdown
 from realtime.server.redirect import redirect_endpoint, redirect_location, redirect_status
 from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
-from tests.conftest import PYTHON, free_port, receive_json, wait_for_port
+from tests.helpers import PYTHON, free_port, receive_json, wait_for_port
 from tests.test_serve import alive, clients_on, eventually, ping, serve_args, started, welcomed
 
 # --- Stopping: what a worker's listening socket does on SIGTERM (pure) ----------------------

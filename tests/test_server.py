@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
-from tests.conftest import receive_json, ws_connect
+from tests.helpers import receive_json, ws_connect
 
 
 @pytest.fixture(scope="module")

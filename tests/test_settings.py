@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.conftest import PYTHON, ROOT
+import pytest
+
+from tests.helpers import PYTHON, ROOT
+
+pytestmark = pytest.mark.e2e
 
 STRONG_KEY = "k7Qw9Zp2Lm4Xv8Rt6Yb3Nc5Hd1Jf0Gs-aUe_iOoPlKjMnBvCxZaSdFgHjKl"
 
@@ -87,12 +91,14 @@ def test_a_redis_url_of_another_scheme_is_refused_clearly():
 
 
 def test_a_bad_boolean_names_the_variable():
-    result = manage("check", DJANGO_DEBUG="maybe")
-    assert "DJANGO_DEBUG must be 1 or 0" in result.stderr
+    for value in ("maybe", "true", "yes", "on"):
+        result = manage("check", DJANGO_DEBUG=value)
+        assert result.returncode != 0
+        assert f"DJANGO_DEBUG must be 1 or 0, not {value!r}" in result.stderr
 
 
 def test_daphne_without_a_secret_key_names_the_variable(server_env):
-    from tests.conftest import DAPHNE
+    from tests.helpers import DAPHNE
 
     env = {k: v for k, v in server_env.items() if k != "DJANGO_SECRET_KEY"}
     result = subprocess.run(

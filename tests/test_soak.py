@@ -26,7 +26,8 @@ import time
 
 import pytest
 
-from tests.conftest import (
+from tests.helpers import (
+    CAUGHT_UP,
     PYTHON,
     ROOT,
     BrowserSession,
@@ -34,11 +35,11 @@ from tests.conftest import (
     admin_send,
     create_user,
     free_port,
+    sign_out,
     ws_connect,
 )
-from tests.resuming import ResumingClient, until
-from tests.test_fanout_life import CAUGHT_UP
-from tests.test_multiworker import sign_out
+from tests.helpers import wait_until_async as until
+from tests.resuming import ResumingClient
 
 LONG = os.environ.get("SOAK") == "long"
 CLIENTS = 200 if LONG else 40

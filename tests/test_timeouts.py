@@ -22,7 +22,7 @@ from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
 from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
-from tests.conftest import DAPHNE, free_port
+from tests.helpers import DAPHNE, free_port
 
 PING_INTERVAL = 20.0
 

@@ -24,7 +24,7 @@ from OpenSSL import SSL
 from realtime.server.endpoints import realtime_endpoint, server_tls_options
 from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 from realtime.tls.profiles import PROFILES, tls_profile
-from tests.conftest import DAPHNE, PYTHON, ROOT, daphne_tls_args, free_port
+from tests.helpers import DAPHNE, PYTHON, ROOT, daphne_tls_args, free_port
 
 SSLYZE = Path(sys.executable).parents[1] / "sslyze" / "bin" / "python"
 SSLYZE_TIMEOUT = 90  # a scan of one local server takes about a second

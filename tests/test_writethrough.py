@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from realtime.server.endpoints import server_tls_options
 from realtime.server.writethrough import write_through
-from tests.conftest import receive_json, ws_connect
+from tests.helpers import receive_json, ws_connect
 
 PEER = ("127.0.0.1", 40000)
 

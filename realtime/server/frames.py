@@ -3,12 +3,15 @@
 RealtimeServer puts a `WebSocketFrames` into every WebSocket scope it serves, as
 `extensions["realtime.websocket"]`. The broadcasting fan-out uses it to build a broadcast's
 frame once and hand it to each of its sockets, without a consumer task per socket. Through
-autobahn's public prepared-message API, so compression, were it negotiated, still applies.
+autobahn's prepared messages; realtime.server.upstream writes them (compression, were it
+negotiated, still goes through autobahn's public call).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from realtime.server.upstream import write_prepared
 
 EXTENSION = "realtime.websocket"
 
@@ -29,4 +32,4 @@ class WebSocketFrames:
         """Send a prepared frame if the socket is open (called in the event loop's thread)."""
         protocol = self._protocol
         if protocol.state == protocol.STATE_OPEN:
-            protocol.sendPreparedMessage(prepared)
+            write_prepared(protocol, prepared)

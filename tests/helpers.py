@@ -1,0 +1,367 @@
+"""Helpers the tests share: free ports, server subprocesses, a restartable private Redis,
+WebSocket and HTTPS clients that verify the dev CA, users, sign-outs and waiting.
+
+Import them from here (`from tests.helpers import ...`); conftest.py holds the fixtures only.
+Servers run as subprocesses configured through environment variables, exactly as a user
+starts them. Clients verify certificates against the test's own dev CA, never CERT_NONE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from realtime.tls.devca import DevCertPaths
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+PYTHON = sys.executable
+
+
+DAPHNE = str(Path(sys.executable).with_name("daphne"))
+
+
+SERVER_SECRET_KEY = "e2e-tests-secret-key-" + "y" * 40
+
+
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+
+
+def workers_to_wait_for(args: list[str]) -> int:
+    """How many "is ready" lines a server logs once it serves: one per worker of `serve`.
+
+    `serve`'s supervisor listens before its workers have started, so a port that accepts a
+    connection does not yet mean a server that answers.
+    """
+    if "serve" not in args:
+        return 0
+    return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+
+
+def wait_for_ready_lines(server: ServerProcess, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log().count(" is ready\n") < count:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"process exited with {server.process.returncode} before ready")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{count} worker(s) were not ready within {timeout} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess whose output goes to a log file, shown when a test fails."""
+
+    args: list[str]
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    cwd: Path = ROOT
+
+    def start(self) -> ServerProcess:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.args,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_port(self.port, self.process, START_TIMEOUT)
+            wait_for_ready_lines(self, workers_to_wait_for(self.args), START_TIMEOUT)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.args} did not start:\n{self.log()}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # The whole process group: runserver's autoreloader runs the server in a child.
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def start_server(
+    args: list[str], port: int, env: dict[str, str], log_dir: Path, **extra_env: str
+) -> ServerProcess:
+    return ServerProcess(args, port, {**env, **extra_env}, log_dir / f"server-{port}.log").start()
+
+
+def daphne_tls_args(port: int, certs: DevCertPaths) -> list[str]:
+    """The production command from the README, with this test's port and certificate."""
+    endpoint = f"ssl:{port}:privateKey={certs.key}:certKey={certs.cert}"
+    return [DAPHNE, "-e", endpoint, "project.asgi:application"]
+
+
+def redis_args(port: int, workdir: Path) -> list[str]:
+    """A private, throw-away redis-server: loopback only, nothing kept on disk."""
+    return [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", str(workdir),
+    ]  # fmt: skip
+
+
+class RestartableRedis:
+    """A private redis-server on a fixed port that a test may stop and start again."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir = port, workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RestartableRedis:
+        if shutil.which("redis-server") is None:
+            pytest.fail("redis-server is not on PATH (Debian package redis-server)")
+        self.process = subprocess.Popen(
+            redis_args(self.port, self.workdir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.process, 10)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def origin_for(url: str) -> str:
+    """The browser Origin of a ws(s) URL's host: https://host:port for wss, http:// for ws."""
+    scheme, rest = url.split("://", 1)
+    return ("https://" if scheme == "wss" else "http://") + rest.split("/", 1)[0]
+
+
+@contextlib.asynccontextmanager
+async def ws_connect(url: str, tls: ssl.SSLContext | None = None, **kwargs) -> ClientConnection:
+    """Open a WebSocket as a browser on the same origin would (Origin header included)."""
+    kwargs.setdefault("origin", origin_for(url))
+    kwargs.setdefault("open_timeout", 10)
+    async with connect(url, ssl=tls, **kwargs) as socket_:
+        yield socket_
+
+
+async def receive_json(socket_: ClientConnection, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(socket_.recv(), timeout))
+
+
+def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
+    """A user in a server's database (alice: staff, bob: signed in); returns the password."""
+    password = f"pw-{username}-0123456789"
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        f"user, _ = get_user_model().objects.get_or_create(username={username!r})\n"
+        f"user.is_staff = user.is_superuser = {staff!r}\n"
+        f"user.set_password({password!r})\n"
+        "user.save()\n"
+    )
+    run_in_shell(env, code)
+    return password
+
+
+def run_in_shell(env: dict[str, str], code: str) -> None:
+    """Run Python in `manage.py shell` with a server's environment (its database, its Redis)."""
+    subprocess.run(
+        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+class BrowserSession:
+    """An HTTPS client with cookies that logs in and posts forms as a browser does (CSRF too)."""
+
+    def __init__(self, base_url: str, tls: ssl.SSLContext) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base_url = base_url
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=tls),
+            urllib.request.HTTPCookieProcessor(self.cookies),
+        )
+
+    def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
+        import urllib.parse
+        import urllib.request
+
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data)
+        if form is not None:
+            request.add_header("Origin", self.base_url)
+            request.add_header("Referer", self.base_url + path)
+        with self.opener.open(request, timeout=15) as response:
+            return response.status, response.read().decode()
+
+    def csrf_token(self, html: str) -> str:
+        marker = 'name="csrfmiddlewaretoken" value="'
+        return html.split(marker, 1)[1].split('"', 1)[0]
+
+    def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
+        _, html = self.request(path)
+        return self.request(path, {**fields, "csrfmiddlewaretoken": self.csrf_token(html)})
+
+    def login(self, username: str, password: str) -> None:
+        status, html = self.post_form(
+            "/accounts/login/", {"username": username, "password": password}
+        )
+        assert status == 200 and "sessionid" in self.cookie_header(), "login failed"
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+
+
+def admin_send(session: BrowserSession, message: str, audience: str) -> str:
+    status, html = session.post_form(
+        "/admin/realtime/broadcast/add/",
+        {"message": message, "level": "success", "audience": audience},
+    )
+    assert status == 200, html
+    return html
+
+
+async def drain(socket_, timeout: float = 1.5) -> list[dict]:
+    messages = []
+    while True:
+        try:
+            messages.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
+        except TimeoutError:
+            return messages
+
+
+def wait_until(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
+    session = BrowserSession(f"https://localhost:{port}", tls)
+    session.login(username, users[username])
+    return session
+
+
+async def open_spread(url: str, tls, count: int, stack: contextlib.AsyncExitStack, **kw):
+    """Open `count` sockets; returns [(socket, worker)]."""
+    sockets = []
+    for _ in range(count):
+        socket_ = await stack.enter_async_context(ws_connect(url, tls, **kw))
+        sockets.append((socket_, (await receive_json(socket_))["worker"]))
+    return sockets
+
+
+async def open_on_both_workers(url: str, tls, stack: contextlib.AsyncExitStack, cookie: str):
+    """Open signed-in sockets until both workers hold at least one (the kernel spreads them)."""
+    sockets = await open_spread(url, tls, 2, stack, additional_headers={"Cookie": cookie})
+    while len({worker for _, worker in sockets}) < 2 and len(sockets) < 40:
+        sockets += await open_spread(url, tls, 1, stack, additional_headers={"Cookie": cookie})
+    return sockets
+
+
+async def close_code(socket_, timeout: float = 10) -> int | None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(drain(socket_, timeout), timeout + 1)
+    await asyncio.wait_for(socket_.wait_closed(), timeout)
+    return socket_.close_code
+
+
+async def pongs(socket_) -> bool:
+    await socket_.send('{"type": "ping"}')
+    return (await receive_json(socket_))["type"] == "pong"
+
+
+def sign_out(session: BrowserSession) -> None:
+    _, page = session.request("/")
+    session.request("/accounts/logout/", {"csrfmiddlewaretoken": session.csrf_token(page)})
+
+
+def demote(env: dict, redis_url: str, username: str) -> None:
+    """What an admin does in another process: the user is no longer staff."""
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        f"user = get_user_model().objects.get(username={username!r})\n"
+        "user.is_staff = user.is_superuser = False\n"
+        "user.save()\n"
+    )
+    run_in_shell({**env, "REDIS_URL": redis_url}, code)
+
+
+def healthz(port: int, tls) -> tuple[int, dict]:
+    url = f"https://localhost:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, context=tls, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+# A catch-up that reached sockets (to 0 sockets: published before they connected, or by the
+# other layer's server, which shares this database but not its Redis).
+CAUGHT_UP = re.compile(
+    r"never reached this worker through the channel layer; delivered it to [1-9]"
+)
+
+
+async def wait_until_async(condition, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
