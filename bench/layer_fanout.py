@@ -46,7 +46,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 
 from realtime.broadcasting.fanout import group_for  # noqa: E402
 from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
-from tests.conftest import free_port, redis_args, wait_for_port  # noqa: E402
+from tests.helpers import free_port, redis_args, wait_for_port  # noqa: E402
 
 LAYERS = {"core": RedisChannelLayer, "pubsub": RedisPubSubChannelLayer}
 PYTHON = sys.executable

@@ -56,7 +56,7 @@ from bench.servers import (  # noqa: E402
     fanout_peer,
 )
 from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
-from tests.conftest import redis_args  # noqa: E402
+from tests.helpers import redis_args  # noqa: E402
 
 SERVER_CPU = "0"  # one core for the server under test (echo, handshakes) ...
 LOADGEN_CPU = "1"  # ... the other for the load generator
