@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 SSLYZE_VENV := $(VENV)/sslyze
 PORT ?= 8443
 
-.PHONY: run test setup certs migrate static lint daphne clean bench lock
+.PHONY: run test setup certs migrate static lint daphne clean bench lock superuser
 
 run: setup static
 	DJANGO_DEBUG=1 $(PY) manage.py runserver --tls 127.0.0.1:$(PORT)
@@ -50,6 +50,10 @@ certs: $(VENV)/.installed
 
 migrate: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
+
+# A staff user for the admin, in the development database.
+superuser: setup
+	DJANGO_DEBUG=1 $(PY) manage.py createsuperuser
 
 static: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --noinput --verbosity 0
