@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime.broadcasting import presence
-from realtime.broadcasting.fanout import LOOK_BACK, SETTLE, Fanout, LayerLost
+from realtime.broadcasting.fanout import LOOK_BACK, SETTLE, Fanout, LayerLost, group_for
 from realtime.broadcasting.redis_client import sync_client
 from realtime.models import Broadcast
 from realtime.websocket.sessions import SignedIn
@@ -154,3 +154,68 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
         sync_client.cache_clear()
     assert both == {"everyone": 5, "authenticated": 2, "staff": 1}
     assert one == {"everyone": 3, "authenticated": 0, "staff": 1}
+
+
+def test_an_event_it_cannot_handle_is_dropped_and_the_fanout_keeps_working(caplog):
+    async def scenario():
+        fan = Fanout()
+        consumer = FakeConsumer()
+        await fan.register(consumer, ["everyone"], timezone.now())
+        layer = get_channel_layer()
+        await layer.group_send(group_for("everyone"), {"type": "realtime.send"})  # no text
+        good = {"type": "realtime.send", "text": json.dumps({"message": "after"})}
+        await layer.group_send(group_for("everyone"), good)
+        for _ in range(50):
+            if consumer.sent:
+                break
+            await asyncio.sleep(0.02)
+        problem = fan.problem()
+        fan.task.cancel()
+        return consumer.sent, problem
+
+    sent, problem = asyncio.run(scenario())
+    assert sent == ["after"]
+    assert problem is None
+    assert "could not handle an event" in caplog.text
+
+
+def test_a_socket_that_registers_while_the_layer_is_being_lost_is_refused():
+    async def scenario():
+        fan = Fanout()
+        await fan.register(FakeConsumer(), ["everyone"], timezone.now())
+        while fan.probe_waiter is None or not fan.probe_waiter.done():
+            await asyncio.sleep(0.01)  # the first check is over; the next is 5 s away
+        await asyncio.sleep(0)
+        fan.joined.clear()  # as before the groups are joined
+        late = FakeConsumer()
+        registering = asyncio.ensure_future(
+            fan.register(late, ["everyone"], timezone.now(), SignedIn("s1", "7"))
+        )
+        await settle()  # it waits for the groups...
+        fan.joined.set()  # ...which are joined...
+        fan._lose("gone")  # ...and the layer is lost before it runs again
+        with pytest.raises(LayerLost):
+            await registering
+        fan.task.cancel()
+        return fan.keys_of
+
+    assert asyncio.run(scenario()) == {}
+
+
+def test_healthz_checks_reuse_one_subscription_on_the_pubsub_layer(settings, redis_server):
+    """A new channel per check would stay subscribed for the life of the process."""
+    from realtime.health import check_channel_layer
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_server, "socket_timeout": None}]},
+        }
+    }
+
+    async def scenario():
+        for _ in range(5):
+            await check_channel_layer()
+        return redis.Redis.from_url(redis_server).pubsub_channels("*healthz*")
+
+    assert len(asyncio.run(scenario())) == 1

@@ -37,6 +37,7 @@ import asyncio
 import logging
 import time
 import uuid
+from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any
@@ -163,7 +164,10 @@ class Fanout:
         assert self.joined is not None
         if self.lost is not None:
             raise LayerLost(self.lost)
-        await asyncio.wait_for(asyncio.shield(self.joined.wait()), JOIN_TIMEOUT)
+        if not self.joined.is_set():
+            await asyncio.wait_for(asyncio.shield(self.joined.wait()), JOIN_TIMEOUT)
+        if self.lost is not None:  # lost while this waited: its signed-in sockets are closed
+            raise LayerLost(self.lost)
         recipient = Recipient(consumer, connected_at)
         for audience in audiences:
             self.local[audience][consumer] = recipient
@@ -183,19 +187,32 @@ class Fanout:
     # --- Receiving -----------------------------------------------------------------------
 
     def _ensure_running(self) -> None:
+        """Start the fan-out in this event loop, or again if it stopped (and said why)."""
         loop = asyncio.get_running_loop()
         if self.loop is not loop or self.task is None or self.task.done():
             self.loop, self.joined = loop, asyncio.Event()
+            self.lost, self.probe_waiter = None, None
             self.task = loop.create_task(self._run())
+            self.task.add_done_callback(self._stopped)
 
     async def _run(self) -> None:
         layer = get_channel_layer()
         channel = await self._open_channel(layer)
         receiving = asyncio.ensure_future(self._receive_forever(layer, channel))
+        keeping = asyncio.ensure_future(self._keep_joined(layer, channel))
         try:
-            await self._keep_joined(layer, channel)
+            # Neither ends but by a bug: then both stop, and the next socket starts them again.
+            done, _ = await asyncio.wait({receiving, keeping}, return_when=FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
             receiving.cancel()
+            keeping.cancel()
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Broadcast fan-out stopped", exc_info=task.exception())
+            self._lose(f"the fan-out stopped: {failure_reason(task.exception())}")
 
     async def _open_channel(self, layer: Any) -> str:
         while True:
@@ -220,7 +237,10 @@ class Fanout:
             except Exception:  # noqa: BLE001 - the layer's errors vary; keep going
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            self.handle(event)
+            try:
+                self.handle(event)
+            except Exception:  # noqa: BLE001 - one bad event must not deafen the worker
+                logger.exception("Broadcast fan-out could not handle an event; dropped it")
 
     async def _keep_joined(self, layer: Any, channel: str) -> None:
         """Join the groups, then prove every check interval that an event sent to a group
