@@ -196,18 +196,23 @@ async def receive_json(socket_: ClientConnection, timeout: float = 10) -> dict:
     return json.loads(await asyncio.wait_for(socket_.recv(), timeout))
 
 
-def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
-    """A user in a server's database (alice: staff, bob: signed in); returns the password."""
-    password = f"pw-{username}-0123456789"
+def create_users(env: dict[str, str], staff_by_name: dict[str, bool]) -> dict[str, str]:
+    """Users in a server's database, in one shell run; returns their passwords."""
     code = (
         "from django.contrib.auth import get_user_model\n"
-        f"user, _ = get_user_model().objects.get_or_create(username={username!r})\n"
-        f"user.is_staff = user.is_superuser = {staff!r}\n"
-        f"user.set_password({password!r})\n"
-        "user.save()\n"
+        f"for name, staff in {staff_by_name!r}.items():\n"
+        "    user, _ = get_user_model().objects.get_or_create(username=name)\n"
+        "    user.is_staff = user.is_superuser = staff\n"
+        "    user.set_password(f'pw-{name}-0123456789')\n"
+        "    user.save()\n"
     )
     run_in_shell(env, code)
-    return password
+    return {name: f"pw-{name}-0123456789" for name in staff_by_name}
+
+
+def create_user(env: dict[str, str], username: str, *, staff: bool) -> str:
+    """A user in a server's database (alice: staff, bob: signed in); returns the password."""
+    return create_users(env, {username: staff})[username]
 
 
 def run_in_shell(env: dict[str, str], code: str) -> None:

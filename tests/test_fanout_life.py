@@ -27,6 +27,7 @@ from tests.helpers import (
     RestartableRedis,
     admin_send,
     close_code,
+    create_users,
     demote,
     free_port,
     healthz,
@@ -35,7 +36,6 @@ from tests.helpers import (
     open_spread,
     pongs,
     receive_json,
-    run_in_shell,
     sign_out,
     wait_until,
     ws_connect,
@@ -52,21 +52,6 @@ LIVE = 1.5
 LOST = "Broadcast fan-out lost the channel layer"
 REGAINED = "Broadcast fan-out has the channel layer again"
 LAYERS = ["pubsub", "core"]
-
-
-def create_users(env: dict[str, str], staff_by_name: dict[str, bool]) -> dict[str, str]:
-    """Users in the server's database, in one shell run; returns their passwords."""
-    passwords = {name: f"pw-{name}-0123456789" for name in staff_by_name}
-    code = (
-        "from django.contrib.auth import get_user_model\n"
-        f"for name, staff in {staff_by_name!r}.items():\n"
-        "    user, _ = get_user_model().objects.get_or_create(username=name)\n"
-        "    user.is_staff = user.is_superuser = staff\n"
-        "    user.set_password(f'pw-{name}-0123456789')\n"
-        "    user.save()\n"
-    )
-    run_in_shell(env, code)
-    return passwords
 
 
 @pytest.fixture(scope="module")
