@@ -23,7 +23,8 @@ test: setup $(SSLYZE_VENV)/.installed
 setup: $(VENV)/.installed certs migrate
 
 # requirements-dev.lock: requirements-dev.txt (and requirements.txt) with every transitive
-# dependency pinned and hashed; `make lock` makes both .lock files again after a .txt changes.
+# dependency pinned and hashed; `make lock` makes every .lock file again after a .txt changes
+# (also requirements-sslyze.lock and requirements-bench.lock).
 $(VENV)/.installed: requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -35,14 +36,14 @@ PIP_TOOLS := $(VENV)/pip-tools
 lock:
 	$(PYTHON) -m venv $(PIP_TOOLS)
 	$(PIP_TOOLS)/bin/python -m pip install --quiet pip-tools==7.6.2
-	for name in requirements requirements-dev; do \
+	for name in requirements requirements-dev requirements-sslyze requirements-bench; do \
 		$(PIP_TOOLS)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 			--no-emit-index-url --no-emit-find-links --output-file $$name.lock $$name.txt; \
 	done
 
-$(SSLYZE_VENV)/.installed: requirements-sslyze.txt $(VENV)/.installed
+$(SSLYZE_VENV)/.installed: requirements-sslyze.lock $(VENV)/.installed
 	$(PYTHON) -m venv $(SSLYZE_VENV)
-	$(SSLYZE_VENV)/bin/python -m pip install --quiet -r requirements-sslyze.txt
+	$(SSLYZE_VENV)/bin/python -m pip install --quiet --require-hashes -r requirements-sslyze.lock
 	touch $@
 
 certs: $(VENV)/.installed
@@ -58,10 +59,10 @@ superuser: setup
 static: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py collectstatic --noinput --verbosity 0
 
-# The production command from the README (needs DJANGO_SECRET_KEY; debug off): the realtime:
-# endpoint, Mozilla's intermediate TLS profile (REALTIME_TLS_PROFILE does not apply here).
+# The production command from the README (needs DJANGO_SECRET_KEY; debug off): realtime-daphne
+# (daphne's command line with realtime's Server) on the realtime: endpoint, Mozilla's intermediate TLS profile (REALTIME_TLS_PROFILE does not apply here).
 daphne: setup static
-	$(VENV)/bin/daphne -e realtime:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
+	$(PY) -m realtime.server -e realtime:$(PORT):privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem \
 		project.asgi:application
 
 # Benchmarks against the peers (docs/benchmarks.md): BENCH=quick (default, a few minutes) or
@@ -71,8 +72,8 @@ BENCH ?= quick
 bench: $(VENV)/.installed-bench bench/node/node_modules/.installed
 	$(PY) -m bench.run --mode $(BENCH)
 
-$(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed
-	$(PY) -m pip install --quiet -r requirements-bench.txt
+$(VENV)/.installed-bench: requirements-bench.lock $(VENV)/.installed
+	$(PY) -m pip install --quiet --require-hashes -r requirements-bench.lock
 	touch $@
 
 bench/node/node_modules/.installed: bench/node/package.json bench/node/package-lock.json

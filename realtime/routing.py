@@ -34,9 +34,9 @@ def websocket_application() -> Any:
     """/ws/ behind the checks (docs/security.md), cheapest refusals first: origin (403), TLS
     (1008), the per-client limits; then the session's user, read once."""
     if "daphne.cli" in sys.modules:
-        # Started as `daphne ...`: daphne's own Server does not tell whether a WebSocket came
-        # over TLS, so its command line builds realtime's Server instead
-        # (realtime/server/daphne_server.py).
+        # Started as plain `daphne ...`: daphne's own Server does not tell whether a WebSocket
+        # came over TLS, so its command line builds realtime's Server instead (a no-op under
+        # `realtime-daphne`, which builds it anyway: realtime/server/cli.py).
         from realtime.server.daphne_server import install_into_daphne_cli
 
         install_into_daphne_cli()

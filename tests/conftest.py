@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -27,7 +27,14 @@ from tests.helpers import (
 # A test that uses any of these starts real servers or Redis: marked e2e, so that
 # `pytest -m "not e2e"` runs the in-process tests alone (modules that start processes without
 # them say `pytestmark = pytest.mark.e2e`).
-SERVER_FIXTURES = {"dev_certs", "server_env", "start", "daphne_tls", "redis_server"}
+SERVER_FIXTURES = {
+    "dev_certs",
+    "server_env",
+    "start",
+    "daphne_tls",
+    "redis_server",
+    "private_redis",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,10 +99,23 @@ def daphne_tls(start, dev_certs: DevCertPaths) -> ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a free port (the shared one on 6379 is never touched)."""
-    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield redis.url
-    finally:
+def private_redis(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[], RestartableRedis]]:
+    """Start private redis-servers on free ports (the shared one on 6379 is never touched),
+    each one a test may stop and start again; every one stops with the module."""
+    started: list[RestartableRedis] = []
+
+    def new() -> RestartableRedis:
+        started.append(RestartableRedis(free_port(), tmp_path_factory.mktemp("redis")).start())
+        return started[-1]
+
+    yield new
+    for redis in started:
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(private_redis: Callable[[], RestartableRedis]) -> RestartableRedis:
+    """The module's private Redis (`.url`, `.stop()`, `.start()`)."""
+    return private_redis()

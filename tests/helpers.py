@@ -37,6 +37,8 @@ PYTHON = sys.executable
 
 
 DAPHNE = str(Path(sys.executable).with_name("daphne"))
+# `realtime-daphne` (realtime/server/cli.py) as `serve` runs it: the checkout is not installed.
+REALTIME_DAPHNE = [PYTHON, "-m", "realtime.server"]
 
 
 SERVER_SECRET_KEY = "e2e-tests-secret-key-" + "y" * 40

@@ -26,9 +26,9 @@ def site(start, dev_certs, redis_server, server_env):
     bob = create_user(server_env, "bob", staff=False)
     # The session's Redis may still hold the presence of a worker another module killed (it
     # expires after 15 s); this module counts its own sockets only.
-    redis.Redis.from_url(redis_server).flushdb()
+    redis.Redis.from_url(redis_server.url).flushdb()
     port = free_port()
-    server = start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server)
+    server = start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server.url)
     return server, {"alice": alice, "bob": bob}
 
 

@@ -59,13 +59,13 @@ def test_it_refuses_an_unknown_level(server_env):
 @pytest.fixture(scope="module")
 def daphne_redis(start, dev_certs, redis_server):
     port = free_port()
-    return start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server)
+    return start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server.url)
 
 
 def test_it_reaches_the_server_processes_through_redis(
     daphne_redis, client_tls, server_env, redis_server
 ):
-    env = {**server_env, "REDIS_URL": redis_server}
+    env = {**server_env, "REDIS_URL": redis_server.url}
     url = f"wss://localhost:{daphne_redis.port}/ws/"
 
     async def scenario():
@@ -94,7 +94,7 @@ def test_app_code_can_send_twice_from_one_sync_process(
         "for n in range(3):\n"
         "    assert broadcast.send(f'app {n}').published_at is not None\n"
     )
-    env = {**server_env, "REDIS_URL": redis_server}
+    env = {**server_env, "REDIS_URL": redis_server.url}
     url = f"wss://localhost:{daphne_redis.port}/ws/"
 
     async def scenario():

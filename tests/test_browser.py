@@ -59,7 +59,7 @@ def https_server(start, app_test_certs, redis_server):
         daphne_tls_args(port, app_test_certs),
         port,
         DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
-        REDIS_URL=redis_server,
+        REDIS_URL=redis_server.url,
     )
 
 
@@ -192,7 +192,7 @@ def served(start, app_test_certs, redis_server):
         [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port), *certificate],
         port,
         DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
-        REDIS_URL=redis_server,
+        REDIS_URL=redis_server.url,
     )
     deadline = time.monotonic() + 30
     while len(dict(STARTED.findall(server.log()))) < 2:
@@ -229,7 +229,7 @@ def test_the_page_reconnects_after_its_worker_dies_and_shows_what_it_missed_once
     worker = page.evaluate("window.realtime.state().welcome.worker")
     os.kill(int(dict(STARTED.findall(served.log()))[worker]), signal.SIGKILL)
     send_from_a_shell(
-        server_env, redis_server, [f"missed while {worker} was down {n}" for n in range(3)]
+        server_env, redis_server.url, [f"missed while {worker} was down {n}" for n in range(3)]
     )
     expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=20_000)
     for n in range(3):

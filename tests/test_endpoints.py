@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
 from realtime.server.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
+from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import DevCertPaths
 from tests.helpers import DAPHNE, ROOT, free_port, receive_json, ws_connect
 
@@ -65,15 +66,17 @@ def test_serverfromstring_finds_the_plugin(dev_certs: DevCertPaths):
     assert (endpoint.port, endpoint.interface, endpoint.reuse_port) == (8443, "::1", True)
 
 
-def test_listen_passes_a_reuse_port_binding_to_listenssl(dev_certs: DevCertPaths):
+def test_listen_passes_a_reuse_port_binding_and_a_write_through_tls_factory(dev_certs):
     endpoint, reactor = parse(reuseport_endpoint(0, dev_certs.cert, dev_certs.key, "127.0.0.1"))
     listening = []
-    endpoint.listen(Factory()).addCallback(listening.append)
+    served = Factory()
+    endpoint.listen(served).addCallback(listening.append)
     assert len(listening) == 1
-    [(binding, _, options, backlog, interface)] = reactor.sslServers
-    assert options is endpoint.tls_options
+    [(binding, tls_factory, backlog, interface)] = reactor.tcpServers
+    assert isinstance(tls_factory, WriteThroughTLSFactory)
+    assert tls_factory.wrappedFactory is served
     assert (backlog, interface) == (50, "127.0.0.1")
-    # What tcp.Port (which listenSSL builds) makes of that Binding: both socket options set.
+    # What tcp.Port (which listenTCP builds) makes of that Binding: both socket options set.
     port = tcp.Port(binding, Factory(), backlog, interface, reactor=reactor)
     with port.createInternetSocket() as sock:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
@@ -83,7 +86,7 @@ def test_listen_passes_a_reuse_port_binding_to_listenssl(dev_certs: DevCertPaths
 def test_reuse_port_is_off_unless_asked_for(dev_certs: DevCertPaths):
     endpoint, reactor = parse(f"realtime:0:privateKey={dev_certs.key}:certKey={dev_certs.cert}")
     endpoint.listen(Factory())
-    [(binding, *_)] = reactor.sslServers
+    [(binding, *_)] = reactor.tcpServers
     port = tcp.Port(binding, Factory(), reactor=reactor)
     with port.createInternetSocket() as sock:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0

@@ -137,7 +137,7 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis_server, "socket_timeout": None}]},
+            "CONFIG": {"hosts": [{"address": redis_server.url, "socket_timeout": None}]},
         }
     }
     sync_client.cache_clear()
@@ -209,13 +209,13 @@ def test_healthz_checks_reuse_one_subscription_on_the_pubsub_layer(settings, red
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis_server, "socket_timeout": None}]},
+            "CONFIG": {"hosts": [{"address": redis_server.url, "socket_timeout": None}]},
         }
     }
 
     async def scenario():
         for _ in range(5):
             await check_channel_layer()
-        return redis.Redis.from_url(redis_server).pubsub_channels("*healthz*")
+        return redis.Redis.from_url(redis_server.url).pubsub_channels("*healthz*")
 
     assert len(asyncio.run(scenario())) == 1

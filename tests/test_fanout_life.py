@@ -24,7 +24,6 @@ import pytest
 from tests.helpers import (
     CAUGHT_UP,
     PYTHON,
-    RestartableRedis,
     admin_send,
     close_code,
     create_users,
@@ -66,10 +65,10 @@ def passwords(server_env):
 
 
 @pytest.fixture(scope="module", params=LAYERS)
-def layer_site(request, start, tmp_path_factory, passwords):
+def layer_site(request, start, private_redis, passwords):
     """(layer, serve --workers 2 with short fan-out periods, its private Redis)."""
     layer = request.param
-    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp(f"redis-{layer}")).start()
+    redis = private_redis()
     port = free_port()
     server = start(
         [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
@@ -83,7 +82,6 @@ def layer_site(request, start, tmp_path_factory, passwords):
     )
     yield layer, server, redis
     server.stop()
-    redis.stop()
 
 
 def latency(message: dict) -> float:

@@ -19,7 +19,6 @@ from tests.helpers import (
     PYTHON,
     ROOT,
     BrowserSession,
-    RestartableRedis,
     admin_send,
     create_user,
     daphne_tls_args,
@@ -35,25 +34,17 @@ STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 
 
 @pytest.fixture(scope="module")
-def redis_r(tmp_path_factory):
-    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("redis-r"))
-    redis.start()
-    yield redis
-    redis.stop()
-
-
-@pytest.fixture(scope="module")
 def alice_password(server_env):
     return create_user(server_env, "alice", staff=True)
 
 
 @pytest.fixture(scope="module")
-def site(start, redis_r, alice_password):
+def site(start, redis_server, alice_password):
     port = free_port()
     server = start(
         [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
         port,
-        REDIS_URL=redis_r.url,
+        REDIS_URL=redis_server.url,
     )
     deadline = time.monotonic() + 30
     while len(set(STARTED.findall(server.log()))) < 2 and time.monotonic() < deadline:
@@ -131,10 +122,10 @@ def report(name: str, clients: list[ResumingClient], expected: list[int]) -> Non
     )
 
 
-def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_r, client_tls):
+def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_server, client_tls):
     status, body = healthz(site.port, client_tls)
     assert (status, body["status"]) == (200, "ok"), body
-    redis_r.stop()
+    redis_server.stop()
     try:
         status, body = healthz(site.port, client_tls)
         assert status == 503
@@ -142,7 +133,7 @@ def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_r, cli
         assert body["checks"]["channel_layer"] != "ok"
         assert "redis://" not in json.dumps(body)
     finally:
-        redis_r.start()
+        redis_server.start()
     deadline = time.monotonic() + 20
     while healthz(site.port, client_tls)[0] != 200:
         assert time.monotonic() < deadline, "healthz did not recover after Redis came back"
@@ -150,7 +141,7 @@ def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_r, cli
 
 
 def test_a_redis_restart_while_broadcasting_loses_nothing(
-    site, redis_r, client_tls, server_env, alice_password
+    site, redis_server, client_tls, server_env, alice_password
 ):
     url = f"wss://localhost:{site.port}/ws/"
     alice = BrowserSession(f"https://localhost:{site.port}", client_tls)
@@ -159,13 +150,17 @@ def test_a_redis_restart_while_broadcasting_loses_nothing(
 
     async def scenario():
         clients, tasks = await start_clients(url, client_tls, 8)
-        await asyncio.to_thread(send_broadcasts, server_env, redis_r.url, ["before 1", "before 2"])
-        redis_r.stop()
+        await asyncio.to_thread(
+            send_broadcasts, server_env, redis_server.url, ["before 1", "before 2"]
+        )
+        redis_server.stop()
         for n in range(3):  # the admin keeps working: stored now, published when Redis is back
             await asyncio.to_thread(admin_send, alice, f"during the outage {n}", "everyone")
         await asyncio.sleep(1)
-        redis_r.start()
-        await asyncio.to_thread(send_broadcasts, server_env, redis_r.url, ["after 1", "after 2"])
+        redis_server.start()
+        await asyncio.to_thread(
+            send_broadcasts, server_env, redis_server.url, ["after 1", "after 2"]
+        )
         expected = ids_after(server_env, start_id)
         await until_everyone_saw(clients, expected, 40)
         await stop_clients(clients, tasks)
@@ -181,7 +176,7 @@ def test_a_redis_restart_while_broadcasting_loses_nothing(
 
 
 def test_clients_of_a_worker_killed_with_sigkill_reconnect_and_miss_nothing(
-    site, redis_r, client_tls, server_env
+    site, redis_server, client_tls, server_env
 ):
     url = f"wss://localhost:{site.port}/ws/"
     start_id = latest_id(server_env)
@@ -194,7 +189,7 @@ def test_clients_of_a_worker_killed_with_sigkill_reconnect_and_miss_nothing(
         await asyncio.to_thread(
             send_broadcasts,
             server_env,
-            redis_r.url,
+            redis_server.url,
             [f"while {victim} is down {n}" for n in range(3)],
         )
         expected = ids_after(server_env, start_id)
@@ -211,12 +206,12 @@ def test_clients_of_a_worker_killed_with_sigkill_reconnect_and_miss_nothing(
         assert client.shown()[-3:] == expected
 
 
-def test_sigterm_closes_websockets_with_1001(start, redis_r, client_tls):
+def test_sigterm_closes_websockets_with_1001(start, redis_server, client_tls):
     port = free_port()
     server = start(
         [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
         port,
-        REDIS_URL=redis_r.url,
+        REDIS_URL=redis_server.url,
     )
 
     async def scenario():
@@ -240,18 +235,18 @@ def test_sigterm_closes_websockets_with_1001(start, redis_r, client_tls):
 
 
 def test_clients_resume_after_daphnes_websocket_timeout(
-    start, dev_certs, redis_r, client_tls, server_env
+    start, dev_certs, redis_server, client_tls, server_env
 ):
     port = free_port()
     args = daphne_tls_args(port, dev_certs)
     args[-1:-1] = ["--websocket_timeout", "2"]
-    start(args, port, REDIS_URL=redis_r.url)
+    start(args, port, REDIS_URL=redis_server.url)
     start_id = latest_id(server_env)
 
     async def scenario():
         clients, tasks = await start_clients(f"wss://localhost:{port}/ws/", client_tls, 3)
         for n in range(4):
-            await asyncio.to_thread(send_broadcasts, server_env, redis_r.url, [f"tick {n}"])
+            await asyncio.to_thread(send_broadcasts, server_env, redis_server.url, [f"tick {n}"])
             await asyncio.sleep(1)
         expected = ids_after(server_env, start_id)
         await until_everyone_saw(clients, expected, 20)

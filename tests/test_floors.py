@@ -29,6 +29,8 @@ BLOCKER = textwrap.dedent(
     imported = []
     for package in (realtime.server, realtime.tls):
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            if module.name.endswith(".__main__"):  # runs the server; cli is imported instead
+                continue
             __import__(module.name)
             imported.append(module.name)
     print("\\n".join(imported))

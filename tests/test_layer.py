@@ -12,16 +12,13 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from realtime.broadcasting.layer import group_send
-from tests.helpers import RestartableRedis, free_port
-
-pytestmark = pytest.mark.e2e
 
 LAYERS = [RedisPubSubChannelLayer, RedisChannelLayer]
 
 
 @pytest.mark.parametrize("layer_class", LAYERS, ids=["pubsub", "core"])
-def test_a_send_right_after_a_redis_restart_goes_out(layer_class, tmp_path):
-    server = RestartableRedis(free_port(), tmp_path).start()
+def test_a_send_right_after_a_redis_restart_goes_out(layer_class, private_redis):
+    server = private_redis()
 
     async def scenario():
         layer = layer_class(hosts=[{"address": server.url, "socket_timeout": None}])
@@ -38,14 +35,11 @@ def test_a_send_right_after_a_redis_restart_goes_out(layer_class, tmp_path):
         await group_send("realtime.test", {"type": "after.restart"}, layer)
         await layer.flush()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        server.stop()
+    asyncio.run(scenario())
 
 
-def test_a_send_while_redis_is_down_fails_fast(tmp_path):
-    server = RestartableRedis(free_port(), tmp_path).start()
+def test_a_send_while_redis_is_down_fails_fast(private_redis):
+    server = private_redis()
     url = server.url
     server.stop()
 

@@ -52,7 +52,7 @@ def users(server_env):
 @pytest.fixture(scope="module")
 def served(start, redis_server, users):
     port = free_port()
-    server = start(serve_args(port), port, REDIS_URL=redis_server)
+    server = start(serve_args(port), port, REDIS_URL=redis_server.url)
     wait_until(lambda: len(worker_pids(server)) == 2, "both workers started")
     return server
 
@@ -101,7 +101,7 @@ def test_every_client_on_both_workers_gets_admin_and_command_broadcasts_by_audie
             await asyncio.to_thread(admin_send, alice, "admin to everyone", "everyone")
             await asyncio.to_thread(admin_send, alice, "admin to staff", "staff")
             await asyncio.to_thread(
-                run_broadcast_command, server_env, redis_server, "command to everyone"
+                run_broadcast_command, server_env, redis_server.url, "command to everyone"
             )
             groups = {"anonymous": anonymous, "signed_in": signed_in, "staff": staff}
             seen = {}
@@ -137,7 +137,7 @@ def test_a_worker_killed_with_sigkill_leaves_the_other_serving_and_comes_back(
             for socket_ in casualties:
                 await asyncio.wait_for(socket_.wait_closed(), 10)
             await asyncio.to_thread(
-                run_broadcast_command, server_env, redis_server, "after the crash"
+                run_broadcast_command, server_env, redis_server.url, "after the crash"
             )
             received = [await receive_json(s) for s in survivors]
             # The dead worker's presence entry expires on its own (PRESENCE_TTL).
@@ -162,7 +162,7 @@ def test_a_worker_killed_with_sigkill_leaves_the_other_serving_and_comes_back(
             async with ws_connect(url, client_tls) as socket_:
                 if (await receive_json(socket_))["worker"] == victim:
                     await asyncio.to_thread(
-                        run_broadcast_command, server_env, redis_server, "welcome back"
+                        run_broadcast_command, server_env, redis_server.url, "welcome back"
                     )
                     return await receive_json(socket_)
         return None
@@ -177,7 +177,7 @@ def test_two_serve_instances_sharing_one_redis_deliver_each_others_broadcasts(
 ):
     ports = [free_port(), free_port()]
     for port in ports:
-        start(serve_args(port), port, REDIS_URL=redis_server)
+        start(serve_args(port), port, REDIS_URL=redis_server.url)
     admins = [logged_in(port, client_tls, "alice", users) for port in ports]
 
     async def scenario():
@@ -219,7 +219,7 @@ def test_signing_out_and_losing_staff_close_the_sockets_on_both_workers(
             assert all([await pongs(s) for s, _ in carols + daves + others])
             await asyncio.to_thread(sign_out, dave)
             dave_codes = [await close_code(s) for s, _ in daves]
-            await asyncio.to_thread(demote, server_env, redis_server, "carol")
+            await asyncio.to_thread(demote, server_env, redis_server.url, "carol")
             carol_codes = [await close_code(s) for s, _ in carols]
             alive = [await pongs(s) for s, _ in others]
             workers = {w for _, w in carols} | {w for _, w in daves}

@@ -114,7 +114,7 @@ def adopted(fresh_venv, redis_server) -> tuple[Path, dict[str, str]]:
     home = fresh_venv
     python = str(home / "venv" / "bin" / "python")
     project = adopt(home)
-    env = newcomer_env(home, redis_server)
+    env = newcomer_env(home, redis_server.url)
     # Nothing of the checkout: the app comes from the venv's site-packages.
     where = run([python, "-c", "import realtime; print(realtime.__file__)"], project, env)
     assert str(home / "venv") in where and str(ROOT) not in where
@@ -126,16 +126,16 @@ def adopted(fresh_venv, redis_server) -> tuple[Path, dict[str, str]]:
 
 def server_command(kind: str, project: Path, port: int) -> list[str]:
     bin_dir = project.parent / "venv" / "bin"
-    if kind == "daphne":
+    if kind in ("realtime-daphne", "daphne"):
         keys = "privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem"
-        return [str(bin_dir / "daphne"), "-e", f"realtime:{port}:{keys}", "mysite.asgi:application"]
+        return [str(bin_dir / kind), "-e", f"realtime:{port}:{keys}", "mysite.asgi:application"]
     manage = [str(bin_dir / "python"), "manage.py"]
     if kind == "serve":
         return [*manage, "serve", "--workers", "2", "--port", str(port)]
     return [*manage, "runserver", "--tls", f"127.0.0.1:{port}"]
 
 
-@pytest.mark.parametrize("kind", ["daphne", "serve", "runserver"])
+@pytest.mark.parametrize("kind", ["realtime-daphne", "daphne", "serve", "runserver"])
 def test_a_new_project_serves_wss_and_broadcasts_after_three_steps(adopted, kind, tmp_path):
     project, env = adopted
     python = str(project.parent / "venv" / "bin" / "python")
@@ -160,4 +160,6 @@ def test_a_new_project_serves_wss_and_broadcasts_after_three_steps(adopted, kind
     finally:
         server.stop()
     assert welcome["type"] == "welcome" and welcome["scheme"] == "wss", welcome
+    # Plain `daphne` is switched to realtime's Server, and says so; realtime-daphne needs not.
+    assert ("Started by plain `daphne`" in server.log()) == (kind == "daphne")
     assert broadcast["type"] == "broadcast" and broadcast["message"] == f"Hello from {kind}"

@@ -23,7 +23,7 @@ from tests.helpers import (
 @pytest.fixture(scope="module")
 def daphne_redis(start, dev_certs, redis_server):
     port = free_port()
-    return start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server)
+    return start(daphne_tls_args(port, dev_certs), port, REDIS_URL=redis_server.url)
 
 
 def send_from_another_process(env: dict, redis_url: str, text: str) -> None:
@@ -61,7 +61,7 @@ def test_a_group_message_from_another_process_reaches_every_socket(
         async with ws_connect(url, client_tls) as one, ws_connect(url, client_tls) as two:
             await receive_json(one)
             await receive_json(two)
-            await asyncio.to_thread(send_from_another_process, server_env, redis_server, text)
+            await asyncio.to_thread(send_from_another_process, server_env, redis_server.url, text)
             return [await asyncio.wait_for(s.recv(), 10) for s in (one, two)]
 
     assert asyncio.run(scenario()) == [text, text]
@@ -87,7 +87,7 @@ def test_an_idle_socket_outlives_redis_pys_socket_timeout(daphne_redis, client_t
 @pytest.fixture(scope="module")
 def sentinel(redis_server, tmp_path_factory):
     """A real Redis Sentinel watching the private redis-server as master "realtime"."""
-    master_port = int(redis_server.rsplit(":", 1)[1].split("/")[0])
+    master_port = redis_server.port
     port = free_port()
     config = tmp_path_factory.mktemp("sentinel") / "sentinel.conf"
     config.write_text(

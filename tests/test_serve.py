@@ -171,7 +171,7 @@ def test_workers_share_the_port_and_a_killed_one_is_restarted(
 ):
     port = free_port()
     tls_files = ("--cert", str(dev_certs.cert), "--key", str(dev_certs.key))
-    server = start(serve_args(port, 2, *tls_files), port, REDIS_URL=redis_server)
+    server = start(serve_args(port, 2, *tls_files), port, REDIS_URL=redis_server.url)
     url = f"wss://localhost:{port}/ws/"
 
     async def scenario():
@@ -202,7 +202,7 @@ def test_workers_share_the_port_and_a_killed_one_is_restarted(
 
 def test_sigterm_stops_every_worker_and_exits_0(start, redis_server, client_tls):
     port = free_port()
-    server = start(serve_args(port, 2), port, REDIS_URL=redis_server)
+    server = start(serve_args(port, 2), port, REDIS_URL=redis_server.url)
     url = f"wss://localhost:{port}/ws/"
 
     async def scenario():

@@ -287,7 +287,7 @@ def test_sighup_replaces_the_workers_one_at_a_time_with_the_renewed_certificate(
     tls = ssl.create_default_context(cafile=str(certs.ca_cert))
     first_serial, port = serial(certs.cert), free_port()
     tls_files = ("--cert", str(certs.cert), "--key", str(certs.key))
-    server = start(serve_args(port, 2, *tls_files), port, REDIS_URL=redis_server)
+    server = start(serve_args(port, 2, *tls_files), port, REDIS_URL=redis_server.url)
     url = f"wss://localhost:{port}/ws/"
     old = dict(started(server.log()))
 

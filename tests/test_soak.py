@@ -88,13 +88,8 @@ async def flaky_network(clients: list[ResumingClient], stop: asyncio.Event) -> i
 
 
 @pytest.mark.timeout(600)
-def test_soak_no_broadcast_lost_or_duplicated(start, server_env, client_tls, tmp_path_factory):
-    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("soak-redis"))
-    redis.start()
-    try:
-        run_soak(start, server_env, client_tls, redis)
-    finally:
-        redis.stop()
+def test_soak_no_broadcast_lost_or_duplicated(start, server_env, client_tls, private_redis):
+    run_soak(start, server_env, client_tls, private_redis())
 
 
 def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
@@ -281,48 +276,45 @@ def latency_per_minute(sent, arrivals) -> list[tuple[int, int, float, float]]:
 
 
 @pytest.mark.timeout(UPTIME + 180)
-def test_soak_a_worker_outlives_its_rejoin_period(start, server_env, client_tls, tmp_path_factory):
-    redis = RestartableRedis(free_port(), tmp_path_factory.mktemp("uptime-redis")).start()
-    try:
-        admin_password = create_user(server_env, "uptime-admin", staff=True)
-        user_password = create_user(server_env, "uptime-user", staff=False)
-        port = free_port()
-        server = start(
-            [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)],
-            port,
-            REDIS_URL=redis.url,
-            **UPTIME_ENV,
-        )
-        admin = BrowserSession(f"https://localhost:{port}", client_tls)
-        admin.login("uptime-admin", admin_password)
+def test_soak_a_worker_outlives_its_rejoin_period(start, server_env, client_tls, private_redis):
+    redis = private_redis()
+    admin_password = create_user(server_env, "uptime-admin", staff=True)
+    user_password = create_user(server_env, "uptime-user", staff=False)
+    port = free_port()
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)],
+        port,
+        REDIS_URL=redis.url,
+        **UPTIME_ENV,
+    )
+    admin = BrowserSession(f"https://localhost:{port}", client_tls)
+    admin.login("uptime-admin", admin_password)
 
-        async def scenario():
-            arrivals: list[list[tuple[str, float]]] = [[] for _ in range(UPTIME_SOCKETS)]
-            async with contextlib.AsyncExitStack() as stack:
-                url = f"wss://localhost:{port}/ws/"
-                sockets = [
-                    await stack.enter_async_context(ws_connect(url, client_tls))
-                    for _ in range(UPTIME_SOCKETS)
-                ]
-                for socket_ in sockets:
-                    await socket_.recv()
-                readers = [
-                    asyncio.create_task(read_broadcasts(s, a))
-                    for s, a in zip(sockets, arrivals, strict=True)
-                ]
-                until_time = time.monotonic() + UPTIME
-                sent, codes = await asyncio.gather(
-                    keep_broadcasting(admin, until_time),
-                    keep_signing_out(port, client_tls, user_password, until_time),
-                )
-                await asyncio.sleep(LIVE)  # the last broadcast's delivery
-                for reader in readers:
-                    reader.cancel()
-                return sent, codes, arrivals
+    async def scenario():
+        arrivals: list[list[tuple[str, float]]] = [[] for _ in range(UPTIME_SOCKETS)]
+        async with contextlib.AsyncExitStack() as stack:
+            url = f"wss://localhost:{port}/ws/"
+            sockets = [
+                await stack.enter_async_context(ws_connect(url, client_tls))
+                for _ in range(UPTIME_SOCKETS)
+            ]
+            for socket_ in sockets:
+                await socket_.recv()
+            readers = [
+                asyncio.create_task(read_broadcasts(s, a))
+                for s, a in zip(sockets, arrivals, strict=True)
+            ]
+            until_time = time.monotonic() + UPTIME
+            sent, codes = await asyncio.gather(
+                keep_broadcasting(admin, until_time),
+                keep_signing_out(port, client_tls, user_password, until_time),
+            )
+            await asyncio.sleep(LIVE)  # the last broadcast's delivery
+            for reader in readers:
+                reader.cancel()
+            return sent, codes, arrivals
 
-        sent, codes, arrivals = asyncio.run(scenario())
-    finally:
-        redis.stop()
+    sent, codes, arrivals = asyncio.run(scenario())
     everything = [arrival for per_socket in arrivals for arrival in per_socket]
     print(
         f"\nUptime soak: one worker for {UPTIME} s, {len(sent)} broadcasts to "

@@ -33,7 +33,7 @@ MOZILLA_CURVE_NAMES = {"X25519": "X25519", "P-256": "prime256v1", "P-384": "secp
 
 def sslyze_python() -> Path:
     if not SSLYZE.is_file():
-        pytest.fail(f"{SSLYZE} is missing: `make setup` installs requirements-sslyze.txt there")
+        pytest.fail(f"{SSLYZE} is missing: `make test` installs requirements-sslyze.lock there")
     return SSLYZE
 
 

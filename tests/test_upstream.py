@@ -1,15 +1,59 @@
-"""The contract with upstream internals (realtime/server/upstream.py): the pinned versions,
-and that the attributes and behaviour relied on are there and do what autobahn's public call
-does. An upgrade that changes them fails here."""
+"""The contract with upstream internals (realtime/upstream.py): the pinned versions, and that
+every private attribute and undocumented behaviour relied on is there and does what realtime
+expects. Also the undocumented hooks of daphne's and Channels' classes that realtime subclasses
+(RealtimeServer, the WebSocket protocol, the consumer, runserver). An upgrade that changes any
+of them fails here, by name."""
 
 from __future__ import annotations
 
+import inspect
+import socket
+import sys
+import types
 from importlib.metadata import version
 
+import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.testing import StringTransport
+from channels.consumer import AsyncConsumer, get_handler_name
+from daphne.cli import CommandLineInterface
+from daphne.management.commands.runserver import Command as DaphneRunserver
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from OpenSSL import SSL
+from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.web.http import HTTPChannel
 
-from realtime.server.upstream import AUTOBAHN_VERSION, write_prepared
+from realtime import upstream
+from realtime.upstream import (
+    PINNED,
+    TCP_STATE,
+    clear_option,
+    handler_name,
+    send_when_idle,
+    set_key_exchange_groups,
+    use_server_class_under_plain_daphne,
+    write_prepared,
+)
+
+
+@pytest.mark.parametrize("package", sorted(PINNED))
+def test_the_versions_relied_on_are_the_pinned_ones(package):
+    assert version(package) == PINNED[package]
+
+
+def test_the_pins_match_the_lock_file():
+    from tests.helpers import ROOT
+
+    lock = (ROOT / "requirements.lock").read_text().lower()
+    for package, pinned in PINNED.items():
+        assert f"{package.lower()}=={pinned}" in lock, package
+
+
+# --- autobahn: write_prepared ---------------------------------------------------------------
 
 
 def open_protocol():
@@ -19,10 +63,6 @@ def open_protocol():
     protocol.makeConnection(StringTransport())
     protocol.state = protocol.STATE_OPEN
     return factory, protocol
-
-
-def test_the_versions_relied_on_are_the_pinned_ones():
-    assert version("autobahn") == AUTOBAHN_VERSION
 
 
 def test_an_open_socket_has_no_compression_and_an_empty_send_queue():
@@ -50,3 +90,165 @@ def test_with_compression_negotiated_the_public_call_is_used():
     write_prepared(protocol, prepared)
     assert calls == [prepared]
     assert protocol.transport.value() == b""
+
+
+def test_send_close_frame_takes_any_code_and_a_reason():
+    """closing.py and RealtimeServer.close_websockets send 1001/1008/1013 with it."""
+    _, protocol = open_protocol()
+    protocol.sendCloseFrame(code=1013, reasonUtf8=b"later")
+    assert protocol.transport.value() == b"\x88\x07\x03\xf5later"
+
+
+# --- Twisted's TCP transport: send_when_idle ------------------------------------------------
+
+
+def test_a_real_tcp_transport_has_the_buffer_state_send_when_idle_reads():
+    ours, peer = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        port = types.SimpleNamespace(_realPortNumber=8443)
+        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), port, 1, MemoryReactorClock())
+        assert all(hasattr(transport, name) for name in TCP_STATE)
+        assert transport._tempDataBuffer == [] and transport._writeDisconnected is False
+        assert len(transport.dataBuffer) == transport.offset == 0
+        assert send_when_idle(transport)
+        transport.write(b"at once")
+        assert peer.recv(7) == b"at once"
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_without_that_state_the_transport_is_left_alone():
+    transport = StringTransport()
+    write = transport.write
+    assert not send_when_idle(transport)
+    assert transport.write == write
+
+
+# --- Twisted's TLS factory ------------------------------------------------------------------
+
+
+def test_the_tls_factory_builds_its_protocol_attribute_and_buffers_by_default():
+    """WriteThroughTLSFactory only changes `protocol` (realtime/server/writethrough.py)."""
+    from realtime.server.writethrough import WriteThroughTLSFactory
+
+    assert TLSMemoryBIOFactory.protocol is BufferingTLSTransport
+    options = CertificateOptions()
+    built = WriteThroughTLSFactory(options, False, WebSocketServerFactory()).buildProtocol(None)
+    assert type(built) is WriteThroughTLSFactory.protocol
+    assert not isinstance(built, BufferingTLSTransport)
+
+
+# --- pyOpenSSL and CertificateOptions -------------------------------------------------------
+
+
+def test_key_exchange_groups_are_set_through_the_context_pointer():
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    assert context._context is not None
+    set_key_exchange_groups(context, ["X25519", "prime256v1"])
+    with pytest.raises(ValueError, match="refused the key exchange groups NotAGroup"):
+        set_key_exchange_groups(context, ["NotAGroup"])
+
+
+def test_certificate_options_keep_their_flags_in_options_until_the_context_is_built():
+    options = CertificateOptions()
+    assert options._options & SSL.OP_CIPHER_SERVER_PREFERENCE
+    clear_option(options, SSL.OP_CIPHER_SERVER_PREFERENCE)
+    context = options.getContext()
+    assert not context.set_options(0) & SSL.OP_CIPHER_SERVER_PREFERENCE  # (returns them all)
+
+
+# --- daphne ---------------------------------------------------------------------------------
+
+
+def in_order(source: str, *parts: str) -> bool:
+    positions = [source.find(part) for part in parts]
+    return -1 not in positions and positions == sorted(positions)
+
+
+def test_daphne_cli_loads_the_application_before_it_builds_its_server_class():
+    """use_server_class_under_plain_daphne relies on this order."""
+    assert issubclass(CommandLineInterface.server_class, Server)  # (switched, in this process)
+    run = inspect.getsource(CommandLineInterface.run)
+    assert in_order(run, "self.load_asgi_app(", "self.server_class(")
+
+
+def test_plain_daphne_is_switched_once_and_realtime_daphne_never(monkeypatch):
+    from realtime.server.daphne_server import RealtimeServer
+
+    monkeypatch.setattr(CommandLineInterface, "server_class", Server)
+    monkeypatch.setitem(sys.modules, "realtime.server.cli", types.ModuleType("x"))
+    assert not use_server_class_under_plain_daphne(RealtimeServer, ours="realtime.server.cli")
+    assert issubclass(CommandLineInterface.server_class, Server)  # (switched, in this process)
+    monkeypatch.delitem(sys.modules, "realtime.server.cli")
+    assert use_server_class_under_plain_daphne(RealtimeServer, ours="realtime.server.cli")
+    assert CommandLineInterface.server_class is RealtimeServer
+    assert not use_server_class_under_plain_daphne(RealtimeServer, ours="realtime.server.cli")
+
+
+def test_daphne_server_builds_its_factories_before_it_calls_ready_callable():
+    """RealtimeServer configures ws_factory and http_factory from ready_callable."""
+    run = inspect.getsource(Server.run)
+    assert in_order(
+        run,
+        "self.connections = {}",
+        "self.http_factory = HTTPFactory(self)",
+        "self.ws_factory = WebSocketFactory(",
+        "reactor.callLater(2, self.timeout_checker)",
+        "self.ready_callable()",
+        "reactor.run(",
+    )
+
+
+def test_daphne_server_has_the_settings_and_hooks_realtime_server_overrides():
+    server = Server(application=None, endpoints=["tcp:0"])
+    for name in (
+        "websocket_max_message_size",
+        "websocket_max_frame_size",
+        "websocket_handshake_timeout",
+        "websocket_connect_timeout",
+        "ping_interval",
+        "websocket_timeout",
+        "ready_callable",
+    ):
+        assert hasattr(server, name), name
+    for name in ("protocol_connected", "timeout_checker", "create_application"):
+        assert callable(getattr(Server, name)), name
+
+
+def test_daphne_websocket_protocol_has_what_the_timeout_sweep_and_close_codes_use():
+    for name in ("check_timeouts", "handle_reply", "onOpen", "sendCloseFrame"):
+        assert callable(getattr(WebSocketProtocol, name)), name
+    source = inspect.getsource(WebSocketProtocol)
+    assert "self.last_ping = time.time()" in source
+    assert "self.socket_opened = time.time()" in source
+
+
+def test_daphne_runserver_builds_the_class_in_server_cls():
+    assert DaphneRunserver.server_cls is Server
+    assert "self.server_cls(" in inspect.getsource(DaphneRunserver.inner_run)
+
+
+# --- Twisted's HTTP channel (realtime/server/request_deadline.py) ---------------------------
+
+
+def test_http_channel_has_the_hooks_the_request_deadline_uses():
+    for name in ("allHeadersReceived", "connectionMade", "connectionLost", "callLater"):
+        assert hasattr(HTTPChannel, name), name
+
+
+# --- channels -------------------------------------------------------------------------------
+
+
+def test_handlers_are_named_as_channels_names_them():
+    assert handler_name({"type": "websocket.receive"}) == "websocket_receive"
+    with pytest.raises(ValueError):
+        handler_name({"type": "_private.thing"})
+    assert upstream.handler_name is get_handler_name
+
+
+def test_channels_consumers_send_through_base_send():
+    """RealtimeConsumer's own __call__ sets base_send, as AsyncConsumer.__call__ does."""
+    assert "self.base_send(" in inspect.getsource(AsyncConsumer.send)
+    assert "self.base_send =" in inspect.getsource(AsyncConsumer.__call__)

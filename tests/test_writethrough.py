@@ -22,12 +22,12 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from realtime.server.endpoints import server_tls_options
-from realtime.server.writethrough import write_through
-from tests.helpers import receive_json, ws_connect
+from realtime.server.endpoints import reuseport_endpoint, server_tls_options
+from realtime.server.writethrough import WriteThroughTLSFactory, write_through
+from tests.helpers import REALTIME_DAPHNE, free_port, receive_json, ws_connect
 
 PEER = ("127.0.0.1", 40000)
 
@@ -142,11 +142,11 @@ def pump(pair: Pair) -> None:
         pair.tcp.doWrite()
 
 
-def tls_pair(dev_certs) -> tuple[Pair, ssl.SSLSocket]:
+def tls_pair(dev_certs, factory_class: type[TLSMemoryBIOFactory]) -> tuple[Pair, ssl.SSLSocket]:
     """Twisted's TLS with the project's options on one end, Python's ssl on the other."""
     options = server_tls_options(dev_certs.cert, dev_certs.key)
     clock = MemoryReactorClock()
-    factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(TLSEndpoint), clock=clock)
+    factory = factory_class(options, False, Factory.forProtocol(TLSEndpoint), clock=clock)
     # One clock for the TLS layer's callLater(0) and the TCP layer's writability watch.
     pair = Pair(factory.buildProtocol(PEER), clock)
     client_context = ssl.create_default_context(cafile=str(dev_certs.ca_cert))
@@ -167,16 +167,23 @@ def tls_pair(dev_certs) -> tuple[Pair, ssl.SSLSocket]:
     return pair, client[0]
 
 
-@pytest.fixture
-def tls(dev_certs) -> Iterator[tuple[Pair, ssl.SSLSocket]]:
-    pair, client = tls_pair(dev_certs)
-    yield pair, client
-    client.close()
-    pair.close()
+def tls_fixture(factory_class: type[TLSMemoryBIOFactory]):
+    @pytest.fixture
+    def fixture(dev_certs) -> Iterator[tuple[Pair, ssl.SSLSocket]]:
+        pair, client = tls_pair(dev_certs, factory_class)
+        yield pair, client
+        client.close()
+        pair.close()
+
+    return fixture
 
 
-def test_over_tls_a_frame_is_encrypted_and_sent_at_once(tls):
-    pair, client = tls
+our_tls = tls_fixture(WriteThroughTLSFactory)  # the realtime: endpoint's
+twisted_tls = tls_fixture(TLSMemoryBIOFactory)  # the stock ssl: endpoint's
+
+
+def test_over_our_tls_a_frame_is_encrypted_and_sent_at_once(our_tls):
+    pair, client = our_tls
     transport = pair.tcp.protocol
     assert write_through(transport) == {"tls", "tcp"}  # both layers, with the pinned Twisted
     transport.write(b"frame")
@@ -186,37 +193,41 @@ def test_over_tls_a_frame_is_encrypted_and_sent_at_once(tls):
     assert receive(client, 7) == b"one two"
 
 
-def test_over_tls_without_it_twisted_encrypts_in_the_next_iteration(tls):
-    pair, client = tls
-    pair.tcp.protocol.write(b"frame")
-    assert len(pair.reactor.getDelayedCalls()) == 1  # the aggregator's callLater(0)
-    pair.reactor.advance(0)
-    assert pair.waiting_to_write()
-    pair.tcp.doWrite()
-    assert client.recv(5) == b"frame"
-
-
-def test_over_tls_what_was_collected_before_the_switch_goes_first(tls):
-    pair, client = tls
+def test_over_twisteds_tls_a_frame_waits_for_the_next_iteration(twisted_tls):
+    pair, client = twisted_tls
     transport = pair.tcp.protocol
-    transport.write(b"collected ")  # waits for the aggregator's next iteration
-    write_through(transport)
-    transport.write(b"then this")
-    assert not pair.waiting_to_write()  # (the aggregator's callLater(0) will find it empty)
-    assert receive(client, 19) == b"collected then this"
+    assert isinstance(transport, BufferingTLSTransport)
+    assert write_through(transport) == {"tcp"}
+    transport.write(b"frame")
+    assert len(pair.reactor.getDelayedCalls()) == 1  # the aggregator's callLater(0)
+    pair.reactor.advance(0)  # then the TCP layer writes through: no wait for writability
+    assert not pair.waiting_to_write()
+    assert client.recv(5) == b"frame"
 
 
 # --- End to end ------------------------------------------------------------------------------
 
 
-def test_a_real_daphne_says_its_wss_sockets_write_through(daphne_tls, client_tls):
-    url = f"wss://localhost:{daphne_tls.port}/ws/"
-
+def welcome_from(port: int, client_tls: ssl.SSLContext) -> dict:
     async def scenario():
-        async with ws_connect(url, client_tls) as socket_:
+        async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
             return await receive_json(socket_)
 
-    assert asyncio.run(scenario())["type"] == "welcome"
-    log = daphne_tls.log()
+    return asyncio.run(scenario())
+
+
+def test_realtime_daphne_on_the_realtime_endpoint_writes_wss_through(start, dev_certs, client_tls):
+    port = free_port()
+    endpoint = reuseport_endpoint(port, dev_certs.cert, dev_certs.key, "127.0.0.1")
+    server = start([*REALTIME_DAPHNE, "-e", endpoint, "project.asgi:application"], port)
+    assert welcome_from(port, client_tls)["type"] == "welcome"
+    log = server.log()
     assert log.count("WebSocket writes over TLS go straight to the socket.") == 1
+    assert "keep Twisted's buffering" not in log and "Started by plain" not in log
+
+
+def test_on_the_stock_ssl_endpoint_tls_writes_are_collected_and_it_says_so(daphne_tls, client_tls):
+    assert welcome_from(daphne_tls.port, client_tls)["type"] == "welcome"
+    log = daphne_tls.log()
+    assert log.count("WebSocket writes over TLS are collected for one reactor iteration") == 1
     assert "keep Twisted's buffering" not in log

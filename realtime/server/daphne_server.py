@@ -4,8 +4,8 @@ daphne 4.2 leaves `scheme` out of the WebSocket scope, and the ASGI default is "
 TLS connection. This Server looks at the transport the socket really arrived on and sets
 `scheme` ("wss" or "ws") and, over TLS, the ASGI TLS extension (`extensions.tls`) with the
 negotiated version and cipher. It is used by `runserver` (with or without --tls), by `serve`,
-and by plain `daphne` through `install_into_daphne_cli()`, called by
-`realtime.routing.websocket_application()`.
+by `realtime-daphne` (realtime/server/cli.py), and by plain `daphne` through
+`install_into_daphne_cli()`, called by `realtime.routing.websocket_application()`.
 
 Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
 something due, not every connection every 2 s (realtime/server/timeouts.py).
@@ -37,6 +37,7 @@ from realtime.server.listeners import notify_ready
 from realtime.server.request_deadline import channel_with_deadline
 from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from realtime.server.writethrough import WriteThroughWebSocketProtocol
+from realtime.upstream import use_server_class_under_plain_daphne
 
 GOING_AWAY = 1001  # the close code for a server that is stopping (RFC 6455)
 
@@ -190,8 +191,10 @@ class RealtimeServer(Server):
 
 
 def install_into_daphne_cli() -> None:
-    """Make the `daphne` command line build RealtimeServer (its documented `server_class`)."""
-    from daphne.cli import CommandLineInterface
-
-    if not issubclass(CommandLineInterface.server_class, RealtimeServer):
-        CommandLineInterface.server_class = RealtimeServer
+    """Under plain `daphne`, build RealtimeServer too (`realtime-daphne` needs no such step:
+    realtime.server.cli)."""
+    if use_server_class_under_plain_daphne(RealtimeServer, ours="realtime.server.cli"):
+        logger.info(
+            "Started by plain `daphne`: serving with realtime's Server all the same. "
+            "`realtime-daphne` takes the same options and needs no switch."
+        )

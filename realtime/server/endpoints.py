@@ -26,7 +26,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
@@ -40,12 +39,13 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from realtime.server.listeners import inherited_listener
+from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import escape_endpoint_value
 from realtime.tls.profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
+from realtime.upstream import clear_option, set_key_exchange_groups
 
 PREFIX = "realtime"
 YES_NO = {"yes": True, "no": False}
@@ -98,8 +98,7 @@ class ProfileCertificateOptions(CertificateOptions):
         self.profile = profile
         self._profile_applied = False
         if not profile.server_cipher_preference:
-            # Twisted always sets this flag and pyOpenSSL cannot clear one on a context.
-            self._options &= ~SSL.OP_CIPHER_SERVER_PREFERENCE
+            clear_option(self, SSL.OP_CIPHER_SERVER_PREFERENCE)  # Twisted always sets it
 
     def getContext(self) -> SSL.Context:
         # Twisted builds the context once and caches it; every connection calls this first,
@@ -115,11 +114,7 @@ def apply_profile(context: SSL.Context, profile: TLSProfile) -> None:
     """Set a profile's key exchange groups, TLS 1.3 suites and no renegotiation on a context."""
     context.set_tls13_ciphersuites(":".join(profile.tls13_ciphersuites).encode("ascii"))
     context.set_options(SSL.OP_NO_RENEGOTIATION)
-    # pyOpenSSL's only curve setter (set_tmp_ecdh) takes a single curve; OpenSSL's own call,
-    # through the cryptography bindings pyOpenSSL is built on, takes the whole list.
-    groups = ":".join(profile.groups).encode("ascii")
-    if Binding.lib.SSL_CTX_set1_curves_list(context._context, groups) != 1:
-        raise ValueError(f"OpenSSL refused the key exchange groups {groups.decode()}.")
+    set_key_exchange_groups(context, list(profile.groups))
 
 
 def server_tls_options(
@@ -187,24 +182,20 @@ class ReusePortTLSEndpoint:
         self.reuse_port = reuse_port
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        # What listenSSL does with a port number: TLS in memory over a plain TCP port.
-        tls_factory = TLSMemoryBIOFactory(self.tls_options, False, factory)
+        # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
+        # a TLS layer that writes at once (realtime/server/writethrough.py).
+        tls_factory = WriteThroughTLSFactory(self.tls_options, False, factory)
         adopted = adopt_inherited(self.reactor, self.port, tls_factory)
         if adopted is not None:
             return adopted
-        # tcp.Port accepts a Binding in place of the port number, and listenSSL hands it on.
+        # tcp.Port accepts a Binding in place of the port number.
         # SO_REUSEADDR stays on, as listenTCP sets it for a plain port number.
         binding = makeBinding(
             self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
         )
         # The interface is passed too: tcp.Port picks IPv6 from it, not from the Binding.
         listening = defer.execute(
-            self.reactor.listenSSL,
-            binding,
-            factory,
-            self.tls_options,
-            self.backlog,
-            self.interface,
+            self.reactor.listenTCP, binding, tls_factory, self.backlog, self.interface
         )
         return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
 

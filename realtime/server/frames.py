@@ -3,7 +3,7 @@
 RealtimeServer puts a `WebSocketFrames` into every WebSocket scope it serves, as
 `extensions["realtime.websocket"]`. The broadcasting fan-out uses it to build a broadcast's
 frame once and hand it to each of its sockets, without a consumer task per socket. Through
-autobahn's prepared messages; realtime.server.upstream writes them (compression, were it
+autobahn's prepared messages; realtime.upstream writes them (compression, were it
 negotiated, still goes through autobahn's public call).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.server.upstream import write_prepared
+from realtime.upstream import write_prepared
 
 EXTENSION = "realtime.websocket"
 

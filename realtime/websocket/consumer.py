@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 import redis
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -26,6 +25,7 @@ from realtime.broadcasting.sending import audiences_for
 from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.server.worker import worker_id
+from realtime.upstream import handler_name
 from realtime.websocket import protocol
 from realtime.websocket.protocol import TRY_AGAIN_LATER
 from realtime.websocket.sessions import signed_in_session
@@ -79,7 +79,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # thread hop for each incoming message, which halved echo throughput here
         # (bench/results). This consumer reaches the database only through
         # database_sync_to_async, which closes stale connections itself around each call.
-        handler = getattr(self, get_handler_name(message), None)
+        handler = getattr(self, handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)

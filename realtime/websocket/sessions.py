@@ -22,11 +22,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 import redis
 from channels.auth import AuthMiddleware
-from channels.sessions import CookieMiddleware, InstanceSessionWrapper
+from channels.sessions import CookieMiddleware
+from django.conf import settings
 from django.db import transaction
 
 from realtime.broadcasting.layer import send_to_group
@@ -38,16 +40,22 @@ LOGOUT = "realtime.logout"
 
 
 class ReadOnlySessionMiddleware:
-    """Put the session from the cookie into the scope; sends go straight to the server."""
+    """Put the session from the cookie into the scope; sends go straight to the server.
+
+    Channels' SessionMiddleware also wraps `send` to ask the session, on each message, whether
+    it changed and must be saved; a socket never changes it. Built with Django's public session
+    API: the store of SESSION_ENGINE, which reads the database only when first used (by
+    AuthMiddleware, in a thread)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.session_store = import_module(settings.SESSION_ENGINE).SessionStore
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        wrapper = InstanceSessionWrapper(scope, send)
-        await wrapper.resolve_session()
-        # Not wrapper.send: that one asks the (lazy) session whether it changed, each message.
-        return await self.inner(wrapper.scope, receive, send)
+        if "session" not in scope:  # a session middleware above this one has the last word
+            key = scope["cookies"].get(settings.SESSION_COOKIE_NAME)
+            scope = {**scope, "session": self.session_store(key)}
+        return await self.inner(scope, receive, send)
 
 
 def websocket_auth(inner: Any) -> Any:

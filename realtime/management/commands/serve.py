@@ -3,7 +3,8 @@
     python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
         [--redirect-http 80]
 
-Each worker is `daphne -e realtime:PORT:...:reusePort=yes:profile=P <ASGI_APPLICATION>`: the
+Each worker is `python -m realtime.server -e realtime:PORT:...:reusePort=yes:profile=P
+<ASGI_APPLICATION>` (`realtime-daphne`: daphne's command line with realtime's Server): the
 same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT so
 that the kernel spreads connections over them (realtime/server/endpoints.py), and the Redis
 channel layer between them. The supervisor opens each worker's listening sockets and keeps them
@@ -32,10 +33,9 @@ from realtime.server.listeners import open_listener
 from realtime.server.redirect import redirect_endpoint
 from realtime.server.supervisor import DEFAULT_GRACE, Supervisor
 
-
-def daphne_path() -> Path:
-    """The daphne script next to this Python (the virtualenv's own)."""
-    return Path(sys.executable).with_name("daphne")
+# Each worker: daphne's command line with realtime's Server (realtime/server/cli.py), run by
+# this Python, so it needs no script on PATH.
+WORKER_COMMAND = [sys.executable, "-m", "realtime.server"]
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -104,7 +104,7 @@ class Command(BaseCommand):
             endpoints += ["-e", redirect_endpoint(http_port, port, host, reuse_port=True)]
             self.stdout.write(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
         supervisor = Supervisor(
-            [str(daphne_path()), *endpoints, daphne_application()],
+            [*WORKER_COMMAND, *endpoints, daphne_application()],
             workers,
             cwd=getattr(settings, "BASE_DIR", None) or Path.cwd(),
             grace=options["grace"],
@@ -130,5 +130,3 @@ class Command(BaseCommand):
                 "works inside one process, so broadcasts would not reach the other workers' "
                 "clients. Set REDIS_URL (redis:// or rediss://), or use --workers 1."
             )
-        if not daphne_path().is_file():
-            raise CommandError(f"{daphne_path()} not found: install daphne in this virtualenv.")

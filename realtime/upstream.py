@@ -1,0 +1,140 @@
+"""Every place realtime relies on a private attribute or undocumented behaviour of Twisted,
+daphne, autobahn, channels or pyOpenSSL: here, each with its reason and what it costs.
+
+tests/test_upstream.py is the contract: it asserts the pinned versions and every attribute and
+behaviour used here (and the undocumented hooks of daphne's classes that realtime subclasses),
+so that an upgrade fails there, loudly, rather than in a fan-out or a TLS handshake.
+
+This module imports only third-party code: both floors (realtime.server and the app) use it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from channels.consumer import get_handler_name
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from OpenSSL import SSL
+
+# The versions this module was written and measured against (requirements.lock pins them).
+PINNED = {
+    "autobahn": "26.10.2",
+    "channels": "4.3.2",
+    "daphne": "4.2.3",
+    "pyOpenSSL": "26.4.0",
+    "Twisted": "26.10.0",
+}
+
+# --- autobahn -------------------------------------------------------------------------------
+
+
+def write_prepared(protocol: Any, prepared: Any) -> None:
+    """What autobahn's public `sendPreparedMessage()` does, without its per-call debug log.
+
+    `sendPreparedMessage()` goes through `sendData()`, which formats a debug line
+    (`hltype()`/`hlval()`, about 3 us) for every frame whether or not debug logging is on. In
+    the fan-out that is once per socket per broadcast: measured with `make bench` (quick,
+    5,000 WSS sockets on 2 workers), the public call gave 41,130 deliveries/s and p99 136 ms,
+    this one 56,999 deliveries/s and p99 103 ms. So when nothing is queued and no compression
+    was negotiated (daphne never offers permessage-deflate), the frame's bytes go to the
+    transport as `sendData()` would write them; otherwise the public call does it.
+    """
+    if protocol._perMessageCompress is None and not protocol.send_queue:
+        protocol.transport.write(prepared.payloadHybi)
+    else:
+        protocol.sendPreparedMessage(prepared)
+
+
+# --- Twisted's TCP transport ----------------------------------------------------------------
+
+# FileDescriptor's buffer state: bytes held while the socket was not writable, and whether the
+# write side was shut. Twisted has no public "is anything buffered?".
+TCP_STATE = ("_tempDataBuffer", "dataBuffer", "offset", "_writeDisconnected", "writeSomeData")
+
+
+def send_when_idle(tcp: Any) -> bool:
+    """Make a Twisted TCP transport try send() at once while nothing is buffered (as asyncio's
+    transports do). Returns False, changing nothing, when this Twisted lacks what it needs.
+
+    Twisted's own write keeps the bytes until epoll says the socket is writable: one epoll_ctl
+    to watch it and one to stop, per write. For a broadcast written to thousands of sockets
+    that cost more than send() itself (realtime/server/writethrough.py has the profile). What
+    the kernel does not take, and every write while anything is buffered, goes through
+    Twisted's buffered write, so the order of bytes never changes.
+    """
+    if not all(hasattr(tcp, name) for name in TCP_STATE):
+        return False
+    buffered_write = tcp.write
+
+    def write(data: bytes) -> None:
+        if (
+            data
+            and tcp.connected
+            and not tcp.disconnecting
+            and not tcp._writeDisconnected
+            and not tcp._tempDataBuffer
+            and len(tcp.dataBuffer) == tcp.offset
+        ):
+            sent = tcp.writeSomeData(data)
+            if isinstance(sent, int) and sent > 0:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            # 0 (the kernel's buffer is full) or a lost connection: Twisted's buffered write
+            # waits for writability, and its doWrite finds the loss.
+        buffered_write(data)
+
+    tcp.write = write
+    return True
+
+
+# --- pyOpenSSL and Twisted's CertificateOptions ---------------------------------------------
+
+
+def set_key_exchange_groups(context: SSL.Context, groups: list[str]) -> None:
+    """Offer exactly these key exchange groups ("X25519:prime256v1:...") on a context.
+
+    pyOpenSSL's only curve setter (`set_tmp_ecdh`) takes a single curve; OpenSSL's own call,
+    through the cryptography bindings pyOpenSSL is built on, takes the whole list. It needs
+    the context's private `_context` pointer."""
+    joined = ":".join(groups).encode("ascii")
+    if Binding.lib.SSL_CTX_set1_curves_list(context._context, joined) != 1:
+        raise ValueError(f"OpenSSL refused the key exchange groups {joined.decode()}.")
+
+
+def clear_option(options: Any, flag: int) -> None:
+    """Clear an OpenSSL option flag that Twisted's CertificateOptions always sets (it keeps
+    them in the private `_options` until it builds the context; pyOpenSSL cannot clear a flag
+    on a context). Used for OP_CIPHER_SERVER_PREFERENCE under a profile that leaves the cipher
+    choice to the client."""
+    options._options &= ~flag
+
+
+# --- daphne's command line ------------------------------------------------------------------
+
+
+def use_server_class_under_plain_daphne(server_class: type, *, ours: str) -> bool:
+    """Under the plain `daphne` command, make its command line build `server_class`.
+
+    `realtime-daphne` (realtime.server.cli) is daphne's command line with realtime's Server:
+    the public way, and what `serve` runs. Plain `daphne` keeps working through this: daphne's
+    CLI imports the ASGI application (which calls this) before it reads
+    `CommandLineInterface.server_class` to build its Server, an order daphne does not promise.
+    Does nothing under `ours` (the module of realtime's own command line) or when the class is
+    already in place; returns whether it changed it."""
+    cli = sys.modules.get("daphne.cli")
+    if cli is None or ours in sys.modules:
+        return False
+    if issubclass(cli.CommandLineInterface.server_class, server_class):
+        return False
+    cli.CommandLineInterface.server_class = server_class
+    return True
+
+
+# --- channels -------------------------------------------------------------------------------
+
+# The consumer's dispatch without the thread hop Channels adds (realtime/websocket/consumer.py)
+# must name handlers exactly as Channels does: "websocket.receive" -> websocket_receive.
+handler_name: Callable[[dict[str, Any]], str] = get_handler_name
