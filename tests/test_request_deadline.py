@@ -1,5 +1,6 @@
 """A connection's first request has REALTIME_WS_HANDSHAKE_TIMEOUT seconds in total
-(realtime/server/request_deadline.py), on a real daphne over TLS with the deadline set to 3 s.
+(realtime/server/request_deadline.py), with the deadline set to 3 s: on plain `daphne` over TLS
+and under `manage.py serve` (whose workers run realtime-daphne).
 
 Twisted's idle timer alone (the same 3 s) would let a client that sends a byte every half
 second hold its connection for ever; the deadline drops it. Requests and WebSockets that
@@ -15,15 +16,25 @@ import time
 
 import pytest
 
-from tests.helpers import daphne_tls_args, free_port, receive_json, ws_connect
+from tests.helpers import PYTHON, daphne_tls_args, free_port, receive_json, ws_connect
 
 DEADLINE = 3
 
 
-@pytest.fixture(scope="module")
-def server(start, dev_certs):
+def command(kind: str, port: int, certs) -> list[str]:
+    if kind == "daphne":
+        return daphne_tls_args(port, certs)
+    return [
+        PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port),
+        "--cert", str(certs.cert), "--key", str(certs.key),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["daphne", "serve"])
+def server(request, start, dev_certs):
     port = free_port()
-    start(daphne_tls_args(port, dev_certs), port, REALTIME_WS_HANDSHAKE_TIMEOUT=str(DEADLINE))
+    args = command(request.param, port, dev_certs)
+    start(args, port, REALTIME_WS_HANDSHAKE_TIMEOUT=str(DEADLINE))
     return port
 
 
