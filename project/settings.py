@@ -137,19 +137,13 @@ def redis_host() -> dict[str, object]:
 # Each worker's fan-out (realtime/broadcasting/fanout.py) renews its group memberships every
 # REALTIME_FANOUT_REJOIN seconds, and every REALTIME_FANOUT_CHECK seconds sends itself an
 # event through the layer that must come back within REALTIME_FANOUT_CHECK_TIMEOUT seconds.
+# Set here only when given: realtime/conf.py has the defaults (the rejoin's follows the group
+# expiry) and the system checks (realtime.E001, E004) refuse wrong values.
 # The core layer forgets a group member that has not renewed its membership for this long.
 REDIS_GROUP_EXPIRY = envint("REDIS_GROUP_EXPIRY", 86400)
-REALTIME_FANOUT_REJOIN = envint("REALTIME_FANOUT_REJOIN", min(600, REDIS_GROUP_EXPIRY // 2))
-REALTIME_FANOUT_CHECK = envint("REALTIME_FANOUT_CHECK", 5)
-REALTIME_FANOUT_CHECK_TIMEOUT = envint("REALTIME_FANOUT_CHECK_TIMEOUT", 5)
 for _name in ("REALTIME_FANOUT_REJOIN", "REALTIME_FANOUT_CHECK", "REALTIME_FANOUT_CHECK_TIMEOUT"):
-    if globals()[_name] < 1:
-        raise SettingsError(f"{_name} must be at least 1 (seconds).")
-if REDIS_CHANNEL_LAYER == "core" and REALTIME_FANOUT_REJOIN >= REDIS_GROUP_EXPIRY:
-    raise SettingsError(
-        f"REALTIME_FANOUT_REJOIN ({REALTIME_FANOUT_REJOIN} s) must be shorter than "
-        f"REDIS_GROUP_EXPIRY ({REDIS_GROUP_EXPIRY} s), or workers drop out of their groups."
-    )
+    if os.environ.get(_name):
+        globals()[_name] = envint(_name, 0)
 
 
 def channel_layer_config() -> dict[str, object]:

@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 from channels.routing import URLRouter
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import path
 
 from realtime.broadcasting import maintenance
+from realtime.checks import check_settings
 from realtime.websocket.consumer import RealtimeConsumer
 from realtime.websocket.limits import websocket_limits
 from realtime.websocket.middleware import (
@@ -30,6 +32,14 @@ websocket_urlpatterns = [
 ]
 
 
+def refuse_wrong_settings() -> None:
+    """The system checks (realtime/checks.py), also where no management command runs them:
+    under daphne or realtime-daphne a wrong REALTIME_* value stops the server at start."""
+    errors = [error for error in check_settings() if error.is_serious()]
+    if errors:
+        raise ImproperlyConfigured("\n".join(f"{error.id}: {error.msg}" for error in errors))
+
+
 def websocket_application() -> Any:
     """/ws/ behind the checks (docs/security.md), cheapest refusals first: origin (403), TLS
     (1008), the per-client limits; then the session's user, read once."""
@@ -40,6 +50,7 @@ def websocket_application() -> Any:
         from realtime.server.daphne_server import install_into_daphne_cli
 
         install_into_daphne_cli()
+    refuse_wrong_settings()
     maintenance.schedule()
     return TransportSchemeMiddleware(
         origin_validator(

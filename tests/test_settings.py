@@ -59,6 +59,14 @@ def setting(name: str, **env: str) -> str:
     return result.stdout.strip()
 
 
+def conf_value(name: str, **env: str) -> str:
+    """A realtime setting as the app sees it (realtime.conf: the project's value or the default)."""
+    code = f"from realtime.conf import conf; print(conf.{name})"
+    result = manage("shell", "--no-imports", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_debug_is_off_unless_set_to_1():
     assert setting("DEBUG", DJANGO_SECRET_KEY=STRONG_KEY) == "False"
     assert setting("DEBUG", DJANGO_DEBUG="1") == "True"
@@ -141,13 +149,36 @@ def test_the_core_layers_group_expiry_is_set_and_must_outlast_the_fanouts_rejoin
     assert "'group_expiry': 86400" in setting("CHANNEL_LAYERS", **core)
     assert "'group_expiry': 30" in setting("CHANNEL_LAYERS", **core, REDIS_GROUP_EXPIRY="30")
     # Unset, the rejoin interval is 600 s, or half the group expiry when that is shorter.
-    assert setting("REALTIME_FANOUT_REJOIN", **core) == "600"
-    assert setting("REALTIME_FANOUT_REJOIN", **core, REDIS_GROUP_EXPIRY="30") == "15"
+    assert conf_value("REALTIME_FANOUT_REJOIN", **core) == "600"
+    assert conf_value("REALTIME_FANOUT_REJOIN", **core, REDIS_GROUP_EXPIRY="30") == "15"
     result = manage("check", **core, REDIS_GROUP_EXPIRY="600", REALTIME_FANOUT_REJOIN="600")
-    assert "REALTIME_FANOUT_REJOIN (600 s) must be shorter than REDIS_GROUP_EXPIRY" in result.stderr
+    assert (
+        "(realtime.E004) REALTIME_FANOUT_REJOIN (600 s) must be shorter than the core layer's "
+        "group_expiry (600 s)"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_the_fanout_periods_must_be_at_least_a_second():
     result = manage("check", DJANGO_DEBUG="1", REALTIME_FANOUT_CHECK="0")
-    assert "REALTIME_FANOUT_CHECK must be at least 1 (seconds)" in result.stderr
+    assert "(realtime.E001) REALTIME_FANOUT_CHECK must be an integer of at least 1, not 0." in (
+        result.stderr
+    )
+
+
+def test_a_server_that_runs_no_checks_refuses_a_wrong_value_at_start():
+    """daphne and realtime-daphne import the ASGI application and run no system checks:
+    websocket_application() runs realtime's."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_"))}
+    result = subprocess.run(
+        [PYTHON, "-c", "import project.asgi"],
+        cwd=ROOT,
+        env={**clean, "DJANGO_DEBUG": "1", "REALTIME_FANOUT_CHECK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: realtime.E001: REALTIME_FANOUT_CHECK must be an integer" in (
+        result.stderr
+    )
