@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from project.env import SettingsError, envbool, envhostports, envint, envlist
+from project.env import (
+    SettingsError,
+    database_from_url,
+    envbool,
+    envhostports,
+    envint,
+    envlist,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -81,12 +88,24 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("DJANGO_DB_PATH", str(BASE_DIR / "db.sqlite3")),
+# DATABASE_URL (postgres://user:password@host:port/name?sslmode=...) selects PostgreSQL, which
+# several processes and hosts can share; unset, one SQLite file (one machine only).
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {
+        "default": database_from_url(
+            DATABASE_URL,
+            pool=envbool("DATABASE_POOL", True),
+            max_age=envint("DATABASE_CONN_MAX_AGE", 600),
+        )
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DJANGO_DB_PATH", str(BASE_DIR / "db.sqlite3")),
+        }
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

@@ -17,10 +17,13 @@ from tests.helpers import (
     PYTHON,
     ROOT,
     SERVER_SECRET_KEY,
+    TEST_DATABASE_URL,
     RestartableRedis,
     ServerProcess,
     daphne_tls_args,
+    database_url,
     free_port,
+    run_on_postgres,
     start_server,
 )
 
@@ -56,15 +59,39 @@ def client_tls(dev_certs: DevCertPaths) -> ssl.SSLContext:
 
 
 @pytest.fixture(scope="session")
-def server_env(tmp_path_factory: pytest.TempPathFactory, dev_certs: DevCertPaths) -> dict[str, str]:
+def server_database() -> Iterator[str]:
+    """The servers' PostgreSQL database, created for this run and dropped after it ("" when
+    the run is on SQLite: each server_env has its own file)."""
+    if not TEST_DATABASE_URL:
+        yield ""
+        return
+    name = f"realtime_servers_{os.getpid()}"
+    run_on_postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    run_on_postgres(f"CREATE DATABASE {name}")
+    try:
+        yield database_url(name)
+    finally:
+        run_on_postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def database_env(url: str, state) -> dict[str, str]:
+    return {"DATABASE_URL": url} if url else {"DJANGO_DB_PATH": str(state / "db.sqlite3")}
+
+
+@pytest.fixture(scope="session")
+def server_env(
+    tmp_path_factory: pytest.TempPathFactory, dev_certs: DevCertPaths, server_database: str
+) -> dict[str, str]:
     """Environment for server subprocesses: production settings (debug off), a migrated
     database and collected static files in temporary directories."""
     state = tmp_path_factory.mktemp("server-state")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDIS_", "DATABASE_"))
+    }
     env.update(
         DJANGO_SETTINGS_MODULE="project.settings",
         DJANGO_SECRET_KEY=SERVER_SECRET_KEY,
-        DJANGO_DB_PATH=str(state / "db.sqlite3"),
+        **database_env(server_database, state),
         DJANGO_STATIC_ROOT=str(state / "static"),
         REALTIME_CERT_DIR=str(dev_certs.cert.parent),
         PYTHONUNBUFFERED="1",

@@ -372,3 +372,38 @@ async def wait_until_async(condition, timeout: float, what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+# --- The servers' database: SQLite by default, PostgreSQL when TEST_DATABASE_URL is set --------
+
+# `make test` runs the suite twice: SQLite, then with TEST_DATABASE_URL (a PostgreSQL server
+# URL); each run creates its own databases there and drops them at the end.
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+
+
+def database_url(name: str) -> str:
+    """TEST_DATABASE_URL with its database name replaced by `name`."""
+    base = TEST_DATABASE_URL.split("?", 1)[0].rstrip("/")
+    server = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    return f"{server}/{name}"
+
+
+def run_on_postgres(statement: str) -> None:
+    """CREATE or DROP DATABASE, on the server's maintenance database."""
+    import psycopg
+
+    with psycopg.connect(database_url("postgres"), autocommit=True) as connection:
+        connection.execute(statement)
+
+
+def server_query(env: dict[str, str], sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows from a server's database (`%s` placeholders), SQLite or PostgreSQL as `env` says."""
+    if env.get("DATABASE_URL"):
+        import psycopg
+
+        with psycopg.connect(env["DATABASE_URL"]) as connection:
+            return connection.execute(sql, params).fetchall()
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(env["DJANGO_DB_PATH"])) as db:
+        return db.execute(sql.replace("%s", "?"), params).fetchall()

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 
@@ -25,6 +24,7 @@ from tests.helpers import (
     free_port,
     healthz,
     receive_json,
+    server_query,
     ws_connect,
 )
 from tests.helpers import wait_until_async as until
@@ -72,17 +72,12 @@ def send_broadcasts(env: dict, redis_url: str, messages: list[str]) -> list[int]
 
 
 def ids_after(env: dict, after: int) -> list[int]:
-    with sqlite3.connect(env["DJANGO_DB_PATH"]) as db:
-        rows = db.execute(
-            "SELECT id FROM realtime_broadcast WHERE id > ? AND audience = 'everyone' ORDER BY id",
-            (after,),
-        )
-        return [row[0] for row in rows]
+    sql = "SELECT id FROM realtime_broadcast WHERE id > %s AND audience = 'everyone' ORDER BY id"
+    return [row[0] for row in server_query(env, sql, (after,))]
 
 
 def latest_id(env: dict) -> int:
-    with sqlite3.connect(env["DJANGO_DB_PATH"]) as db:
-        return db.execute("SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast").fetchone()[0]
+    return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]
 
 
 async def start_clients(url: str, tls, count: int) -> tuple[list[ResumingClient], list]:

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 
@@ -35,6 +34,7 @@ from tests.helpers import (
     admin_send,
     create_user,
     free_port,
+    server_query,
     sign_out,
     ws_connect,
 )
@@ -61,20 +61,17 @@ def sender_code(count: int, rate: float) -> str:
     )
 
 
-def ids_by_audience(db_path: str, after: int) -> dict[str, list[int]]:
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute(
-            "SELECT id, audience FROM realtime_broadcast WHERE id > ? ORDER BY id", (after,)
-        ).fetchall()
+def ids_by_audience(env: dict[str, str], after: int) -> dict[str, list[int]]:
+    sql = "SELECT id, audience FROM realtime_broadcast WHERE id > %s ORDER BY id"
+    rows = server_query(env, sql, (after,))
     return {
         "everyone": [i for i, a in rows if a == "everyone"],
         "staff": [i for i, a in rows if a == "staff"],
     }
 
 
-def latest_id(db_path: str) -> int:
-    with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast").fetchone()[0]
+def latest_id(env: dict[str, str]) -> int:
+    return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]
 
 
 async def flaky_network(clients: list[ResumingClient], stop: asyncio.Event) -> int:
@@ -105,8 +102,7 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
     alice = BrowserSession(f"https://localhost:{port}", client_tls)
     alice.login("alice", password)
     url = f"wss://localhost:{port}/ws/"
-    db_path = server_env["DJANGO_DB_PATH"]
-    start_id = latest_id(db_path)
+    start_id = latest_id(server_env)
     env = {**server_env, "REDIS_URL": redis.url}
 
     async def scenario():
@@ -146,7 +142,7 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         assert await sender.wait() == 0, "the sender failed"
         stop_flaking.set()
         drops = await flaking
-        expected = ids_by_audience(db_path, start_id)
+        expected = ids_by_audience(server_env, start_id)
         everything = sorted(expected["everyone"] + expected["staff"])
         started = time.monotonic()
         wanted = [(c, everything) for c in staff] + [(c, expected["everyone"]) for c in anonymous]
