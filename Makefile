@@ -13,11 +13,16 @@ PORT ?= 8443
 run: setup static
 	DJANGO_DEBUG=1 $(PY) manage.py runserver --tls 127.0.0.1:$(PORT)
 
+# The whole suite twice: on SQLite, then on the PostgreSQL server at TEST_POSTGRES (each run
+# creates its own databases there and drops them at the end).
+TEST_POSTGRES ?= postgres://postgres@127.0.0.1:5432/postgres
+
 test: setup $(SSLYZE_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	node tests/js/test_client.mjs
 	$(PY) -m pytest
+	TEST_DATABASE_URL=$(TEST_POSTGRES) $(PY) -m pytest
 
 # What `make run` needs; the sslyze virtualenv is for the tests only.
 setup: $(VENV)/.installed certs migrate

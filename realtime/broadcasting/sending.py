@@ -70,13 +70,22 @@ def send_broadcast(broadcast: Broadcast) -> Broadcast:
 def publish(broadcast: Broadcast) -> bool:
     """Hand a stored broadcast to the channel layer, once. False, logged, when it cannot.
 
-    Publishing first claims the broadcast (published_at from NULL to now) so that the sender
-    and the workers' republisher never both publish it; a failure releases the claim.
+    Publishing first claims the broadcast (published_at from NULL to now, one UPDATE: on
+    PostgreSQL the row lock makes one claimant win) so that the sender and every process's
+    republisher never both publish it; a failure releases the claim.
     """
+    return _publish(broadcast) != FAILED
+
+
+PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
+
+
+def _publish(broadcast: Broadcast) -> str:
+    """PUBLISHED by this call, TAKEN (another process claimed it first), or FAILED."""
     now = timezone.now()
     claimed = Broadcast.objects.filter(pk=broadcast.pk, published_at__isnull=True)
     if not claimed.update(published_at=now):
-        return True  # somebody else published it
+        return TAKEN
     text = protocol.encode(broadcast.as_message())  # once for every socket
     event = {
         "type": "realtime.send",
@@ -95,10 +104,10 @@ def publish(broadcast: Broadcast) -> bool:
             broadcast.pk,
             exc,
         )
-        return False
+        return FAILED
     broadcast.published_at, broadcast.recipients = now, recipients
     Broadcast.objects.filter(pk=broadcast.pk).update(recipients=recipients)
-    return True
+    return PUBLISHED
 
 
 def republish_pending(grace: float = 5.0) -> int:
@@ -106,7 +115,8 @@ def republish_pending(grace: float = 5.0) -> int:
 
     Only broadcasts older than `grace` seconds, so that the sender's own publish after commit
     goes first, and younger than the resume window (older ones a client cannot resume anyway).
-    Returns how many were published; stops at the first failure (the layer is still down).
+    Returns how many this call published (another process may claim some first); stops at the
+    first failure (the layer is still down).
     """
     now = timezone.now()
     pending = Broadcast.objects.filter(
@@ -116,9 +126,10 @@ def republish_pending(grace: float = 5.0) -> int:
     ).order_by("id")
     published = 0
     for broadcast in pending[:100]:
-        if not publish(broadcast):
+        outcome = _publish(broadcast)
+        if outcome == FAILED:
             break
-        published += 1
+        published += outcome == PUBLISHED
     if published:
         logger.info("Republished %d broadcast(s) stored while the channel layer failed", published)
     return published
