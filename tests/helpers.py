@@ -304,12 +304,17 @@ def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
     return session
 
 
+def slot(worker: str) -> str:
+    """The supervisor's name for a worker ("w1") from a welcome's ("<hostname>-w1")."""
+    return worker.rsplit("-", 1)[-1]
+
+
 async def open_spread(url: str, tls, count: int, stack: contextlib.AsyncExitStack, **kw):
-    """Open `count` sockets; returns [(socket, worker)]."""
+    """Open `count` sockets; returns [(socket, worker slot)]."""
     sockets = []
     for _ in range(count):
         socket_ = await stack.enter_async_context(ws_connect(url, tls, **kw))
-        sockets.append((socket_, (await receive_json(socket_))["worker"]))
+        sockets.append((socket_, slot((await receive_json(socket_))["worker"])))
     return sockets
 
 

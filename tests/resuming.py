@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from tests.helpers import origin_for
+from tests.helpers import origin_for, slot
 
 
 @dataclass
@@ -64,7 +64,7 @@ class ResumingClient:
     async def _handle(self, socket_: ClientConnection, message: dict) -> None:
         kind = message["type"]
         if kind == "welcome":
-            self.workers.append(message["worker"])
+            self.workers.append(slot(message["worker"]))
             await socket_.send(json.dumps({"type": "resume", "after": self.last_id}))
         elif kind == "broadcast":
             self._record(message["id"])

@@ -21,7 +21,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from realtime.tls.devca import ensure_dev_certificate
-from tests.helpers import PYTHON, ROOT, create_user, daphne_tls_args, free_port, run_in_shell
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    create_user,
+    daphne_tls_args,
+    free_port,
+    run_in_shell,
+    slot,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -226,7 +234,7 @@ def test_the_page_reconnects_after_its_worker_dies_and_shows_what_it_missed_once
             )).observe(document.querySelector("#connection"), {attributes: true});
         }"""
     )
-    worker = page.evaluate("window.realtime.state().welcome.worker")
+    worker = slot(page.evaluate("window.realtime.state().welcome.worker"))
     os.kill(int(dict(STARTED.findall(served.log()))[worker]), signal.SIGKILL)
     send_from_a_shell(
         server_env, redis_server.url, [f"missed while {worker} was down {n}" for n in range(3)]

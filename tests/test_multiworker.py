@@ -30,6 +30,7 @@ from tests.helpers import (
     pongs,
     receive_json,
     sign_out,
+    slot,
     wait_until,
     ws_connect,
 )
@@ -160,7 +161,7 @@ def test_a_worker_killed_with_sigkill_leaves_the_other_serving_and_comes_back(
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             async with ws_connect(url, client_tls) as socket_:
-                if (await receive_json(socket_))["worker"] == victim:
+                if slot((await receive_json(socket_))["worker"]) == victim:
                     await asyncio.to_thread(
                         run_broadcast_command, server_env, redis_server.url, "welcome back"
                     )

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from realtime.server.supervisor import MAX_DELAY, QUICK_EXIT, restart_delay
-from tests.helpers import PYTHON, ROOT, free_port, receive_json, ws_connect
+from tests.helpers import PYTHON, ROOT, free_port, receive_json, slot, ws_connect
 
 STARTED = re.compile(r"^worker (w\d+) started \(pid (\d+)\)$", re.MULTILINE)
 CLIENTS = 16
@@ -67,7 +67,7 @@ async def welcomed(stack: contextlib.AsyncExitStack, url: str, tls) -> tuple[str
     socket_ = await stack.enter_async_context(ws_connect(url, tls))
     welcome = await receive_json(socket_)
     assert welcome["secure"] is True
-    return welcome["worker"], socket_
+    return slot(welcome["worker"]), socket_
 
 
 async def clients_on(
@@ -159,10 +159,11 @@ def test_one_worker_needs_no_redis(start, client_tls):
     server = start(serve_args(port, 1), port)
 
     async def scenario():
-        async with contextlib.AsyncExitStack() as stack:
-            return await welcomed(stack, f"wss://localhost:{port}/ws/", client_tls)
+        async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
+            return await receive_json(socket_)
 
-    assert asyncio.run(scenario())[0] == "w1"
+    # The welcome names the machine and the worker's slot.
+    assert asyncio.run(scenario())["worker"] == f"{socket.gethostname()}-w1"
     assert "with 1 daphne worker(s)" in server.log()
 
 

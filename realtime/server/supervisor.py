@@ -1,7 +1,8 @@
 """Keep N worker processes running; stop them all on SIGTERM or SIGINT. Standard library only.
 
 `manage.py serve` uses it to run N daphne processes that share one TLS port (SO_REUSEPORT,
-see realtime/server/endpoints.py). Each worker gets REALTIME_WORKER_ID=w1..wN. A worker that exits
+see realtime/server/endpoints.py). Each worker gets REALTIME_WORKER_ID=<hostname>-w1..wN (the
+name clients see in their welcome, so that it says which machine too). A worker that exits
 is started again after a delay that doubles (1 s up to 30 s) while it keeps dying within
 10 s of its start. SIGTERM or SIGINT forwards SIGTERM to every worker, waits up to a grace
 period, SIGKILLs the rest, and returns 0.
@@ -187,7 +188,7 @@ class Supervisor:
         ready_read, ready_write = os.pipe()
         env = {
             **self.env,
-            "REALTIME_WORKER_ID": worker.name,
+            "REALTIME_WORKER_ID": f"{socket.gethostname()}-{worker.name}",
             LISTEN_FDS: format_listen_fds({p: s.fileno() for p, s in worker.listeners.items()}),
             READY_FD: str(ready_write),
         }
