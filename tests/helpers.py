@@ -412,3 +412,31 @@ def server_query(env: dict[str, str], sql: str, params: tuple = ()) -> list[tupl
 
     with contextlib.closing(sqlite3.connect(env["DJANGO_DB_PATH"])) as db:
         return db.execute(sql.replace("%s", "?"), params).fetchall()
+
+
+def send_broadcasts(env: dict, redis_url: str, messages: list[str]) -> list[int]:
+    """Send from a separate process through realtime.broadcast.send; returns the ids."""
+    code = (
+        "import json, sys\n"
+        "from realtime import broadcast\n"
+        f"print(json.dumps([broadcast.send(m).pk for m in {messages!r}]))\n"
+    )
+    result = subprocess.run(
+        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env={**env, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def ids_after(env: dict, after: int) -> list[int]:
+    sql = "SELECT id FROM realtime_broadcast WHERE id > %s AND audience = 'everyone' ORDER BY id"
+    return [row[0] for row in server_query(env, sql, (after,))]
+
+
+def latest_id(env: dict) -> int:
+    return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]

@@ -12,6 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.helpers import origin_for, slot
+from tests.helpers import wait_until_async as until
 
 
 @dataclass
@@ -26,7 +27,8 @@ class ResumingClient:
     connections: int = 0
     close_codes: list[int | None] = field(default_factory=list)
     resume_failures: list[dict] = field(default_factory=list)
-    workers: list[str] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)  # slots (w1), one per connection
+    welcomed_by: list[str] = field(default_factory=list)  # full names (<hostname>-w1)
     last_id: int = 0
     socket: ClientConnection | None = None
     stopping: bool = False
@@ -65,6 +67,7 @@ class ResumingClient:
         kind = message["type"]
         if kind == "welcome":
             self.workers.append(slot(message["worker"]))
+            self.welcomed_by.append(message["worker"])
             await socket_.send(json.dumps({"type": "resume", "after": self.last_id}))
         elif kind == "broadcast":
             self._record(message["id"])
@@ -91,3 +94,40 @@ class ResumingClient:
     def shown(self) -> list[int]:
         """What the page would show: each id once, ordered by id."""
         return sorted(self.seen)
+
+
+async def start_clients(url: str, tls, count: int) -> tuple[list[ResumingClient], list]:
+    clients = [ResumingClient(url, tls) for _ in range(count)]
+    tasks = [asyncio.create_task(client.run()) for client in clients]
+    await until(lambda: all(c.connections for c in clients), 20, "every client connected")
+    await asyncio.sleep(0.3)  # resumes answered
+    return clients, tasks
+
+
+async def stop_clients(clients: list[ResumingClient], tasks: list) -> None:
+    for client in clients:
+        await client.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_everyone_saw(clients: list[ResumingClient], expected: list[int], timeout: float):
+    try:
+        await until(
+            lambda: all(set(expected) <= set(c.seen) for c in clients),
+            timeout,
+            f"every client to see broadcasts {expected}",
+        )
+    except AssertionError as error:
+        states = [(c.seen[-len(expected) :], c.connections, c.close_codes) for c in clients]
+        raise AssertionError(
+            f"{error}; clients (seen, connections, close codes): {states}"
+        ) from None
+
+
+def report(name: str, clients: list[ResumingClient], expected: list[int]) -> None:
+    lost = sum(len(set(expected) - set(c.seen)) for c in clients)
+    print(
+        f"\n{name}: {len(clients)} clients, {len(expected)} broadcasts, lost {lost}, "
+        f"duplicates received and dropped {sum(c.duplicates for c in clients)}, "
+        f"reconnections {sum(c.connections - 1 for c in clients)}"
+    )

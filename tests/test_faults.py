@@ -9,26 +9,30 @@ import json
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
 from tests.helpers import (
     PYTHON,
-    ROOT,
     BrowserSession,
     admin_send,
     create_user,
     daphne_tls_args,
     free_port,
     healthz,
+    ids_after,
+    latest_id,
     receive_json,
-    server_query,
+    send_broadcasts,
     ws_connect,
 )
-from tests.helpers import wait_until_async as until
-from tests.resuming import ResumingClient
+from tests.resuming import (
+    report,
+    start_clients,
+    stop_clients,
+    until_everyone_saw,
+)
 
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 
@@ -50,71 +54,6 @@ def site(start, redis_server, alice_password):
     while len(set(STARTED.findall(server.log()))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     return server
-
-
-def send_broadcasts(env: dict, redis_url: str, messages: list[str]) -> list[int]:
-    """Send from a separate process through realtime.broadcast.send; returns the ids."""
-    code = (
-        "import json, sys\n"
-        "from realtime import broadcast\n"
-        f"print(json.dumps([broadcast.send(m).pk for m in {messages!r}]))\n"
-    )
-    result = subprocess.run(
-        [PYTHON, "manage.py", "shell", "--no-imports", "-c", code],
-        cwd=ROOT,
-        env={**env, "REDIS_URL": redis_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def ids_after(env: dict, after: int) -> list[int]:
-    sql = "SELECT id FROM realtime_broadcast WHERE id > %s AND audience = 'everyone' ORDER BY id"
-    return [row[0] for row in server_query(env, sql, (after,))]
-
-
-def latest_id(env: dict) -> int:
-    return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]
-
-
-async def start_clients(url: str, tls, count: int) -> tuple[list[ResumingClient], list]:
-    clients = [ResumingClient(url, tls) for _ in range(count)]
-    tasks = [asyncio.create_task(client.run()) for client in clients]
-    await until(lambda: all(c.connections for c in clients), 20, "every client connected")
-    await asyncio.sleep(0.3)  # resumes answered
-    return clients, tasks
-
-
-async def stop_clients(clients: list[ResumingClient], tasks: list) -> None:
-    for client in clients:
-        await client.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def until_everyone_saw(clients: list[ResumingClient], expected: list[int], timeout: float):
-    try:
-        await until(
-            lambda: all(set(expected) <= set(c.seen) for c in clients),
-            timeout,
-            f"every client to see broadcasts {expected}",
-        )
-    except AssertionError as error:
-        states = [(c.seen[-len(expected) :], c.connections, c.close_codes) for c in clients]
-        raise AssertionError(
-            f"{error}; clients (seen, connections, close codes): {states}"
-        ) from None
-
-
-def report(name: str, clients: list[ResumingClient], expected: list[int]) -> None:
-    lost = sum(len(set(expected) - set(c.seen)) for c in clients)
-    print(
-        f"\n{name}: {len(clients)} clients, {len(expected)} broadcasts, lost {lost}, "
-        f"duplicates received and dropped {sum(c.duplicates for c in clients)}, "
-        f"reconnections {sum(c.connections - 1 for c in clients)}"
-    )
 
 
 def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_server, client_tls):

@@ -34,6 +34,7 @@ from tests.helpers import (
     admin_send,
     create_user,
     free_port,
+    latest_id,
     server_query,
     sign_out,
     ws_connect,
@@ -68,10 +69,6 @@ def ids_by_audience(env: dict[str, str], after: int) -> dict[str, list[int]]:
         "everyone": [i for i, a in rows if a == "everyone"],
         "staff": [i for i, a in rows if a == "staff"],
     }
-
-
-def latest_id(env: dict[str, str]) -> int:
-    return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]
 
 
 async def flaky_network(clients: list[ResumingClient], stop: asyncio.Event) -> int:
