@@ -136,8 +136,16 @@ if REDIS_CHANNEL_LAYER not in REDIS_CHANNEL_LAYERS:
     raise SettingsError(f"REDIS_CHANNEL_LAYER must be pubsub or core, not {REDIS_CHANNEL_LAYER!r}.")
 
 
-def redis_host() -> dict[str, object]:
-    """channels-redis host settings from REDIS_URL, or from REDIS_SENTINELS for Sentinel HA."""
+def redis_hosts() -> list[dict[str, object]]:
+    """channels-redis hosts: one per URL of REDIS_URL (comma-separated: shards, among which
+    channels-redis spreads groups and channels by a hash of their names), or Sentinel's."""
+    if REDIS_SENTINELS:
+        return [redis_host(REDIS_URL)]
+    return [redis_host(url.strip()) for url in REDIS_URL.split(",") if url.strip()]
+
+
+def redis_host(url: str) -> dict[str, object]:
+    """channels-redis host settings for one Redis URL, or from REDIS_SENTINELS for Sentinel."""
     # socket_timeout=None: redis-py 8's 5 s default equals the core layer's blocking-pop
     # timeout, so every idle socket would be dropped with 1011 (channels_redis#422).
     if REDIS_SENTINELS:
@@ -146,11 +154,11 @@ def redis_host() -> dict[str, object]:
         if os.environ.get("REDIS_PASSWORD"):
             host["password"] = os.environ["REDIS_PASSWORD"]
         return {**host, "socket_timeout": None}
-    if not REDIS_URL.startswith(("redis://", "rediss://")):
+    if not url.startswith(("redis://", "rediss://")):
         raise SettingsError(
-            f"REDIS_URL must start with redis:// or rediss://, not {REDIS_URL.split(':')[0]!r}."
+            f"REDIS_URL must start with redis:// or rediss://, not {url.split(':')[0]!r}."
         )
-    return {"address": REDIS_URL, "socket_timeout": None}
+    return {"address": url, "socket_timeout": None}
 
 
 # Each worker's fan-out (realtime/broadcasting/fanout.py) renews its group memberships every
@@ -167,7 +175,7 @@ for _name in ("REALTIME_FANOUT_REJOIN", "REALTIME_FANOUT_CHECK", "REALTIME_FANOU
 
 def channel_layer_config() -> dict[str, object]:
     """channels-redis CONFIG: the host, and for the core layer its group expiry."""
-    config: dict[str, object] = {"hosts": [redis_host()]}
+    config: dict[str, object] = {"hosts": redis_hosts()}
     if REDIS_CHANNEL_LAYER == "core":
         config["group_expiry"] = REDIS_GROUP_EXPIRY
     return config
@@ -198,6 +206,9 @@ REALTIME_RESUME_MAX_AGE = envint("REALTIME_RESUME_MAX_AGE", 3600)
 REALTIME_GC_THRESHOLD = envint("REALTIME_GC_THRESHOLD", 10_000)
 
 REALTIME_CERT_DIR = Path(os.environ.get("REALTIME_CERT_DIR", str(BASE_DIR / "certs")))
+# certbot certonly --webroot -w DIR: `serve --redirect-http 80` answers its challenges.
+if os.environ.get("REALTIME_ACME_WEBROOT"):
+    REALTIME_ACME_WEBROOT = os.environ["REALTIME_ACME_WEBROOT"]
 
 # --- TLS: the server's profile, and Redis over TLS (docs/tls.md) ----------------------------
 
@@ -249,7 +260,8 @@ REDIS_TLS_OPTIONS = redis_tls_options()
 if REDIS_TLS_OPTIONS:
     # The same host dict feeds channels-redis and realtime/broadcasting/redis_client.py
     # (presence, commands).
-    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0].update(REDIS_TLS_OPTIONS)
+    for _host in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]:
+        _host.update(REDIS_TLS_OPTIONS)
 
 # --- WebSocket hardening: origins, TLS, limits (docs/security.md) ---------------------------
 

@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_REQUIRE_TLS": default_require_tls,
     "REALTIME_TLS_PROFILE": "intermediate",
     "REALTIME_CERT_DIR": default_cert_dir,
+    # certbot's --webroot directory, served on the redirect port's /.well-known/acme-challenge/
+    "REALTIME_ACME_WEBROOT": None,
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,
     "REALTIME_GC_THRESHOLD": 10_000,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -20,6 +21,7 @@ from django.views.decorators.cache import never_cache
 
 from realtime.broadcasting.fanout import failure_reason, fanout
 from realtime.broadcasting.layer import retrying
+from realtime.broadcasting.redis_client import redis_hosts, sync_client_for
 
 CHECK_TIMEOUT = 3.0
 
@@ -27,6 +29,29 @@ CHECK_TIMEOUT = 3.0
 def check_database() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+
+
+def services_down() -> list[str]:
+    """What a server needs and cannot reach now (the database, the channel layer's Redis),
+    each with the reason, for `serve` to check before it starts its workers."""
+    problems = []
+    try:
+        check_database()
+    except Exception as exc:  # any driver's error: the message names it
+        problems.append(f"the database ({failure_reason(exc)})")
+    finally:
+        connection.close()
+    hosts = redis_hosts()
+    for number, host in enumerate(hosts, 1):
+        name = f"Redis shard {number} of {len(hosts)}" if len(hosts) > 1 else "Redis"
+        client = sync_client_for(host)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError) as exc:
+            problems.append(f"{name} ({failure_reason(exc)})")
+        finally:
+            client.close()
+    return problems
 
 
 class ChannelCheck:

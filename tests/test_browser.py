@@ -201,6 +201,9 @@ def served(start, app_test_certs, redis_server):
         port,
         DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
         REDIS_URL=redis_server.url,
+        # Each worker checks the layer every second: a lost Redis shows within seconds.
+        REALTIME_FANOUT_CHECK="1",
+        REALTIME_FANOUT_CHECK_TIMEOUT="1",
     )
     deadline = time.monotonic() + 30
     while len(dict(STARTED.findall(server.log()))) < 2:
@@ -252,3 +255,17 @@ def test_the_page_reconnects_after_its_worker_dies_and_shows_what_it_missed_once
         "#broadcasts li", "items => items.map(i => Number(i.dataset.broadcastId))"
     )
     assert ids == sorted(ids, reverse=True) and len(ids) == len(set(ids))
+
+
+def test_the_page_says_live_updates_paused_while_redis_is_down(page, served, redis_server):
+    open_page(page, f"https://{HOST}:{served.port}/", "wss")
+    connection = page.locator("#connection")
+    redis_server.stop()
+    try:
+        expect(connection).to_have_attribute("data-state", "paused", timeout=15_000)
+        expect(connection).to_have_text("live updates paused")
+        screenshot(page, "redis-down-paused")
+    finally:
+        redis_server.start()
+    expect(connection).to_have_attribute("data-state", "open", timeout=20_000)
+    expect(connection).to_have_text("open")

@@ -25,11 +25,16 @@ class FakeConsumer:
 
     def __init__(self) -> None:
         self.scope: dict = {}
-        self.sent: list[str] = []
+        self.sent: list[str] = []  # broadcasts' texts
+        self.told: list[dict] = []  # every other message
         self.closed: list[int] = []
 
     async def send(self, text_data: str) -> None:
-        self.sent.append(json.loads(text_data)["message"])
+        message = json.loads(text_data)
+        if message["type"] == "broadcast":
+            self.sent.append(message["message"])
+        else:
+            self.told.append(message)
 
     async def close(self, code: int, reason: str = "") -> None:
         self.closed.append(code)
@@ -56,6 +61,7 @@ def test_the_catch_up_delivers_a_lost_broadcast_once_to_sockets_that_were_there(
         fan = Fanout()
         early, late = FakeConsumer(), FakeConsumer()
         await fan.register(early, ["everyone"], timezone.now() - timedelta(minutes=1))
+        fan.listening_since = timezone.now() - timedelta(minutes=2)  # a worker up for a while
         make = sync_to_async(stored)
         heard = await make("heard live", SETTLE + timedelta(seconds=1))
         lost = await make("lost", SETTLE + timedelta(seconds=1))
@@ -73,6 +79,22 @@ def test_the_catch_up_delivers_a_lost_broadcast_once_to_sockets_that_were_there(
     assert early == ["heard live", "lost"]
     assert late == []
     assert (first, second) == (1, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_was_published_before_the_worker_joined_is_not_its_to_catch_up(caplog):
+    async def scenario():
+        before = await sync_to_async(stored)("before this worker", SETTLE + timedelta(seconds=2))
+        fan = Fanout()
+        socket_ = FakeConsumer()
+        await fan.register(socket_, ["everyone"], timezone.now() - timedelta(minutes=1))
+        assert fan.listening_since is not None and fan.listening_since > before.published_at
+        caught_up = await fan.catch_up()
+        fan.task.cancel()
+        return caught_up, socket_.sent
+
+    assert asyncio.run(scenario()) == (0, [])
+    assert "never reached this worker" not in caplog.text
 
 
 def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
@@ -125,12 +147,17 @@ def test_losing_the_layer_closes_signed_in_sockets_refuses_new_ones_and_recovers
         await fan.register(FakeConsumer(), ["everyone"], now)  # accepted again
         await settle()
         fan.task.cancel()
-        return problem, signed_in.closed, anonymous.closed
+        return problem, signed_in.closed, anonymous.closed, anonymous.told
 
-    problem, signed_in_closed, anonymous_closed = asyncio.run(scenario())
+    problem, signed_in_closed, anonymous_closed, told = asyncio.run(scenario())
     assert problem.startswith("lost the channel layer") and "Connection refused" in problem
     assert signed_in_closed == [1013]
     assert anonymous_closed == []
+    # The open socket hears that live updates paused, and that they are back.
+    assert told == [
+        {"type": "status", "live": False, "reason": "The server lost its channel layer"},
+        {"type": "status", "live": True},
+    ]
 
 
 def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings, redis_server):
@@ -163,7 +190,8 @@ def test_an_event_it_cannot_handle_is_dropped_and_the_fanout_keeps_working(caplo
         await fan.register(consumer, ["everyone"], timezone.now())
         layer = get_channel_layer()
         await layer.group_send(group_for("everyone"), {"type": "realtime.send"})  # no text
-        good = {"type": "realtime.send", "text": json.dumps({"message": "after"})}
+        text = json.dumps({"type": "broadcast", "message": "after"})
+        good = {"type": "realtime.send", "text": text}
         await layer.group_send(group_for("everyone"), good)
         for _ in range(50):
             if consumer.sent:

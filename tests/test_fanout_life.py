@@ -28,6 +28,7 @@ from tests.helpers import (
     close_code,
     create_users,
     demote,
+    drain,
     free_port,
     healthz,
     logged_in,
@@ -211,6 +212,7 @@ def test_losing_redis_is_said_once_closes_signed_in_sockets_and_recovers(
                 status, body = await asyncio.to_thread(healthz, server.port, client_tls)
                 await asyncio.sleep(outage)
                 anonymous_open = [s.close_code is None for s, _ in anonymous]
+                paused = [await drain(s, 0.5) for s, _ in anonymous]
             finally:
                 if layer == "pubsub":
                     os.kill(redis.process.pid, signal.SIGCONT)
@@ -222,13 +224,20 @@ def test_losing_redis_is_said_once_closes_signed_in_sockets_and_recovers(
                 "both workers to have the layer again",
                 CHECK + CHECK_TIMEOUT + 15,
             )
+            live_again = [await drain(s, 1) for s, _ in anonymous]
             again = await open_on_both_workers(url, client_tls, stack, erin.cookie_header())
             assert all([await pongs(s) for s, _ in again])
             sockets = [s for s, _ in anonymous + again]
             latencies = await live_broadcast(ops, sockets, f"after the outage on {layer}")
-            return erin_codes, status, body, anonymous_open, latencies
+            return erin_codes, status, body, anonymous_open, latencies, paused, live_again
 
-    erin_codes, status, body, anonymous_open, latencies = asyncio.run(scenario())
+    erin_codes, status, body, anonymous_open, latencies, paused, live_again = asyncio.run(
+        scenario()
+    )
+    # Open sockets are told, so that the page says "live updates paused", not "open".
+    lost = {"type": "status", "live": False, "reason": "The server lost its channel layer"}
+    assert all(messages == [lost] for messages in paused), paused
+    assert all(messages == [{"type": "status", "live": True}] for messages in live_again)
     assert set(erin_codes) == {1013}
     assert status == 503
     assert body["checks"]["fanout"].startswith("lost the channel layer"), body

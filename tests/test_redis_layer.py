@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
 
 import pytest
+import redis
 
 from tests.helpers import (
     PYTHON,
     ROOT,
     daphne_tls_args,
     free_port,
+    open_spread,
     receive_json,
+    send_broadcasts,
     wait_for_port,
     ws_connect,
 )
@@ -130,3 +134,45 @@ def test_broadcasts_travel_through_a_sentinel_managed_redis(
 
     assert asyncio.run(scenario())["message"] == "via sentinel"
     assert "Channel layer: channels_redis.pubsub.RedisPubSubChannelLayer" in server.log()
+
+
+# --- Shards: REDIS_URL with several URLs -------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "core"])
+def test_broadcasts_reach_both_workers_through_two_shards(
+    layer, start, private_redis, server_env, client_tls
+):
+    shards = [private_redis(), private_redis()]
+    urls = ",".join(shard.url for shard in shards)
+    port = free_port()
+    serve = [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)]
+    server = start(serve, port, REDIS_URL=urls, REDIS_CHANNEL_LAYER=layer)
+    url = f"wss://localhost:{port}/ws/"
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = await open_spread(url, client_tls, 2, stack)
+            while len({worker for _, worker in sockets}) < 2 and len(sockets) < 40:
+                sockets += await open_spread(url, client_tls, 1, stack)
+            ids = await asyncio.to_thread(
+                send_broadcasts, server_env, urls, [f"through two shards ({layer})"]
+            )
+            received = [await receive_json(s) for s, _ in sockets]
+            return {w for _, w in sockets}, ids, received, [shard_use(s, layer) for s in shards]
+
+    workers, ids, received, uses = asyncio.run(scenario())
+    assert workers == {"w1", "w2"}
+    assert all(m["type"] == "broadcast" and m["id"] == ids[0] for m in received)
+    # channels-redis spread the groups and channels over both shards.
+    assert all(uses), uses
+    assert "redis://" not in server.log()
+
+
+def shard_use(shard, layer: str) -> int:
+    """What the layer keeps on one shard: subscriptions (pubsub) or keys (core)."""
+    client = redis.Redis.from_url(shard.url)
+    try:
+        return len(client.pubsub_channels()) if layer == "pubsub" else client.dbsize()
+    finally:
+        client.close()

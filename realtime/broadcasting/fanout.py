@@ -67,6 +67,7 @@ RETRY_DELAY = 1.0  # seconds between attempts while the channel layer fails
 CHECK_ATTEMPTS = 3  # a check's tries in a row when the connection fails
 PROBE = "realtime.fanout.probe"
 LOST_REASON = "Reconnect: the server lost its channel layer"
+PAUSED_REASON = "The server lost its channel layer"  # in the status message to open sockets
 
 
 def rejoin_interval() -> float:
@@ -144,6 +145,9 @@ class Fanout:
         self.probe_group = f"realtime.fanout.probe.{uuid.uuid4().hex}"
         self.probe_token = 0
         self.probe_waiter: asyncio.Future[None] | None = None
+        # When this worker first joined its groups: broadcasts published before it are not
+        # its to catch up on (it did not exist; its sockets resume them instead).
+        self.listening_since: datetime | None = None
 
     # --- Sockets -------------------------------------------------------------------------
 
@@ -282,6 +286,8 @@ class Fanout:
         # layer's lasts for the process. Nothing is received by anyone else in between.
         for group in [*map(group_for, AUDIENCES), SESSIONS_GROUP, self.probe_group]:
             await layer.group_add(group, channel)
+        if self.listening_since is None:
+            self.listening_since = timezone.now()
         assert self.joined is not None
         if self.lost is None:
             self.joined.set()
@@ -321,6 +327,7 @@ class Fanout:
         if self.joined is not None:
             self.joined.clear()
         closed = self.close_signed_in()
+        self.tell_everyone(protocol.status(live=False, reason=PAUSED_REASON))
         logger.error(
             "Broadcast fan-out lost the channel layer (%s); closed %d signed-in socket(s) so "
             "that they reconnect, and refusing new sockets until it is back",
@@ -338,6 +345,7 @@ class Fanout:
         self.lost = None
         if self.joined is not None:
             self.joined.set()
+        self.tell_everyone(protocol.status(live=True))
 
     def close_signed_in(self) -> int:
         """Close every signed-in socket with 1013: it reconnects once the layer is back."""
@@ -346,6 +354,15 @@ class Fanout:
             self.unregister(consumer)
             spawn(consumer.close(code=protocol.TRY_AGAIN_LATER, reason=LOST_REASON))
         return len(consumers)
+
+    def tell_everyone(self, text: str) -> None:
+        """Write one message to every socket of this worker (each once, whatever its
+        audiences)."""
+        recipients = list({id(r.consumer): r for rs in self.local.values() for r in rs.values()}
+                          .values())  # fmt: skip
+        prepared = self._prepare(text, recipients)
+        for recipient in recipients:
+            recipient.push(text, prepared)
 
     def problem(self) -> str | None:
         """Why this worker's fan-out cannot deliver now (for /healthz), or None."""
@@ -402,8 +419,10 @@ class Fanout:
         audiences = [audience for audience, recipients in self.local.items() if recipients]
         if not audiences:
             return []
+        if self.listening_since is None:
+            return []
         published = Broadcast.objects.filter(
-            published_at__gte=now - LOOK_BACK,
+            published_at__gte=max(now - LOOK_BACK, self.listening_since),
             published_at__lte=now - SETTLE,
             audience__in=audiences,
         ).order_by("id")
@@ -423,12 +442,13 @@ class Fanout:
             for recipient in recipients:
                 recipient.push(text, prepared)
             self._mark_received(broadcast.id)
-            logger.warning(
-                "Broadcast #%s never reached this worker through the channel layer; delivered "
-                "it to %d socket(s) from the database",
-                broadcast.id,
-                len(recipients),
-            )
+            if recipients:  # else nobody here missed it: not worth a warning
+                logger.warning(
+                    "Broadcast #%s never reached this worker through the channel layer; "
+                    "delivered it to %d socket(s) from the database",
+                    broadcast.id,
+                    len(recipients),
+                )
         return len(missed)
 
 

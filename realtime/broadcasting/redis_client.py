@@ -19,12 +19,19 @@ from django.conf import settings
 TIMEOUT = 5.0
 
 
-def redis_host() -> dict[str, Any] | None:
-    """The first Redis host of the default channel layer, or None for the in-memory layer."""
+def redis_hosts() -> list[dict[str, Any]]:
+    """Every Redis host (shard) of the default channel layer; [] for the in-memory layer."""
     config = settings.CHANNEL_LAYERS["default"]
     if not config["BACKEND"].startswith("channels_redis."):
-        return None
-    return dict(config["CONFIG"]["hosts"][0])
+        return []
+    return [dict(host) for host in config["CONFIG"]["hosts"]]
+
+
+def redis_host() -> dict[str, Any] | None:
+    """The first Redis host of the channel layer (presence keeps its keys there), or None for
+    the in-memory layer."""
+    hosts = redis_hosts()
+    return hosts[0] if hosts else None
 
 
 def _client_kwargs(host: dict[str, Any]) -> dict[str, Any]:
@@ -34,8 +41,11 @@ def _client_kwargs(host: dict[str, Any]) -> dict[str, Any]:
 @cache
 def sync_client() -> redis.Redis | None:
     host = redis_host()
-    if host is None:
-        return None
+    return None if host is None else sync_client_for(host)
+
+
+def sync_client_for(host: dict[str, Any]) -> redis.Redis:
+    """A client of one host of the layer (a shard, or Sentinel's master)."""
     kwargs = _client_kwargs(host)
     if "sentinels" in kwargs:
         sentinel = redis.sentinel.Sentinel(

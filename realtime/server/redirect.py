@@ -1,6 +1,7 @@
 """Plain HTTP that only ever redirects to HTTPS: the `realtime-redirect:` Twisted endpoint.
 
     realtime-redirect:PORT:httpsPort=TLSPORT[:interface=ADDR][:backlog=N][:reusePort=yes|no]
+                      [:acmeWebroot=DIR]
 
 Given to daphne beside its TLS endpoint (`serve --redirect-http 80`, `runserver --tls
 --redirect-http PORT`, or a second `-e` of plain daphne), it listens for plain HTTP and answers
@@ -15,12 +16,20 @@ instead. So no page, static file or WebSocket is ever served over the plain port
 redirect does not depend on the application's middleware. With reusePort=yes every worker of
 `serve` listens on it (on the socket its supervisor opened), like on the TLS port. HSTS is not
 sent here: browsers ignore it over plain HTTP (RFC 6797, 8.1); the HTTPS responses carry it.
+
+With acmeWebroot=DIR (`serve --acme-webroot DIR`) one thing is served rather than redirected:
+`/.well-known/acme-challenge/<token>` from DIR/.well-known/acme-challenge/, where
+`certbot certonly --webroot -w DIR` writes its tokens, so Let's Encrypt's HTTP-01 check passes
+while the service holds port 80. A token is base64url characters only (RFC 8555, 8.3): any
+other name, `../` included, is 404 without touching the file system beyond that directory.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -47,6 +56,9 @@ HTTPS_PORT = 443
 IDLE_TIMEOUT = 10  # seconds a plain-HTTP connection may stay silent (Twisted's default: 60)
 # RFC 3986 reserved and unreserved characters, and "%" of existing escapes: kept as sent.
 URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+ACME_PATH = b"/.well-known/acme-challenge/"
+ACME_TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,256}")  # base64url, as ACME servers make them
+ACME_MAX_BYTES = 4096  # a key authorization is about 90 bytes
 
 
 def redirect_status(method: str) -> int:
@@ -77,16 +89,36 @@ def redirect_location(
     return f"https://{domain}{port}{quote(target, safe=URI_SAFE)}"
 
 
+def acme_challenge(webroot: Path, path: bytes) -> bytes | None:
+    """The key authorization certbot left for `path` (/.well-known/acme-challenge/<token>),
+    or None: not such a path, a token that is not base64url (../ included), or no file."""
+    if not path.startswith(ACME_PATH):
+        return None
+    token = path[len(ACME_PATH) :]
+    if not ACME_TOKEN.fullmatch(token):
+        return None
+    challenge = webroot / ".well-known" / "acme-challenge" / token.decode("ascii")
+    try:
+        with challenge.open("rb") as file:
+            return file.read(ACME_MAX_BYTES)
+    except OSError:
+        return None
+
+
 class RedirectResource(Resource):
-    """Answers every request with a redirect to the same path over HTTPS."""
+    """Answers every request with a redirect to the same path over HTTPS (ACME challenges
+    excepted, when a webroot is given)."""
 
     isLeaf = True
 
-    def __init__(self, https_port: int) -> None:
+    def __init__(self, https_port: int, acme_webroot: Path | None = None) -> None:
         super().__init__()
         self.https_port = https_port
+        self.acme_webroot = acme_webroot
 
     def render(self, request: Request) -> bytes:
+        if self.acme_webroot is not None and request.path.startswith(ACME_PATH):
+            return self.render_acme(request, self.acme_webroot)
         host = request.getHeader("host")
         target = request.uri.decode("latin-1")
         location = redirect_location(host, self.https_port, target, settings.ALLOWED_HOSTS)
@@ -98,6 +130,21 @@ class RedirectResource(Resource):
         request.setResponseCode(redirect_status(request.method.decode("latin-1")))
         request.setHeader("location", location)
         return f"This site is served over HTTPS: {location}\n".encode()
+
+    @staticmethod
+    def render_acme(request: Request, webroot: Path) -> bytes:
+        request.setHeader("server", PREFIX)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader("allow", "GET, HEAD")
+            return b""
+        answer = acme_challenge(webroot, request.path)
+        if answer is None:
+            request.setResponseCode(404)
+            request.setHeader("content-type", "text/plain; charset=utf-8")
+            return b"No such challenge.\n"
+        request.setHeader("content-type", "application/octet-stream")
+        return answer
 
 
 @implementer(IStreamServerEndpoint)
@@ -112,6 +159,7 @@ class RedirectEndpoint:
         backlog: int = 50,
         interface: str = "",
         reuse_port: bool = False,
+        acme_webroot: Path | None = None,
     ) -> None:
         self.reactor = reactor
         self.port = port
@@ -119,10 +167,12 @@ class RedirectEndpoint:
         self.backlog = backlog
         self.interface = interface
         self.reuse_port = reuse_port
+        self.acme_webroot = acme_webroot
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # `factory` (daphne's application) is ignored on purpose: this port only redirects.
-        site = Site(RedirectResource(self.https_port), timeout=IDLE_TIMEOUT)
+        resource = RedirectResource(self.https_port, self.acme_webroot)
+        site = Site(resource, timeout=IDLE_TIMEOUT)
         adopted = adopt_inherited(self.reactor, self.port, site)
         if adopted is not None:
             return adopted
@@ -164,6 +214,7 @@ class RedirectParser:
         interface: str = "",
         backlog: str = "50",
         reusePort: str = "no",
+        acmeWebroot: str | None = None,
     ) -> RedirectEndpoint:
         if httpsPort is None:
             raise ValueError(f"{PREFIX}: httpsPort=PORT (where HTTPS is served) is required.")
@@ -172,6 +223,9 @@ class RedirectParser:
         reuse_port = reusePort.lower() == "yes"
         if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError(f"{PREFIX}: reusePort=yes needs SO_REUSEPORT, which is missing here.")
+        webroot = Path(acmeWebroot) if acmeWebroot else None
+        if webroot is not None and not webroot.is_dir():
+            raise ValueError(f"{PREFIX}: acmeWebroot {acmeWebroot!r} is not a directory.")
         return RedirectEndpoint(
             reactor,
             _port_number("the port", port, 0),
@@ -179,6 +233,7 @@ class RedirectParser:
             backlog=int(backlog),
             interface=interface,
             reuse_port=reuse_port,
+            acme_webroot=webroot,
         )
 
 
@@ -186,7 +241,12 @@ parser = RedirectParser()
 
 
 def redirect_endpoint(
-    port: int, https_port: int, interface: str | None = None, *, reuse_port: bool = False
+    port: int,
+    https_port: int,
+    interface: str | None = None,
+    *,
+    reuse_port: bool = False,
+    acme_webroot: Path | str | None = None,
 ) -> str:
     """A `realtime-redirect:` endpoint string.
 
@@ -200,4 +260,6 @@ def redirect_endpoint(
         parts.append("interface=" + escape_endpoint_value(interface.strip("[]")))
     if reuse_port:
         parts.append("reusePort=yes")
+    if acme_webroot:
+        parts.append("acmeWebroot=" + escape_endpoint_value(str(acme_webroot)))
     return ":".join(parts)

@@ -119,6 +119,16 @@ def welcome(
     )
 
 
+def status(*, live: bool, reason: str | None = None) -> str:
+    """Whether this socket's worker hears the channel layer: live false while it does not
+    (no broadcast reaches the socket; the page says "live updates paused"), true again
+    when it does (what was sent meanwhile follows: the worker's catch-up)."""
+    message: dict[str, Any] = {"type": "status", "live": live}
+    if reason:
+        message["reason"] = reason
+    return encode(message)
+
+
 def resumed(after: int, replayed: int, latest: int) -> str:
     return encode({"type": "resumed", "after": after, "replayed": replayed, "latest": latest})
 

@@ -17,6 +17,7 @@ realtime/server/supervisor.py restarts a worker that dies, replaces them one at 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.broadcasting.redis_client import redis_host
 from realtime.conf import conf
+from realtime.health import services_down
 from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
 from realtime.server.endpoints import reuseport_endpoint
@@ -77,6 +79,22 @@ class Command(BaseCommand):
             help="Also listen for plain HTTP on PORT (e.g. 80) and redirect it to HTTPS.",
         )
         parser.add_argument(
+            "--acme-webroot",
+            metavar="DIR",
+            default=None,
+            help="With --redirect-http: serve /.well-known/acme-challenge/ from DIR (certbot "
+            "certonly --webroot -w DIR) instead of redirecting it. Default: "
+            "REALTIME_ACME_WEBROOT.",
+        )
+        parser.add_argument(
+            "--wait-for-services",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="Wait up to SECONDS for the database and Redis to answer before starting "
+            "(default 0: refuse to start at once when they do not).",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=DEFAULT_GRACE,
@@ -91,6 +109,7 @@ class Command(BaseCommand):
         ports = [port] if http_port is None else [port, http_port]
         for each in ports:
             check_can_listen(host, each)
+        self._wait_for_services(options["wait_for_services"])
         if getattr(settings, "STATIC_ROOT", None):
             call_command("collectstatic", interactive=False, verbosity=0)
         profile = conf.REALTIME_TLS_PROFILE
@@ -100,9 +119,15 @@ class Command(BaseCommand):
             f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
             f"TLS profile {profile}."
         )
+        webroot = self._acme_webroot(options["acme_webroot"], http_port)
         if http_port is not None:
-            endpoints += ["-e", redirect_endpoint(http_port, port, host, reuse_port=True)]
+            redirect = redirect_endpoint(
+                http_port, port, host, reuse_port=True, acme_webroot=webroot
+            )
+            endpoints += ["-e", redirect]
             self.stdout.write(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
+            if webroot is not None:
+                self.stdout.write(f"Serving ACME challenges from {webroot}.")
         supervisor = Supervisor(
             [*WORKER_COMMAND, *endpoints, daphne_application()],
             workers,
@@ -116,6 +141,40 @@ class Command(BaseCommand):
     def _log(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
+
+    def _wait_for_services(self, seconds: float) -> None:
+        """Start only with a database and Redis that answer (workers would start "ready" and
+        serve pages that cannot work), waiting up to `seconds` for them."""
+        deadline = time.monotonic() + seconds
+        said = False
+        while problems := services_down():
+            if time.monotonic() >= deadline:
+                several = len(problems) > 1
+                raise CommandError(
+                    f"Not starting: {' and '.join(problems)} {'are' if several else 'is'} not "
+                    f"answering. Start {'them' if several else 'it'}, or let serve wait with "
+                    "--wait-for-services SECONDS."
+                )
+            if not said:
+                self._log(f"Waiting up to {seconds:g} s for {' and '.join(problems)}...")
+                said = True
+            time.sleep(1)
+
+    @staticmethod
+    def _acme_webroot(given: str | None, http_port: int | None) -> Path | None:
+        """The ACME webroot: --acme-webroot, else REALTIME_ACME_WEBROOT; checked here so that
+        a typo is one clear error, not workers that keep dying."""
+        chosen = given or conf.REALTIME_ACME_WEBROOT
+        if not chosen:
+            return None
+        if http_port is None:
+            if given:
+                raise CommandError("--acme-webroot needs --redirect-http PORT (usually 80).")
+            return None  # the setting applies whenever the redirect listener runs
+        webroot = Path(chosen).resolve()
+        if not webroot.is_dir():
+            raise CommandError(f"The ACME webroot {webroot} is not a directory.")
+        return webroot
 
     def _check_options(self, workers: int, port: int, http_port: int | None) -> None:
         if workers < 1:

@@ -9,9 +9,11 @@
  *   createWebSocketConnection(p) -> new WebSocket for this page's host and path p
  *   backoffDelay(attempt, rand)  -> full-jitter delay in ms (pure)
  *
- * #connection data-state is exactly one of "connecting", "open", "closed":
+ * #connection data-state is exactly one of "connecting", "open", "paused", "closed":
  *   connecting  a socket has been created and is not open yet
  *   open        the socket is open
+ *   paused      the socket is open but its server lost the channel layer (a "status"
+ *               message with live: false): no broadcast arrives until live: true
  *   closed      the socket closed; also kept during the backoff wait
  *               (text then says "reconnecting in N s")
  */
@@ -132,7 +134,7 @@
     }
     var ping = $("ping");
     if (ping) {
-      ping.disabled = connState !== "open";
+      ping.disabled = connState !== "open" && connState !== "paused";
     }
   }
 
@@ -348,6 +350,12 @@
       renderWelcome(msg);
       // On every (re)connect: ask for what was missed since the last broadcast seen.
       send({ type: "resume", after: state.lastBroadcastId == null ? 0 : state.lastBroadcastId });
+    } else if (type === "status") {
+      if (msg.live === false && state.connection === "open") {
+        setConnection("paused", "live updates paused");
+      } else if (msg.live === true && state.connection === "paused") {
+        setConnection("open", "open");
+      }
     } else if (type === "resumed") {
       state.resumes += 1;
     } else if (type === "resume_failed") {
