@@ -5,7 +5,10 @@ private redis-server and `manage.py serve --workers 2` on free ports, open N WSS
 (verified against a throw-away dev CA), send R broadcasts the way realtime.broadcast does (one
 group_send of pre-serialized text) and time their arrival at every socket.
 
-    .venv/bin/python bench/layer_fanout.py [--sockets 1000] [--rounds 5]
+    .venv/bin/python bench/layer_fanout.py [--sockets 1000] [--rounds 5] [--shards 1]
+
+With --shards N, N private redis-servers are the layer's shards (REDIS_URL lists them all);
+the Redis commands are counted on every shard.
 
 Prints a Markdown table and writes bench/results/layer_fanout.json. Latency is measured from
 just before group_send to arrival at each client, all on this machine (client included: the
@@ -95,15 +98,20 @@ class Clients:
         await asyncio.gather(*(s.close() for s in self.sockets), return_exceptions=True)
 
 
-def redis_calls(redis_url: str) -> dict[str, int]:
-    """Redis's own count of commands served, by command (INFO commandstats), and its bytes."""
-    client = redis.Redis.from_url(redis_url)
-    stats = client.info("commandstats")
-    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
-    network = client.info("stats")
-    client.close()
-    calls["bytes_in"] = network["total_net_input_bytes"]
-    calls["bytes_out"] = network["total_net_output_bytes"]
+def redis_calls(redis_urls: str) -> dict[str, int]:
+    """Redis's own count of commands served, by command (INFO commandstats), and its bytes,
+    summed over the shards of a comma-separated REDIS_URL."""
+    calls: dict[str, int] = {}
+    for url in redis_urls.split(","):
+        client = redis.Redis.from_url(url)
+        stats = client.info("commandstats")
+        network = client.info("stats")
+        client.close()
+        counts = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+        counts["bytes_in"] = network["total_net_input_bytes"]
+        counts["bytes_out"] = network["total_net_output_bytes"]
+        for name, count in counts.items():
+            calls[name] = calls.get(name, 0) + count
     return calls
 
 
@@ -113,7 +121,8 @@ def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 
 
 async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int, rounds: int):
-    layer = LAYERS[name](hosts=[{"address": redis_url, "socket_timeout": None}])
+    hosts = [{"address": url, "socket_timeout": None} for url in redis_url.split(",")]
+    layer = LAYERS[name](hosts=hosts)
     clients = Clients(f"wss://localhost:{port}/ws/", tls, f"https://localhost:{port}")
     opened = time.perf_counter()
     await clients.open(sockets)
@@ -177,12 +186,17 @@ def server_env(state: Path, certs: Path, redis_url: str, layer: str) -> dict[str
         REALTIME_CERT_DIR=str(certs),
         REDIS_URL=redis_url,
         REDIS_CHANNEL_LAYER=layer,
+        # Every socket comes from 127.0.0.1: the per-address cap would refuse the load.
+        REALTIME_WS_MAX_PER_CLIENT="0",
     )
     return env
 
 
-def run_one(name: str, state: Path, certs: Path, tls, sockets: int, rounds: int) -> dict:
-    redis_process, redis_url = start_redis(state)
+def run_one(
+    name: str, state: Path, certs: Path, tls, sockets: int, rounds: int, shards: int = 1
+) -> dict:
+    started = [start_redis(state) for _ in range(shards)]
+    redis_url = ",".join(url for _, url in started)
     env = server_env(state, certs, redis_url, name)
     subprocess.run(
         [PYTHON, "manage.py", "migrate", "--noinput"],
@@ -207,8 +221,9 @@ def run_one(name: str, state: Path, certs: Path, tls, sockets: int, rounds: int)
     finally:
         server.terminate()
         server.wait(timeout=30)
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+        for redis_process, _ in started:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
 
 
 def summarize(result: dict) -> dict:
@@ -230,6 +245,7 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", nargs="+", default=["core", "pubsub"], choices=LAYERS)
+    parser.add_argument("--shards", type=int, default=1, help="Redis servers (default 1)")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is not on PATH")
@@ -238,11 +254,14 @@ def main() -> None:
         certs = ensure_dev_certificate(state / "certs").paths
         tls = ssl.create_default_context(cafile=str(certs.ca_cert))
         results = [
-            run_one(name, state, certs.cert.parent, tls, args.sockets, args.rounds)
+            run_one(name, state, certs.cert.parent, tls, args.sockets, args.rounds, args.shards)
             for name in args.layers
         ]
     summary = [summarize(r) for r in results]
-    print(f"\nBroadcast to {args.sockets} WSS sockets on 2 workers, {args.rounds} rounds each\n")
+    print(
+        f"\nBroadcast to {args.sockets} WSS sockets on 2 workers, {args.rounds} rounds each, "
+        f"{args.shards} Redis shard(s)\n"
+    )
     print("| Layer | Sockets per worker | p50 (ms) | p99 (ms) | max (ms) | Lost |")
     print("|---|---|---|---|---|---|")
     for row in summary:
