@@ -1,6 +1,7 @@
 """Registers realtime's endpoints with Twisted's plugin system: `realtime:` (TLS,
-realtime/server/endpoints.py) and `realtime-redirect:` (plain HTTP to HTTPS,
-realtime/server/redirect.py).
+realtime/server/endpoints.py), `realtime-redirect:` (plain HTTP to HTTPS,
+realtime/server/redirect.py) and `realtime-plain:` (plain HTTP behind a proxy,
+realtime/server/plain.py).
 
 Twisted looks for plugins in a `twisted/plugins` directory under every sys.path entry, and
 daphne puts "." on sys.path, so `daphne -e realtime:...` run from the project root finds this
@@ -12,6 +13,7 @@ Twisted caches what it found in dropin.cache here (ignored by git).
 from __future__ import annotations
 
 from realtime.server.endpoints import parser
+from realtime.server.plain import parser as plain_parser
 from realtime.server.redirect import parser as redirect_parser
 
-__all__ = ["parser", "redirect_parser"]
+__all__ = ["parser", "plain_parser", "redirect_parser"]

@@ -32,6 +32,7 @@ from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
 from realtime.server.endpoints import reuseport_endpoint
 from realtime.server.listeners import open_listener
+from realtime.server.plain import plain_endpoint
 from realtime.server.redirect import redirect_endpoint
 from realtime.server.supervisor import DEFAULT_GRACE, Supervisor
 
@@ -66,7 +67,14 @@ class Command(BaseCommand):
         )
         parser.add_argument("--port", type=int, default=8443, help="TLS port (default 8443).")
         parser.add_argument(
+            "--plain",
+            action="store_true",
+            help="Plain HTTP workers behind a TLS-terminating proxy (deploy/nginx/): needs "
+            "DJANGO_TRUST_PROXY_HEADERS=1; no certificate here.",
+        )
+        parser.add_argument(
             "--host",
+            "--bind",
             default="127.0.0.1",
             help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all IPv4, :: for IPv6).",
         )
@@ -105,20 +113,32 @@ class Command(BaseCommand):
         workers, port, http_port = options["workers"], options["port"], options["redirect_http"]
         host = options["host"].removeprefix("[").removesuffix("]")
         self._check_options(workers, port, http_port)
-        cert, key = serving_certificate(options["cert"], options["key"], self.stdout.write)
+        if options["plain"]:
+            self._check_plain(options)
+        else:
+            cert, key = serving_certificate(options["cert"], options["key"], self.stdout.write)
         ports = [port] if http_port is None else [port, http_port]
         for each in ports:
             check_can_listen(host, each)
         self._wait_for_services(options["wait_for_services"])
         if getattr(settings, "STATIC_ROOT", None):
             call_command("collectstatic", interactive=False, verbosity=0)
-        profile = conf.REALTIME_TLS_PROFILE
-        endpoints = ["-e", reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)]
         shown = f"[{host}]" if ":" in host else host
-        self.stdout.write(
-            f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
-            f"TLS profile {profile}."
-        )
+        if options["plain"]:
+            # daphne takes the client's address from X-Forwarded-For (the proxy sets it).
+            endpoints = ["--proxy-headers", "-e", plain_endpoint(port, host, reuse_port=True)]
+            self.stdout.write(
+                f"Serving plain http://{shown}:{port}/ with {workers} daphne worker(s) for a "
+                "TLS-terminating proxy (X-Forwarded-* trusted)."
+            )
+        else:
+            profile = conf.REALTIME_TLS_PROFILE
+            endpoint = reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)
+            endpoints = ["-e", endpoint]
+            self.stdout.write(
+                f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
+                f"TLS profile {profile}."
+            )
         webroot = self._acme_webroot(options["acme_webroot"], http_port)
         if http_port is not None:
             redirect = redirect_endpoint(
@@ -141,6 +161,23 @@ class Command(BaseCommand):
     def _log(self, line: str) -> None:
         self.stdout.write(line)
         self.stdout.flush()
+
+    @staticmethod
+    def _check_plain(options: dict[str, Any]) -> None:
+        """Plain workers only make sense behind a proxy whose headers are trusted: without
+        them every WebSocket would be refused as not secure (REALTIME_REQUIRE_TLS) and every
+        client would share the proxy's address."""
+        for option in ("cert", "key", "redirect_http", "acme_webroot"):
+            if options[option]:
+                flag = "--" + option.replace("_", "-")
+                raise CommandError(f"{flag} does not go with --plain: the proxy holds TLS.")
+        if getattr(settings, "SECURE_PROXY_SSL_HEADER", None) is None:
+            raise CommandError(
+                "--plain needs DJANGO_TRUST_PROXY_HEADERS=1 (SECURE_PROXY_SSL_HEADER): the "
+                "workers learn from the proxy's X-Forwarded-Proto and X-Forwarded-For that "
+                "a client came over TLS, and from where. Only for workers the proxy alone "
+                "can reach (--host 127.0.0.1)."
+            )
 
     def _wait_for_services(self, seconds: float) -> None:
         """Start only with a database and Redis that answer (workers would start "ready" and

@@ -1,0 +1,163 @@
+"""Behind nginx: Debian's nginx runs deploy/nginx/realtime.conf (only the port, the
+certificate, the name and the workers' address changed) with the dev certificate, in front of
+`serve --plain` workers with DJANGO_TRUST_PROXY_HEADERS=1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import textwrap
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    close_code,
+    free_port,
+    receive_json,
+    wait_for_port,
+    ws_connect,
+)
+from tests.netns import stop
+
+pytestmark = pytest.mark.e2e
+
+SITE = ROOT / "deploy" / "nginx" / "realtime.conf"
+CAP = 2  # REALTIME_WS_MAX_PER_CLIENT for these tests
+
+
+def site_config(port: int, workers_port: int, certs) -> str:
+    """The shipped site with this test's values; each must be there exactly once."""
+    text = SITE.read_text()
+    for old, new in (
+        ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{workers_port};"),
+        ("server_name app.example.com;", "server_name localhost;"),
+        ("/etc/realtime/tls/fullchain.pem", str(certs.cert)),
+        ("/etc/realtime/tls/privkey.pem", str(certs.key)),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="module")
+def behind_nginx(start, dev_certs, tmp_path_factory):
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not shutil.which(nginx):
+        pytest.fail("nginx is missing (Debian package nginx; .ci/run installs it)")
+    workers_port, port = free_port(), free_port()
+    start(
+        [PYTHON, "manage.py", "serve", "--plain", "--workers", "1", "--host", "127.0.0.1",
+         "--port", str(workers_port)],
+        workers_port,
+        DJANGO_TRUST_PROXY_HEADERS="1",
+        REALTIME_WS_MAX_PER_CLIENT=str(CAP),
+    )  # fmt: skip
+    work = tmp_path_factory.mktemp("nginx")
+    (work / "site.conf").write_text(site_config(port, workers_port, dev_certs))
+    (work / "nginx.conf").write_text(
+        textwrap.dedent(
+            f"""
+            # The test's own main file around the shipped site (Debian's is /etc/nginx).
+            user root;
+            daemon off;
+            pid {work}/nginx.pid;
+            error_log {work}/error.log info;
+            events {{ worker_connections 256; }}
+            http {{
+                access_log {work}/access.log;
+                client_body_temp_path {work}/body;
+                proxy_temp_path {work}/proxy;
+                fastcgi_temp_path {work}/fastcgi;
+                uwsgi_temp_path {work}/uwsgi;
+                scgi_temp_path {work}/scgi;
+                include {work}/site.conf;
+            }}
+            """
+        )
+    )
+    with open(work / "stderr.log", "wb") as errors:
+        process = subprocess.Popen(
+            [nginx, "-c", str(work / "nginx.conf"), "-p", str(work)],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, 15)
+        yield port
+    finally:
+        stop(process)
+
+
+def url(port: int) -> str:
+    return f"wss://localhost:{port}/ws/"
+
+
+def test_a_wss_client_through_nginx_is_secure(behind_nginx, client_tls):
+    async def scenario():
+        async with ws_connect(url(behind_nginx), client_tls) as socket_:
+            return await receive_json(socket_)
+
+    welcome = asyncio.run(scenario())
+    assert welcome["type"] == "welcome"
+    assert welcome["secure"] is True and welcome["scheme"] == "wss"
+
+
+def test_origins_are_still_checked(behind_nginx, client_tls):
+    async def scenario():
+        with pytest.raises(InvalidStatus) as refused:
+            async with ws_connect(url(behind_nginx), client_tls, origin="https://evil.test"):
+                pass
+        return refused.value.response.status_code
+
+    assert asyncio.run(scenario()) == 403
+
+
+async def open_from(port: int, tls, source: str, stack, **kwargs):
+    """A socket from a given loopback address; its welcome, or the close code if refused."""
+    socket_ = await stack.enter_async_context(
+        ws_connect(url(port), tls, local_addr=(source, 0), **kwargs)
+    )
+    try:
+        return (await receive_json(socket_))["type"]
+    except ConnectionClosed:
+        return await close_code(socket_)
+
+
+def test_the_per_address_cap_counts_the_real_client_not_nginx(behind_nginx, client_tls):
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            # A client cannot pick its address with a header of its own (a new one for each
+            # socket, to escape the cap): nginx replaces it with the address it sees.
+            first = [
+                await open_from(
+                    behind_nginx, client_tls, "127.0.0.2", stack,
+                    additional_headers={"X-Forwarded-For": f"203.0.113.{n}"},
+                )
+                for n in range(CAP + 1)
+            ]  # fmt: skip
+            other = await open_from(behind_nginx, client_tls, "127.0.0.3", stack)
+            return first, other
+
+    first, other = asyncio.run(scenario())
+    assert first == ["welcome"] * CAP + [1013]  # the third from 127.0.0.2: over its cap
+    assert other == "welcome"  # another address has its own count, through the same nginx
+
+
+def test_serve_plain_refuses_without_trusted_proxy_headers(server_env):
+    result = subprocess.run(
+        [PYTHON, "manage.py", "serve", "--plain", "--port", str(free_port())],
+        cwd=ROOT,
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--plain needs DJANGO_TRUST_PROXY_HEADERS=1" in result.stderr
