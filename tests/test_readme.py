@@ -113,3 +113,32 @@ def test_python_m_realtime_server_is_daphnes_command_line():
         timeout=60,
     )
     assert result.returncode == 0 and "--websocket_timeout" in result.stdout
+
+
+# --- The deployment docs and service files: every `manage.py serve` option they use exists ---
+
+DEPLOYMENT_FILES = [
+    ROOT / "docs" / "deployment.md",
+    ROOT / "deploy" / "systemd" / "realtime.service",
+    ROOT / "deploy" / "supervisor" / "realtime.conf",
+]
+
+
+def serve_commands(path: Path) -> list[str]:
+    """Each `manage.py serve ...` command of a file, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    return [m.group(0) for m in re.finditer(r"manage\.py serve[^\n`|]*", text)]
+
+
+@pytest.mark.parametrize("path", DEPLOYMENT_FILES, ids=lambda p: p.name)
+def test_every_serve_option_in_the_deployment_docs_exists(path, settings):
+    commands = serve_commands(path)
+    assert commands, f"no serve command in {path.name}"
+    usage = (
+        load_command_class(get_commands()["serve"], "serve")
+        .create_parser("manage.py", "serve")
+        .format_help()
+    )
+    for command in commands:
+        for option in re.findall(r"(?<!\S)(--[a-z][a-z-]*)", command):
+            assert re.search(rf"(^|[\s,\[]){re.escape(option)}\b", usage), (command, option)
