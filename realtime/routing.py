@@ -14,7 +14,7 @@ from typing import Any
 
 from channels.routing import URLRouter
 from django.core.exceptions import ImproperlyConfigured
-from django.urls import path
+from django.urls import path, re_path
 
 from realtime.broadcasting import maintenance
 from realtime.checks import check_settings
@@ -26,9 +26,11 @@ from realtime.websocket.middleware import (
     origin_validator,
 )
 from realtime.websocket.sessions import websocket_auth
+from realtime.websocket.unknown import refuse_unknown_path
 
 websocket_urlpatterns = [
     path("ws/", RealtimeConsumer.as_asgi()),
+    re_path(r"", refuse_unknown_path),  # last: any other path gets 403, not a traceback
 ]
 
 

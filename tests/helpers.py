@@ -24,8 +24,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from channels.testing import WebsocketCommunicator
 from websockets.asyncio.client import ClientConnection, connect
 
 from realtime.tls.devca import DevCertPaths
@@ -440,3 +442,18 @@ def ids_after(env: dict, after: int) -> list[int]:
 
 def latest_id(env: dict) -> int:
     return server_query(env, "SELECT COALESCE(MAX(id), 0) FROM realtime_broadcast")[0][0]
+
+
+class Communicator(WebsocketCommunicator):
+    """Channels' test WebSocket, waiting up to 10 s for each message where Channels waits 1 s:
+    on a loaded CI machine (two suites, PostgreSQL) a sign-out's close took longer now and
+    then. Tests that expect nothing still pass their own short timeout, or receive_nothing()."""
+
+    async def receive_from(self, timeout: float = 10) -> str | bytes:
+        return await super().receive_from(timeout)
+
+    async def receive_json_from(self, timeout: float = 10) -> Any:
+        return await super().receive_json_from(timeout)
+
+    async def receive_output(self, timeout: float = 10) -> Any:
+        return await super().receive_output(timeout)

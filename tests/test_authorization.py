@@ -8,13 +8,13 @@ import asyncio
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from project.asgi import application
 from realtime import broadcast
 from realtime.models import Broadcast
+from tests.helpers import Communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,7 +32,7 @@ def signed_in(name: str, *, staff: bool = False) -> Client:
     return client
 
 
-def socket_for(client: Client | None = None) -> WebsocketCommunicator:
+def socket_for(client: Client | None = None) -> Communicator:
     """A same-origin WSS socket, anonymous or carrying a test client's session cookie."""
     headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
     if client is not None:
@@ -41,22 +41,22 @@ def socket_for(client: Client | None = None) -> WebsocketCommunicator:
     async def over_tls(scope, receive, send):
         return await application({**scope, "scheme": "wss"}, receive, send)
 
-    return WebsocketCommunicator(over_tls, "/ws/", headers=headers)
+    return Communicator(over_tls, "/ws/", headers=headers)
 
 
-async def opened(client: Client | None = None) -> WebsocketCommunicator:
+async def opened(client: Client | None = None) -> Communicator:
     communicator = socket_for(client)
     assert (await communicator.connect())[0]
     assert (await communicator.receive_json_from())["type"] == "welcome"
     return communicator
 
 
-async def ask(communicator: WebsocketCommunicator, message: dict) -> dict:
+async def ask(communicator: Communicator, message: dict) -> dict:
     await communicator.send_json_to(message)
     return await communicator.receive_json_from()
 
 
-async def broadcasts_seen(communicator: WebsocketCommunicator) -> list[str]:
+async def broadcasts_seen(communicator: Communicator) -> list[str]:
     seen = []
     while not await communicator.receive_nothing(timeout=0.3):
         message = await communicator.receive_json_from()
@@ -303,7 +303,7 @@ def change_user(name: str, **fields) -> None:
     user.save()
 
 
-async def closed_or_alive(communicator: WebsocketCommunicator) -> dict:
+async def closed_or_alive(communicator: Communicator) -> dict:
     """The close a socket got, or the pong a live one answers."""
     if not await communicator.receive_nothing(timeout=0.3):
         return await communicator.receive_output()

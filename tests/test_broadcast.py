@@ -8,7 +8,6 @@ import json
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -17,6 +16,7 @@ from project.asgi import application
 from realtime import broadcast
 from realtime.broadcasting import sending
 from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
+from tests.helpers import Communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,7 @@ def make_user(name: str, *, staff: bool = False):
     return get_user_model().objects.create_user(name, password="pw-" + name, is_staff=staff)
 
 
-def socket_for(client=None) -> WebsocketCommunicator:
+def socket_for(client=None) -> Communicator:
     """A same-origin socket, anonymous or carrying a test client's session cookie."""
     headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
     if client is not None:
@@ -41,7 +41,7 @@ def socket_for(client=None) -> WebsocketCommunicator:
     async def with_scheme(scope, receive, send):
         return await application({**scope, "scheme": "wss"}, receive, send)
 
-    return WebsocketCommunicator(with_scheme, "/ws/", headers=headers)
+    return Communicator(with_scheme, "/ws/", headers=headers)
 
 
 async def open_all(sockets):

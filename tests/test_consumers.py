@@ -1,4 +1,4 @@
-"""The /ws/ consumer, driven through the whole ASGI application with WebsocketCommunicator."""
+"""The /ws/ consumer, driven through the whole ASGI application with Communicator."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
 from realtime.broadcasting.fanout import group_for
 from realtime.server.worker import worker_id
+from tests.helpers import Communicator
 
 # Channels closes stale database connections around each consumer event, so even consumers
 # that run no query touch the connection.
@@ -39,8 +39,8 @@ def with_scheme(scheme: str, tls: dict | None = None):
     return app
 
 
-async def open_socket(app=None, headers=SAME_ORIGIN) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(app or with_scheme("wss"), "/ws/", headers=headers)
+async def open_socket(app=None, headers=SAME_ORIGIN) -> Communicator:
+    communicator = Communicator(app or with_scheme("wss"), "/ws/", headers=headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
@@ -152,7 +152,7 @@ def test_a_group_message_reaches_every_socket_once():
 )
 def test_a_socket_from_another_origin_is_refused(headers):
     async def scenario():
-        communicator = WebsocketCommunicator(with_scheme("wss"), "/ws/", headers=headers)
+        communicator = Communicator(with_scheme("wss"), "/ws/", headers=headers)
         connected, _ = await communicator.connect()
         await communicator.wait()
         return connected

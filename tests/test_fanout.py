@@ -14,7 +14,14 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime.broadcasting import presence
-from realtime.broadcasting.fanout import LOOK_BACK, SETTLE, Fanout, LayerLost, group_for
+from realtime.broadcasting.fanout import (
+    LOOK_BACK,
+    REMEMBER_FOR,
+    SETTLE,
+    Fanout,
+    LayerLost,
+    group_for,
+)
 from realtime.broadcasting.redis_client import sync_client
 from realtime.models import Broadcast
 from realtime.websocket.sessions import SignedIn
@@ -95,6 +102,51 @@ def test_what_was_published_before_the_worker_joined_is_not_its_to_catch_up(capl
 
     assert asyncio.run(scenario()) == (0, [])
     assert "never reached this worker" not in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_larger_than_any_count_is_not_caught_up_again(caplog):
+    """12,000 broadcasts received inside the look-back: none looks lost (a count of 10,000
+    remembered ids made the oldest look never received, and delivered them again)."""
+    published = timezone.now() - SETTLE - timedelta(seconds=5)
+    Broadcast.objects.bulk_create(
+        Broadcast(message=f"burst {n}", published_at=published) for n in range(12_000)
+    )
+    events = [event_of(b) for b in Broadcast.objects.order_by("id")]
+
+    async def scenario():
+        fan = Fanout()
+        socket_ = FakeConsumer()
+        await fan.register(socket_, ["everyone"], published - timedelta(minutes=1))
+        fan.listening_since = published - timedelta(minutes=1)
+        for event in events:
+            fan.deliver(event)
+        await settle()
+        caught_up = await fan.catch_up()
+        fan.task.cancel()
+        return caught_up, len(socket_.sent)
+
+    assert asyncio.run(scenario()) == (0, 12_000)
+    assert "never reached this worker" not in caplog.text
+
+
+def test_received_ids_are_forgotten_once_past_the_look_back():
+    async def scenario():
+        fan = Fanout()
+        now = [1000.0]
+        fan.clock = lambda: now[0]
+        fan.deliver({"type": "realtime.send", "text": "{}", "id": 1})
+        now[0] += REMEMBER_FOR - 1
+        fan.deliver({"type": "realtime.send", "text": "{}", "id": 2})
+        kept = list(fan.received)
+        now[0] += 2  # id 1 is now older than the look-back and its margin
+        fan.deliver({"type": "realtime.send", "text": "{}", "id": 3})
+        return kept, list(fan.received)
+
+    kept, later = asyncio.run(scenario())
+    assert kept == [1, 2]
+    assert later == [2, 3]
+    assert LOOK_BACK.total_seconds() < REMEMBER_FOR
 
 
 def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():

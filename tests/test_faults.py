@@ -5,6 +5,7 @@ daphne's websocket_timeout; clients that reconnect and resume as the page does."
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import signal
 import time
 
 import pytest
+import redis
 
 from tests.helpers import (
     PYTHON,
@@ -54,6 +56,24 @@ def site(start, redis_server, alice_password):
     while len(set(STARTED.findall(server.log()))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     return server
+
+
+def test_a_thousand_healthz_requests_leave_no_redis_subscription_behind(
+    site, redis_server, client_tls
+):
+    """/healthz needs no login: per-request Redis state would be a leak anyone can drive."""
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        for _ in range(20):  # each worker has made its one check channel
+            assert healthz(site.port, client_tls)[0] == 200
+        before = len(client.pubsub_channels())
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: healthz(site.port, client_tls)[0], range(1000)))
+        after = len(client.pubsub_channels())
+    finally:
+        client.close()
+    assert statuses == [200] * 1000
+    assert after == before
 
 
 def test_healthz_says_503_with_the_reason_while_redis_is_down(site, redis_server, client_tls):

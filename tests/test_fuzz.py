@@ -11,12 +11,12 @@ import json
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from project.asgi import application
 from realtime.websocket import protocol
+from tests.helpers import Communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -112,7 +112,7 @@ async def exchange(frame: dict) -> tuple[dict, dict]:
         return await application({**scope, "scheme": "wss"}, receive, send)
 
     headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
-    communicator = WebsocketCommunicator(over_tls, "/ws/", headers=headers)
+    communicator = Communicator(over_tls, "/ws/", headers=headers)
     try:
         assert (await communicator.connect())[0]
         await communicator.receive_json_from()  # welcome

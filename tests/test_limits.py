@@ -1,5 +1,5 @@
 """realtime.websocket.limits: rate limit, idle timeout and per-address cap, with
-WebsocketCommunicator."""
+Communicator."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import time
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from realtime.server.closing import sendable
 from realtime.websocket import limits
+from tests.helpers import Communicator
 
 
 def echo_app(seen: list[dict]):
@@ -47,7 +47,7 @@ def slow_rate(settings):
 
 def test_messages_within_the_burst_pass(slow_rate):
     async def scenario():
-        communicator = WebsocketCommunicator(limits.RateLimitMiddleware(echo_app([])), "/ws/")
+        communicator = Communicator(limits.RateLimitMiddleware(echo_app([])), "/ws/")
         await communicator.connect()
         for n in range(3):
             await communicator.send_to(text_data=str(n))
@@ -61,7 +61,7 @@ def test_messages_within_the_burst_pass(slow_rate):
 def test_a_message_over_the_rate_gets_rate_limited_and_is_dropped(slow_rate):
     async def scenario():
         seen: list[dict] = []
-        communicator = WebsocketCommunicator(limits.RateLimitMiddleware(echo_app(seen)), "/ws/")
+        communicator = Communicator(limits.RateLimitMiddleware(echo_app(seen)), "/ws/")
         await communicator.connect()
         for n in range(4):
             await communicator.send_to(text_data=str(n))
@@ -79,7 +79,7 @@ def test_a_message_over_the_rate_gets_rate_limited_and_is_dropped(slow_rate):
 def test_a_client_that_keeps_flooding_is_closed_with_1008(slow_rate):
     async def scenario():
         seen: list[dict] = []
-        communicator = WebsocketCommunicator(limits.RateLimitMiddleware(echo_app(seen)), "/ws/")
+        communicator = Communicator(limits.RateLimitMiddleware(echo_app(seen)), "/ws/")
         await communicator.connect()
         for n in range(3 + 2 * 3 + 1):
             await communicator.send_to(text_data=str(n))
@@ -112,7 +112,7 @@ def test_rate_zero_turns_the_limit_off(settings):
     settings.REALTIME_WS_RATE = 0
 
     async def scenario():
-        communicator = WebsocketCommunicator(limits.RateLimitMiddleware(echo_app([])), "/ws/")
+        communicator = Communicator(limits.RateLimitMiddleware(echo_app([])), "/ws/")
         await communicator.connect()
         for n in range(100):
             await communicator.send_to(text_data=str(n))
@@ -129,7 +129,7 @@ def test_a_silent_socket_is_closed_with_4000_after_the_idle_timeout(settings):
     async def scenario():
         seen: list[dict] = []
         app = limits.IdleTimeoutMiddleware(echo_app(seen))
-        communicator = WebsocketCommunicator(app, "/ws/")
+        communicator = Communicator(app, "/ws/")
         await communicator.connect()
         started = time.monotonic()
         for _ in range(3):  # talking keeps it open
@@ -189,9 +189,9 @@ def cap_of_two(settings):
 
 
 def test_connections_beyond_the_cap_per_address_are_closed_with_1013(cap_of_two):
-    async def open_from(address: str) -> tuple[WebsocketCommunicator, dict | None]:
+    async def open_from(address: str) -> tuple[Communicator, dict | None]:
         app = from_address(limits.ConnectionCapMiddleware(echo_app([])), address)
-        communicator = WebsocketCommunicator(app, "/ws/")
+        communicator = Communicator(app, "/ws/")
         connected, _ = await communicator.connect()
         assert connected
         closed = (
@@ -241,9 +241,7 @@ def test_an_unknown_address_is_not_capped(settings):
     async def scenario():
         sockets = []
         for _ in range(3):
-            communicator = WebsocketCommunicator(
-                limits.ConnectionCapMiddleware(echo_app([])), "/ws/"
-            )
+            communicator = Communicator(limits.ConnectionCapMiddleware(echo_app([])), "/ws/")
             assert (await communicator.connect())[0]
             assert await communicator.receive_nothing(0.05)
             sockets.append(communicator)

@@ -10,11 +10,11 @@ import logging
 from urllib.parse import urlparse
 
 import pytest
-from channels.testing import WebsocketCommunicator
 
 from project.env import SettingsError
 from project.settings import websocket_origins
 from realtime.websocket import middleware
+from tests.helpers import Communicator
 from tests.test_settings import STRONG_KEY, setting
 
 # A refusal runs Channels' WebsocketDenier, a consumer, which closes stale database connections.
@@ -43,7 +43,7 @@ def handshake(origin: str | None) -> tuple[bool, bool]:
         if origin is not None:
             headers.append((b"origin", origin.encode("latin1")))
         app = middleware.origin_validator(inner)
-        communicator = WebsocketCommunicator(app, "/ws/", headers=headers)
+        communicator = Communicator(app, "/ws/", headers=headers)
         connected, _ = await communicator.connect()
         await communicator.disconnect()
         return connected, bool(ran)
@@ -169,7 +169,7 @@ def tls_required_outcome(scheme: str) -> tuple[list[dict], bool]:
             app = middleware.RequireTLSMiddleware(inner)
             return await app({**scope, "scheme": scheme}, receive, send)
 
-        communicator = WebsocketCommunicator(with_scheme, "/ws/")
+        communicator = Communicator(with_scheme, "/ws/")
         connected, _ = await communicator.connect()
         assert connected
         outputs = []

@@ -61,7 +61,10 @@ MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.m
 # The longest a lost broadcast waits for a worker's catch-up (replay.REPLAY_SLACK uses it).
 CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
-REMEMBERED = 10_000
+# How long a received id is remembered: the whole look-back and a margin, whatever the rate
+# (a count would let a burst evict ids still in the look-back, which then look never received
+# and are delivered again). Memory: about 100 bytes per broadcast of the last 6 minutes.
+REMEMBER_FOR = (LOOK_BACK + timedelta(minutes=1)).total_seconds()
 JOIN_TIMEOUT = 5.0
 RETRY_DELAY = 1.0  # seconds between attempts while the channel layer fails
 CHECK_ATTEMPTS = 3  # a check's tries in a row when the connection fails
@@ -135,7 +138,8 @@ class Fanout:
         # "session:<digest>" and "user:<pk>": the signed-in consumers of each, and back.
         self.signed_in: dict[str, set[Any]] = {}
         self.keys_of: dict[Any, tuple[str, ...]] = {}
-        self.received: OrderedDict[int, None] = OrderedDict()
+        self.received: OrderedDict[int, float] = OrderedDict()  # id -> when, oldest first
+        self.clock = time.monotonic
         self.loop: asyncio.AbstractEventLoop | None = None
         self.joined: asyncio.Event | None = None
         self.task: asyncio.Task[None] | None = None
@@ -408,10 +412,11 @@ class Fanout:
         return None
 
     def _mark_received(self, broadcast_id: int) -> None:
+        now = self.clock()
         if broadcast_id not in self.received:
-            self.received[broadcast_id] = None
-            if len(self.received) > REMEMBERED:
-                self.received.popitem(last=False)
+            self.received[broadcast_id] = now
+        while self.received and next(iter(self.received.values())) < now - REMEMBER_FOR:
+            self.received.popitem(last=False)
 
     # --- Catch-up ------------------------------------------------------------------------
 

@@ -78,6 +78,10 @@ class RealtimeServer(Server):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # No `Server: daphne` banner on responses and handshakes (daphne's default name; an
+        # explicit --server-name is kept): it tells a scanner which CVEs to try.
+        if self.server_name == "daphne":
+            self.server_name = ""
         # Plain `daphne` passes its own 1 MiB default; the project's setting is the ceiling.
         ceiling = conf.REALTIME_WS_MAX_MESSAGE_SIZE
         self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)

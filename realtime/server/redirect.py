@@ -122,7 +122,7 @@ class RedirectResource(Resource):
         host = request.getHeader("host")
         target = request.uri.decode("latin-1")
         location = redirect_location(host, self.https_port, target, settings.ALLOWED_HOSTS)
-        request.setHeader("server", PREFIX)  # not Twisted's name and version
+        request.responseHeaders.removeHeader("server")  # no banner: Twisted sets its version
         request.setHeader("content-type", "text/plain; charset=utf-8")
         if location is None:
             request.setResponseCode(400)
@@ -133,7 +133,7 @@ class RedirectResource(Resource):
 
     @staticmethod
     def render_acme(request: Request, webroot: Path) -> bytes:
-        request.setHeader("server", PREFIX)
+        request.responseHeaders.removeHeader("server")
         if request.method not in (b"GET", b"HEAD"):
             request.setResponseCode(405)
             request.setHeader("allow", "GET, HEAD")
