@@ -18,6 +18,8 @@ from realtime.broadcasting.fanout import (
     LOOK_BACK,
     REMEMBER_FOR,
     SETTLE,
+    SIGN_OUT_MEMORY,
+    SIGN_OUTS_REMEMBERED,
     Fanout,
     LayerLost,
     group_for,
@@ -167,6 +169,42 @@ def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
     by_session, by_user, closed = asyncio.run(scenario())
     assert (by_session, by_user) == (1, 1)  # a1 was no longer registered for user:7
     assert closed == [[4001], [4001], [], []]
+
+
+def test_a_sign_out_between_a_sockets_welcome_and_its_registration_still_closes_it():
+    """The consumer registers just after its welcome: a sign-out handled in between found no
+    socket to close (seen in the full suite: a test signed out right after the welcome)."""
+
+    async def scenario():
+        fan = Fanout()
+        now = timezone.now()
+        raced, earlier, other = FakeConsumer(), FakeConsumer(), FakeConsumer()
+        fan.sign_out("session:s1")  # handled before the socket registered
+        await fan.register(raced, ["everyone"], now - timedelta(seconds=0.5), SignedIn("s1", "7"))
+        # Connected well after that sign-out: a new session of the same user, say.
+        await fan.register(earlier, ["everyone"], now + timedelta(seconds=2), SignedIn("s1", "7"))
+        await fan.register(other, ["everyone"], now, SignedIn("s2", "8"))
+        await settle()
+        fan.task.cancel()
+        return raced.closed, earlier.closed, other.closed, sorted(fan.keys_of.values())
+
+    raced, earlier, other, registered = asyncio.run(scenario())
+    assert raced == [4001]
+    assert earlier == [] and other == []
+    assert len(registered) == 2
+
+
+def test_sign_outs_are_forgotten_after_their_memory_and_kept_bounded():
+    fan = Fanout()
+    now = [1000.0]
+    fan.wall_clock = lambda: now[0]
+    fan.sign_out("session:old")
+    now[0] += SIGN_OUT_MEMORY + 1
+    fan.sign_out("session:new")
+    assert list(fan.recent_sign_outs) == ["session:new"]
+    for n in range(SIGN_OUTS_REMEMBERED + 10):
+        fan.sign_out(f"user:{n}")
+    assert len(fan.recent_sign_outs) == SIGN_OUTS_REMEMBERED
 
 
 def test_losing_the_layer_closes_signed_in_sockets_refuses_new_ones_and_recovers(settings):

@@ -61,6 +61,12 @@ MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.m
 # The longest a lost broadcast waits for a worker's catch-up (replay.REPLAY_SLACK uses it).
 CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
+# A socket registers just after its welcome; a sign-out processed in between would miss it.
+# Sign-outs are remembered this long, and a socket that connected no earlier than
+# SIGN_OUT_MARGIN before one (the session was read a moment before) is closed as it registers.
+SIGN_OUT_MEMORY = 30.0
+SIGN_OUT_MARGIN = 1.0
+SIGN_OUTS_REMEMBERED = 10_000  # bounded memory, whatever the rate of sign-outs
 # How long a received id is remembered: the whole look-back and a margin, whatever the rate
 # (a count would let a burst evict ids still in the look-back, which then look never received
 # and are delivered again). Memory: about 100 bytes per broadcast of the last 6 minutes.
@@ -138,6 +144,9 @@ class Fanout:
         # "session:<digest>" and "user:<pk>": the signed-in consumers of each, and back.
         self.signed_in: dict[str, set[Any]] = {}
         self.keys_of: dict[Any, tuple[str, ...]] = {}
+        # Recent sign-outs and access changes: key -> wall-clock time, oldest first.
+        self.recent_sign_outs: OrderedDict[str, float] = OrderedDict()
+        self.wall_clock = time.time
         self.received: OrderedDict[int, float] = OrderedDict()  # id -> when, oldest first
         self.clock = time.monotonic
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -183,6 +192,9 @@ class Fanout:
             self.keys_of[consumer] = keys = signed_in.registry_keys()
             for key in keys:
                 self.signed_in.setdefault(key, set()).add(consumer)
+            if self._signed_out_since(keys, connected_at.timestamp() - SIGN_OUT_MARGIN):
+                self.unregister(consumer)
+                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
 
     def unregister(self, consumer: Any) -> None:
         for recipients in self.local.values():
@@ -385,11 +397,25 @@ class Fanout:
     def sign_out(self, key: str) -> int:
         """Close this worker's sockets of a session that signed out, or of a user whose access
         changed (4001); returns how many."""
+        self._remember_sign_out(key)
         consumers = list(self.signed_in.get(key, ()))
         for consumer in consumers:
             self.unregister(consumer)
             spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
         return len(consumers)
+
+    def _remember_sign_out(self, key: str) -> None:
+        now = self.wall_clock()
+        self.recent_sign_outs.pop(key, None)
+        self.recent_sign_outs[key] = now
+        while self.recent_sign_outs and (
+            len(self.recent_sign_outs) > SIGN_OUTS_REMEMBERED
+            or next(iter(self.recent_sign_outs.values())) < now - SIGN_OUT_MEMORY
+        ):
+            self.recent_sign_outs.popitem(last=False)
+
+    def _signed_out_since(self, keys: tuple[str, ...], since: float) -> bool:
+        return any(self.recent_sign_outs.get(key, 0.0) >= since for key in keys)
 
     def deliver(self, event: dict[str, Any]) -> int:
         """Write a broadcast event to every local socket of its audience; returns how many."""
