@@ -173,25 +173,29 @@ def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
 
 def test_a_sign_out_between_a_sockets_welcome_and_its_registration_still_closes_it():
     """The consumer registers just after its welcome: a sign-out handled in between found no
-    socket to close (seen in the full suite: a test signed out right after the welcome)."""
+    socket to close (seen in the full suite: a test signed out right after the welcome). A
+    socket that connected after an access change keeps its place (the demoted user's
+    reconnect in test_fanout_life)."""
 
     async def scenario():
         fan = Fanout()
-        now = timezone.now()
-        raced, earlier, other = FakeConsumer(), FakeConsumer(), FakeConsumer()
-        fan.sign_out("session:s1")  # handled before the socket registered
-        await fan.register(raced, ["everyone"], now - timedelta(seconds=0.5), SignedIn("s1", "7"))
-        # Connected well after that sign-out: a new session of the same user, say.
-        await fan.register(earlier, ["everyone"], now + timedelta(seconds=2), SignedIn("s1", "7"))
-        await fan.register(other, ["everyone"], now, SignedIn("s2", "8"))
+        before = timezone.now() - timedelta(seconds=0.5)
+        session_raced, user_raced = FakeConsumer(), FakeConsumer()
+        fresh, other = FakeConsumer(), FakeConsumer()
+        # Handled while these sockets, connected just before, were still registering:
+        fan.sign_out("session:s1")  # a sign-out
+        fan.sign_out("user:9")  # an access change (demotion, new password, ...)
+        await fan.register(session_raced, ["everyone"], before, SignedIn("s1", "7"))
+        await fan.register(user_raced, ["everyone"], before, SignedIn("s3", "9"))
+        # Connected after the access change: it read the new access, and stays.
+        later = timezone.now() + timedelta(seconds=0.5)
+        await fan.register(fresh, ["everyone"], later, SignedIn("s4", "9"))
+        await fan.register(other, ["everyone"], before, SignedIn("s2", "8"))
         await settle()
         fan.task.cancel()
-        return raced.closed, earlier.closed, other.closed, sorted(fan.keys_of.values())
+        return [c.closed for c in (session_raced, user_raced, fresh, other)]
 
-    raced, earlier, other, registered = asyncio.run(scenario())
-    assert raced == [4001]
-    assert earlier == [] and other == []
-    assert len(registered) == 2
+    assert asyncio.run(scenario()) == [[4001], [4001], [], []]
 
 
 def test_sign_outs_are_forgotten_after_their_memory_and_kept_bounded():

@@ -62,10 +62,10 @@ MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.m
 CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
 LOOK_BACK = timedelta(minutes=5)
 # A socket registers just after its welcome; a sign-out processed in between would miss it.
-# Sign-outs are remembered this long, and a socket that connected no earlier than
-# SIGN_OUT_MARGIN before one (the session was read a moment before) is closed as it registers.
+# Sign-outs are remembered this long, and a registering socket is closed if its session signed
+# out (a signed-out session is gone: any socket that has it read it before), or if its user's
+# access changed after the socket connected (one that connected later read the new access).
 SIGN_OUT_MEMORY = 30.0
-SIGN_OUT_MARGIN = 1.0
 SIGN_OUTS_REMEMBERED = 10_000  # bounded memory, whatever the rate of sign-outs
 # How long a received id is remembered: the whole look-back and a margin, whatever the rate
 # (a count would let a burst evict ids still in the look-back, which then look never received
@@ -192,7 +192,7 @@ class Fanout:
             self.keys_of[consumer] = keys = signed_in.registry_keys()
             for key in keys:
                 self.signed_in.setdefault(key, set()).add(consumer)
-            if self._signed_out_since(keys, connected_at.timestamp() - SIGN_OUT_MARGIN):
+            if self._signed_out_since(keys, connected_at.timestamp()):
                 self.unregister(consumer)
                 spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
 
@@ -414,8 +414,12 @@ class Fanout:
         ):
             self.recent_sign_outs.popitem(last=False)
 
-    def _signed_out_since(self, keys: tuple[str, ...], since: float) -> bool:
-        return any(self.recent_sign_outs.get(key, 0.0) >= since for key in keys)
+    def _signed_out_since(self, keys: tuple[str, ...], connected: float) -> bool:
+        for key in keys:
+            handled = self.recent_sign_outs.get(key)
+            if handled is not None and (key.startswith("session:") or handled > connected):
+                return True
+        return False
 
     def deliver(self, event: dict[str, Any]) -> int:
         """Write a broadcast event to every local socket of its audience; returns how many."""
