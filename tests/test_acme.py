@@ -4,14 +4,13 @@ REALTIME_ACME_WEBROOT) and redirects everything else; no other file is ever serv
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from realtime.server.redirect import acme_challenge, redirect_endpoint
-from tests.helpers import PYTHON, ROOT, free_port, wait_for_port
-from tests.test_serve import serve_args
+from tests.helpers import free_port, wait_for_port
+from tests.test_serve import run_serve, serve_args
 from tests.test_serve_reload import plain_request
 
 TOKEN = "Kx3_9-zZwT0kEn"
@@ -99,24 +98,13 @@ def test_everything_else_is_still_redirected(acme_site):
     assert plain_request(http_port, "POST", f"/.well-known/acme-challenge/{TOKEN}").status == 405
 
 
-def run_serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "manage.py", "serve", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_webroot_without_the_http_port_or_that_is_missing_is_refused(server_env, tmp_path):
-    result = run_serve("--acme-webroot", str(tmp_path), **server_env)
+    result = run_serve(server_env, "--acme-webroot", str(tmp_path))
     assert result.returncode != 0
     assert "--acme-webroot needs --redirect-http PORT" in result.stderr
     missing = tmp_path / "missing"
     result = run_serve(
-        "--redirect-http", str(free_port()), "--acme-webroot", str(missing), **server_env
+        server_env, "--redirect-http", str(free_port()), "--acme-webroot", str(missing)
     )
     assert result.returncode != 0
     assert f"The ACME webroot {missing} is not a directory." in result.stderr
