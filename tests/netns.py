@@ -131,10 +131,49 @@ class Network:
         self.hosts[name] = host
         return host
 
+    def reach_outside(self) -> None:
+        """Let the hosts reach what the machine reaches (package mirrors): NAT, undone on exit."""
+        forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+        self.forwarding_was = forwarding.read_text().strip()
+        forwarding.write_text("1")
+        nft = ["nft", "add"]
+        subprocess.run([*nft, "table", "ip", self.prefix], check=True)
+        subprocess.run(
+            [
+                *nft,
+                "chain",
+                "ip",
+                self.prefix,
+                "out",
+                "{ type nat hook postrouting priority 100; }",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                *nft,
+                "rule",
+                "ip",
+                self.prefix,
+                "out",
+                "ip",
+                "saddr",
+                f"{self.subnet_address(0)}/24",
+                "oifname",
+                "!=",
+                self.bridge,
+                "masquerade",
+            ],
+            check=True,
+        )
+
     def __exit__(self, *exc: object) -> None:
         for host in self.hosts.values():
             host.stop_all()
         self.remove_leftovers()
+        if getattr(self, "forwarding_was", None) is not None:
+            subprocess.run(["nft", "delete", "table", "ip", self.prefix], capture_output=True)
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(self.forwarding_was)
 
     def remove_leftovers(self) -> None:
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
