@@ -123,7 +123,9 @@ sys.exit(supervisor.Supervisor(command, workers, Path.cwd(), listen_on=listen_on
 class Supervised:
     """A Supervisor process running stand-in workers on a free port; its log is its stdout."""
 
-    def __init__(self, tmp_path: Path, workers: int, mode: str) -> None:
+    def __init__(
+        self, tmp_path: Path, workers: int, mode: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.starts = tmp_path / "starts"
         (tmp_path / "worker.py").write_text(WORKER)
@@ -133,7 +135,7 @@ class Supervised:
             self.process = subprocess.Popen(
                 [PYTHON, "-c", SUPERVISOR, str(self.port), str(workers), *worker],
                 cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -162,8 +164,8 @@ class Supervised:
 def supervised(tmp_path: Path) -> Iterator:
     running: list[Supervised] = []
 
-    def run(workers: int, mode: str = "accept") -> Supervised:
-        running.append(Supervised(tmp_path, workers, mode))
+    def run(workers: int, mode: str = "accept", env: dict[str, str] | None = None) -> Supervised:
+        running.append(Supervised(tmp_path, workers, mode, env))
         return running[-1]
 
     yield run
@@ -212,3 +214,34 @@ def test_after_a_stop_nothing_listens_on_the_port(supervised):
     assert "all workers stopped" in server.log()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+
+
+def test_systemd_hears_ready_once_every_worker_serves_and_around_a_reload_and_the_stop(
+    supervised, tmp_path
+):
+    """`Type=notify` (deploy/systemd/realtime.service): a datagram socket stands in for systemd."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(tmp_path / "notify"))
+        systemd.settimeout(30)
+        server = supervised(2, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+
+        def heard() -> list[str]:
+            return systemd.recv(4096).decode().splitlines()
+
+        assert heard()[0] == "READY=1"
+        assert server.log().count(" is ready") == 2  # not before both workers serve
+        for pid in server.pids():
+            assert b"NOTIFY_SOCKET" not in Path(f"/proc/{pid}/environ").read_bytes()
+        server.process.send_signal(signal.SIGHUP)
+        assert heard()[0] == "RELOADING=1"
+        assert heard() == ["READY=1"]
+        assert "reload done" in server.log()
+        server.stop()
+        assert heard() == ["STOPPING=1"]
+
+
+def test_without_systemd_nothing_is_sent(monkeypatch):
+    from realtime.server import systemd
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify("READY=1") is False

@@ -12,7 +12,9 @@ The supervisor opens the listening sockets, one per port and worker slot, and ke
 connections the kernel queued for a slot are never reset by a process that stops. A slot whose
 process dies has its sockets closed, so the kernel sends new connections to the other slots
 until its restart, which opens new ones. A worker writes to a pipe once it serves; the
-supervisor logs "is ready".
+supervisor logs "is ready". Under systemd (`Type=notify`) it tells systemd READY=1 once every
+worker is ready, RELOADING=1 and READY=1 around a reload, and STOPPING=1
+(realtime/server/systemd.py).
 
 SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
 for each worker a new process starts on the same sockets; once it is ready, the old one gets
@@ -53,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from realtime.server import systemd
 from realtime.server.listeners import (
     BACKLOG,
     LISTEN_FDS,
@@ -157,6 +160,7 @@ class Supervisor:
         self.stop_requests = 0
         self.reload_requested = False
         self.selector: selectors.BaseSelector | None = None
+        self.told_systemd_ready = False
 
     # --- Running -----------------------------------------------------------------------------
 
@@ -187,7 +191,7 @@ class Supervisor:
                 raise
         ready_read, ready_write = os.pipe()
         env = {
-            **self.env,
+            **{k: v for k, v in self.env.items() if k != systemd.NOTIFY_SOCKET},
             "REALTIME_WORKER_ID": f"{socket.gethostname()}-{worker.name}",
             LISTEN_FDS: format_listen_fds({p: s.fileno() for p, s in worker.listeners.items()}),
             READY_FD: str(ready_write),
@@ -225,6 +229,15 @@ class Supervisor:
         if said == READY:
             self.ready_pids.add(pid)
             self.log(f"worker {name} (pid {pid}) is ready")
+            self._tell_systemd_when_all_ready()
+
+    def _tell_systemd_when_all_ready(self) -> None:
+        """READY=1 once every worker's first process serves (`systemctl start` returns then)."""
+        if self.told_systemd_ready:
+            return
+        if all(w.process is not None and w.process.pid in self.ready_pids for w in self.workers):
+            self.told_systemd_ready = True
+            systemd.notify("READY=1", f"STATUS={len(self.workers)} worker(s) ready")
 
     def _start(self, worker: Worker) -> None:
         worker.restart_at = None
@@ -273,14 +286,19 @@ class Supervisor:
         """Replace every worker, one at a time, each new process ready before the old stops."""
         self.reload_requested = False  # a SIGHUP during the reload asks for another one
         self.log(f"reloading: replacing {len(self.workers)} worker(s) one at a time (SIGHUP)")
-        for worker in self.workers:
-            if self.stop_requests:
-                return
-            self._reap_and_restart()  # a worker that died meanwhile is reported first
-            if not self._replace(worker):
-                self.log("reload stopped: the workers not yet replaced keep running")
-                return
-        self.log("reload done")
+        systemd.reloading()
+        try:
+            for worker in self.workers:
+                if self.stop_requests:
+                    return
+                self._reap_and_restart()  # a worker that died meanwhile is reported first
+                if not self._replace(worker):
+                    self.log("reload stopped: the workers not yet replaced keep running")
+                    return
+            self.log("reload done")
+        finally:
+            if not self.stop_requests:
+                systemd.notify("READY=1")
 
     def _replace(self, worker: Worker) -> bool:
         """Start `worker`'s successor on the same sockets, wait until it is ready, then stop
@@ -346,6 +364,7 @@ class Supervisor:
         for worker in self.workers:
             worker.close_listeners()  # the workers hold the last references: they close them
         running = self._running()
+        systemd.notify("STOPPING=1")
         self.log(f"stopping {len(running)} worker(s): SIGTERM, up to {self.grace:.1f} s")
         for worker in running:
             self._signal(worker.process, signal.SIGTERM)
