@@ -45,7 +45,7 @@ MIRROR = os.environ.get("REALTIME_DEBIAN_MIRROR", "http://deb.debian.org/debian"
 PEBBLE = "/usr/bin/pebble"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 
 def walkthrough_blocks() -> list[str]:
@@ -104,6 +104,7 @@ class Machine:
         self.nspawn: subprocess.Popen[bytes] | None = None
 
     def boot(self) -> None:
+        self.console = self.log.open("wb")
         self.nspawn = subprocess.Popen(
             [
                 "systemd-nspawn",
@@ -118,7 +119,7 @@ class Machine:
                 "--machine=vm",
             ],
             stdin=subprocess.DEVNULL,
-            stdout=self.log.open("wb"),
+            stdout=self.console,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -168,6 +169,8 @@ class Machine:
         if self.nspawn is not None and self.nspawn.poll() is None:
             # SIGTERM to nspawn asks the machine's systemd to power off.
             netns.stop(self.nspawn, signal.SIGTERM, wait=30)
+        if self.nspawn is not None:
+            self.console.close()
 
 
 def debootstrap(rootfs: Path) -> None:
@@ -319,13 +322,10 @@ def paste_walkthrough(machine: Machine, transcript: Path) -> None:
     assert shell.exitstatus == 0 and "=== walkthrough done" in output, output[-4000:]
 
 
-def served_certificate(address: str) -> bytes:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # only reads which certificate is served; not trusted
+def served_certificate(address: str, trust: ssl.SSLContext) -> bytes:
     with (
         socket.create_connection((address, 443), 5) as raw,
-        context.wrap_socket(raw, server_hostname=DOMAIN) as tls,
+        trust.wrap_socket(raw, server_hostname=DOMAIN) as tls,
     ):
         return tls.getpeercert(binary_form=True)
 
@@ -417,13 +417,14 @@ def check_the_running_machine(machine: Machine, address: str) -> None:
     ).stdout.split()
     assert users == ["boss"]
     # Renewal: certbot runs the stored deploy hook, the service reloads, a new certificate.
-    before = served_certificate(address)
-    machine.run("certbot", "renew", "--force-renewal", "--non-interactive")
-    assert wait_until(lambda: served_certificate(address) != before, 60)
+    before = served_certificate(address, trust)
+    machine.run("certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew")
+    assert wait_until(lambda: served_certificate(address, trust) != before, 60)
     assert https_get(address, "/healthz", trust).startswith(b"HTTP/1.1 200")
     # The firewall: 443 and 80 answer from outside, anything else does not.
     machine.run("systemd-run", "--unit=stray", "python3", "-m", "http.server", "8080")
-    assert wait_until(lambda: "0.0.0.0:8080" in machine.run("ss", "-ltn").stdout, 10)
+    inside = "import socket; socket.create_connection(('127.0.0.1', 8080), 2)"
+    assert wait_until(lambda: machine.run("python3", "-c", inside, check=False).returncode == 0, 10)
     assert not blocked(address, 80)
     assert blocked(address, 8080)
     # The backup line of cron, run as its user now: a dump pg_restore can read.
