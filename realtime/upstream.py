@@ -93,15 +93,15 @@ def send_when_idle(tcp: Any) -> bool:
 # --- pyOpenSSL and Twisted's CertificateOptions ---------------------------------------------
 
 
-def set_key_exchange_groups(context: SSL.Context, groups: list[str]) -> None:
-    """Offer exactly these key exchange groups ("X25519:prime256v1:...") on a context.
+def set_key_exchange_groups(context: SSL.Context, groups: str) -> None:
+    """Offer exactly these key exchange groups on a context, in OpenSSL's list syntax
+    ("X25519:prime256v1", with "/" between tuples of equal preference since OpenSSL 3.5).
 
     pyOpenSSL's only curve setter (`set_tmp_ecdh`) takes a single curve; OpenSSL's own call,
     through the cryptography bindings pyOpenSSL is built on, takes the whole list. It needs
     the context's private `_context` pointer."""
-    joined = ":".join(groups).encode("ascii")
-    if Binding.lib.SSL_CTX_set1_curves_list(context._context, joined) != 1:
-        raise ValueError(f"OpenSSL refused the key exchange groups {joined.decode()}.")
+    if Binding.lib.SSL_CTX_set1_curves_list(context._context, groups.encode("ascii")) != 1:
+        raise ValueError(f"OpenSSL refused the key exchange groups {groups}.")
 
 
 def clear_option(options: Any, flag: int) -> None:

@@ -125,6 +125,20 @@ def test_an_https_page_connects_with_wss(page, https_server):
     assert page.evaluate("window.realtime.state().welcome.secure") is True
 
 
+def test_chromium_gets_the_post_quantum_key_exchange(page, https_server):
+    """X25519MLKEM768 first (realtime/tls/profiles.py), read from Chromium's own DevTools."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("Network.enable")
+    seen: list[dict] = []
+    devtools.on("Network.responseReceived", lambda event: seen.append(event["response"]))
+    page.goto(f"https://{HOST}:{https_server.port}/")
+    [document] = [
+        response for response in seen if response["url"].endswith(f":{https_server.port}/")
+    ]
+    assert document["securityDetails"]["protocol"] == "TLS 1.3"
+    assert document["securityDetails"]["keyExchangeGroup"] == "X25519MLKEM768"
+
+
 def test_an_http_page_connects_with_ws(page, http_server):
     open_page(page, f"http://{HOST}:{http_server.port}/", "ws")
     expect(page.locator("#page-secure")).to_have_text("http (not secure)")

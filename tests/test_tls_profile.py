@@ -10,6 +10,7 @@ cryptography than the project's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
@@ -23,7 +24,8 @@ from OpenSSL import SSL
 
 from realtime.server.endpoints import realtime_endpoint, server_tls_options
 from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
-from realtime.tls.profiles import PROFILES, tls_profile
+from realtime.tls.profiles import POST_QUANTUM_GROUPS, PROFILES, tls_profile
+from realtime.upstream import set_key_exchange_groups
 from tests.helpers import DAPHNE, PYTHON, ROOT, daphne_tls_args, free_port
 
 SSLYZE = Path(sys.executable).parents[1] / "sslyze" / "bin" / "python"
@@ -56,7 +58,9 @@ def test_each_profile_stays_within_mozillas_guidelines(name):
     assert set(profile.versions) == set(mozilla["tls_versions"])
     assert set(profile.tls12_ciphers) <= set(mozilla["ciphers"]["openssl"])
     assert set(profile.tls13_ciphersuites) == set(mozilla["ciphersuites"])
-    assert {MOZILLA_CURVE_NAMES[group] for group in profile.groups} <= set(mozilla["tls_curves"])
+    classic = [group for group in profile.groups if group not in POST_QUANTUM_GROUPS]
+    assert {MOZILLA_CURVE_NAMES[group] for group in classic} <= set(mozilla["tls_curves"])
+    assert profile.groups[0] == "X25519MLKEM768"  # newer than the guidelines, offered first
     assert profile.server_cipher_preference == mozilla["server_preferred_order"]
 
 
@@ -186,6 +190,66 @@ def test_curves_outside_the_profile_are_refused(dev_certs, curve):
 @pytest.mark.parametrize("curve", ["X25519", "prime256v1", "secp384r1"])
 def test_the_profiles_curves_are_served(dev_certs, curve):
     assert handshake("modern", dev_certs, client_context(dev_certs, curve=curve))[0] == "TLSv1.3"
+
+
+def post_quantum_client(certs: DevCertPaths, groups: list[str]) -> SSL.Connection:
+    """A pyOpenSSL client (the OpenSSL cryptography bundles; the stdlib's is too old for ML-KEM)."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(str(certs.ca_cert))
+    context.set_verify(SSL.VERIFY_PEER)
+    set_key_exchange_groups(context, ":".join(groups))
+    client = SSL.Connection(context)
+    client.set_tlsext_host_name(b"localhost")
+    client.set_connect_state()
+    return client
+
+
+def handshake_with(server: SSL.Connection, client: SSL.Connection) -> int:
+    """Finish a handshake in memory; returns how many flights the client sent."""
+    for flights in range(10):
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        else:
+            return flights
+        server.bio_write(client.bio_read(65536))
+        with contextlib.suppress(SSL.WantReadError):
+            server.do_handshake()
+        client.bio_write(server_output(server))
+    raise AssertionError("the in-memory handshake did not finish")
+
+
+def profile_server(profile: str, certs: DevCertPaths) -> SSL.Connection:
+    server = SSL.Connection(server_tls_options(certs.cert, certs.key, profile=profile).getContext())
+    server.set_accept_state()
+    return server
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_a_client_offering_only_x25519mlkem768_gets_it(dev_certs, profile):
+    server = profile_server(profile, dev_certs)
+    client = post_quantum_client(dev_certs, ["X25519MLKEM768"])
+    handshake_with(server, client)
+    assert server.get_group_name() == client.get_group_name() == "X25519MLKEM768"
+
+
+def test_the_hybrid_wins_over_the_clients_order_and_others_get_no_retry(dev_certs):
+    # A client preferring X25519 that sends both key shares still gets the hybrid.
+    server = profile_server("intermediate", dev_certs)
+    client = post_quantum_client(dev_certs, ["*X25519", "*X25519MLKEM768"])
+    assert handshake_with(server, client) == 1
+    assert server.get_group_name() == "X25519MLKEM768"
+    # One that offers it without a key share is asked for one (HelloRetryRequest: two flights).
+    server = profile_server("intermediate", dev_certs)
+    client = post_quantum_client(dev_certs, ["X25519", "X25519MLKEM768"])
+    assert handshake_with(server, client) == 2
+    assert server.get_group_name() == "X25519MLKEM768"
+    # A client without it gets X25519 in one flight: no retry for the classic groups.
+    server = profile_server("intermediate", dev_certs)
+    client = post_quantum_client(dev_certs, ["X25519", "P-256"])
+    assert handshake_with(server, client) == 1
+    assert server.get_group_name() == "x25519"
 
 
 def test_modern_refuses_tls_1_2(dev_certs):

@@ -146,9 +146,9 @@ def test_the_tls_factory_builds_its_protocol_attribute_and_buffers_by_default():
 def test_key_exchange_groups_are_set_through_the_context_pointer():
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     assert context._context is not None
-    set_key_exchange_groups(context, ["X25519", "prime256v1"])
+    set_key_exchange_groups(context, "X25519:prime256v1")
     with pytest.raises(ValueError, match="refused the key exchange groups NotAGroup"):
-        set_key_exchange_groups(context, ["NotAGroup"])
+        set_key_exchange_groups(context, "NotAGroup")
 
 
 def test_certificate_options_keep_their_flags_in_options_until_the_context_is_built():

@@ -5,7 +5,8 @@
     modern        TLS 1.3 only (its cipher suites are all AEAD). Firefox 63, Chrome 70,
                   Safari 12.1, Android 10, Java 11, OpenSSL 1.1.1 and newer.
 
-Both: key exchange on X25519, P-256 or P-384 only (OpenSSL would also offer X448 and P-521),
+Both: key exchange on X25519MLKEM768 (post-quantum hybrid, preferred), then X25519, P-256 or
+P-384 only (OpenSSL would also offer X448 and P-521),
 no TLS compression, no renegotiation, and the client's cipher order (all the ciphers left are
 strong, and clients without AES hardware then pick ChaCha20). Each profile passes
 `sslyze --mozilla_config=<name>` (tests/test_tls_profile.py). realtime/server/endpoints.py applies
@@ -34,6 +35,13 @@ class TLSProfile:
     server_cipher_preference: bool
 
     @property
+    def openssl_groups(self) -> str:
+        """The groups for OpenSSL: the post-quantum ones a tuple of their own, preferred."""
+        quantum = [group for group in self.groups if group in POST_QUANTUM_GROUPS]
+        classic = [group for group in self.groups if group not in POST_QUANTUM_GROUPS]
+        return "/".join(":".join(tuple_) for tuple_ in (quantum, classic) if tuple_)
+
+    @property
     def min_version(self) -> str:
         return self.versions[0]
 
@@ -48,6 +56,15 @@ MOZILLA_TLS13_CIPHERSUITES = (
     "TLS_CHACHA20_POLY1305_SHA256",
 )
 MOZILLA_GROUPS = ("X25519", "P-256", "P-384")
+# A hybrid of X25519 and ML-KEM-768: a recording of today's traffic stays unreadable to a future
+# quantum computer. Browsers offer it (Chromium 131+, Firefox 132+) and the OpenSSL that
+# cryptography bundles has it. Mozilla's guidelines 5.7 predate it. It is a tuple of its own
+# ("X25519MLKEM768/X25519:P-256:P-384", OpenSSL 3.5+): a client that offers it gets it, at the
+# cost of a HelloRetryRequest only if it sent no key share for it; a client that does not offer
+# it gets X25519 or a NIST curve with no retry. In one tuple OpenSSL would follow the client's
+# key shares instead, and a client sending X25519's first would never get the hybrid.
+POST_QUANTUM_GROUPS = ("X25519MLKEM768",)
+GROUPS = POST_QUANTUM_GROUPS + MOZILLA_GROUPS
 
 PROFILES: dict[str, TLSProfile] = {
     "intermediate": TLSProfile(
@@ -62,7 +79,7 @@ PROFILES: dict[str, TLSProfile] = {
             "ECDHE-RSA-CHACHA20-POLY1305",
         ),
         tls13_ciphersuites=MOZILLA_TLS13_CIPHERSUITES,
-        groups=MOZILLA_GROUPS,
+        groups=GROUPS,
         server_cipher_preference=False,
     ),
     "modern": TLSProfile(
@@ -70,7 +87,7 @@ PROFILES: dict[str, TLSProfile] = {
         versions=("TLSv1.3",),
         tls12_ciphers=(),
         tls13_ciphersuites=MOZILLA_TLS13_CIPHERSUITES,
-        groups=MOZILLA_GROUPS,
+        groups=GROUPS,
         server_cipher_preference=False,
     ),
 }
