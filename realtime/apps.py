@@ -14,8 +14,10 @@ class RealtimeConfig(AppConfig):
 
     def ready(self) -> None:
         from realtime import checks  # noqa: F401 - registers the system checks
+        from realtime.quiet_logs import quiet_disallowed_host_logs
         from realtime.websocket import sessions
 
+        quiet_disallowed_host_logs()
         uid = "realtime.websocket.sessions"
         user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)
         user_model = get_user_model()
