@@ -286,6 +286,8 @@ REALTIME_REQUIRE_TLS = envbool("REALTIME_REQUIRE_TLS", not DEBUG)
 # Incoming messages per socket: a token bucket refilled at RATE per second holding BURST.
 REALTIME_WS_RATE = envint("REALTIME_WS_RATE", 10)
 REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)
+REALTIME_WS_FRAME_RATE = envint("REALTIME_WS_FRAME_RATE", 200)
+REALTIME_WS_FRAME_BURST = envint("REALTIME_WS_FRAME_BURST", 400)
 # Seconds without an incoming message before the server closes a socket (4000); 0: never.
 REALTIME_WS_IDLE_TIMEOUT = envint("REALTIME_WS_IDLE_TIMEOUT", 300)
 # Seconds a connection gets, in total, to finish TLS and send its first request's headers, and

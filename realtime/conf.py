@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_WS_MAX_MESSAGE_SIZE": 64 * 1024,
     "REALTIME_WS_RATE": 10,
     "REALTIME_WS_BURST": 20,
+    # Every frame, control frames and fragments included (realtime/server/frame_budget.py).
+    "REALTIME_WS_FRAME_RATE": 200,
+    "REALTIME_WS_FRAME_BURST": 400,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
     "REALTIME_WS_MAX_PER_CLIENT": 100,

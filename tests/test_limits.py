@@ -10,6 +10,7 @@ import time
 import pytest
 
 from realtime.server.closing import sendable
+from realtime.server.frame_budget import TokenBucket
 from realtime.websocket import limits
 from tests.helpers import Communicator
 
@@ -97,7 +98,7 @@ def test_a_client_that_keeps_flooding_is_closed_with_1008(slow_rate):
 
 def test_the_bucket_refills_and_forgives_a_client_that_paused():
     now = [0.0]
-    bucket = limits.TokenBucket(rate=2, burst=2, clock=lambda: now[0])
+    bucket = TokenBucket(rate=2, burst=2, clock=lambda: now[0])
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     assert bucket.dropped == 1
     now[0] += 0.5  # one token back

@@ -32,6 +32,7 @@ from twisted.web import http
 from realtime.conf import conf
 from realtime.server import hooks
 from realtime.server.collector import tune_for_serving
+from realtime.server.frame_budget import FrameBudget
 from realtime.server.frames import EXTENSION, WebSocketFrames
 from realtime.server.listeners import notify_ready
 from realtime.server.request_deadline import channel_with_deadline
@@ -73,6 +74,15 @@ def describe_channel_layer() -> str:
     return f"Channel layer: {backend}."
 
 
+def realtime_websocket_protocol(frame_rate: float, frame_burst: int) -> type:
+    """The WebSocket protocol RealtimeServer serves with: close codes as the app sends them
+    (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py)."""
+    attributes = {"frame_rate": float(frame_rate), "frame_burst": int(frame_burst)}
+    return type(
+        "RealtimeWebSocketProtocol", (FrameBudget, WriteThroughWebSocketProtocol), attributes
+    )
+
+
 class RealtimeServer(Server):
     """daphne's Server, with the WebSocket scheme and TLS details put into the scope."""
 
@@ -106,7 +116,9 @@ class RealtimeServer(Server):
         self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/server/writethrough.py).
-        self.ws_factory.protocol = WriteThroughWebSocketProtocol
+        self.ws_factory.protocol = realtime_websocket_protocol(
+            conf.REALTIME_WS_FRAME_RATE, conf.REALTIME_WS_FRAME_BURST
+        )
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
         # total to finish TLS and send its first request's headers (realtime/request_deadline).

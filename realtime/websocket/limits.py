@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from django.conf import settings
 
 from realtime.conf import conf
+from realtime.server.frame_budget import TokenBucket
 from realtime.websocket import protocol
 from realtime.websocket.middleware import accept_then_close
 from realtime.websocket.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
@@ -71,28 +71,6 @@ class ConnectionCapMiddleware:
             open_per_client[address] -= 1
             if open_per_client[address] <= 0:
                 del open_per_client[address]
-
-
-class TokenBucket:
-    """`rate` tokens a second up to `burst`; counts messages dropped since it was last full."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens = float(burst)
-        self.updated = clock()
-        self.dropped = 0
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= self.burst:
-            self.dropped = 0  # a full bucket means the client paused: forgive
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self.dropped += 1
-        return False
 
 
 class RateLimitMiddleware:

@@ -1,0 +1,80 @@
+"""Every frame a client sends costs it a token: control frames and empty fragments included.
+
+The message rate limit (realtime/websocket/limits.py) sees application messages only. Pings,
+pongs and zero-length continuation frames never reach it, yet each costs the worker a parse
+and, for a ping, a pong: 16 sockets sending them held two workers near a full core and a fresh
+client waited 2.8 s for its welcome. Here each data frame (autobahn's `onMessageFrameBegin`),
+ping and pong takes a token from a bucket of REALTIME_WS_FRAME_RATE a second up to
+REALTIME_WS_FRAME_BURST; the first frame without one closes the socket with 1008 ("Too many
+frames") and no more pongs are sent. A client that never answers the close is dropped after
+autobahn's close handshake timeout, so a flood costs at most that long.
+
+The defaults leave room for honest clients: the message limit allows 10 a second (20 at once)
+and a 64 KiB message fragmented into 4 KiB frames is 16 frames; keep-alive pings are one every
+few seconds. Only autobahn's documented callbacks (IWebSocketChannel) are overridden.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+POLICY_VIOLATION = 1008
+TOO_MANY_FRAMES = b"Too many frames"
+
+logger = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """`rate` tokens a second up to `burst`; counts takes refused since it was last full."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.dropped = 0
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= self.burst:
+            self.dropped = 0  # a full bucket means the client paused: forgive
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.dropped += 1
+        return False
+
+
+class FrameBudget:
+    """A mixin for daphne's WebSocketProtocol; RealtimeServer sets the rate and burst."""
+
+    frame_rate: float = 200.0  # 0: no frame budget
+    frame_burst: int = 400
+    _frames: TokenBucket | None = None
+
+    def _spend_frame(self) -> bool:
+        if self.frame_rate <= 0:
+            return True
+        if self._frames is None:
+            self._frames = TokenBucket(self.frame_rate, max(self.frame_burst, 1))
+        if self._frames.take():
+            return True
+        if self._frames.dropped == 1 and self.state == self.STATE_OPEN:
+            logger.warning("Closed a WebSocket from %s sending too many frames (1008).", self.peer)
+            self.sendCloseFrame(code=POLICY_VIOLATION, reasonUtf8=TOO_MANY_FRAMES)
+        return False
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._spend_frame()  # past the budget the socket is closing: its data goes nowhere
+        super().onMessageFrameBegin(length)
+
+    def onPing(self, payload: bytes) -> None:
+        if self._spend_frame():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._spend_frame()
+        super().onPong(payload)
