@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     # Every frame, control frames and fragments included (realtime/server/frame_budget.py).
     "REALTIME_WS_FRAME_RATE": 200,
     "REALTIME_WS_FRAME_BURST": 400,
+    # A socket whose client stops reading is dropped past this (realtime/server/unsent.py).
+    "REALTIME_WS_MAX_UNSENT_BYTES": 1024 * 1024,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
     "REALTIME_WS_MAX_PER_CLIENT": 100,

@@ -90,6 +90,15 @@ def send_when_idle(tcp: Any) -> bool:
     return True
 
 
+def limit_write_buffer(tcp: Any, size: int) -> None:
+    """Have a Twisted transport pause its streaming producer once more than `size` bytes wait
+    unsent. `bufferSize` is the attribute FileDescriptor.write's documentation names for that
+    (64 KiB by default), but no interface declares it."""
+    if not hasattr(tcp, "bufferSize"):
+        raise TypeError(f"{type(tcp).__name__} has no bufferSize: Twisted changed")
+    tcp.bufferSize = size
+
+
 # --- pyOpenSSL and Twisted's CertificateOptions ---------------------------------------------
 
 

@@ -37,6 +37,7 @@ from realtime.server.frames import EXTENSION, WebSocketFrames
 from realtime.server.listeners import notify_ready
 from realtime.server.request_deadline import channel_with_deadline
 from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
+from realtime.server.unsent import UnsentCap
 from realtime.server.writethrough import WriteThroughWebSocketProtocol
 from realtime.upstream import use_server_class_under_plain_daphne
 
@@ -74,13 +75,17 @@ def describe_channel_layer() -> str:
     return f"Channel layer: {backend}."
 
 
-def realtime_websocket_protocol(frame_rate: float, frame_burst: int) -> type:
+def realtime_websocket_protocol(frame_rate: float, frame_burst: int, max_unsent: int) -> type:
     """The WebSocket protocol RealtimeServer serves with: close codes as the app sends them
-    (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py)."""
-    attributes = {"frame_rate": float(frame_rate), "frame_burst": int(frame_burst)}
-    return type(
-        "RealtimeWebSocketProtocol", (FrameBudget, WriteThroughWebSocketProtocol), attributes
-    )
+    (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py)
+    and a cap on unsent bytes (unsent.py)."""
+    attributes = {
+        "frame_rate": float(frame_rate),
+        "frame_burst": int(frame_burst),
+        "max_unsent": int(max_unsent),
+    }
+    bases = (FrameBudget, UnsentCap, WriteThroughWebSocketProtocol)
+    return type("RealtimeWebSocketProtocol", bases, attributes)
 
 
 class RealtimeServer(Server):
@@ -117,7 +122,9 @@ class RealtimeServer(Server):
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/server/writethrough.py).
         self.ws_factory.protocol = realtime_websocket_protocol(
-            conf.REALTIME_WS_FRAME_RATE, conf.REALTIME_WS_FRAME_BURST
+            conf.REALTIME_WS_FRAME_RATE,
+            conf.REALTIME_WS_FRAME_BURST,
+            conf.REALTIME_WS_MAX_UNSENT_BYTES,
         )
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in

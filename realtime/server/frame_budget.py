@@ -3,8 +3,9 @@
 The message rate limit (realtime/websocket/limits.py) sees application messages only. Pings,
 pongs and zero-length continuation frames never reach it, yet each costs the worker a parse
 and, for a ping, a pong: 16 sockets sending them held two workers near a full core and a fresh
-client waited 2.8 s for its welcome. Here each data frame (autobahn's `onMessageFrameBegin`),
-ping and pong takes a token from a bucket of REALTIME_WS_FRAME_RATE a second up to
+client waited 2.8 s for its welcome. Here each ping, pong and fragment after a message's first
+frame (autobahn's `onMessageFrameBegin`; the first is the message rate's to count) takes a
+token from a bucket of REALTIME_WS_FRAME_RATE a second up to
 REALTIME_WS_FRAME_BURST; the first frame without one closes the socket with 1008 ("Too many
 frames") and no more pongs are sent. A client that never answers the close is dropped after
 autobahn's close handshake timeout, so a flood costs at most that long.
@@ -54,6 +55,7 @@ class FrameBudget:
     frame_rate: float = 200.0  # 0: no frame budget
     frame_burst: int = 400
     _frames: TokenBucket | None = None
+    _frames_in_message = 0
 
     def _spend_frame(self) -> bool:
         if self.frame_rate <= 0:
@@ -67,8 +69,16 @@ class FrameBudget:
             self.sendCloseFrame(code=POLICY_VIOLATION, reasonUtf8=TOO_MANY_FRAMES)
         return False
 
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._frames_in_message = 0
+        super().onMessageBegin(isBinary)
+
     def onMessageFrameBegin(self, length: int) -> None:
-        self._spend_frame()  # past the budget the socket is closing: its data goes nowhere
+        # A message's first frame is the message rate's to count (limits.py); each further
+        # fragment is one more frame to parse for the same message.
+        self._frames_in_message += 1
+        if self._frames_in_message > 1:
+            self._spend_frame()  # past the budget the socket is closing: its data goes nowhere
         super().onMessageFrameBegin(length)
 
     def onPing(self, payload: bytes) -> None:
