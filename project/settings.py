@@ -289,6 +289,8 @@ REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)
 REALTIME_WS_FRAME_RATE = envint("REALTIME_WS_FRAME_RATE", 200)
 REALTIME_WS_FRAME_BURST = envint("REALTIME_WS_FRAME_BURST", 400)
 REALTIME_WS_MAX_UNSENT_BYTES = envint("REALTIME_WS_MAX_UNSENT_BYTES", 1024 * 1024)
+REALTIME_HTTP_BODY_MIN_RATE = envint("REALTIME_HTTP_BODY_MIN_RATE", 10_000)
+REALTIME_MAX_CONNECTIONS_PER_ADDRESS = envint("REALTIME_MAX_CONNECTIONS_PER_ADDRESS", 256)
 # Seconds without an incoming message before the server closes a socket (4000); 0: never.
 REALTIME_WS_IDLE_TIMEOUT = envint("REALTIME_WS_IDLE_TIMEOUT", 300)
 # Seconds a connection gets, in total, to finish TLS and send its first request's headers, and

@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_WS_FRAME_BURST": 400,
     # A socket whose client stops reading is dropped past this (realtime/server/unsent.py).
     "REALTIME_WS_MAX_UNSENT_BYTES": 1024 * 1024,
+    # Request bodies arrive at least this fast on average (realtime/server/request_deadline.py).
+    "REALTIME_HTTP_BODY_MIN_RATE": 10_000,
+    # TCP connections at once per client address (IPv6: per /64) on each worker's TLS and
+    # redirect listeners (realtime/server/address_cap.py).
+    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
     "REALTIME_WS_MAX_PER_CLIENT": 100,

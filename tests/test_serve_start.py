@@ -3,8 +3,10 @@ why, and exits, unless told to wait for them (--wait-for-services SECONDS)."""
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +76,60 @@ def test_each_shard_is_checked_and_named(server_env, private_redis):
     assert result.returncode != 0
     assert "Not starting: Redis shard 2 of 2 (ConnectionError" in result.stderr
     assert "shard 1" not in result.stderr
+
+
+def serve_under_limit(env: dict[str, str], soft: int, hard: int, log) -> subprocess.Popen:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    port = free_port()
+    process = subprocess.Popen(
+        serve_args(port, 1), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=limit,
+    )  # fmt: skip
+    wait_for_port(port, process, 30)
+    return process
+
+
+def open_files_limit(pid: int) -> int:
+    limits = Path(f"/proc/{pid}/limits").read_text().splitlines()
+    return int(next(line for line in limits if line.startswith("Max open files")).split()[3])
+
+
+def worker_of(process: subprocess.Popen, log_path: Path) -> int:
+    deadline = time.monotonic() + 30
+    while " is ready" not in log_path.read_text():
+        assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+        time.sleep(0.1)
+    return int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+
+
+def test_serve_raises_its_descriptor_limit_to_the_hard_limit_for_its_workers(server_env, tmp_path):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # 20,000 in this sandbox
+    assert hard >= 16384, "this test needs a hard limit of at least 64 addresses at the cap"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = serve_under_limit(server_env, 1024, hard, log)
+    try:
+        assert open_files_limit(worker_of(process, log_path)) == hard
+        assert "Warning: Each worker may open" not in log_path.read_text()
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_serve_warns_when_the_hard_limit_is_low_for_the_cap(server_env, tmp_path):
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = serve_under_limit(server_env, 1024, 1024, log)
+    try:
+        worker_of(process, log_path)
+        text = log_path.read_text()
+        assert (
+            "Warning: Each worker may open 1024 files: 4 client addresses at the cap of 256 "
+            "connections (REALTIME_MAX_CONNECTIONS_PER_ADDRESS) fill it" in text
+        )
+        assert "Raise it to 16384 or more" in text
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -131,7 +131,9 @@ class RealtimeServer(Server):
         # total to finish TLS and send its first request's headers (realtime/request_deadline).
         self.http_factory.timeOut = conf.REALTIME_WS_HANDSHAKE_TIMEOUT
         if not http.H2_ENABLED:
-            self.http_factory.protocol = channel_with_deadline(conf.REALTIME_WS_HANDSHAKE_TIMEOUT)
+            self.http_factory.protocol = channel_with_deadline(
+                conf.REALTIME_WS_HANDSHAKE_TIMEOUT, conf.REALTIME_HTTP_BODY_MIN_RATE
+            )
         logger.info(describe_channel_layer())
         self._periodic = [self._start_periodic(w, i) for w, i in hooks.periodic.items()]
         tune_for_serving()

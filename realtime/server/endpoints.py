@@ -41,6 +41,7 @@ from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from realtime.server.address_cap import AddressCap, CapByAddress, connections_per_address
 from realtime.server.listeners import inherited_listener
 from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import escape_endpoint_value
@@ -162,6 +163,10 @@ def server_tls_options(
 
 
 @implementer(IStreamServerEndpoint)
+class CappedTLSFactory(CapByAddress, WriteThroughTLSFactory):
+    """The TLS wrapper, admitting at most `cap.limit` connections per client address."""
+
+
 class ReusePortTLSEndpoint:
     """Listens for TLS on a TCP port, with SO_REUSEPORT when `reuse_port` is true."""
 
@@ -184,7 +189,8 @@ class ReusePortTLSEndpoint:
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
         # a TLS layer that writes at once (realtime/server/writethrough.py).
-        tls_factory = WriteThroughTLSFactory(self.tls_options, False, factory)
+        tls_factory = CappedTLSFactory(self.tls_options, False, factory)
+        tls_factory.cap = AddressCap(connections_per_address(), "TLS")
         adopted = adopt_inherited(self.reactor, self.port, tls_factory)
         if adopted is not None:
             return adopted

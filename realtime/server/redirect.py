@@ -22,6 +22,12 @@ With acmeWebroot=DIR (`serve --acme-webroot DIR`) one thing is served rather tha
 `certbot certonly --webroot -w DIR` writes its tokens, so Let's Encrypt's HTTP-01 check passes
 while the service holds port 80. A token is base64url characters only (RFC 8555, 8.3): any
 other name, `../` included, is 404 without touching the file system beyond that directory.
+
+Each connection has REALTIME_WS_HANDSHAKE_TIMEOUT seconds (10 at most) in total for its
+request's headers, and its body must come at REALTIME_HTTP_BODY_MIN_RATE
+(realtime/server/request_deadline.py), not only Twisted's idle timer, which a byte every few
+seconds kept going for ever; and one client address holds at most
+REALTIME_MAX_CONNECTIONS_PER_ADDRESS connections at once (realtime/server/address_cap.py).
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from realtime.server.address_cap import AddressCap, connections_per_address
 from realtime.server.endpoints import adopt_inherited, stop_accepting_on_shutdown
+from realtime.server.request_deadline import DeadlineHTTPChannel
 from realtime.tls.devca import escape_endpoint_value
 
 PREFIX = "realtime-redirect"
@@ -147,6 +155,49 @@ class RedirectResource(Resource):
         return answer
 
 
+def request_limits() -> tuple[float, float]:
+    """The seconds for a request's headers and the bytes a second for its body, as on HTTPS:
+    REALTIME_WS_HANDSHAKE_TIMEOUT (at most IDLE_TIMEOUT) and REALTIME_HTTP_BODY_MIN_RATE."""
+    from realtime.conf import conf
+
+    timeout = min(float(conf.REALTIME_WS_HANDSHAKE_TIMEOUT), IDLE_TIMEOUT)
+    return timeout, float(conf.REALTIME_HTTP_BODY_MIN_RATE)
+
+
+class RedirectChannel(DeadlineHTTPChannel):
+    """Headers within IDLE_TIMEOUT seconds in total, bodies at the minimum rate; releases its
+    place under the per-address cap when it closes."""
+
+    first_request_timeout = IDLE_TIMEOUT
+    address_key: str | None = None
+    cap: AddressCap | None = None
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if self.cap is not None:
+            self.cap.release(self.address_key)
+            self.cap = None
+
+
+class RedirectSite(Site):
+    """Twisted's Site with RedirectChannel, at most `cap.limit` connections per address."""
+
+    protocol = RedirectChannel
+    cap: AddressCap
+    request_timeout: float = IDLE_TIMEOUT
+    body_min_rate: float = RedirectChannel.body_min_rate
+
+    def buildProtocol(self, addr: Any) -> RedirectChannel | None:
+        key = self.cap.admit(addr)
+        if key is None:
+            return None  # Twisted closes the connection
+        channel = super().buildProtocol(addr)
+        channel.address_key, channel.cap = key, self.cap
+        channel.first_request_timeout = self.request_timeout
+        channel.body_min_rate = self.body_min_rate
+        return channel
+
+
 @implementer(IStreamServerEndpoint)
 class RedirectEndpoint:
     """Listens for plain HTTP on a TCP port with a redirect-only site (see the module doc)."""
@@ -172,7 +223,9 @@ class RedirectEndpoint:
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # `factory` (daphne's application) is ignored on purpose: this port only redirects.
         resource = RedirectResource(self.https_port, self.acme_webroot)
-        site = Site(resource, timeout=IDLE_TIMEOUT)
+        site = RedirectSite(resource, timeout=IDLE_TIMEOUT)
+        site.cap = AddressCap(connections_per_address(), "redirect")
+        site.request_timeout, site.body_min_rate = request_limits()
         adopted = adopt_inherited(self.reactor, self.port, site)
         if adopted is not None:
             return adopted

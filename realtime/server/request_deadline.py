@@ -1,14 +1,17 @@
-"""A total deadline for a connection's first request: TLS and all its headers within N seconds.
+"""Total deadlines for each request's headers and body, not only an idle timer.
 
 Twisted's HTTP channel only has an idle timer (RealtimeServer sets it to
 REALTIME_WS_HANDSHAKE_TIMEOUT): every byte received starts it again, so a client trickling its
 request a byte at a time ("slowloris") holds the connection for as long as it likes, and many
-such clients hold many. DeadlineHTTPChannel also gives each connection that many seconds in
-total, from the moment it is accepted, to finish TLS and send every header of its first
-request; when they have all arrived (`allHeadersReceived`) the deadline is lifted, and the
-request, its body, a WebSocket it opens and the requests that follow on the same connection
-have the limits they had before. A connection past the deadline is aborted (no response: a
-client that slow would not read one either).
+such clients hold many. DeadlineHTTPChannel gives each connection that many seconds in total,
+from the moment it is accepted, to finish TLS and send every header of its first request. A
+body must then arrive at REALTIME_HTTP_BODY_MIN_RATE bytes a second on average: its deadline
+is the same seconds plus its Content-Length at that rate (a chunked body is given 1 MiB's
+time); a body trickled a byte every 2 s against `Content-Length: 100000` held a connection
+for ever before. Each later request on a kept-alive connection gets the header deadline
+again once the previous response is done. A WebSocket the request opens takes the
+connection over and has its own limits. A connection past a deadline is aborted (no
+response: a client that slow would not read one either).
 
 RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not available,
 as with this project's requirements. With HTTP/2 installed (the `http2` extra), Twisted picks
@@ -26,48 +29,80 @@ from twisted.web.http import HTTPChannel
 logger = logging.getLogger(__name__)
 
 
+UNKNOWN_BODY_LENGTH = 1024 * 1024  # a chunked body is given the time of 1 MiB
+
+
 class DeadlineHTTPChannel(HTTPChannel):
-    """Twisted's HTTP/1.1 channel, aborted if its first request's headers are late."""
+    """Twisted's HTTP/1.1 channel, aborted if a request's headers or body are late."""
 
     first_request_timeout = 10.0
+    body_min_rate = 10_000.0  # bytes a second; 0: no body deadline
+    deadline = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        # callLater: the HTTPFactory's reactor, which Twisted puts on every channel it builds.
-        self.first_request_deadline = self.callLater(
-            self.first_request_timeout, self.first_request_too_slow
-        )
+        self._arm(self.first_request_timeout, "no complete request headers")
 
     def allHeadersReceived(self) -> None:
         self._lift_deadline()
         super().allHeadersReceived()
+        if self.length != 0 and self.body_min_rate > 0:
+            length = self.length if self.length is not None else UNKNOWN_BODY_LENGTH
+            seconds = self.first_request_timeout + length / self.body_min_rate
+            self._arm(seconds, f"a body of {length} bytes not received")
+
+    def allContentReceived(self) -> None:
+        self._lift_deadline()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        # The next request on this connection gets its own deadline for its headers.
+        if self._owns_transport() and not self.requests:
+            self._arm(self.first_request_timeout, "no complete request headers")
 
     def connectionLost(self, reason: Any) -> None:
         self._lift_deadline()
         super().connectionLost(reason)
 
-    def first_request_too_slow(self) -> None:
-        self.first_request_deadline = None
+    def _owns_transport(self) -> bool:
+        """False once a WebSocket took the connection over (daphne hands it the transport)."""
+        transport = self.transport
+        if transport is None:
+            return False
+        owner = getattr(transport, "wrappedProtocol", getattr(transport, "protocol", self))
+        return owner is self
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._lift_deadline()
+        # callLater: the HTTPFactory's reactor, which Twisted puts on every channel it builds.
+        self.deadline = self.callLater(seconds, self._too_slow, seconds, what)
+
+    def _too_slow(self, seconds: float, what: str) -> None:
+        self.deadline = None
+        if not self._owns_transport():
+            return
         logger.info(
-            "Dropped a connection from %s: no complete request within %g s",
-            self.transport.getPeer(),
-            self.first_request_timeout,
+            "Dropped a connection from %s: %s within %g s", self.transport.getPeer(), what, seconds
         )
         self.transport.abortConnection()
 
     def _lift_deadline(self) -> None:
-        deadline = getattr(self, "first_request_deadline", None)
-        if deadline is not None and deadline.active():
-            deadline.cancel()
-        self.first_request_deadline = None
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
 
 
-def channel_with_deadline(timeout: float) -> Callable[[], DeadlineHTTPChannel]:
-    """A `protocol` for an HTTPFactory: DeadlineHTTPChannel with `timeout` seconds."""
+def channel_with_deadline(
+    timeout: float, body_min_rate: float = DeadlineHTTPChannel.body_min_rate
+) -> Callable[[], DeadlineHTTPChannel]:
+    """A `protocol` for an HTTPFactory: DeadlineHTTPChannel with `timeout` seconds for headers
+    and `body_min_rate` bytes a second for bodies (0: no body deadline)."""
 
     def build() -> DeadlineHTTPChannel:
         channel = DeadlineHTTPChannel()
         channel.first_request_timeout = timeout
+        channel.body_min_rate = body_min_rate
         return channel
 
     return build

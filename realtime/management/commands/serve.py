@@ -30,6 +30,7 @@ from realtime.conf import conf
 from realtime.health import services_down
 from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
+from realtime.server.descriptors import raise_to_hard_limit, too_few_for
 from realtime.server.endpoints import reuseport_endpoint
 from realtime.server.listeners import open_listener
 from realtime.server.plain import plain_endpoint
@@ -121,6 +122,7 @@ class Command(BaseCommand):
         for each in ports:
             check_can_listen(host, each)
         self._wait_for_services(options["wait_for_services"])
+        self._check_descriptors(options["plain"])
         if getattr(settings, "STATIC_ROOT", None):
             call_command("collectstatic", interactive=False, verbosity=0)
         shown = f"[{host}]" if ":" in host else host
@@ -157,6 +159,13 @@ class Command(BaseCommand):
             listen_on=[(host, each) for each in ports],
         )
         supervisor.run()
+
+    def _check_descriptors(self, plain: bool) -> None:
+        limit = raise_to_hard_limit()
+        # Behind a proxy every connection comes from the proxy: no per-address cap applies.
+        warning = None if plain else too_few_for(limit, conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
+        if warning:
+            self.stderr.write(f"Warning: {warning}")
 
     def _log(self, line: str) -> None:
         self.stdout.write(line)
