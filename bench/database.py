@@ -138,6 +138,7 @@ def main() -> None:
         "DATABASE_URL": server_url(name),
         "REALTIME_WS_RATE": "0",
         "REALTIME_WS_MAX_PER_CLIENT": "0",
+        "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "0",
     }
     try:
         manage(env, "migrate", "--noinput")

@@ -188,6 +188,7 @@ def server_env(state: Path, certs: Path, redis_url: str, layer: str) -> dict[str
         REDIS_CHANNEL_LAYER=layer,
         # Every socket comes from 127.0.0.1: the per-address cap would refuse the load.
         REALTIME_WS_MAX_PER_CLIENT="0",
+        REALTIME_MAX_CONNECTIONS_PER_ADDRESS="0",
     )
     return env
 

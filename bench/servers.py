@@ -64,7 +64,9 @@ class Setup:
             "REALTIME_CERT_DIR": str(self.certs.cert.parent),
             "REDIS_URL": self.redis_url + "/0",
             "REDIS_CHANNEL_LAYER": "pubsub",
+            # Every load-generator socket comes from 127.0.0.1: no per-address caps.
             "REALTIME_WS_MAX_PER_CLIENT": "0",
+            "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "0",
             "REALTIME_WS_RATE": "0",
         }
         if transport == "ws":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.contrib.auth import get_user_model
-from django.contrib.auth.signals import user_logged_out
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import post_delete, post_save, pre_save
 
 
@@ -18,6 +18,10 @@ class RealtimeConfig(AppConfig):
         from realtime.websocket import sessions
 
         quiet_disallowed_host_logs()
+        from realtime import signin
+
+        user_login_failed.connect(signin.count_failure, dispatch_uid="realtime.signin")
+        user_logged_in.connect(signin.remember_browser, dispatch_uid="realtime.signin")
         uid = "realtime.websocket.sessions"
         user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)
         user_model = get_user_model()

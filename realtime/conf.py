@@ -52,7 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_HTTP_BODY_MIN_RATE": 10_000,
     # TCP connections at once per client address (IPv6: per /64) on each worker's TLS and
     # redirect listeners (realtime/server/address_cap.py).
-    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,
+    # Sign-in throttling (realtime/signin.py): failures per window, per address and per account.
+    "REALTIME_SIGNIN_WINDOW": 900,
+    "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
+    "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,
+    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,  # address_cap.DEFAULT_PER_ADDRESS
     "REALTIME_WS_IDLE_TIMEOUT": 300,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
     "REALTIME_WS_MAX_PER_CLIENT": 100,

@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactor
 from realtime.server.endpoints import ReusePortTLSEndpoint, reuseport_endpoint, server_tls_options
 from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import DevCertPaths
-from tests.helpers import DAPHNE, ROOT, free_port, receive_json, ws_connect
+from tests.helpers import DAPHNE, ROOT, free_port, receive_json, wait_for_port, ws_connect
 
 
 def test_the_builder_escapes_paths_and_adds_reuse_port():
@@ -155,3 +155,31 @@ def test_plain_daphne_serves_wss_with_the_realtime_endpoint(start, dev_certs, cl
     assert welcome["scheme"] == "wss"
     assert welcome["tls"]["version"] in ("TLSv1.2", "TLSv1.3")
     assert "Traceback" not in server.log()
+
+
+def test_the_endpoint_serves_an_asgi_app_without_django_settings(dev_certs, client_tls, tmp_path):
+    """The server floor on its own: `bench.peers.bare_echo` has no Django at all."""
+    import os
+    import subprocess
+
+    port = free_port()
+    endpoint = f"realtime:{port}:privateKey={dev_certs.key}:certKey={dev_certs.cert}"
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    log = (tmp_path / "bare.log").open("wb")
+    process = subprocess.Popen(
+        [DAPHNE, "-e", endpoint, "bench.peers.bare_echo:application"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process, 30)
+
+        async def echo() -> str:
+            async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
+                await socket_.send("hello")
+                return await asyncio.wait_for(socket_.recv(), 10)
+
+        assert asyncio.run(echo()) == "hello"
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()

@@ -35,8 +35,16 @@ def address_key(address: Any) -> str:
     return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
+DEFAULT_PER_ADDRESS = 256
+
+
 def connections_per_address() -> int:
-    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS (the listeners are built once settings are read)."""
+    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS; the default where no Django settings are configured
+    (a `realtime:` endpoint serving a bare ASGI application)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return DEFAULT_PER_ADDRESS
     from realtime.conf import conf
 
     return int(conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
