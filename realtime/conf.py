@@ -53,6 +53,16 @@ DEFAULTS: dict[str, Any] = {
     # TCP connections at once per client address (IPv6: per /64) on each worker's TLS and
     # redirect listeners (realtime/server/address_cap.py).
     # Sign-in throttling (realtime/signin.py): failures per window, per address and per account.
+    # Response headers (realtime/headers.py); "" sends none.
+    "REALTIME_CONTENT_SECURITY_POLICY": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "REALTIME_PERMISSIONS_POLICY": (
+        "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
+        "microphone=(), payment=(), usb=(), browsing-topics=()"
+    ),
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,
@@ -71,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_GC_THRESHOLD": 10_000,
     "REALTIME_FANOUT_REJOIN": default_fanout_rejoin,
     "REALTIME_FANOUT_CHECK": 5,
+    # A signed-in socket's session is looked at by its end, and at least this often (seconds):
+    # an expired or deleted session closes its sockets with 4001.
+    "REALTIME_SESSION_CHECK": 300,
     "REALTIME_FANOUT_CHECK_TIMEOUT": 5,
 }
 

@@ -4,6 +4,7 @@ sockets closed when their session signs out. Through the whole application, in p
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -257,6 +258,9 @@ def test_the_session_key_never_reaches_the_channel_layer(monkeypatch):
 
     async def scenario():
         socket_ = await opened(alice)
+        # Registered, so the fan-out has joined its groups in this event loop (a new one per
+        # test): a sign-out sent before a worker's first join would reach no one.
+        assert await ask(socket_, {"type": "ping"}) == {"type": "pong"}
         await sync_to_async(alice.logout)()
         closed = await socket_.receive_output()
         await socket_.disconnect()
@@ -388,3 +392,82 @@ def test_a_demoted_socket_receives_no_staff_broadcast_before_it_closes():
         return seen
 
     assert asyncio.run(scenario()) == []
+
+
+# --- Sessions that end without a sign-out ------------------------------------------------------
+
+SESSION_ENDED = {"type": "websocket.close", "code": 4001, "reason": "Session ended"}
+
+
+def session_of(client: Client):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    return SessionStore(client.cookies["sessionid"].value)
+
+
+def test_a_socket_is_closed_when_its_session_expires_and_not_before():
+    from realtime.broadcasting import fanout as delivery
+
+    bob = signed_in("bob")
+    session = session_of(bob)
+    session.set_expiry(60)
+    session.save()
+    now = [time.time()]
+
+    async def scenario():
+        delivery.fanout.wall_clock = lambda: now[0]
+        socket_ = await opened(bob)
+        assert await ask(socket_, {"type": "ping"}) == ALIVE  # registered by now
+        now[0] += 59  # not yet: nothing is due
+        early = await delivery.fanout.end_sessions()
+        now[0] += 2  # past the session's end
+        closed = await delivery.fanout.end_sessions()
+        return early, closed, await closed_or_alive(socket_)
+
+    try:
+        assert asyncio.run(scenario()) == (0, 1, SESSION_ENDED)
+    finally:
+        delivery.fanout.wall_clock = time.time
+
+
+def test_a_session_deleted_from_the_store_closes_its_socket_by_the_next_look(settings):
+    from django.contrib.sessions.models import Session
+
+    from realtime.broadcasting import fanout as delivery
+
+    settings.REALTIME_SESSION_CHECK = 30
+    bob, carol = signed_in("bob"), signed_in("carol")
+    now = [time.time()]
+
+    async def scenario():
+        delivery.fanout.wall_clock = lambda: now[0]
+        bobs, carols = await opened(bob), await opened(carol)
+        for socket_ in (bobs, carols):
+            assert await ask(socket_, {"type": "ping"}) == ALIVE  # registered by now
+        key = bob.cookies["sessionid"].value
+        await sync_to_async(Session.objects.filter(session_key=key).delete)()
+        now[0] += 31  # the session check interval: both are looked at, one is gone
+        closed = await delivery.fanout.end_sessions()
+        result = closed, await closed_or_alive(bobs), await closed_or_alive(carols)
+        now[0] += 31  # carol's is looked at again, and is still there
+        return (*result, await delivery.fanout.end_sessions())
+
+    try:
+        assert asyncio.run(scenario()) == (1, SESSION_ENDED, ALIVE, 0)
+    finally:
+        delivery.fanout.wall_clock = time.time
+
+
+def test_an_expiring_session_closes_its_socket_in_real_time(settings):
+    """The fan-out's own loop, run past a 2 s session with checks every second."""
+    settings.REALTIME_FANOUT_CHECK = 1
+    bob = signed_in("bob")
+    session = session_of(bob)
+    session.set_expiry(2)
+    session.save()
+
+    async def scenario():
+        socket_ = await opened(bob)
+        return await socket_.receive_output(timeout=10)
+
+    assert asyncio.run(scenario()) == SESSION_ENDED

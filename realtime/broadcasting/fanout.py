@@ -34,6 +34,7 @@ de-duplicate by id, so a late copy is harmless; a missing one is not.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 import uuid
@@ -51,7 +52,7 @@ from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
 from realtime.websocket import protocol
-from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn
+from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, session_end
 
 logger = logging.getLogger("realtime.broadcasting.fanout")
 
@@ -87,6 +88,12 @@ def rejoin_interval() -> float:
 def check_interval() -> float:
     """Seconds between two checks that the fan-out hears the layer (REALTIME_FANOUT_CHECK)."""
     return float(conf.REALTIME_FANOUT_CHECK)
+
+
+def session_check_interval() -> float:
+    """Seconds at most between two looks at a signed-in socket's session
+    (REALTIME_SESSION_CHECK)."""
+    return float(conf.REALTIME_SESSION_CHECK)
 
 
 def check_timeout() -> float:
@@ -161,6 +168,9 @@ class Fanout:
         # When this worker first joined its groups: broadcasts published before it are not
         # its to catch up on (it did not exist; its sockets resume them instead).
         self.listening_since: datetime | None = None
+        # Signed-in sockets by when to look at their session again: (unix time, n, consumer, key).
+        self.session_checks: list[tuple[float, int, Any, str]] = []
+        self.session_checks_made = 0
 
     # --- Sockets -------------------------------------------------------------------------
 
@@ -195,6 +205,50 @@ class Fanout:
             if self._signed_out_since(keys, connected_at.timestamp()):
                 self.unregister(consumer)
                 spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
+            elif signed_in.key:
+                self._look_at_session_by(consumer, signed_in.key, signed_in.ends_at)
+
+    # --- Sessions that end -----------------------------------------------------------------
+
+    def _look_at_session_by(self, consumer: Any, key: str, ends_at: float) -> None:
+        when = min(ends_at, self.wall_clock() + session_check_interval())
+        self.session_checks_made += 1
+        heapq.heappush(self.session_checks, (when, self.session_checks_made, consumer, key))
+
+    async def _end_sessions_forever(self) -> None:
+        while True:
+            await asyncio.sleep(check_interval())
+            try:
+                await self.end_sessions()
+            except Exception:  # noqa: BLE001 - the database may be away; look again later
+                logger.exception("Could not look at the sessions of signed-in sockets")
+
+    async def end_sessions(self) -> int:
+        """Close (4001) the sockets whose session has ended (expired, or deleted from its
+        store without a sign-out); look at the others again by their end. Returns how many
+        were closed."""
+        now = self.wall_clock()
+        due = []
+        while self.session_checks and self.session_checks[0][0] <= now:
+            _, _, consumer, key = heapq.heappop(self.session_checks)
+            if consumer in self.keys_of:
+                due.append((consumer, key))
+        if not due:
+            return 0
+        keys = {key for _, key in due}
+        ends = await sync_to_async(lambda: {key: session_end(key) for key in keys})()
+        closed = 0
+        for consumer, key in due:
+            if consumer not in self.keys_of:
+                continue
+            ends_at = ends[key]
+            if ends_at is None or ends_at <= now:
+                self.unregister(consumer)
+                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Session ended"))
+                closed += 1
+            else:
+                self._look_at_session_by(consumer, key, ends_at)
+        return closed
 
     def unregister(self, consumer: Any) -> None:
         for recipients in self.local.values():
@@ -220,14 +274,16 @@ class Fanout:
         channel = await self._open_channel(layer)
         receiving = asyncio.ensure_future(self._receive_forever(layer, channel))
         keeping = asyncio.ensure_future(self._keep_joined(layer, channel))
+        ending = asyncio.ensure_future(self._end_sessions_forever())
+        tasks = {receiving, keeping, ending}
         try:
-            # Neither ends but by a bug: then both stop, and the next socket starts them again.
-            done, _ = await asyncio.wait({receiving, keeping}, return_when=FIRST_COMPLETED)
+            # None ends but by a bug: then all stop, and the next socket starts them again.
+            done, _ = await asyncio.wait(tasks, return_when=FIRST_COMPLETED)
             for task in done:
                 task.result()
         finally:
-            receiving.cancel()
-            keeping.cancel()
+            for task in tasks:
+                task.cancel()
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
@@ -30,6 +30,7 @@ from channels.auth import AuthMiddleware
 from channels.sessions import CookieMiddleware
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from realtime.broadcasting.layer import send_to_group
 
@@ -70,10 +71,13 @@ def session_digest(session_key: str) -> str:
 
 @dataclass(frozen=True)
 class SignedIn:
-    """Who a signed-in socket belongs to, as the channel layer may name it."""
+    """Who a signed-in socket belongs to, as the channel layer may name it; and, for this
+    worker only, its session's key and when the session said it would end."""
 
     session: str  # session_digest(), never the key
     user: str  # the user's primary key
+    key: str = field(default="", repr=False, compare=False)  # never sent anywhere
+    ends_at: float = 0.0  # unix time; a first guess, checked against the store (session_end)
 
     def registry_keys(self) -> tuple[str, ...]:
         return (session_entry(self.session), user_entry(self.user))
@@ -93,7 +97,29 @@ def signed_in_session(scope: dict[str, Any]) -> SignedIn | None:
     user, session = scope.get("user"), scope.get("session")
     if user is None or not user.is_authenticated or not session or not session.session_key:
         return None
-    return SignedIn(session_digest(session.session_key), str(user.pk))
+    ends_at = session.get_expiry_date().timestamp()
+    return SignedIn(session_digest(session.session_key), str(user.pk), session.session_key, ends_at)
+
+
+def session_end(session_key: str) -> float | None:
+    """When a session ends now, by its store (unix time); None if it has ended or is gone.
+
+    The database backend keeps the real end in its table (a session's own data knows it only
+    when set_expiry() was called); other backends answer from the session's data."""
+    engine = import_module(settings.SESSION_ENGINE)
+    store_class = engine.SessionStore
+    if hasattr(store_class, "get_model_class"):
+        ends = (
+            store_class.get_model_class()
+            .objects.filter(session_key=session_key, expire_date__gt=timezone.now())
+            .values_list("expire_date", flat=True)
+            .first()
+        )
+        return None if ends is None else ends.timestamp()
+    store = store_class(session_key)
+    if not store.load() or store.session_key is None:
+        return None
+    return store.get_expiry_date().timestamp()
 
 
 def send_logout(event: dict[str, Any]) -> None:
@@ -136,6 +162,10 @@ def close_sockets_if_access_changed(sender: Any, instance: Any, **kwargs: Any) -
 
 
 def close_sockets_of_user(pk: Any) -> None:
+    """Close every socket of user `pk` on every worker (with 4001) once the transaction commits.
+
+    Call it after changing users' access without signals, as `QuerySet.update()` does:
+    `for pk in users.values_list("pk", flat=True): close_sockets_of_user(pk)`."""
     transaction.on_commit(lambda: send_logout({"type": LOGOUT, "signed_in": user_entry(pk)}))
 
 
