@@ -183,7 +183,12 @@ def redis_host(url: str) -> dict[str, object]:
 # expiry) and the system checks (realtime.E001, E004) refuse wrong values.
 # The core layer forgets a group member that has not renewed its membership for this long.
 REDIS_GROUP_EXPIRY = envint("REDIS_GROUP_EXPIRY", 86400)
-for _name in ("REALTIME_FANOUT_REJOIN", "REALTIME_FANOUT_CHECK", "REALTIME_FANOUT_CHECK_TIMEOUT"):
+for _name in (
+    "REALTIME_FANOUT_REJOIN",
+    "REALTIME_FANOUT_CHECK",
+    "REALTIME_FANOUT_CHECK_TIMEOUT",
+    "REALTIME_SESSION_CHECK",
+):
     if os.environ.get(_name):
         globals()[_name] = envint(_name, 0)
 

@@ -422,7 +422,9 @@ def test_a_socket_is_closed_when_its_session_expires_and_not_before():
         early = await delivery.fanout.end_sessions()
         now[0] += 2  # past the session's end
         closed = await delivery.fanout.end_sessions()
-        return early, closed, await closed_or_alive(socket_)
+        result = early, closed, await closed_or_alive(socket_)
+        await socket_.disconnect()  # as the client's side does: its presence ends
+        return result
 
     try:
         assert asyncio.run(scenario()) == (0, 1, SESSION_ENDED)
@@ -450,7 +452,10 @@ def test_a_session_deleted_from_the_store_closes_its_socket_by_the_next_look(set
         closed = await delivery.fanout.end_sessions()
         result = closed, await closed_or_alive(bobs), await closed_or_alive(carols)
         now[0] += 31  # carol's is looked at again, and is still there
-        return (*result, await delivery.fanout.end_sessions())
+        result = (*result, await delivery.fanout.end_sessions())
+        for socket_ in (bobs, carols):
+            await socket_.disconnect()
+        return result
 
     try:
         assert asyncio.run(scenario()) == (1, SESSION_ENDED, ALIVE, 0)
@@ -468,6 +473,8 @@ def test_an_expiring_session_closes_its_socket_in_real_time(settings):
 
     async def scenario():
         socket_ = await opened(bob)
-        return await socket_.receive_output(timeout=10)
+        closed = await socket_.receive_output(timeout=10)
+        await socket_.disconnect()
+        return closed
 
     assert asyncio.run(scenario()) == SESSION_ENDED

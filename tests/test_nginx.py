@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shutil
+import socket
+import ssl
 import subprocess
 import textwrap
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.e2e
 
 SITE = ROOT / "deploy" / "nginx" / "realtime.conf"
 CAP = 2  # REALTIME_WS_MAX_PER_CLIENT for these tests
+IDLE = 4  # REALTIME_WS_IDLE_TIMEOUT for these tests
 
 
 def site_config(port: int, workers_port: int, certs) -> str:
@@ -57,6 +62,7 @@ def behind_nginx(start, dev_certs, tmp_path_factory):
         workers_port,
         DJANGO_TRUST_PROXY_HEADERS="1",
         REALTIME_WS_MAX_PER_CLIENT=str(CAP),
+        REALTIME_WS_IDLE_TIMEOUT=str(IDLE),
     )  # fmt: skip
     work = tmp_path_factory.mktemp("nginx")
     (work / "site.conf").write_text(site_config(port, workers_port, dev_certs))
@@ -148,6 +154,59 @@ def test_the_per_address_cap_counts_the_real_client_not_nginx(behind_nginx, clie
     first, other = asyncio.run(scenario())
     assert first == ["welcome"] * CAP + [1013]  # the third from 127.0.0.2: over its cap
     assert other == "welcome"  # another address has its own count, through the same nginx
+
+
+def directive_seconds(name: str) -> int:
+    [value] = re.findall(rf"^\s*{name}\s+(\d+)s;", SITE.read_text(), flags=re.M)
+    return int(value)
+
+
+def test_the_proxy_timeouts_outlast_the_idle_timeout_whose_close_reaches_the_client(
+    behind_nginx, client_tls
+):
+    """The server closes a silent socket (4000), not nginx: its proxy timeouts are longer
+    than the idle timeout's default, and the close frame passes through it."""
+    from realtime.conf import DEFAULTS
+
+    for name in ("proxy_read_timeout", "proxy_send_timeout"):
+        assert directive_seconds(name) > DEFAULTS["REALTIME_WS_IDLE_TIMEOUT"], name
+
+    async def scenario():
+        async with ws_connect(url(behind_nginx), client_tls, ping_interval=None) as socket_:
+            await receive_json(socket_)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionClosed):
+                await asyncio.wait_for(socket_.recv(), IDLE + 10)
+            return await close_code(socket_), time.monotonic() - started
+
+    code, silent_for = asyncio.run(scenario())
+    assert code == 4000
+    assert silent_for >= IDLE - 0.5
+
+
+def test_nginx_drops_request_headers_trickled_past_its_client_header_timeout(
+    behind_nginx, client_tls
+):
+    """client_header_timeout in the shipped site: a slowloris on nginx is cut, not kept."""
+    limit = directive_seconds("client_header_timeout")
+    with (
+        socket.create_connection(("127.0.0.1", behind_nginx), timeout=10) as raw,
+        client_tls.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        started = time.monotonic()
+        connection.settimeout(0.5)
+        while time.monotonic() - started < limit + 10:
+            try:
+                if connection.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                connection.sendall(b"a")
+            except (ConnectionError, ssl.SSLError):
+                break
+        else:
+            raise AssertionError("nginx kept the trickled request")
+    assert limit - 1 <= time.monotonic() - started < limit + 10
 
 
 def test_serve_plain_refuses_without_trusted_proxy_headers(server_env):

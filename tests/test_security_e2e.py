@@ -25,6 +25,7 @@ from tests.helpers import (
     daphne_tls_args,
     free_port,
     receive_json,
+    run_in_shell,
     ws_connect,
 )
 
@@ -127,6 +128,34 @@ def test_the_session_cookie_is_secure_httponly_lax_and_authenticates_the_socket(
     assert signed_in["user"] == "carol"
     assert signed_in["secure"] is True
     assert anonymous["user"] is None
+
+
+def test_a_session_deleted_from_the_database_closes_its_socket(start, dev_certs, client_tls):
+    """Without a sign-out (`clearsessions`, an admin, an expiry): the worker looks at the
+    session within REALTIME_SESSION_CHECK seconds (1 here) and closes the socket."""
+    port = free_port()
+    server = start(daphne_tls_args(port, dev_certs), port, REALTIME_SESSION_CHECK="1",
+                   REALTIME_FANOUT_CHECK="1")  # fmt: skip
+    password = create_user(server.env, "dave", staff=False)
+    session = BrowserSession(f"https://localhost:{port}", client_tls)
+    session.login("dave", password)
+
+    async def scenario():
+        async with ws_connect(
+            f"wss://localhost:{port}/ws/", client_tls,
+            additional_headers={"Cookie": session.cookie_header()},
+        ) as socket_:  # fmt: skip
+            assert (await receive_json(socket_))["user"] == "dave"
+            code = "from django.contrib.sessions.models import Session\n"
+            code += "Session.objects.all().delete()\n"
+            await asyncio.to_thread(run_in_shell, server.env, code)
+            try:
+                while True:
+                    await receive_json(socket_, timeout=15)
+            except ConnectionClosed as exc:
+                return exc.rcvd.code, exc.rcvd.reason
+
+    assert asyncio.run(scenario()) == (4001, "Session ended")
 
 
 # --- TLS required ------------------------------------------------------------------------

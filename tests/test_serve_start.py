@@ -69,6 +69,18 @@ def test_told_to_wait_it_starts_once_redis_answers(server_env, private_redis):
     assert "Serving https://" in output
 
 
+def test_told_to_wait_it_gives_up_when_the_wait_runs_out(server_env):
+    env = {**server_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    started = time.monotonic()
+    result = run_serve(env, "--wait-for-services", "3")
+    waited = time.monotonic() - started
+    assert result.returncode != 0
+    assert "Waiting up to 3 s for Redis (ConnectionError" in result.stdout
+    assert "Not starting: Redis (ConnectionError" in result.stderr
+    assert 3 <= waited < 30  # it waited the 3 s, and no longer than a startup takes
+    assert "Serving https://" not in result.stdout
+
+
 def test_each_shard_is_checked_and_named(server_env, private_redis):
     up = private_redis()
     down = f"redis://127.0.0.1:{free_port()}/0"
