@@ -133,7 +133,9 @@ def echo_peer(setup: Setup, name: str, transport: str, cpus: str | None) -> Peer
     log = log_path(setup, name, transport)
     if name == "bare-daphne":
         args = [DAPHNE, "-e", endpoint(setup, transport, port), "bench.peers.bare_echo:application"]
-        server = Server(name, args, setup.base_env, [port], log, cpus)
+        # No Django here: the endpoint's per-address cap is read from the environment.
+        env = {**setup.base_env, "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": "0"}
+        server = Server(name, args, env, [port], log, cpus)
         return Peer(name, transport, [server], [url(transport, port)])
     if name == "project-daphne":
         args = [DAPHNE, "-e", endpoint(setup, transport, port), "project.asgi:application"]

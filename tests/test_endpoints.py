@@ -8,7 +8,9 @@ records what the endpoint asks the reactor for. The last test runs the real daph
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,7 @@ def test_the_endpoint_serves_an_asgi_app_without_django_settings(dev_certs, clie
     port = free_port()
     endpoint = f"realtime:{port}:privateKey={dev_certs.key}:certKey={dev_certs.cert}"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["REALTIME_MAX_CONNECTIONS_PER_ADDRESS"] = "2"  # read from here without Django
     log = (tmp_path / "bare.log").open("wb")
     process = subprocess.Popen(
         [DAPHNE, "-e", endpoint, "bench.peers.bare_echo:application"],
@@ -179,6 +182,20 @@ def test_the_endpoint_serves_an_asgi_app_without_django_settings(dev_certs, clie
                 return await asyncio.wait_for(socket_.recv(), 10)
 
         assert asyncio.run(echo()) == "hello"
+        time.sleep(0.5)  # the probe's and the echo socket's closes are seen
+        kept = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            for connection in kept:
+                connection.settimeout(0.5)
+                with pytest.raises(TimeoutError):
+                    connection.recv(1)  # kept: waiting for its TLS handshake
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+                third.settimeout(2)
+                with contextlib.suppress(ConnectionResetError):
+                    assert third.recv(1) == b""  # past the cap of 2: closed at once
+        finally:
+            for connection in kept:
+                connection.close()
     finally:
         process.terminate()
         process.wait(20)

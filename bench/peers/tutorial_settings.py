@@ -38,3 +38,6 @@ CHANNEL_LAYERS = {
         },
     }
 }
+# Its TLS comes from the project's `realtime:` endpoint, whose per-address cap would refuse the
+# load generator's sockets (all from 127.0.0.1) past 256 per worker: off, as for the project.
+REALTIME_MAX_CONNECTIONS_PER_ADDRESS = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections import Counter
 from typing import Any
 
@@ -39,12 +40,13 @@ DEFAULT_PER_ADDRESS = 256
 
 
 def connections_per_address() -> int:
-    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS; the default where no Django settings are configured
-    (a `realtime:` endpoint serving a bare ASGI application)."""
+    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS: the setting, or where no Django settings are
+    configured (a `realtime:` endpoint serving a bare ASGI application) the environment
+    variable of that name, else the default."""
     from django.conf import settings
 
     if not settings.configured:
-        return DEFAULT_PER_ADDRESS
+        return int(os.environ.get("REALTIME_MAX_CONNECTIONS_PER_ADDRESS", DEFAULT_PER_ADDRESS))
     from realtime.conf import conf
 
     return int(conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
