@@ -33,6 +33,7 @@ from realtime.upstream import (
     TCP_STATE,
     clear_option,
     handler_name,
+    limit_write_buffer,
     send_when_idle,
     set_key_exchange_groups,
     use_server_class_under_plain_daphne,
@@ -252,3 +253,34 @@ def test_channels_consumers_send_through_base_send():
     """RealtimeConsumer's own __call__ sets base_send, as AsyncConsumer.__call__ does."""
     assert "self.base_send(" in inspect.getsource(AsyncConsumer.send)
     assert "self.base_send =" in inspect.getsource(AsyncConsumer.__call__)
+
+
+def test_a_transport_pauses_its_streaming_producer_past_the_buffer_size_it_is_given():
+    """What realtime/server/unsent.py relies on: FileDescriptor.write compares what waits
+    unsent with `bufferSize` and pauses a registered streaming producer past it."""
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.internet.testing import MemoryReactor
+
+    class Producer:
+        paused = 0
+
+        def pauseProducing(self):
+            self.paused += 1
+
+        def resumeProducing(self):
+            pass
+
+        def stopProducing(self):
+            pass
+
+    transport = FileDescriptor(reactor=MemoryReactor())
+    transport.connected = True
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    limit_write_buffer(transport, 100)
+    transport.write(b"x" * 100)
+    assert producer.paused == 0
+    transport.write(b"x")
+    assert producer.paused == 1
+    with pytest.raises(TypeError, match="has no bufferSize"):
+        limit_write_buffer(object(), 100)
