@@ -26,7 +26,6 @@ cache keys and cookies.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import secrets
 import time
@@ -43,6 +42,7 @@ from django.template.loader import render_to_string
 
 from realtime.broadcasting.redis_client import sync_client
 from realtime.conf import conf
+from realtime.server.address_cap import host_key
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +117,7 @@ def increment(keys: list[str]) -> None:
 
 
 def address_key(request: HttpRequest) -> str:
-    host = request.META.get("REMOTE_ADDR") or "unknown"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return host_key(request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def account_key(username: str) -> str:

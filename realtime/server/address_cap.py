@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 
 def address_key(address: Any) -> str:
     """The client's IPv4 address, or its IPv6 /64; "" for what has no host (unix sockets)."""
-    host = getattr(address, "host", "") or ""
+    return host_key(getattr(address, "host", "") or "")
+
+
+def host_key(host: str) -> str:
+    """An IPv4 address as it is; an IPv6 one as its /64 (one host commonly has all of it)."""
     if ":" not in host:
         return host
     try:
