@@ -22,6 +22,7 @@ test: setup $(SSLYZE_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	node tests/js/test_client.mjs
+	node tests/js/test_realtime_module.mjs
 	$(PY) -m pytest
 	TEST_DATABASE_URL=$(TEST_POSTGRES) $(PY) -m pytest --ignore=tests/test_walkthrough.py
 

@@ -76,6 +76,15 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_CERT_DIR": default_cert_dir,
     # certbot's --webroot directory, served on the redirect port's /.well-known/acme-challenge/
     "REALTIME_ACME_WEBROOT": None,
+    # Topics (docs/topics.md): how far back a subscriber may resume, per topic (messages and
+    # seconds), the largest message, subscriptions per socket, and how long a worker that
+    # stopped refreshing its presence entries (killed) still counts.
+    "REALTIME_TOPIC_HISTORY_SIZE": 100,
+    "REALTIME_TOPIC_HISTORY_TTL": 3600,
+    "REALTIME_TOPIC_MAX_DATA": 64 * 1024,
+    "REALTIME_WS_MAX_SUBSCRIPTIONS": 100,
+    "REALTIME_PRESENCE_TTL": 15,
+    # The broadcasts' history for a resume (messages, seconds).
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,
     "REALTIME_GC_THRESHOLD": 10_000,

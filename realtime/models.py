@@ -1,6 +1,13 @@
-"""Broadcasts: messages staff, commands and app code send to every connected client."""
+"""Broadcasts, and the streams of messages with positions that carry them and topics' messages.
+
+A stream is a named sequence of messages (a topic, a user's own topic, or the broadcasts):
+`Topic` holds its epoch and last offset, `TopicMessage` its history. Offsets are given when a
+message is published, one after the other without gaps (realtime/broadcasting/streams.py).
+"""
 
 from __future__ import annotations
+
+import secrets
 
 from django.conf import settings
 from django.db import models
@@ -56,3 +63,46 @@ class Broadcast(models.Model):
             "audience": self.audience,
             "sent_at": self.sent_at.isoformat(),
         }
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+class Topic(models.Model):
+    """A stream's position: the offset its last published message got, and the epoch that
+    names this history (a client resuming with another epoch must reload)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    epoch = models.CharField(max_length=32, default=new_epoch)
+    last_offset = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.last_offset}"
+
+
+class TopicMessage(models.Model):
+    """One message of a stream: stored when sent, given its offset and frame when published."""
+
+    topic = models.CharField(max_length=200)
+    offset = models.PositiveBigIntegerField(null=True, blank=True)
+    event = models.CharField(max_length=100, default="message")
+    data = models.JSONField(null=True)
+    # The broadcast stream's messages go to one audience only; "" for a topic's.
+    audience = models.CharField(max_length=16, blank=True, default="")
+    broadcast = models.OneToOneField(
+        Broadcast, null=True, blank=True, on_delete=models.CASCADE, related_name="stream_message"
+    )
+    # The text frame every subscriber receives, built once when published.
+    frame = models.TextField(blank=True, default="")
+    sent_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "offset"], name="realtime_topic_offset")
+        ]
+        indexes = [models.Index(fields=["published_at"], name="realtime_msg_published")]
+
+    def __str__(self) -> str:
+        return f"{self.topic} #{self.offset}"

@@ -5,17 +5,18 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from realtime.broadcasting.replay import latest_id_for, recent_for
+from realtime.broadcasting.replay import broadcasts_position, recent_for
 
 RECENT_BROADCASTS = 5
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    broadcasts = recent_for(request.user, RECENT_BROADCASTS)
+    position = broadcasts_position()  # before the list: see broadcasts_position()
     context = {
         "ws_path": "/ws/",
         "page_secure": request.is_secure(),
-        "broadcasts": broadcasts,
-        "last_broadcast_id": latest_id_for(request.user),
+        "broadcasts": recent_for(request.user, RECENT_BROADCASTS),
+        "broadcasts_epoch": position["epoch"],
+        "broadcasts_offset": position["offset"],
     }
     return render(request, "realtime/index.html", context)

@@ -1,4 +1,5 @@
-"""Test clients that behave like the page's client: reconnect with backoff and resume by id."""
+"""Test clients that behave like the page's client: reconnect with backoff and resume from the
+broadcast stream's position (epoch and offset)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tests.helpers import wait_until_async as until
 
 @dataclass
 class ResumingClient:
-    """Keeps a WSS connection up; records each broadcast id once, as the page shows them."""
+    """Keeps a WSS connection up and resumes by position; counts every broadcast frame that
+    arrives twice on the wire (`duplicates`: the server sends each once, so 0)."""
 
     url: str
     tls: ssl.SSLContext | None
@@ -29,7 +31,7 @@ class ResumingClient:
     resume_failures: list[dict] = field(default_factory=list)
     workers: list[str] = field(default_factory=list)  # slots (w1), one per connection
     welcomed_by: list[str] = field(default_factory=list)  # full names (<hostname>-w1)
-    last_id: int = 0
+    position: dict | None = None  # {"epoch": ..., "offset": ...} of the broadcast stream
     socket: ClientConnection | None = None
     stopping: bool = False
     _seen_set: set[int] = field(default_factory=set)
@@ -68,11 +70,18 @@ class ResumingClient:
         if kind == "welcome":
             self.workers.append(slot(message["worker"]))
             self.welcomed_by.append(message["worker"])
-            await socket_.send(json.dumps({"type": "resume", "after": self.last_id}))
+            if self.position is None:
+                self.position = dict(message["broadcasts"])
+            else:
+                await socket_.send(json.dumps({"type": "resume", "since": self.position}))
         elif kind == "broadcast":
             self._record(message["id"])
+            self.position["offset"] = max(self.position["offset"], message["offset"])
+        elif kind == "resumed":
+            self.position = {"epoch": message["epoch"], "offset": message["offset"]}
         elif kind == "resume_failed":
             self.resume_failures.append(message)
+            self.position = {"epoch": message["epoch"], "offset": message["offset"]}
 
     def _record(self, broadcast_id: int) -> None:
         if broadcast_id in self._seen_set:
@@ -80,7 +89,6 @@ class ResumingClient:
             return
         self._seen_set.add(broadcast_id)
         self.seen.append(broadcast_id)
-        self.last_id = max(self.last_id, broadcast_id)
 
     async def drop(self) -> None:
         """Disconnect now, as a flaky network would; run() reconnects."""
@@ -128,6 +136,6 @@ def report(name: str, clients: list[ResumingClient], expected: list[int]) -> Non
     lost = sum(len(set(expected) - set(c.seen)) for c in clients)
     print(
         f"\n{name}: {len(clients)} clients, {len(expected)} broadcasts, lost {lost}, "
-        f"duplicates received and dropped {sum(c.duplicates for c in clients)}, "
+        f"duplicates on the wire {sum(c.duplicates for c in clients)}, "
         f"reconnections {sum(c.connections - 1 for c in clients)}"
     )

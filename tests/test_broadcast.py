@@ -14,7 +14,7 @@ from django.db import transaction
 
 from project.asgi import application
 from realtime import broadcast
-from realtime.broadcasting import sending
+from realtime.broadcasting import streams
 from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
 from tests.helpers import Communicator
 
@@ -78,6 +78,7 @@ def test_send_stores_and_delivers_to_every_socket():
             "level": "warning",
             "audience": "everyone",
             "sent_at": sent.sent_at.isoformat(),
+            "offset": message["offset"],
         }
 
 
@@ -172,13 +173,13 @@ def test_bad_broadcasts_are_refused_before_storing(kwargs, field):
 
 def test_the_message_is_serialized_once_for_all_sockets(monkeypatch):
     calls = []
-    real_encode = sending.protocol.encode
+    real_encode = streams.protocol.encode
 
     def counting_encode(message):
         calls.append(message)
         return real_encode(message)
 
-    monkeypatch.setattr(sending.protocol, "encode", counting_encode)
+    monkeypatch.setattr(streams.protocol, "encode", counting_encode)
 
     async def scenario():
         sockets = [socket_for() for _ in range(5)]

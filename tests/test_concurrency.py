@@ -1,10 +1,12 @@
 """What must happen once across processes, with processes really running at once, on the
 database the run uses (SQLite, or PostgreSQL under TEST_DATABASE_URL: `make test` runs both).
 
-- Publishing: four processes republish the same stored, unpublished broadcasts at once; each
-  reaches the channel layer exactly once (the claim: published_at from NULL to now).
+- Publishing: four processes publish the same stored, unpublished messages at once; each
+  reaches the channel layer exactly once (the claim: published_at from NULL to now), and the
+  offsets they get are 1, 2, 3, ... with no gap and no repeat (the stream's row lock).
 - Ids and commits: on PostgreSQL a broadcast can take its id before another and commit after
-  it. A client that saw the later id and resumes from it still gets the earlier one.
+  it. Offsets are given at publish, in commit order: a client that saw the later one and
+  resumes from its offset still gets the earlier one, once.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 from collections import Counter
 
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from realtime.broadcasting.fanout import group_for
+from realtime.broadcasting.streams import TOPICS_GROUP
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -54,21 +55,22 @@ def finished(process: subprocess.Popen[str], timeout: float = 60) -> str:
     return out
 
 
+TOPIC = "orders.7"
 STORE_UNPUBLISHED = f"""
 from datetime import timedelta
 from django.utils import timezone
-from realtime.models import Broadcast
+from realtime.models import TopicMessage
 past = timezone.now() - timedelta(seconds=30)
-made = Broadcast.objects.bulk_create(
-    Broadcast(message=f"stored {{n}}", sent_at=past) for n in range({STORED})
+made = TopicMessage.objects.bulk_create(
+    TopicMessage(topic="{TOPIC}", data={{"n": n}}, sent_at=past) for n in range({STORED})
 )
-print(min(b.pk for b in made), max(b.pk for b in made))
+print(min(m.pk for m in made), max(m.pk for m in made))
 """
 
 REPUBLISH = """
 import sys
 sys.stdin.readline()  # all processes start republishing at the same moment
-from realtime.broadcasting.sending import republish_pending
+from realtime.broadcasting.streams import republish_pending
 total = 0
 while (n := republish_pending(grace=0)):
     total += n
@@ -76,7 +78,7 @@ print(total)
 """
 
 
-def test_stored_broadcasts_republished_by_four_processes_at_once_go_out_once_each(
+def test_stored_messages_published_by_four_processes_at_once_go_out_once_each_in_order(
     server_env, redis_server
 ):
     env = {**server_env, "REDIS_URL": redis_server.url}
@@ -85,7 +87,7 @@ def test_stored_broadcasts_republished_by_four_processes_at_once_go_out_once_eac
     async def scenario() -> Counter[int]:
         layer = RedisPubSubChannelLayer(hosts=[redis_server.url])
         channel = await layer.new_channel()
-        await layer.group_add(group_for("everyone"), channel)
+        await layer.group_add(TOPICS_GROUP, channel)
         workers = [shell(env, REPUBLISH, stdin=subprocess.PIPE) for _ in range(PROCESSES)]
         await asyncio.sleep(3)  # every process has imported Django and waits on stdin
         for worker in workers:
@@ -96,7 +98,7 @@ def test_stored_broadcasts_republished_by_four_processes_at_once_go_out_once_eac
         try:
             while True:
                 event = await asyncio.wait_for(layer.receive(channel), 2)
-                seen[event["id"]] += 1
+                seen[event["offset"]] += 1
         except TimeoutError:
             pass
         await layer.flush()
@@ -104,15 +106,16 @@ def test_stored_broadcasts_republished_by_four_processes_at_once_go_out_once_eac
         return seen
 
     seen = asyncio.run(scenario())
-    assert set(seen) == set(range(first, last + 1))
+    assert set(seen) == set(range(1, STORED + 1))
     assert set(seen.values()) == {1}, [i for i, n in seen.items() if n > 1]
     rows = server_query(
         env,
-        "SELECT COUNT(*) FROM realtime_broadcast WHERE id BETWEEN %s AND %s "
-        "AND published_at IS NULL",
+        'SELECT COUNT(*), COUNT(DISTINCT "offset"), MIN("offset"), MAX("offset") '
+        "FROM realtime_topicmessage WHERE id BETWEEN %s AND %s AND published_at IS NOT NULL",
         (first, last),
     )
-    assert rows[0][0] == 0
+    kept = 100  # REALTIME_TOPIC_HISTORY_SIZE: older ones were forgotten as later ones went out
+    assert rows[0] == (kept, kept, STORED - kept + 1, STORED)
 
 
 HOLD_A_BROADCAST = """
@@ -145,18 +148,23 @@ def test_an_id_taken_first_but_committed_last_still_reaches_a_resuming_client(
     later_id = int(finished(later))
     assert later_id > held_id
 
-    async def resume_after(after: int) -> list[dict]:
+    async def resume_since(offset: int | None) -> tuple[int, list[dict]]:
+        """The broadcasts a client that has everything up to `offset` gets, and the offset."""
         async with ws_connect(url, client_tls) as socket_:
-            await receive_json(socket_)  # welcome
-            await socket_.send(json.dumps({"type": "resume", "after": after}))
+            welcome = await receive_json(socket_)
+            epoch = welcome["broadcasts"]["epoch"]
+            since = {"epoch": epoch, "offset": welcome["broadcasts"]["offset"] - 1}
+            if offset is not None:
+                since["offset"] = offset
+            await socket_.send(json.dumps({"type": "resume", "since": since}))
             messages = []
             while (message := await receive_json(socket_))["type"] != "resumed":
                 messages.append(message)
             return messages
 
     # A client saw the later broadcast (the held one is not committed: nobody can see it).
-    seen = [m["id"] for m in asyncio.run(resume_after(later_id - 1))]
-    assert later_id in seen and held_id not in seen
+    seen = asyncio.run(resume_since(None))
+    assert [m["id"] for m in seen] == [later_id]
     holder.stdin.write("go\n")
     holder.stdin.flush()
     finished(holder)
@@ -170,8 +178,7 @@ def test_an_id_taken_first_but_committed_last_still_reaches_a_resuming_client(
         "the held broadcast is published once committed",
         10,
     )
-    time.sleep(0.2)
-    # It resumes from the later id, the largest it has, and still gets the earlier one.
-    # (Others published just before may come too: the client drops what it has.)
-    replayed = {m["id"]: m for m in asyncio.run(resume_after(later_id))}
-    assert held_id in replayed and replayed[held_id]["message"] == "committed last"
+    # It resumes from the later one's offset, and gets the earlier one, once, and nothing else.
+    replayed = asyncio.run(resume_since(seen[0]["offset"]))
+    assert [(m["id"], m["message"]) for m in replayed] == [(held_id, "committed last")]
+    assert replayed[0]["offset"] == seen[0]["offset"] + 1

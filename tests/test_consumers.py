@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 
 from project.asgi import application
-from realtime.broadcasting.fanout import group_for
+from realtime import broadcast
 from realtime.server.worker import worker_id
 from tests.helpers import Communicator
 
@@ -117,9 +116,7 @@ def test_bad_input_gets_an_error_and_the_socket_stays_open(frame, code):
     assert after == {"type": "pong"}
 
 
-def test_a_group_message_reaches_every_socket_once():
-    text = json.dumps({"type": "note", "n": 1})
-
+def test_a_broadcast_reaches_every_socket_once_with_its_offset():
     async def scenario():
         sockets = [await open_socket() for _ in range(3)]
         for communicator in sockets:
@@ -127,17 +124,16 @@ def test_a_group_message_reaches_every_socket_once():
             # Answered once the worker's fan-out has registered the socket.
             await communicator.send_json_to({"type": "ping"})
             assert (await communicator.receive_json_from())["type"] == "pong"
-        await get_channel_layer().group_send(
-            group_for("everyone"), {"type": "realtime.send", "text": text}
-        )
-        received = [await communicator.receive_from() for communicator in sockets]
+        sent = await sync_to_async(broadcast.send)("to everyone")
+        received = [await communicator.receive_json_from() for communicator in sockets]
         nothing_more = [await communicator.receive_nothing() for communicator in sockets]
         for communicator in sockets:
             await communicator.disconnect()
-        return received, nothing_more
+        return sent, received, nothing_more
 
-    received, nothing_more = asyncio.run(scenario())
-    assert received == [text] * 3
+    sent, received, nothing_more = asyncio.run(scenario())
+    assert [(m["id"], m["message"]) for m in received] == [(sent.pk, "to everyone")] * 3
+    assert len({m["offset"] for m in received}) == 1
     assert all(nothing_more)
 
 

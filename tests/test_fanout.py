@@ -1,5 +1,6 @@
 """Unit tests of a worker's fan-out (realtime.broadcasting.fanout) and of presence, in process:
-the catch-up's window and its once-only delivery, sign-outs, losing and regaining the layer."""
+sign-outs, losing and regaining the layer, a bad event. (Delivery by offset, gaps and the
+catch-up: tests/test_streams.py.)"""
 
 from __future__ import annotations
 
@@ -9,24 +10,22 @@ from datetime import timedelta
 
 import pytest
 import redis
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime.broadcasting import presence
 from realtime.broadcasting.fanout import (
-    LOOK_BACK,
-    REMEMBER_FOR,
-    SETTLE,
     SIGN_OUT_MEMORY,
     SIGN_OUTS_REMEMBERED,
     Fanout,
     LayerLost,
-    group_for,
 )
 from realtime.broadcasting.redis_client import sync_client
-from realtime.models import Broadcast
+from realtime.broadcasting.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
 from realtime.websocket.sessions import SignedIn
+
+# Registering a socket reads its streams' positions from the database.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class FakeConsumer:
@@ -49,106 +48,10 @@ class FakeConsumer:
         self.closed.append(code)
 
 
-def stored(message: str, published_ago: timedelta) -> Broadcast:
-    return Broadcast.objects.create(message=message, published_at=timezone.now() - published_ago)
-
-
-def event_of(broadcast: Broadcast) -> dict:
-    text = json.dumps(broadcast.as_message())
-    return {"type": "realtime.send", "text": text, "id": broadcast.pk, "audience": "everyone"}
-
-
 async def settle() -> None:
     """Let the sends and closes the fan-out spawned run."""
     for _ in range(5):
         await asyncio.sleep(0)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_catch_up_delivers_a_lost_broadcast_once_to_sockets_that_were_there():
-    async def scenario():
-        fan = Fanout()
-        early, late = FakeConsumer(), FakeConsumer()
-        await fan.register(early, ["everyone"], timezone.now() - timedelta(minutes=1))
-        fan.listening_since = timezone.now() - timedelta(minutes=2)  # a worker up for a while
-        make = sync_to_async(stored)
-        heard = await make("heard live", SETTLE + timedelta(seconds=1))
-        lost = await make("lost", SETTLE + timedelta(seconds=1))
-        await make("too fresh: live delivery still has its chance", SETTLE / 3)
-        await make("too old: past the look-back", LOOK_BACK + timedelta(seconds=1))
-        fan.deliver(event_of(heard))
-        # Connected after `lost` was published: it resumed past it, the catch-up is not for it.
-        await fan.register(late, ["everyone"], lost.published_at + timedelta(seconds=1))
-        first, second = await fan.catch_up(), await fan.catch_up()
-        await settle()
-        fan.task.cancel()
-        return early.sent, late.sent, first, second
-
-    early, late, first, second = asyncio.run(scenario())
-    assert early == ["heard live", "lost"]
-    assert late == []
-    assert (first, second) == (1, 0)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_what_was_published_before_the_worker_joined_is_not_its_to_catch_up(caplog):
-    async def scenario():
-        before = await sync_to_async(stored)("before this worker", SETTLE + timedelta(seconds=2))
-        fan = Fanout()
-        socket_ = FakeConsumer()
-        await fan.register(socket_, ["everyone"], timezone.now() - timedelta(minutes=1))
-        assert fan.listening_since is not None and fan.listening_since > before.published_at
-        caught_up = await fan.catch_up()
-        fan.task.cancel()
-        return caught_up, socket_.sent
-
-    assert asyncio.run(scenario()) == (0, [])
-    assert "never reached this worker" not in caplog.text
-
-
-@pytest.mark.django_db(transaction=True)
-def test_a_burst_larger_than_any_count_is_not_caught_up_again(caplog):
-    """12,000 broadcasts received inside the look-back: none looks lost (a count of 10,000
-    remembered ids made the oldest look never received, and delivered them again)."""
-    published = timezone.now() - SETTLE - timedelta(seconds=5)
-    Broadcast.objects.bulk_create(
-        Broadcast(message=f"burst {n}", published_at=published) for n in range(12_000)
-    )
-    events = [event_of(b) for b in Broadcast.objects.order_by("id")]
-
-    async def scenario():
-        fan = Fanout()
-        socket_ = FakeConsumer()
-        await fan.register(socket_, ["everyone"], published - timedelta(minutes=1))
-        fan.listening_since = published - timedelta(minutes=1)
-        for event in events:
-            fan.deliver(event)
-        await settle()
-        caught_up = await fan.catch_up()
-        fan.task.cancel()
-        return caught_up, len(socket_.sent)
-
-    assert asyncio.run(scenario()) == (0, 12_000)
-    assert "never reached this worker" not in caplog.text
-
-
-def test_received_ids_are_forgotten_once_past_the_look_back():
-    async def scenario():
-        fan = Fanout()
-        now = [1000.0]
-        fan.clock = lambda: now[0]
-        fan.deliver({"type": "realtime.send", "text": "{}", "id": 1})
-        now[0] += REMEMBER_FOR - 1
-        fan.deliver({"type": "realtime.send", "text": "{}", "id": 2})
-        kept = list(fan.received)
-        now[0] += 2  # id 1 is now older than the look-back and its margin
-        fan.deliver({"type": "realtime.send", "text": "{}", "id": 3})
-        return kept, list(fan.received)
-
-    kept, later = asyncio.run(scenario())
-    assert kept == [1, 2]
-    assert later == [2, 3]
-    assert LOOK_BACK.total_seconds() < REMEMBER_FOR
 
 
 def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
@@ -283,10 +186,12 @@ def test_an_event_it_cannot_handle_is_dropped_and_the_fanout_keeps_working(caplo
         consumer = FakeConsumer()
         await fan.register(consumer, ["everyone"], timezone.now())
         layer = get_channel_layer()
-        await layer.group_send(group_for("everyone"), {"type": "realtime.send"})  # no text
+        await layer.group_send(TOPICS_GROUP, {"type": TOPIC_EVENT})  # no topic
         text = json.dumps({"type": "broadcast", "message": "after"})
-        good = {"type": "realtime.send", "text": text}
-        await layer.group_send(group_for("everyone"), good)
+        offset = fan.streams.streams[BROADCASTS].delivered + 1
+        good = {"type": TOPIC_EVENT, "topic": BROADCASTS, "offset": offset, "text": text}
+        good["audience"] = "everyone"
+        await layer.group_send(TOPICS_GROUP, good)
         for _ in range(50):
             if consumer.sent:
                 break

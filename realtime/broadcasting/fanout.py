@@ -1,12 +1,13 @@
 """Delivering broadcasts to this worker's sockets: the fan-out, and catch-up after losses.
 
-Fan-out. Each worker process joins the audience groups once, with one channel of its own,
-instead of every socket joining them. A broadcast therefore arrives at a worker once (one
-Redis message per worker on the pub/sub layer) and is written to each socket of its audience
-from here: framed once (autobahn's prepared message) and written straight to each daphne
-WebSocket, without waking a consumer task per socket. Sockets served by another ASGI server
-(no `realtime.websocket` scope extension, e.g. in tests or under uvicorn) get the text through
-their consumer's `send()`.
+Fan-out. Each worker process joins the topics group once, with one channel of its own, instead
+of every socket joining groups. A message of any stream (the broadcasts, a user's topic, an
+app's topic: realtime.broadcasting.streams) therefore arrives at a worker once (one Redis
+message per worker on the pub/sub layer) and is written to each socket that subscribes to its
+stream from here (realtime.broadcasting.delivery): framed once (autobahn's prepared message) and
+written straight to each daphne WebSocket, without waking a consumer task per socket. Sockets
+served by another ASGI server (no `realtime.websocket` scope extension, e.g. in tests or under
+uvicorn) get the text through their consumer's `send()`.
 
 The fan-out stays subscribed for the worker's life (docs/reliability.md): one receive that is
 never cancelled (the pub/sub layer deletes a channel whose receive is cancelled), group
@@ -17,18 +18,16 @@ the layer: it says so once, /healthz fails, and its signed-in sockets are closed
 their sign-outs could no longer reach them.
 
 Sign-outs travel the same way: one `realtime.logout` event per worker (realtime.websocket.sessions),
-and the worker closes its sockets of that session, or of that user when an account's access
-changed. So a socket needs no channel of its own on the layer: no Redis subscription per
-socket, nothing but its client to wait for.
+and the worker ends its sockets of that session, or of that user when an account's access
+changed: their topic subscriptions are checked again (those no longer allowed end with
+`unsubscribed`), then the sockets close (4001). So a socket needs no channel of its own on the
+layer: no Redis subscription per socket, nothing but its client to wait for.
 
 Catch-up. Redis pub/sub delivers at most once, to the subscribers connected at that moment.
-When Redis restarts, each worker resubscribes on its own (redis-py), but whatever was
-published in between never reaches it, and its clients are still connected, so they do not
-resume. So the fan-out remembers which broadcasts reached this worker, and every few seconds
-the worker asks the database for broadcasts published (a little while ago, so that live
-delivery had its chance) to an audience it has sockets in, that it never received, and
-delivers those to its sockets that were already connected when they were published. Clients
-de-duplicate by id, so a late copy is harmless; a missing one is not.
+A message that does not reach a worker is found when the next one of its stream arrives (a
+gap in the offsets), or, every few seconds, by asking the database which streams published
+past what this worker delivered; either way the missing messages are read from the database
+and delivered in order, once.
 """
 
 from __future__ import annotations
@@ -48,30 +47,28 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from realtime.broadcasting import streams as stored
+from realtime.broadcasting import topics
+from realtime.broadcasting.delivery import Frame, Streams, Subscription, spawn
+from realtime.broadcasting.topic_presence import CHANGED, Presence
 from realtime.conf import conf
-from realtime.models import Broadcast
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
 from realtime.websocket import protocol
 from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, session_end
 
 logger = logging.getLogger("realtime.broadcasting.fanout")
 
-AUDIENCES = [choice.value for choice in Broadcast.Audience]
 SETTLE = timedelta(seconds=3)  # live delivery normally takes milliseconds; under load, ~1 s
 MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.maintenance)
-# The longest a lost broadcast waits for a worker's catch-up (replay.REPLAY_SLACK uses it).
-CATCH_UP_DELAY = SETTLE + timedelta(seconds=MAINTENANCE_INTERVAL)
-LOOK_BACK = timedelta(minutes=5)
+# How far before the last catch-up's end the next one looks again: a message is stamped when
+# its publisher's transaction starts, and may commit a little later, on another host's clock.
+OVERLAP = timedelta(seconds=30)
 # A socket registers just after its welcome; a sign-out processed in between would miss it.
 # Sign-outs are remembered this long, and a registering socket is closed if its session signed
 # out (a signed-out session is gone: any socket that has it read it before), or if its user's
 # access changed after the socket connected (one that connected later read the new access).
 SIGN_OUT_MEMORY = 30.0
 SIGN_OUTS_REMEMBERED = 10_000  # bounded memory, whatever the rate of sign-outs
-# How long a received id is remembered: the whole look-back and a margin, whatever the rate
-# (a count would let a burst evict ids still in the look-back, which then look never received
-# and are delivered again). Memory: about 100 bytes per broadcast of the last 6 minutes.
-REMEMBER_FOR = (LOOK_BACK + timedelta(minutes=1)).total_seconds()
 JOIN_TIMEOUT = 5.0
 RETRY_DELAY = 1.0  # seconds between attempts while the channel layer fails
 CHECK_ATTEMPTS = 3  # a check's tries in a row when the connection fails
@@ -112,50 +109,44 @@ class LayerLost(ConnectionError):
     """The fan-out cannot hear the channel layer now: a socket would miss what it is sent."""
 
 
-def group_for(audience: str) -> str:
-    return f"realtime.audience.{audience}"
-
-
-background: set[asyncio.Task[Any]] = set()
-
-
-def spawn(coroutine: Any) -> None:
-    """Run a coroutine on its own, holding a reference until it ends (asyncio keeps none)."""
-    task = asyncio.ensure_future(coroutine)
-    background.add(task)
-    task.add_done_callback(background.discard)
-
-
 class Recipient:
     """One socket of this worker, as the fan-out sees it."""
 
-    def __init__(self, consumer: Any, connected_at: datetime) -> None:
+    __slots__ = ("consumer", "frames")
+
+    def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
-        self.connected_at = connected_at
         # realtime.server.frames.WebSocketFrames under RealtimeServer, else None.
         self.frames = consumer.scope.get("extensions", {}).get(FRAMES_EXTENSION)
 
-    def push(self, text: str, prepared: Any) -> None:
-        """Write one broadcast to this socket (called in the event loop's thread)."""
+    def push(self, frame: Frame) -> None:
+        """Write one message to this socket (called in the event loop's thread)."""
         if self.frames is None:
-            spawn(self.consumer.send(text_data=text))
+            spawn(self.consumer.send(text_data=frame.text))
         else:
-            self.frames.send_prepared(prepared)
+            self.frames.send_prepared(frame.prepared_by(self.frames))
+
+
+# What a socket's welcome tells of the streams it was subscribed to as it opened.
+Positions = dict[str, dict[str, Any] | None]
 
 
 class Fanout:
     """This worker's single member of every audience group."""
 
     def __init__(self) -> None:
-        self.local: dict[str, dict[Any, Recipient]] = {audience: {} for audience in AUDIENCES}
+        self.sockets: dict[Any, Recipient] = {}
+        self.streams = Streams()
+        self.presence = Presence()
+        self.presence.subscriptions = self.streams.subscribers
+        self.streams.on_detach = self.presence.leave
         # "session:<digest>" and "user:<pk>": the signed-in consumers of each, and back.
         self.signed_in: dict[str, set[Any]] = {}
         self.keys_of: dict[Any, tuple[str, ...]] = {}
         # Recent sign-outs and access changes: key -> wall-clock time, oldest first.
         self.recent_sign_outs: OrderedDict[str, float] = OrderedDict()
         self.wall_clock = time.time
-        self.received: OrderedDict[int, float] = OrderedDict()  # id -> when, oldest first
-        self.clock = time.monotonic
+        self.caught_up_until: datetime | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.joined: asyncio.Event | None = None
         self.task: asyncio.Task[None] | None = None
@@ -165,9 +156,6 @@ class Fanout:
         self.probe_group = f"realtime.fanout.probe.{uuid.uuid4().hex}"
         self.probe_token = 0
         self.probe_waiter: asyncio.Future[None] | None = None
-        # When this worker first joined its groups: broadcasts published before it are not
-        # its to catch up on (it did not exist; its sockets resume them instead).
-        self.listening_since: datetime | None = None
         # Signed-in sockets by when to look at their session again: (unix time, n, consumer, key).
         self.session_checks: list[tuple[float, int, Any, str]] = []
         self.session_checks_made = 0
@@ -180,9 +168,10 @@ class Fanout:
         audiences: list[str],
         connected_at: datetime,
         signed_in: SignedIn | None = None,
-    ) -> None:
+    ) -> Positions:
         """Start delivering broadcasts of `audiences` to a consumer's socket, and, when a user
-        is signed in on it, the sign-out of its session or user (realtime.websocket.sessions).
+        is signed in on it, its user's topic and the sign-out of its session or user
+        (realtime.websocket.sessions). Returns where those streams stood, for the welcome.
 
         Raises LayerLost while the fan-out cannot hear the layer, TimeoutError when the groups
         cannot be joined in time.
@@ -193,11 +182,17 @@ class Fanout:
             raise LayerLost(self.lost)
         if not self.joined.is_set():
             await asyncio.wait_for(asyncio.shield(self.joined.wait()), JOIN_TIMEOUT)
+        broadcasts = await self.streams.open(stored.BROADCASTS)
+        user = None
+        if signed_in is not None:
+            user = await self.streams.open(stored.user_stream(signed_in.user))
         if self.lost is not None:  # lost while this waited: its signed-in sockets are closed
             raise LayerLost(self.lost)
-        recipient = Recipient(consumer, connected_at)
-        for audience in audiences:
-            self.local[audience][consumer] = recipient
+        self.sockets[consumer] = Recipient(consumer)
+        positions: Positions = {
+            "broadcasts": self._attach(broadcasts, consumer, "", frozenset(audiences)),
+            "user_topic": None if user is None else self._attach(user, consumer, topics.USER),
+        }
         if signed_in is not None:
             self.keys_of[consumer] = keys = signed_in.registry_keys()
             for key in keys:
@@ -207,6 +202,24 @@ class Fanout:
                 spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
             elif signed_in.key:
                 self._look_at_session_by(consumer, signed_in.key, signed_in.ends_at)
+        return positions
+
+    def _attach(
+        self, stream: Any, consumer: Any, wire: str, audiences: Any = None
+    ) -> dict[str, Any]:
+        recipient = self.sockets[consumer]
+        subscription = self.streams.attach(stream, consumer, recipient, wire, audiences)
+        return {"epoch": stream.epoch, "offset": subscription.position}
+
+    async def subscribe(self, consumer: Any, name: str, wire: str) -> tuple[str, Subscription]:
+        """Subscribe a registered socket to a stream, holding its live messages until
+        release(); returns the stream's epoch and the subscription."""
+        stream = await self.streams.open(name)
+        subscription = self.streams.subscription(consumer, name)
+        if subscription is None:
+            subscription = self.streams.attach(stream, consumer, self.sockets[consumer], wire)
+        subscription.hold()
+        return stream.epoch, subscription
 
     # --- Sessions that end -----------------------------------------------------------------
 
@@ -251,8 +264,8 @@ class Fanout:
         return closed
 
     def unregister(self, consumer: Any) -> None:
-        for recipients in self.local.values():
-            recipients.pop(consumer, None)
+        self.sockets.pop(consumer, None)
+        self.streams.detach_all(consumer)
         for key in self.keys_of.pop(consumer, ()):
             self.signed_in[key].discard(consumer)
             if not self.signed_in[key]:
@@ -356,10 +369,8 @@ class Fanout:
         # group_add() of a member again only renews it: the core layer's membership (a sorted
         # set scored by join time) expires after group_expiry unless renewed, the pub/sub
         # layer's lasts for the process. Nothing is received by anyone else in between.
-        for group in [*map(group_for, AUDIENCES), SESSIONS_GROUP, self.probe_group]:
+        for group in [stored.TOPICS_GROUP, SESSIONS_GROUP, self.probe_group]:
             await layer.group_add(group, channel)
-        if self.listening_since is None:
-            self.listening_since = timezone.now()
         assert self.joined is not None
         if self.lost is None:
             self.joined.set()
@@ -430,11 +441,9 @@ class Fanout:
     def tell_everyone(self, text: str) -> None:
         """Write one message to every socket of this worker (each once, whatever its
         audiences)."""
-        recipients = list({id(r.consumer): r for rs in self.local.values() for r in rs.values()}
-                          .values())  # fmt: skip
-        prepared = self._prepare(text, recipients)
-        for recipient in recipients:
-            recipient.push(text, prepared)
+        frame = Frame(text)
+        for recipient in list(self.sockets.values()):
+            recipient.push(frame)
 
     def problem(self) -> str | None:
         """Why this worker's fan-out cannot deliver now (for /healthz), or None."""
@@ -443,22 +452,57 @@ class Fanout:
         return f"lost the channel layer {time.monotonic() - self.lost_since:.0f} s ago: {self.lost}"
 
     def handle(self, event: dict[str, Any]) -> None:
-        if event["type"] == LOGOUT:
+        kind = event["type"]
+        if kind == stored.TOPIC_EVENT:
+            self.streams.receive(event)
+        elif kind == LOGOUT:
             self.sign_out(event["signed_in"])
-        elif event["type"] == PROBE:
+        elif kind == CHANGED:
+            self.presence.changed(event["topic"])
+        elif kind == topics.RECHECK:
+            self.recheck(event["user"])
+        elif kind == PROBE:
             self._probe_returned(event)
-        else:
-            self.deliver(event)
 
     def sign_out(self, key: str) -> int:
-        """Close this worker's sockets of a session that signed out, or of a user whose access
-        changed (4001); returns how many."""
+        """End this worker's sockets of a session that signed out, or of a user whose access
+        changed: their topic subscriptions are checked again (unsubscribed if no longer
+        allowed), then they close (4001). Returns how many."""
         self._remember_sign_out(key)
         consumers = list(self.signed_in.get(key, ()))
         for consumer in consumers:
+            subscriptions = self._app_topics(consumer)
             self.unregister(consumer)
-            spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
+            spawn(self._end_signed_in(consumer, subscriptions, key.startswith("session:")))
         return len(consumers)
+
+    def _app_topics(self, consumer: Any) -> list[str]:
+        return [
+            s.wire for s in self.streams.subscriptions_of(consumer) if not s.name.startswith("$")
+        ]
+
+    async def _end_signed_in(self, consumer: Any, subscribed: list[str], gone: bool) -> None:
+        if subscribed:  # else no reason to wait for the database
+            user = await sync_to_async(current_user)(consumer, gone)
+            for topic in await sync_to_async(forbidden_topics)(user, subscribed):
+                await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
+        await consumer.close(code=protocol.SIGNED_OUT, reason="Signed out")
+
+    def recheck(self, user_pk: str) -> int:
+        """Check the topic subscriptions of a user's sockets again; end those no longer
+        allowed. Returns how many sockets are checked."""
+        consumers = list(self.signed_in.get(f"user:{user_pk}", ()))
+        for consumer in consumers:
+            spawn(self._recheck(consumer))
+        return len(consumers)
+
+    async def _recheck(self, consumer: Any) -> None:
+        user = await sync_to_async(current_user)(consumer)
+        subscribed = self._app_topics(consumer)
+        for topic in await sync_to_async(forbidden_topics)(user, subscribed):
+            if self.streams.subscription(consumer, topic) is not None:
+                self.streams.detach(consumer, topic)
+                await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
 
     def _remember_sign_out(self, key: str) -> None:
         now = self.wall_clock()
@@ -477,70 +521,51 @@ class Fanout:
                 return True
         return False
 
-    def deliver(self, event: dict[str, Any]) -> int:
-        """Write a broadcast event to every local socket of its audience; returns how many."""
-        if "id" in event:
-            self._mark_received(event["id"])
-        recipients = list(self.local.get(event.get("audience", "everyone"), {}).values())
-        text = event["text"]
-        prepared = self._prepare(text, recipients)
-        for recipient in recipients:
-            recipient.push(text, prepared)
-        return len(recipients)
-
-    @staticmethod
-    def _prepare(text: str, recipients: list[Recipient]) -> Any:
-        """The WebSocket frame, built once for every daphne socket (server frames are not
-        masked, so the bytes are the same for all)."""
-        for recipient in recipients:
-            if recipient.frames is not None:
-                return recipient.frames.prepare(text)
-        return None
-
-    def _mark_received(self, broadcast_id: int) -> None:
-        now = self.clock()
-        if broadcast_id not in self.received:
-            self.received[broadcast_id] = now
-        while self.received and next(iter(self.received.values())) < now - REMEMBER_FOR:
-            self.received.popitem(last=False)
-
     # --- Catch-up ------------------------------------------------------------------------
 
-    def never_received(self, now: datetime) -> list[Broadcast]:
-        audiences = [audience for audience, recipients in self.local.items() if recipients]
-        if not audiences:
-            return []
-        if self.listening_since is None:
-            return []
-        published = Broadcast.objects.filter(
-            published_at__gte=max(now - LOOK_BACK, self.listening_since),
-            published_at__lte=now - SETTLE,
-            audience__in=audiences,
-        ).order_by("id")
-        return [b for b in published if b.id not in self.received]
-
     async def catch_up(self) -> int:
-        """Deliver what this worker never heard to its sockets that were connected back then."""
-        missed = await sync_to_async(self.never_received)(timezone.now())
-        for broadcast in missed:
-            recipients = [
-                recipient
-                for recipient in self.local[broadcast.audience].values()
-                if recipient.connected_at <= broadcast.published_at
-            ]
-            text = protocol.encode(broadcast.as_message())
-            prepared = self._prepare(text, recipients)
-            for recipient in recipients:
-                recipient.push(text, prepared)
-            self._mark_received(broadcast.id)
-            if recipients:  # else nobody here missed it: not worth a warning
-                logger.warning(
-                    "Broadcast #%s never reached this worker through the channel layer; "
-                    "delivered it to %d socket(s) from the database",
-                    broadcast.id,
-                    len(recipients),
-                )
-        return len(missed)
+        """Fill the streams whose database offset is past what this worker delivered, from
+        messages published since the last catch-up (and OVERLAP before). Returns how many."""
+        if not self.streams.streams:
+            return 0
+        until = timezone.now() - SETTLE
+        since = (self.caught_up_until or until - OVERLAP) - OVERLAP
+        last = await sync_to_async(stored.last_offsets_published)(since, until)
+        self.caught_up_until = until
+        filling = self.streams.behind(last)
+        if filling:
+            logger.warning(
+                "%d stream(s) published what never reached this worker through the channel "
+                "layer; delivering it from the database",
+                filling,
+            )
+        return filling
+
+
+def current_user(consumer: Any, signed_out: bool = False) -> Any:
+    """The socket's user as stored now: anonymous once signed out, deleted or deactivated."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import AnonymousUser
+
+    user = consumer.scope.get("user")
+    if user is None or not user.is_authenticated or signed_out:
+        return AnonymousUser()
+    fresh = get_user_model()._default_manager.filter(pk=user.pk, is_active=True).first()
+    return fresh or AnonymousUser()
+
+
+def forbidden_topics(user: Any, names: list[str]) -> list[str]:
+    """The topics of `names` that `user` may no longer subscribe to."""
+    forbidden = []
+    for name in names:
+        try:
+            allowed = topics.allowed(user, name)
+        except Exception:  # noqa: BLE001 - an app's check that fails allows nothing
+            logger.exception("authorize() of topic %s failed; ending the subscription", name)
+            allowed = False
+        if not allowed:
+            forbidden.append(name)
+    return forbidden
 
 
 fanout = Fanout()

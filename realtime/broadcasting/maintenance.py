@@ -10,12 +10,12 @@ from asgiref.sync import sync_to_async
 
 from realtime.broadcasting.fanout import MAINTENANCE_INTERVAL, fanout
 from realtime.broadcasting.redis_client import redis_host
-from realtime.broadcasting.sending import republish_pending
+from realtime.broadcasting.streams import republish_pending
 from realtime.server import hooks
 
 
 async def maintain() -> None:
-    """Publish what the channel layer refused, then deliver what it lost."""
+    """Publish what was stored and never published, then deliver what Redis lost."""
     await sync_to_async(republish_pending)()
     await fanout.catch_up()
 

@@ -1,7 +1,8 @@
-"""The WebSocket consumer behind /ws/: welcome, ping, error replies and broadcasts.
+"""The WebSocket consumer behind /ws/: welcome, ping, resume, topics, error replies.
 
-Authorization is per message: a socket may only confirm the audiences it was given at connect
-(`subscribe`), and only staff may send a broadcast.
+Authorization is per message: a socket may subscribe to a topic only when its pattern's
+`authorize` allows its user (realtime.broadcasting.topics), may only confirm the audiences it
+was given at connect, and only staff may send a broadcast.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.db import DatabaseError
 from django.utils import timezone
 
 from realtime import broadcast
 from realtime.broadcasting import fanout as delivery
-from realtime.broadcasting import presence
-from realtime.broadcasting.replay import missed_since
+from realtime.broadcasting import presence, topics
+from realtime.broadcasting.delivery import Subscription
 from realtime.broadcasting.sending import audiences_for
+from realtime.broadcasting.streams import BROADCASTS, user_stream
 from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.server.worker import worker_id
@@ -101,14 +104,17 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.accept()
         presence.joined(self.audiences)
         self._counted = True
-        await self.send(text_data=self._welcome())
-        # After the welcome, so that no broadcast precedes it: the client resumes from the
-        # welcome, and whatever was published before this line is in the replay.
         signed_in = signed_in_session(self.scope)
         try:
-            await delivery.fanout.register(self, self.audiences, self.connected_at, signed_in)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            positions = await delivery.fanout.register(
+                self, self.audiences, self.connected_at, signed_in
+            )
+        except (redis.RedisError, OSError, TimeoutError, DatabaseError) as exc:
             await self._try_again_later(exc)
+            return
+        # Sent with nothing awaited since the registration, so no message precedes it: the
+        # welcome says from which offsets the socket's streams continue.
+        await self.send(text_data=self._welcome(positions))
 
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)
@@ -116,7 +122,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             presence.left(self.audiences)
             self._counted = False
 
-    def _welcome(self) -> str:
+    def _welcome(self, positions: dict[str, Any]) -> str:
         user = self.scope.get("user")
         return protocol.welcome(
             scheme=self.scope["scheme"],
@@ -124,6 +130,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             user=user.get_username() if user is not None and user.is_authenticated else None,
             tls=self.scope.get("extensions", {}).get("tls"),
             idle_timeout=max(conf.REALTIME_WS_IDLE_TIMEOUT, 0),
+            positions=positions,
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -142,22 +149,98 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if message["type"] == "ping":
             await self.send(text_data=protocol.pong())
         elif message["type"] == "resume":
-            await self._resume(message["after"])
+            await self._resume(*message["since"])
+        elif message["type"] == "subscribe" and "topic" in message:
+            await self._subscribe_topic(message["topic"], message.get("since"))
         elif message["type"] == "subscribe":
             await self._subscribe(message["audience"])
+        elif message["type"] == "unsubscribe":
+            await self._unsubscribe(message["topic"])
         elif message["type"] == "broadcast":
             await self._broadcast(message)
 
-    async def _resume(self, after: int) -> None:
-        """Replay what this socket's audiences missed; live broadcasts may interleave, and
-        the client orders and de-duplicates by id."""
-        replay = await database_sync_to_async(missed_since)(after, self.audiences)
-        if replay.failure:
-            await self.send(text_data=protocol.resume_failed(after, replay.failure, replay.latest))
+    async def _resume(self, epoch: str, after: int) -> None:
+        """Replay the broadcasts of this socket's audiences after `after`, up to where its live
+        ones began, then `resumed`; live ones wait meanwhile, so each arrives once, in order."""
+        subscription = delivery.fanout.streams.subscription(self, BROADCASTS)
+        if subscription is None:  # closing: its fan-out lost the layer
             return
-        for text in replay.texts:
+        upto = subscription.covered_from
+        subscription.hold()
+        try:
+            replay = await delivery.fanout.streams.history(subscription, epoch, after)
+            if replay.failure:
+                text = protocol.resume_failed(replay.failure, replay.epoch, upto)
+                await self.send(text_data=text)
+                return
+            for entry in replay.entries:
+                await self.send(text_data=entry.frame)
+            text = protocol.resumed(replay.epoch, upto, len(replay.entries))
             await self.send(text_data=text)
-        await self.send(text_data=protocol.resumed(after, len(replay.texts), replay.latest))
+        finally:
+            subscription.release()
+
+    async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
+        """Subscribe to a topic its pattern allows this user, from `since` when given (what
+        was missed first, then live messages), else from now."""
+        name = await self._stream_allowed(topic)
+        if name is None:
+            return
+        epoch, subscription = await delivery.fanout.subscribe(self, name, topic)
+        try:
+            await self._start(subscription, epoch, since)
+            if topics.is_presence_topic(topic):
+                users = await delivery.fanout.presence.enter(subscription, self.scope.get("user"))
+                await self.send(text_data=protocol.presence(topic, users))
+        finally:
+            subscription.release()
+
+    async def _stream_allowed(self, topic: str) -> str | None:
+        """The stream behind `topic` if this socket may subscribe to it; else None, answered."""
+        user = self.scope.get("user")
+        if topic == topics.USER:
+            name = user_stream(user.pk) if is_authenticated(user) else None
+        elif self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
+            delivery.fanout.streams.subscription(self, topic) is None
+        ):
+            detail = f"At most {conf.REALTIME_WS_MAX_SUBSCRIPTIONS} topics per socket."
+            await self.send(text_data=protocol.topic_error("too_many_subscriptions", topic, detail))
+            return None
+        else:
+            forbidden = await database_sync_to_async(delivery.forbidden_topics)(user, [topic])
+            name = None if forbidden else topic
+        if name is None:
+            detail = "This socket may not subscribe to that topic."
+            await self.send(text_data=protocol.topic_error("forbidden", topic, detail))
+        return name
+
+    def _app_subscriptions(self) -> int:
+        subscriptions = delivery.fanout.streams.subscriptions_of(self)
+        return sum(not s.name.startswith("$") for s in subscriptions)
+
+    async def _start(
+        self, subscription: Subscription, epoch: str, since: tuple[str, int] | None
+    ) -> None:
+        topic, upto = subscription.wire, subscription.covered_from
+        if since is None:
+            text = protocol.topic_subscribed(topic, epoch, subscription.position)
+            await self.send(text_data=text)
+            return
+        replay = await delivery.fanout.streams.history(subscription, *since)
+        if replay.failure:
+            text = protocol.resume_failed(replay.failure, replay.epoch, upto, topic)
+            await self.send(text_data=text)
+            await self.send(text_data=protocol.topic_subscribed(topic, replay.epoch, upto))
+            return
+        await self.send(text_data=protocol.topic_subscribed(topic, replay.epoch, since[1]))
+        for entry in replay.entries:
+            await self.send(text_data=entry.frame)
+
+    async def _unsubscribe(self, topic: str) -> None:
+        user = self.scope.get("user")
+        name = user_stream(user.pk) if topic == topics.USER and is_authenticated(user) else topic
+        delivery.fanout.streams.detach(self, name)
+        await self.send(text_data=protocol.unsubscribed(topic, "requested"))
 
     async def _subscribe(self, audience: str) -> None:
         """Audiences are joined at connect from the session's user; this confirms one, and

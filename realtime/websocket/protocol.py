@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
 
 # The close codes this project sends (docs/protocol.md).
 GOING_AWAY = 1001  # the worker is stopping (SIGTERM, a rolling restart)
@@ -16,7 +16,7 @@ POLICY_VIOLATION = 1008  # TLS required, or the client kept flooding
 TRY_AGAIN_LATER = 1013  # too many sockets from one address, or the channel layer is down
 IDLE_TIMEOUT = 4000  # application range: the client may reconnect at once (not "going away")
 SIGNED_OUT = 4001  # the session signed out: reconnect, now anonymous
-CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "broadcast"})
+CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast"})
 
 
 class ProtocolError(Exception):
@@ -45,14 +45,41 @@ def parse_client_message(text: str) -> dict[str, Any]:
         known = ", ".join(sorted(CLIENT_TYPES))
         raise ProtocolError("unknown_type", f"Unknown message type {kind!r}; known: {known}.")
     if kind == "resume":
-        after = message.get("after")
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise ProtocolError(
-                "invalid_resume", '"after" must be the last broadcast id seen (>= 0).'
-            )
-    if kind == "subscribe" and not isinstance(message.get("audience"), str):
-        raise ProtocolError("invalid_subscribe", '"audience" must be an audience name.')
+        message["since"] = position(message.get("since"), "invalid_resume")
+    if kind == "subscribe":
+        _check_subscribe(message)
+    if kind == "unsubscribe" and not isinstance(message.get("topic"), str):
+        raise ProtocolError("invalid_unsubscribe", '"topic" must be a topic name.')
     return message
+
+
+def _check_subscribe(message: dict[str, Any]) -> None:
+    if "topic" in message:
+        if not isinstance(message["topic"], str):
+            raise ProtocolError("invalid_subscribe", '"topic" must be a topic name.')
+        if message.get("since") is not None:
+            message["since"] = position(message["since"], "invalid_subscribe")
+    elif not isinstance(message.get("audience"), str):
+        raise ProtocolError(
+            "invalid_subscribe", '"topic" must be a topic name (or "audience" an audience).'
+        )
+
+
+def position(since: Any, code: str) -> tuple[str, int]:
+    """A client's `{"epoch": E, "offset": N}` as (E, N), or ProtocolError."""
+    if isinstance(since, dict):
+        epoch, offset = since.get("epoch"), since.get("offset")
+        if (
+            isinstance(epoch, str)
+            and len(epoch) <= 64
+            and isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and 0 <= offset < 2**63
+        ):
+            return epoch, offset
+    raise ProtocolError(
+        code, '"since" must be {"epoch": "<string>", "offset": <integer >= 0>} from the server.'
+    )
 
 
 def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
@@ -91,6 +118,28 @@ def subscribed(audience: str) -> str:
     return encode({"type": "subscribed", "audience": audience})
 
 
+def topic_subscribed(topic: str, epoch: str, offset: int) -> str:
+    """A subscription is on: messages with offsets after `offset` follow, in order."""
+    return encode({"type": "subscribed", "topic": topic, "epoch": epoch, "offset": offset})
+
+
+def unsubscribed(topic: str, reason: str) -> str:
+    return encode({"type": "unsubscribed", "topic": topic, "reason": reason})
+
+
+def topic_error(code: str, topic: str, detail: str) -> str:
+    return encode({"type": "error", "code": code, "topic": topic, "detail": detail})
+
+
+def presence(topic: str, users: list[dict[str, Any]]) -> str:
+    return encode({"type": "presence", "topic": topic, "users": users})
+
+
+def presence_change(kind: str, topic: str, user: dict[str, Any]) -> str:
+    """`join` (a user's first socket on the topic opened) or `leave` (its last one closed)."""
+    return encode({"type": kind, "topic": topic, "user": user})
+
+
 def broadcast_sent(broadcast_id: int) -> str:
     return encode({"type": "broadcast_sent", "id": broadcast_id})
 
@@ -102,6 +151,7 @@ def welcome(
     user: str | None,
     tls: dict[str, str] | None,
     idle_timeout: int = 0,
+    positions: dict[str, Any] | None = None,
 ) -> str:
     """The first message on every socket: how it is connected, and to which server process."""
     return encode(
@@ -115,6 +165,8 @@ def welcome(
             "tls": tls and {"version": tls["tls_version"], "cipher": tls["cipher_suite"]},
             # Seconds of silence before the server closes the socket (4000); 0: never.
             "idle_timeout": idle_timeout,
+            # Where the broadcasts, and the signed-in user's own topic, stood as it opened.
+            **(positions or {"broadcasts": None, "user_topic": None}),
         }
     )
 
@@ -129,22 +181,22 @@ def status(*, live: bool, reason: str | None = None) -> str:
     return encode(message)
 
 
-def resumed(after: int, replayed: int, latest: int) -> str:
-    return encode({"type": "resumed", "after": after, "replayed": replayed, "latest": latest})
+def resumed(epoch: str, offset: int, replayed: int) -> str:
+    return encode({"type": "resumed", "epoch": epoch, "offset": offset, "replayed": replayed})
 
 
-def resume_failed(after: int, reason: str, latest: int) -> str:
-    details = {
-        "too_many": "More broadcasts were missed than the server replays; reload the page.",
-        "too_old": "Missed broadcasts are older than the server replays; reload the page.",
-        "unknown_id": "That id is not known here (the server's history changed); reload.",
-    }
-    return encode(
-        {
-            "type": "resume_failed",
-            "after": after,
-            "reason": reason,
-            "latest": latest,
-            "detail": details[reason],
-        }
-    )
+RESUME_FAILURES = {
+    "epoch_changed": "The server's history is not the one this position came from; reload.",
+    "too_many": "More messages were missed than the server keeps; reload.",
+    "too_old": "The missed messages are older than the server keeps; reload.",
+}
+
+
+def resume_failed(reason: str, epoch: str, offset: int, topic: str | None = None) -> str:
+    """A resume that cannot be served: the client reloads that state; live messages continue
+    after `offset`."""
+    message: dict[str, Any] = {"type": "resume_failed"}
+    if topic is not None:
+        message["topic"] = topic
+    message.update(reason=reason, epoch=epoch, offset=offset, detail=RESUME_FAILURES[reason])
+    return encode(message)

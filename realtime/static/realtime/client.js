@@ -72,6 +72,7 @@
     reconnecting: true,
     welcome: null,
     lastBroadcastId: null,
+    broadcasts: null, // {epoch, offset}: where a resume continues the broadcast stream
     messageCount: 0,
     resumes: 0,
     resumeFailed: null,
@@ -116,6 +117,7 @@
       reconnecting: state.reconnecting,
       welcome: state.welcome,
       lastBroadcastId: state.lastBroadcastId,
+      broadcasts: state.broadcasts,
       messageCount: state.messageCount,
       resumes: state.resumes,
       resumeFailed: state.resumeFailed,
@@ -289,12 +291,13 @@
   }
 
   function rememberRenderedBroadcasts() {
-    // The newest id visible when the page was rendered, even if none is listed: resuming
-    // from it covers what was sent between the page load and the first connection.
+    // The broadcast stream's position when the page was rendered: resuming from it covers
+    // what was sent between the page load and the first connection.
     var body = global.document && global.document.body;
-    var rendered = body && body.getAttribute && body.getAttribute("data-last-broadcast-id");
-    if (rendered != null && rendered !== "" && !isNaN(Number(rendered))) {
-      state.lastBroadcastId = Number(rendered);
+    var epoch = body && body.getAttribute && body.getAttribute("data-broadcasts-epoch");
+    var offset = body && body.getAttribute && body.getAttribute("data-broadcasts-offset");
+    if (epoch && offset != null && offset !== "" && !isNaN(Number(offset))) {
+      state.broadcasts = { epoch: epoch, offset: Number(offset) };
     }
     var list = $("broadcasts");
     var items = list ? list.querySelectorAll("li[data-broadcast-id]") : [];
@@ -342,14 +345,22 @@
       if (id != null) {
         rememberBroadcast(id);
       }
+      if (typeof msg.offset === "number" && state.broadcasts && msg.offset > state.broadcasts.offset) {
+        state.broadcasts.offset = msg.offset;
+      }
       showBroadcast(msg);
     } else if (type === "welcome") {
       state.welcome = msg;
       keepAlive(msg.idle_timeout);
       state.attempt = 0;
       renderWelcome(msg);
-      // On every (re)connect: ask for what was missed since the last broadcast seen.
-      send({ type: "resume", after: state.lastBroadcastId == null ? 0 : state.lastBroadcastId });
+      // On every (re)connect: ask for what was missed since the last position known; with
+      // none yet (no rendered page), the socket's own start is the position.
+      if (state.broadcasts) {
+        send({ type: "resume", since: { epoch: state.broadcasts.epoch, offset: state.broadcasts.offset } });
+      } else if (msg.broadcasts) {
+        state.broadcasts = { epoch: msg.broadcasts.epoch, offset: msg.broadcasts.offset };
+      }
     } else if (type === "status") {
       if (msg.live === false && state.connection === "open") {
         setConnection("paused", "live updates paused");
@@ -358,8 +369,12 @@
       }
     } else if (type === "resumed") {
       state.resumes += 1;
+      if (state.broadcasts && typeof msg.offset === "number") {
+        state.broadcasts = { epoch: msg.epoch, offset: Math.max(msg.offset, state.broadcasts.offset) };
+      }
     } else if (type === "resume_failed") {
       state.resumeFailed = msg;
+      state.broadcasts = { epoch: msg.epoch, offset: msg.offset };
       reloadOnce();
     }
     addMessageItem(type, msg, data);

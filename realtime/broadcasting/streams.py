@@ -1,0 +1,249 @@
+"""Streams: the stored, ordered messages of topics, users and broadcasts, by position.
+
+A stream is a named sequence of messages. `store()` saves a message in the sender's
+transaction; once that commits, `publish()` gives it the stream's next offset (in a short
+transaction of its own that locks the stream's `Topic` row, so offsets follow commit order
+with no gap), builds its frame once, and hands it to the channel layer's topics group, which
+every worker joins. A worker delivers a stream's messages to its sockets in offset order, and
+fills any gap it sees from here (realtime.broadcasting.delivery), so a message Redis loses
+costs latency, not the message. Names starting with "$" are the app's own streams: the
+broadcasts, and each user's topic.
+
+Why the database and not Redis Streams: docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import redis
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from realtime.broadcasting import presence
+from realtime.broadcasting.layer import send_to_group
+from realtime.conf import conf
+from realtime.models import Broadcast, Topic, TopicMessage
+from realtime.websocket import protocol
+
+logger = logging.getLogger("realtime.broadcasting.streams")
+
+TOPICS_GROUP = "realtime.topics"  # every worker's fan-out is a member: a name on the wire
+TOPIC_EVENT = "realtime.topic"
+BROADCASTS = "$broadcasts"
+PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
+
+
+def user_stream(pk: Any) -> str:
+    """The stream of a user's own topic ("user" on the wire, for that user's sockets only)."""
+    return f"$user.{pk}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published message as a worker delivers it."""
+
+    offset: int
+    frame: str
+    audience: str = ""
+
+
+@dataclass(frozen=True)
+class Window:
+    """How far back a stream's history reaches for a resume: messages and seconds."""
+
+    count: int
+    seconds: float
+
+
+def window_for(name: str) -> Window:
+    if name == BROADCASTS:
+        return Window(conf.REALTIME_RESUME_MAX_COUNT, conf.REALTIME_RESUME_MAX_AGE)
+    return Window(conf.REALTIME_TOPIC_HISTORY_SIZE, conf.REALTIME_TOPIC_HISTORY_TTL)
+
+
+# --- Sending ---------------------------------------------------------------------------------
+
+
+def store(name: str, data: Any, *, event: str = "message", **fields: Any) -> TopicMessage:
+    """Save a message to stream `name` and publish it once the transaction commits."""
+    message = TopicMessage.objects.create(topic=name, event=event, data=data, **fields)
+    transaction.on_commit(partial(publish, message.pk))
+    return message
+
+
+def check_data(data: Any) -> None:
+    """Raise ValueError unless `data` is JSON that fits REALTIME_TOPIC_MAX_DATA bytes."""
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Topic data must be JSON-serialisable: {exc}") from None
+    if size > conf.REALTIME_TOPIC_MAX_DATA:
+        raise ValueError(
+            f"Topic data is {size} bytes as JSON; at most {conf.REALTIME_TOPIC_MAX_DATA} "
+            f"(REALTIME_TOPIC_MAX_DATA) may be sent."
+        )
+
+
+def frame_for(message: TopicMessage, offset: int) -> str:
+    """The text every subscriber receives for this message."""
+    if message.topic == BROADCASTS:
+        return protocol.encode({**message.data, "offset": offset})
+    topic = "user" if message.topic.startswith("$user.") else message.topic
+    return protocol.encode(
+        {
+            "type": "message",
+            "topic": topic,
+            "event": message.event,
+            "data": message.data,
+            "offset": offset,
+        }
+    )
+
+
+def publish(pk: int) -> str:
+    """Give a stored message its offset and hand it to every worker, once.
+
+    PUBLISHED by this call, TAKEN when another process published it first. Once the offset is
+    committed the message is published whatever Redis does: a worker that never hears of it
+    fetches it when it sees the gap, or at its next catch-up.
+    """
+    with transaction.atomic():
+        now = timezone.now()
+        if not TopicMessage.objects.filter(pk=pk, published_at__isnull=True).update(
+            published_at=now
+        ):
+            return TAKEN
+        message = TopicMessage.objects.get(pk=pk)
+        offset = _next_offset(message.topic)
+        message.frame, message.offset = frame_for(message, offset), offset
+        message.save(update_fields=["frame", "offset"])
+        _forget_beyond_window(message.topic, offset, now)
+    if message.broadcast_id is not None:
+        _record_broadcast(message, now)
+    try:
+        send_to_group(TOPICS_GROUP, live_event(message))
+    except (redis.RedisError, OSError) as exc:
+        logger.warning(
+            "Message %s of %s is stored but did not reach the channel layer (%s); workers "
+            "deliver it from the database at their next catch-up",
+            offset,
+            message.topic,
+            exc,
+        )
+    return PUBLISHED
+
+
+def _next_offset(name: str) -> int:
+    """The stream's next offset; the UPDATE locks its row until the transaction commits."""
+    Topic.objects.get_or_create(name=name)
+    Topic.objects.filter(name=name).update(last_offset=F("last_offset") + 1)
+    return Topic.objects.values_list("last_offset", flat=True).get(name=name)
+
+
+def _forget_beyond_window(name: str, offset: int, now: datetime) -> None:
+    window = window_for(name)
+    TopicMessage.objects.filter(topic=name, offset__lte=offset - window.count).delete()
+    TopicMessage.objects.filter(
+        topic=name, published_at__lt=now - timedelta(seconds=window.seconds)
+    ).delete()
+
+
+def _record_broadcast(message: TopicMessage, when: datetime) -> None:
+    """The admin's "Published at" and "Recipients" (its audience's sockets at that moment)."""
+    try:
+        recipients = presence.counts()[message.audience]
+    except (redis.RedisError, OSError):
+        recipients = None
+    Broadcast.objects.filter(pk=message.broadcast_id).update(
+        published_at=when, recipients=recipients
+    )
+
+
+def live_event(message: TopicMessage) -> dict[str, Any]:
+    return {
+        "type": TOPIC_EVENT,
+        "topic": message.topic,
+        "offset": message.offset,
+        "text": message.frame,
+        "audience": message.audience,
+    }
+
+
+def republish_pending(grace: float = 5.0) -> int:
+    """Publish what was stored but never published (the sending process died, or its database
+    failed after the commit), oldest first; returns how many this call published."""
+    now = timezone.now()
+    pending = TopicMessage.objects.filter(
+        published_at__isnull=True, sent_at__lte=now - timedelta(seconds=grace)
+    ).order_by("id")
+    published = sum(publish(pk) == PUBLISHED for pk in pending.values_list("pk", flat=True)[:100])
+    if published:
+        logger.info("Published %d stored message(s) that had not been published", published)
+    return published
+
+
+# --- Reading -------------------------------------------------------------------------------
+
+
+def position(name: str) -> tuple[str, int]:
+    """A stream's epoch and last offset (the stream is created when first asked for)."""
+    topic, _ = Topic.objects.get_or_create(name=name)
+    return topic.epoch, topic.last_offset
+
+
+def entries(name: str, after: int, upto: int | None = None) -> list[Entry]:
+    """The published messages of a stream with offsets after `after` (up to `upto`), in order."""
+    found = TopicMessage.objects.filter(topic=name, offset__gt=after)
+    if upto is not None:
+        found = found.filter(offset__lte=upto)
+    rows = found.order_by("offset").values_list("offset", "frame", "audience")
+    return [Entry(*row) for row in rows]
+
+
+@dataclass
+class Replay:
+    """What a resuming subscriber missed, or why it cannot be replayed."""
+
+    epoch: str
+    entries: list[Entry]
+    failure: str | None = None
+
+
+def replay(name: str, epoch: str, after: int, upto: int) -> Replay:
+    """The messages after `after` up to `upto` for a subscriber of epoch `epoch`, or the
+    failure: "epoch_changed", "too_many" (the history keeps fewer) or "too_old"."""
+    current, last = position(name)
+    if epoch != current or after > last:
+        return Replay(current, [], "epoch_changed")
+    if after >= upto:
+        return Replay(current, [])
+    window = window_for(name)
+    if upto - after > window.count:
+        return Replay(current, [], "too_many")
+    oldest = timezone.now() - timedelta(seconds=window.seconds)
+    found = list(
+        TopicMessage.objects.filter(topic=name, offset__gt=after, offset__lte=upto)
+        .order_by("offset")
+        .values_list("offset", "frame", "audience", "published_at")
+    )
+    if len(found) < upto - after or any(published < oldest for *_, published in found):
+        return Replay(current, [], "too_old")
+    return Replay(current, [Entry(*row[:3]) for row in found])
+
+
+def last_offsets_published(since: datetime, until: datetime) -> dict[str, int]:
+    """The largest offset of each stream that published between `since` and `until`."""
+    rows = (
+        TopicMessage.objects.filter(published_at__gte=since, published_at__lte=until)
+        .values("topic")
+        .annotate(last=Max("offset"))
+        .values_list("topic", "last")
+    )
+    return dict(rows)

@@ -1,0 +1,125 @@
+"""Topics: the patterns an app registers, who may subscribe, and sending to a topic or a user.
+
+The public API is realtime.topics (docs/topics.md). A topic name is matched against the
+registered patterns, written in Django's path-converter syntax ("orders.<int:order_id>") and
+resolved with Django's own URL resolver; the first that matches decides, through its
+`authorize(user, **params)`. A name no pattern matches is refused like a forbidden one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.urls import URLPattern, path
+
+from realtime.broadcasting import streams
+from realtime.broadcasting.layer import send_to_group
+
+Authorize = Callable[..., bool]
+
+# What a client may name: letters, digits and . _ : - (no "/" for the resolver, no "$").
+NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+USER = "user"  # each signed-in socket's own topic, on the wire
+RECHECK = "realtime.recheck"  # the channel layer event that re-checks a user's subscriptions
+MAX_EVENT_LENGTH = 100
+
+
+@dataclass(frozen=True)
+class Registration:
+    pattern: str
+    authorize: Authorize
+    presence: bool
+    route: URLPattern
+
+
+registrations: dict[str, Registration] = {}
+
+
+def _no_view(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("a topic pattern is never called as a view")
+
+
+def register(pattern: str, *, authorize: Authorize | None = None, presence: bool = False) -> Any:
+    """Register a topic pattern; `authorize(user, **params) -> bool` decides who may subscribe.
+
+    Usable as a decorator on `authorize`. Registering the same pattern again replaces it.
+    """
+    if authorize is None:
+        return lambda function: register(pattern, authorize=function, presence=presence)
+    if not callable(authorize):
+        raise TypeError("authorize must be a function (user, **params) -> bool")
+    if pattern.startswith("$") or pattern == USER or "/" in pattern:
+        raise ValueError(f"{pattern!r} cannot be a topic pattern (reserved or contains '/')")
+    registrations[pattern] = Registration(pattern, authorize, presence, path(pattern, _no_view))
+    return authorize
+
+
+def match(name: str) -> tuple[Registration, dict[str, Any]] | None:
+    """The registration a topic name belongs to and its parameters, or None."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return None
+    for registration in registrations.values():
+        found = registration.route.resolve(name)
+        if found is not None:
+            return registration, found.kwargs
+    return None
+
+
+def is_presence_topic(name: str) -> bool:
+    found = match(name)
+    return found is not None and found[0].presence
+
+
+def allowed(user: Any, name: str) -> bool:
+    """Whether `user` may subscribe to topic `name` now (runs the app's authorize)."""
+    found = match(name)
+    if found is None:
+        return False
+    registration, params = found
+    return bool(registration.authorize(user, **params))
+
+
+def _checked(name: str, data: Any, event: str) -> None:
+    if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
+        raise ValueError(f"event must be a string of 1 to {MAX_EVENT_LENGTH} characters")
+    streams.check_data(data)
+
+
+def send(topic: str, data: Any, *, event: str = "message") -> None:
+    """Send `data` to every subscriber of `topic`, on every worker, once the transaction commits.
+
+    Raises ValueError for a topic no registered pattern matches, or data that is not JSON or
+    larger than REALTIME_TOPIC_MAX_DATA.
+    """
+    if match(topic) is None:
+        raise ValueError(
+            f"No registered topic pattern matches {topic!r}: register one with "
+            f"realtime.topics.register() (names are letters, digits and . _ : -)."
+        )
+    _checked(topic, data, event)
+    streams.store(topic, data, event=event)
+
+
+def send_to_user(user: Any, data: Any, *, event: str = "message") -> None:
+    """Send `data` to every open socket of `user` (a user or a primary key), on every worker,
+    once the transaction commits. It arrives as a `message` on topic "user"."""
+    pk = getattr(user, "pk", user)
+    if pk is None:
+        raise ValueError("send_to_user() needs a saved user or a primary key")
+    _checked(USER, data, event)
+    streams.store(streams.user_stream(pk), data, event=event)
+
+
+def recheck(user: Any) -> None:
+    """Ask every worker to check `user`'s subscriptions again (after the transaction commits)
+    and end those `authorize` no longer allows, with `unsubscribed` (reason "forbidden")."""
+    pk = getattr(user, "pk", user)
+    transaction.on_commit(lambda: send_to_group(streams.TOPICS_GROUP, recheck_event(pk)))
+
+
+def recheck_event(pk: Any) -> dict[str, Any]:
+    return {"type": RECHECK, "user": str(pk)}

@@ -1,0 +1,580 @@
+// Run: node tests/js/test_realtime_module.mjs  (Node 20, no dependencies)
+// Drives realtime/static/realtime/realtime.mjs through a fake WebSocket and fake timers.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { backoffDelay, connect, websocketUrl } from "../../realtime/static/realtime/realtime.mjs";
+
+// ---------------------------------------------------------------- fakes
+
+function fakeClock() {
+  let now = 0;
+  let nextId = 1;
+  const timers = new Map(); // id -> {at, fn, every}
+  function add(fn, ms, every) {
+    const id = nextId++;
+    timers.set(id, { at: now + Math.max(0, ms | 0), fn, every });
+    return id;
+  }
+  return {
+    now: () => now,
+    setTimeout: (fn, ms) => add(fn, ms, null),
+    setInterval: (fn, ms) => add(fn, ms, Math.max(1, ms | 0)),
+    clearTimeout: (id) => timers.delete(id),
+    clearInterval: (id) => timers.delete(id),
+    pending: () => Array.from(timers.values()),
+    advance(ms) {
+      const end = now + ms;
+      for (;;) {
+        let due = null;
+        for (const [id, t] of timers) {
+          if (t.at <= end && (!due || t.at < due[1].at)) {
+            due = [id, t];
+          }
+        }
+        if (!due) {
+          break;
+        }
+        const [id, t] = due;
+        now = t.at;
+        if (t.every) {
+          t.at += t.every;
+        } else {
+          timers.delete(id);
+        }
+        t.fn();
+      }
+      now = end;
+    },
+  };
+}
+
+function fakeSockets() {
+  const created = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      this.closedWith = null;
+      created.push(this);
+    }
+    send(data) {
+      assert.equal(this.readyState, 1, "send on a socket that is not open");
+      this.sent.push(JSON.parse(data));
+    }
+    close(code, reason) {
+      this.closedWith = { code, reason };
+      this.readyState = 3;
+    }
+    // server side
+    open() {
+      this.readyState = 1;
+      this.onopen({});
+    }
+    receive(obj) {
+      this.onmessage({ data: JSON.stringify(obj) });
+    }
+    drop(code = 1006, reason = "") {
+      this.readyState = 3;
+      this.onclose({ code, reason });
+    }
+    sentOf(type) {
+      return this.sent.filter((m) => m.type === type);
+    }
+  }
+  return { FakeWebSocket, created, last: () => created[created.length - 1] };
+}
+
+const WELCOME = {
+  type: "welcome",
+  protocol: 2,
+  secure: true,
+  scheme: "wss",
+  worker: "h-w1",
+  user: "alice",
+  tls: null,
+  idle_timeout: 300,
+  broadcasts: { epoch: "e1", offset: 17 },
+  user_topic: { epoch: "e2", offset: 3 },
+};
+
+function welcome(extra = {}) {
+  return Object.assign({}, WELCOME, extra);
+}
+
+// A client on a fake https page, its fakes, and a record of every event.
+function setup(options = {}) {
+  const clock = fakeClock();
+  const sockets = fakeSockets();
+  const rt = connect(
+    Object.assign(
+      {
+        url: "wss://example.test/ws/",
+        WebSocket: sockets.FakeWebSocket,
+        random: () => 0.5,
+        now: clock.now,
+        setTimeout: clock.setTimeout,
+        clearTimeout: clock.clearTimeout,
+        setInterval: clock.setInterval,
+        clearInterval: clock.clearInterval,
+      },
+      options
+    )
+  );
+  const events = {};
+  for (const name of ["state", "broadcast", "message", "presence", "error", "resume_failed", "unsubscribed"]) {
+    events[name] = [];
+    rt.on(name, (value) => events[name].push(value));
+  }
+  return { rt, clock, sockets, events, ws: () => sockets.last() };
+}
+
+// Open the current socket and send it the welcome.
+function welcomed(ctx, extra) {
+  ctx.ws().open();
+  ctx.ws().receive(welcome(extra));
+  return ctx.ws();
+}
+
+// ---------------------------------------------------------------- pure helpers
+
+test("backoffDelay is full jitter under min(30 s, 500 ms * 2^attempt)", () => {
+  assert.equal(backoffDelay(0, () => 0), 0);
+  assert.equal(backoffDelay(0, () => 0.999999), 499);
+  assert.equal(backoffDelay(3, () => 0.5), 2000);
+  assert.equal(backoffDelay(10, () => 0.999999), 29999);
+  assert.equal(backoffDelay(1000, () => 0.5), 15000);
+});
+
+test("URL: wss: for an https page, ws: otherwise; url overrides path", () => {
+  assert.equal(websocketUrl({ protocol: "https:", host: "h:8443" }, "/ws/"), "wss://h:8443/ws/");
+  assert.equal(websocketUrl({ protocol: "http:", host: "h" }, "ws/"), "ws://h/ws/");
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "location");
+  try {
+    for (const [protocol, expected] of [
+      ["https:", "wss://example.test:8443/ws/"],
+      ["http:", "ws://example.test:8443/ws/"],
+    ]) {
+      Object.defineProperty(globalThis, "location", {
+        value: { protocol, host: "example.test:8443" },
+        configurable: true,
+      });
+      const ctx = setup({ url: undefined });
+      assert.equal(ctx.ws().url, expected);
+      ctx.rt.close();
+    }
+    const custom = setup({ url: undefined, path: "/live/" });
+    assert.equal(custom.ws().url, "ws://example.test:8443/live/");
+    const explicit = setup({ url: "wss://other.test/x/" });
+    assert.equal(explicit.ws().url, "wss://other.test/x/");
+  } finally {
+    if (saved) {
+      Object.defineProperty(globalThis, "location", saved);
+    } else {
+      delete globalThis.location;
+    }
+  }
+});
+
+// ---------------------------------------------------------------- connection
+
+test("connecting, then open on the welcome; no resume on a first connection without a position", () => {
+  const ctx = setup();
+  assert.equal(ctx.rt.state().state, "connecting");
+  ctx.ws().open();
+  assert.equal(ctx.rt.state().state, "connecting");
+  assert.equal(ctx.rt.send({ type: "ping" }), true);
+  const ws = welcomed(ctx);
+  assert.equal(ctx.rt.state().state, "open");
+  assert.equal(ctx.rt.state().welcome.worker, "h-w1");
+  // connect() is "connecting" before any listener can be added: only changes after it are events
+  assert.deepEqual(ctx.events.state.map((s) => s.state), ["open"]);
+  assert.deepEqual(ws.sentOf("resume"), []);
+  assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 17 });
+});
+
+test("options.broadcasts: resume with since on the first welcome", () => {
+  const ctx = setup({ broadcasts: { epoch: "e1", offset: 12 } });
+  const ws = welcomed(ctx);
+  assert.deepEqual(ws.sentOf("resume"), [{ type: "resume", since: { epoch: "e1", offset: 12 } }]);
+  ws.receive({ type: "broadcast", id: 40, offset: 13, message: "replayed" });
+  ws.receive({ type: "resumed", epoch: "e1", offset: 17, replayed: 1 });
+  assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 17 });
+  assert.deepEqual(ctx.events.broadcast.map((b) => b.id), [40]);
+});
+
+test("broadcasts delivered once: repeated offset or id dropped, gaps allowed", () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  ws.receive({ type: "broadcast", id: 42, offset: 18, message: "a" });
+  ws.receive({ type: "broadcast", id: 42, offset: 18, message: "a" });
+  ws.receive({ type: "broadcast", id: 41, offset: 17, message: "old" });
+  ws.receive({ type: "broadcast", id: 45, offset: 21, message: "gap" });
+  ws.receive({ type: "broadcast", id: 45, offset: 22, message: "same id" });
+  ws.receive({ type: "broadcast", id: 44, offset: 20, message: "late" });
+  assert.deepEqual(ctx.events.broadcast.map((b) => b.id), [42, 45]);
+  assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 21 });
+});
+
+test("subscribe: subscribe sent once open, subscribed, then messages in order and once", () => {
+  const ctx = setup();
+  const got = [];
+  ctx.rt.subscribe("orders.42", (m) => got.push(m.data));
+  assert.deepEqual(ctx.ws().sent, []);
+  const ws = welcomed(ctx);
+  assert.deepEqual(ws.sentOf("subscribe"), [{ type: "subscribe", topic: "orders.42" }]);
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: "early", offset: 5 });
+  ws.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 6 });
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: { n: 7 }, offset: 7 });
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: { n: 7 }, offset: 7 });
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: { n: 8 }, offset: 8 });
+  ws.receive({ type: "message", topic: "other", event: "message", data: "not mine", offset: 1 });
+  assert.deepEqual(got, [{ n: 7 }, { n: 8 }]);
+  assert.deepEqual(ctx.events.message.map((m) => m.offset), [7, 8]);
+  assert.deepEqual(ctx.rt.state().topics, { "orders.42": { epoch: "e3", offset: 8 } });
+
+  // subscribing while open sends at once
+  ctx.rt.subscribe("orders.43", () => {});
+  assert.deepEqual(ws.sentOf("subscribe")[1], { type: "subscribe", topic: "orders.43" });
+});
+
+test("a subscribe from the open state listener is sent once", () => {
+  const ctx = setup();
+  ctx.rt.subscribe("a", () => {});
+  ctx.rt.on("state", (s) => s.state === "open" && ctx.rt.subscribe("b", () => {}));
+  const ws = welcomed(ctx);
+  assert.deepEqual(ws.sentOf("subscribe").map((m) => m.topic), ["a", "b"]);
+});
+
+test("user topic: delivered to message listeners without subscribing, nothing sent", () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  ws.receive({ type: "message", topic: "user", event: "message", data: "hi", offset: 4 });
+  ws.receive({ type: "message", topic: "user", event: "message", data: "hi", offset: 4 });
+  ws.receive({ type: "message", topic: "user", event: "message", data: "old", offset: 3 });
+  assert.deepEqual(ctx.events.message.map((m) => m.data), ["hi"]);
+  const mine = [];
+  ctx.rt.subscribe("user", (m) => mine.push(m.offset));
+  ws.receive({ type: "message", topic: "user", event: "message", data: "x", offset: 5 });
+  assert.deepEqual(mine, [5]);
+  assert.deepEqual(ws.sentOf("subscribe"), []);
+});
+
+test("user topic: anonymous sockets subscribe it plainly; another user resets it", () => {
+  const ctx = setup();
+  const resets = [];
+  const mine = [];
+  ctx.rt.subscribe("user", (m) => mine.push(m.data), { onReset: (info) => resets.push(info.reason) });
+  const first = welcomed(ctx);
+  assert.deepEqual(first.sentOf("subscribe"), []); // the server already did
+  first.receive({ type: "message", topic: "user", event: "message", data: "for alice", offset: 4 });
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx, { user: "bob", user_topic: { epoch: "e7", offset: 11 } });
+  assert.deepEqual(resets, ["user_changed"]);
+  assert.deepEqual(ctx.events.resume_failed.map((e) => [e.topic, e.reason]), [["user", "user_changed"]]);
+  assert.deepEqual(second.sentOf("subscribe"), []);
+  second.receive({ type: "message", topic: "user", event: "message", data: "for bob", offset: 12 });
+  assert.deepEqual(mine, ["for alice", "for bob"]);
+  second.drop(1006);
+  ctx.clock.advance(1000);
+  const third = welcomed(ctx, { user: null, user_topic: null });
+  assert.deepEqual(third.sentOf("subscribe"), [{ type: "subscribe", topic: "user" }]);
+  third.receive({ type: "error", code: "forbidden", topic: "user", detail: "sign in" });
+  assert.deepEqual(ctx.events.unsubscribed.map((e) => [e.topic, e.reason]), [["user", "forbidden"]]);
+  third.receive({ type: "message", topic: "user", event: "message", data: "stray", offset: 13 });
+  assert.deepEqual(mine, ["for alice", "for bob"]);
+  assert.equal(ctx.events.message.length, 2);
+});
+
+test("reconnect after 1006: backoff, then resume and subscribe with since at the right positions", () => {
+  const ctx = setup();
+  const orders = [];
+  const mine = [];
+  ctx.rt.subscribe("orders.42", (m) => orders.push(m.offset));
+  ctx.rt.subscribe("fresh", () => {});
+  ctx.rt.subscribe("user", (m) => mine.push(m.offset));
+  const first = welcomed(ctx);
+  assert.deepEqual(first.sentOf("subscribe").map((m) => m.topic), ["orders.42", "fresh"]);
+  first.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 6 });
+  first.receive({ type: "message", topic: "orders.42", event: "message", data: 1, offset: 7 });
+  first.receive({ type: "message", topic: "orders.42", event: "message", data: 2, offset: 8 });
+  first.receive({ type: "subscribed", topic: "fresh", epoch: "e9", offset: 0 });
+  first.receive({ type: "message", topic: "user", event: "message", data: "u", offset: 4 });
+  first.receive({ type: "broadcast", id: 50, offset: 19, message: "b" });
+
+  first.drop(1006);
+  let s = ctx.rt.state();
+  assert.equal(s.state, "closed");
+  assert.equal(s.code, 1006);
+  assert.equal(s.reconnectIn, 250); // 0.5 * 500
+  assert.equal(ctx.events.state.at(-1).reconnectIn, 250);
+  assert.equal(ctx.sockets.created.length, 1);
+  ctx.clock.advance(249);
+  assert.equal(ctx.sockets.created.length, 1);
+  ctx.clock.advance(1);
+  assert.equal(ctx.sockets.created.length, 2);
+  assert.equal(ctx.rt.state().state, "connecting");
+  assert.deepEqual(ctx.events.state.map((e) => e.state), ["open", "closed", "connecting"]);
+
+  // a second failure before opening: the next delay doubles
+  ctx.ws().drop(1006);
+  assert.equal(ctx.rt.state().reconnectIn, 500);
+  ctx.clock.advance(500);
+  assert.equal(ctx.sockets.created.length, 3);
+
+  const second = welcomed(ctx, { broadcasts: { epoch: "e1", offset: 30 }, user_topic: { epoch: "e2", offset: 9 } });
+  assert.deepEqual(second.sentOf("resume"), [{ type: "resume", since: { epoch: "e1", offset: 19 } }]);
+  assert.deepEqual(second.sentOf("subscribe"), [
+    { type: "subscribe", topic: "orders.42", since: { epoch: "e3", offset: 8 } },
+    { type: "subscribe", topic: "fresh", since: { epoch: "e9", offset: 0 } },
+    { type: "subscribe", topic: "user", since: { epoch: "e2", offset: 4 } },
+  ]);
+  assert.ok(second.sent[0].type === "resume", "resume comes first");
+
+  // user messages from the server's own subscription wait for the replay after `subscribed`
+  second.receive({ type: "message", topic: "user", event: "message", data: "live", offset: 10 });
+  second.receive({ type: "subscribed", topic: "user", epoch: "e2", offset: 4 });
+  for (const offset of [5, 6, 7, 8, 9, 10]) {
+    second.receive({ type: "message", topic: "user", event: "message", data: "r", offset });
+  }
+  assert.deepEqual(mine, [4, 5, 6, 7, 8, 9, 10]);
+
+  second.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 8 });
+  second.receive({ type: "message", topic: "orders.42", event: "message", data: 2, offset: 8 });
+  second.receive({ type: "message", topic: "orders.42", event: "message", data: 3, offset: 9 });
+  assert.deepEqual(orders, [7, 8, 9]);
+
+  second.receive({ type: "broadcast", id: 50, offset: 19, message: "b" });
+  second.receive({ type: "broadcast", id: 51, offset: 20, message: "c" });
+  second.receive({ type: "resumed", epoch: "e1", offset: 30, replayed: 1 });
+  assert.deepEqual(ctx.events.broadcast.map((b) => b.id), [50, 51]);
+  assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 30 });
+});
+
+test("backoff attempts reset after 10 s open", () => {
+  const ctx = setup({ random: () => 0.999 });
+  welcomed(ctx);
+  ctx.ws().drop(1006);
+  assert.equal(ctx.rt.state().reconnectIn, 499);
+  ctx.clock.advance(499);
+  ctx.ws().open();
+  ctx.ws().drop(1006); // unstable: attempt keeps growing
+  assert.equal(ctx.rt.state().reconnectIn, 999);
+  ctx.clock.advance(999);
+  welcomed(ctx);
+  ctx.clock.advance(10000);
+  ctx.ws().drop(1001);
+  assert.equal(ctx.rt.state().reconnectIn, 499);
+});
+
+test("the user topic without a subscription restarts from each welcome", () => {
+  const ctx = setup();
+  const first = welcomed(ctx);
+  first.receive({ type: "message", topic: "user", event: "message", data: "a", offset: 4 });
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx, { user_topic: { epoch: "e2", offset: 8 } });
+  assert.deepEqual(second.sentOf("subscribe"), []);
+  second.receive({ type: "message", topic: "user", event: "message", data: "b", offset: 8 });
+  second.receive({ type: "message", topic: "user", event: "message", data: "c", offset: 9 });
+  assert.deepEqual(ctx.events.message.map((m) => m.data), ["a", "c"]);
+});
+
+test("resume_failed: onReset and resume_failed listeners, for a topic and for broadcasts", () => {
+  const ctx = setup({ broadcasts: { epoch: "e0", offset: 2 } });
+  const resets = [];
+  const got = [];
+  ctx.rt.subscribe("orders.42", (m) => got.push(m.offset), { onReset: (info) => resets.push(info) });
+  const first = welcomed(ctx);
+  first.receive({ type: "resume_failed", reason: "epoch_changed", epoch: "e1", offset: 17, detail: "d" });
+  assert.deepEqual(ctx.events.resume_failed[0], { topic: null, reason: "epoch_changed", epoch: "e1", offset: 17, detail: "d" });
+  assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 17 });
+  assert.deepEqual(resets, []);
+  first.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 6 });
+  first.receive({ type: "message", topic: "orders.42", event: "message", data: 1, offset: 7 });
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx);
+  assert.deepEqual(second.sentOf("subscribe")[0].since, { epoch: "e3", offset: 7 });
+  const failed = { type: "resume_failed", topic: "orders.42", reason: "too_old", epoch: "e3", offset: 40, detail: "x" };
+  second.receive(failed);
+  assert.equal(resets.length, 1);
+  assert.equal(resets[0].topic, "orders.42");
+  assert.equal(resets[0].reason, "too_old");
+  assert.equal(ctx.events.resume_failed.length, 2);
+  assert.equal(ctx.events.resume_failed[1].topic, "orders.42");
+  second.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 40 });
+  second.receive({ type: "message", topic: "orders.42", event: "message", data: 2, offset: 40 });
+  second.receive({ type: "message", topic: "orders.42", event: "message", data: 3, offset: 41 });
+  assert.deepEqual(got, [7, 41]);
+});
+
+test("error forbidden for a topic: removed, onEnd, not re-sent on reconnect", () => {
+  const ctx = setup();
+  const ended = [];
+  const got = [];
+  ctx.rt.subscribe("secret", (m) => got.push(m), { onEnd: (reason) => ended.push(reason) });
+  ctx.rt.subscribe("orders.42", () => {});
+  const first = welcomed(ctx);
+  first.receive({ type: "error", code: "forbidden", topic: "secret", detail: "no" });
+  assert.deepEqual(ended, ["forbidden"]);
+  assert.deepEqual(ctx.events.unsubscribed, [{ topic: "secret", reason: "forbidden", detail: "no" }]);
+  assert.deepEqual(ctx.events.error, []);
+  first.receive({ type: "message", topic: "secret", event: "message", data: 1, offset: 1 });
+  assert.deepEqual(got, []);
+  first.receive({ type: "error", code: "rate_limited", detail: "slow down" });
+  assert.deepEqual(ctx.events.error, [{ type: "error", code: "rate_limited", detail: "slow down" }]);
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx);
+  assert.deepEqual(second.sentOf("subscribe").map((m) => m.topic), ["orders.42"]);
+});
+
+test("unsubscribed forbidden: removed, onEnd, unsubscribed event, not re-sent; requested is only an answer", () => {
+  const ctx = setup();
+  const ended = [];
+  ctx.rt.subscribe("orders.42", () => {}, { onEnd: (reason) => ended.push(reason) });
+  ctx.rt.subscribe("orders.43", () => {});
+  const first = welcomed(ctx);
+  first.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 0 });
+  first.receive({ type: "unsubscribed", topic: "orders.43", reason: "requested" });
+  first.receive({ type: "unsubscribed", topic: "orders.42", reason: "forbidden" });
+  assert.deepEqual(ended, ["forbidden"]);
+  assert.deepEqual(ctx.events.unsubscribed.map((e) => [e.topic, e.reason]), [["orders.42", "forbidden"]]);
+  assert.deepEqual(Object.keys(ctx.rt.state().topics), ["orders.43"]);
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx);
+  assert.deepEqual(second.sentOf("subscribe").map((m) => m.topic), ["orders.43"]);
+});
+
+test("close code 1008 stops reconnecting", () => {
+  const ctx = setup();
+  welcomed(ctx);
+  ctx.ws().drop(1008, "policy");
+  const s = ctx.rt.state();
+  assert.equal(s.state, "closed");
+  assert.equal(s.code, 1008);
+  assert.equal(s.reason, "policy");
+  assert.equal(s.reconnectIn, null);
+  assert.equal(ctx.clock.pending().length, 0);
+  ctx.clock.advance(120000);
+  assert.equal(ctx.sockets.created.length, 1);
+  assert.equal(ctx.rt.send({ type: "ping" }), false);
+});
+
+test("status live false -> paused, live true -> open", () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  ws.receive({ type: "status", live: false, reason: "layer down" });
+  assert.equal(ctx.rt.state().state, "paused");
+  ws.receive({ type: "status", live: false });
+  ws.receive({ type: "status", live: true });
+  assert.equal(ctx.rt.state().state, "open");
+  assert.deepEqual(ctx.events.state.map((s) => s.state), ["open", "paused", "open"]);
+});
+
+test("presence list kept through presence, join and leave", () => {
+  const ctx = setup();
+  ctx.rt.subscribe("room.1", () => {});
+  const ws = welcomed(ctx);
+  const alice = { id: 1, username: "alice" };
+  const bob = { id: 2, username: "bob" };
+  ws.receive({ type: "subscribed", topic: "room.1", epoch: "e5", offset: 0 });
+  ws.receive({ type: "presence", topic: "room.1", users: [alice] });
+  ws.receive({ type: "join", topic: "room.1", user: bob });
+  ws.receive({ type: "join", topic: "room.1", user: bob });
+  ws.receive({ type: "leave", topic: "room.1", user: alice });
+  assert.deepEqual(ctx.events.presence, [
+    { kind: "presence", topic: "room.1", users: [alice] },
+    { kind: "join", topic: "room.1", users: [alice, bob], user: bob },
+    { kind: "join", topic: "room.1", users: [alice, bob], user: bob },
+    { kind: "leave", topic: "room.1", users: [bob], user: alice },
+  ]);
+});
+
+test("keep-alive ping every third of idle_timeout, stopped on close", () => {
+  const ctx = setup();
+  const ws = welcomed(ctx, { idle_timeout: 30 });
+  ctx.clock.advance(9999);
+  assert.deepEqual(ws.sentOf("ping"), []);
+  ctx.clock.advance(1);
+  assert.deepEqual(ws.sentOf("ping"), [{ type: "ping" }]);
+  ctx.clock.advance(20000);
+  assert.equal(ws.sentOf("ping").length, 3);
+  ws.receive({ type: "pong" });
+  ws.drop(1006);
+  ctx.clock.advance(60000);
+  assert.equal(ws.sentOf("ping").length, 3);
+});
+
+test("the unsubscribe function sends unsubscribe and stops callbacks", () => {
+  const ctx = setup();
+  const a = [];
+  const b = [];
+  const offA = ctx.rt.subscribe("orders.42", (m) => a.push(m.offset));
+  const offB = ctx.rt.subscribe("orders.42", (m) => b.push(m.offset));
+  const ws = welcomed(ctx);
+  assert.equal(ws.sentOf("subscribe").length, 1);
+  ws.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 0 });
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: 1, offset: 1 });
+  offA();
+  assert.deepEqual(ws.sentOf("unsubscribe"), []);
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: 2, offset: 2 });
+  offB();
+  offB();
+  assert.deepEqual(ws.sentOf("unsubscribe"), [{ type: "unsubscribe", topic: "orders.42" }]);
+  ws.receive({ type: "message", topic: "orders.42", event: "message", data: 3, offset: 3 });
+  assert.deepEqual(a, [1]);
+  assert.deepEqual(b, [1, 2]);
+  assert.deepEqual(ctx.rt.state().topics, {});
+  ws.drop(1006);
+  ctx.clock.advance(1000);
+  assert.deepEqual(welcomed(ctx).sentOf("subscribe"), []);
+});
+
+test("on() returns a remover; a throwing listener does not stop the others", () => {
+  const ctx = setup();
+  const seen = [];
+  const off = ctx.rt.on("broadcast", (b) => seen.push(b.id));
+  const origError = console.error;
+  console.error = () => {};
+  try {
+    ctx.rt.on("broadcast", () => {
+      throw new Error("listener bug");
+    });
+    const ws = welcomed(ctx);
+    ws.receive({ type: "broadcast", id: 1, offset: 18 });
+    off();
+    ws.receive({ type: "broadcast", id: 2, offset: 19 });
+    ws.onmessage({ data: "not json" });
+    ws.onmessage({ data: new ArrayBuffer(2) });
+  } finally {
+    console.error = origError;
+  }
+  assert.deepEqual(seen, [1]);
+  assert.deepEqual(ctx.events.broadcast.map((b) => b.id), [1, 2]);
+});
+
+test("rt.close() closes the socket and stops reconnects", () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  ctx.rt.close();
+  assert.equal(ws.closedWith.code, 1000);
+  assert.equal(ctx.rt.state().state, "closed");
+  assert.equal(ctx.rt.state().reconnectIn, null);
+  ws.drop(1000); // the close event arrives later: ignored
+  ctx.clock.advance(120000);
+  assert.equal(ctx.sockets.created.length, 1);
+  assert.equal(ctx.clock.pending().length, 0);
+
+  // also during a reconnect wait
+  const waiting = setup();
+  welcomed(waiting).drop(1006);
+  assert.equal(waiting.clock.pending().length, 1);
+  waiting.rt.close();
+  waiting.clock.advance(120000);
+  assert.equal(waiting.sockets.created.length, 1);
+  assert.equal(waiting.rt.state().state, "closed");
+});

@@ -1,0 +1,397 @@
+"""Topics in process (realtime.topics, the in-memory layer): patterns and authorization,
+subscribe, offsets and resume, messages to one user, presence, and subscriptions checked
+again when access changes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.test import Client
+
+from realtime import topics
+from realtime.broadcasting import topics as registry
+from tests.test_authorization import opened, signed_in, socket_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FOLLOWERS: dict[int, set[str]] = {}  # order id -> usernames allowed (the app's own rule)
+
+
+@pytest.fixture(autouse=True)
+def _topics():
+    saved = dict(registry.registrations)
+    FOLLOWERS.clear()
+    FOLLOWERS[42] = {"alice", "carol"}
+
+    @topics.register("orders.<int:order_id>")
+    def can_follow(user, order_id):
+        return user.is_authenticated and user.get_username() in FOLLOWERS.get(order_id, ())
+
+    topics.register("documents.<slug:slug>", authorize=lambda user, slug: True, presence=True)
+    yield
+    registry.registrations.clear()
+    registry.registrations.update(saved)
+    async_to_sync(get_channel_layer().flush)()
+
+
+async def ask(communicator, message: dict) -> dict:
+    await communicator.send_json_to(message)
+    return await communicator.receive_json_from()
+
+
+async def subscribe(communicator, topic: str, since=None) -> dict:
+    message = {"type": "subscribe", "topic": topic}
+    if since is not None:
+        message["since"] = since
+    return await ask(communicator, message)
+
+
+async def received(communicator, count: int) -> list[dict]:
+    return [await communicator.receive_json_from() for _ in range(count)]
+
+
+def test_patterns_use_djangos_converters_and_match_whole_names():
+    assert registry.match("orders.42")[1] == {"order_id": 42}
+    assert registry.match("documents.intro-2")[1] == {"slug": "intro-2"}
+    for name in ["orders.x", "orders.42.items", "xorders.42", "orders/42", "", "a" * 201, 42]:
+        assert registry.match(name) is None, name
+
+
+@pytest.mark.parametrize("pattern", ["$mine", "user", "a/<int:n>"])
+def test_reserved_patterns_are_refused(pattern):
+    with pytest.raises(ValueError):
+        topics.register(pattern, authorize=lambda user: True)
+
+
+@pytest.mark.parametrize(
+    ("topic", "data", "event", "says"),
+    [
+        ("nothing.registered", {}, "message", "No registered topic pattern matches"),
+        ("orders.42", {"blob": "x" * 70_000}, "message", "REALTIME_TOPIC_MAX_DATA"),
+        ("orders.42", {"when": time}, "message", "JSON-serialisable"),
+        ("orders.42", float("nan"), "message", "JSON-serialisable"),
+        ("orders.42", {}, "", "event must be"),
+    ],
+)
+def test_send_refuses_with_a_clear_message(topic, data, event, says):
+    with pytest.raises(ValueError, match=says):
+        topics.send(topic, data, event=event)
+
+
+def test_a_subscriber_gets_each_message_with_the_next_offset():
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        subscribed = await subscribe(socket_, "orders.42")
+        await sync_to_async(topics.send)("orders.42", {"status": "paid"}, event="status")
+        await sync_to_async(topics.send)("orders.42", {"status": "shipped"}, event="status")
+        messages = await received(socket_, 2)
+        nothing_more = await socket_.receive_nothing()
+        await socket_.disconnect()
+        return subscribed, messages, nothing_more
+
+    subscribed, messages, nothing_more = asyncio.run(scenario())
+    assert subscribed["type"] == "subscribed" and subscribed["topic"] == "orders.42"
+    assert subscribed["epoch"] and subscribed["offset"] == 0
+    assert messages == [
+        {"type": "message", "topic": "orders.42", "event": "status", "data": d, "offset": n}
+        for n, d in [(1, {"status": "paid"}), (2, {"status": "shipped"})]
+    ]
+    assert nothing_more
+
+
+@pytest.mark.parametrize("topic", ["orders.42", "orders.7", "nothing.registered", "user"])
+def test_a_forbidden_or_unknown_topic_is_refused_alike_and_sends_nothing(topic):
+    bob = signed_in("bob")
+
+    async def scenario():
+        anonymous, socket_ = await opened(), await opened(bob)
+        answers = [await subscribe(s, topic) for s in (socket_, anonymous)]
+        if registry.match(topic):
+            await sync_to_async(topics.send)(topic, {"secret": 1})
+        quiet = [await s.receive_nothing() for s in (socket_, anonymous)]
+        for s in (socket_, anonymous):
+            await s.disconnect()
+        return answers, quiet
+
+    answers, quiet = asyncio.run(scenario())
+    if topic == "user":
+        answers = answers[1:]  # bob's own topic is his: only the anonymous one is refused
+    for answer in answers:
+        assert answer == {
+            "type": "error",
+            "code": "forbidden",
+            "topic": topic,
+            "detail": "This socket may not subscribe to that topic.",
+        }
+    assert all(quiet)
+
+
+def test_a_message_sent_in_a_transaction_goes_out_on_commit_and_never_on_rollback():
+    alice = signed_in("alice")
+
+    def send_in_transactions():
+        with transaction.atomic():
+            topics.send("orders.42", "rolled back")
+            transaction.set_rollback(True)
+        with transaction.atomic():
+            topics.send("orders.42", "committed")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await subscribe(socket_, "orders.42")
+        await sync_to_async(send_in_transactions)()
+        [message] = await received(socket_, 1)
+        nothing_more = await socket_.receive_nothing()
+        await socket_.disconnect()
+        return message, nothing_more
+
+    message, nothing_more = asyncio.run(scenario())
+    assert (message["data"], message["offset"]) == ("committed", 1)
+    assert nothing_more
+
+
+def test_resume_from_an_offset_replays_each_missed_message_once_then_live_ones():
+    alice = signed_in("alice")
+
+    async def scenario():
+        first = await opened(alice)
+        subscribed = await subscribe(first, "orders.42")
+        await sync_to_async(topics.send)("orders.42", "seen")
+        [seen] = await received(first, 1)
+        await first.disconnect()
+        for text in ("missed 1", "missed 2"):
+            await sync_to_async(topics.send)("orders.42", text)
+        again = await opened(alice)
+        since = {"epoch": subscribed["epoch"], "offset": seen["offset"]}
+        answer = await subscribe(again, "orders.42", since)
+        replayed = await received(again, 2)
+        await sync_to_async(topics.send)("orders.42", "live")
+        [live] = await received(again, 1)
+        nothing_more = await again.receive_nothing()
+        await again.disconnect()
+        return answer, replayed, live, nothing_more
+
+    answer, replayed, live, nothing_more = asyncio.run(scenario())
+    assert (answer["type"], answer["offset"]) == ("subscribed", 1)
+    assert [(m["data"], m["offset"]) for m in replayed] == [("missed 1", 2), ("missed 2", 3)]
+    assert (live["data"], live["offset"]) == ("live", 4)
+    assert nothing_more
+
+
+@pytest.mark.parametrize("case", ["epoch", "too_many", "too_old"])
+def test_a_resume_the_history_cannot_serve_fails_and_continues_live(case, settings):
+    settings.REALTIME_TOPIC_HISTORY_SIZE = 3
+    settings.REALTIME_TOPIC_HISTORY_TTL = 1
+    alice = signed_in("alice")
+    for n in range(5 if case == "too_many" else 2):
+        topics.send("orders.42", n)
+    epoch = registry.streams.position("orders.42")[0]
+    since = {
+        "epoch": "other" if case == "epoch" else epoch,
+        "offset": 0 if case != "too_old" else 1,
+    }
+    if case == "too_old":
+        time.sleep(1.5)  # past REALTIME_TOPIC_HISTORY_TTL
+
+    async def scenario():
+        socket_ = await opened(alice)
+        answers = await received_after(socket_, {"type": "subscribe", "topic": "orders.42",
+                                                 "since": since}, 2)  # fmt: skip
+        await socket_.disconnect()
+        return answers
+
+    failed, subscribed = asyncio.run(scenario())
+    reason = {"epoch": "epoch_changed", "too_many": "too_many", "too_old": "too_old"}[case]
+    last = 5 if case == "too_many" else 2
+    assert failed["type"] == "resume_failed" and failed["reason"] == reason
+    assert (failed["topic"], failed["epoch"], failed["offset"]) == ("orders.42", epoch, last)
+    assert subscribed == {"type": "subscribed", "topic": "orders.42", "epoch": epoch,
+                          "offset": last}  # fmt: skip
+
+
+async def received_after(socket_, message: dict, count: int) -> list[dict]:
+    await socket_.send_json_to(message)
+    return await received(socket_, count)
+
+
+def test_a_message_to_a_user_reaches_every_tab_of_that_user_and_nobody_else():
+    alice_tabs, bob = [signed_in("alice"), Client()], signed_in("bob")
+    assert alice_tabs[1].login(username="alice", password="pw-alice")
+    alice = get_user_model().objects.get(username="alice")
+
+    async def scenario():
+        sockets = [await opened(tab) for tab in alice_tabs]
+        others = [await opened(bob), await opened()]
+        for socket_ in sockets + others:  # registered with the fan-out
+            assert (await ask(socket_, {"type": "ping"}))["type"] == "pong"
+        await sync_to_async(topics.send_to_user)(alice, {"text": "Your export is ready"})
+        got = [await s.receive_json_from() for s in sockets]
+        quiet = [await s.receive_nothing() for s in sockets + others]
+        for socket_ in sockets + others:
+            await socket_.disconnect()
+        return got, quiet
+
+    got, quiet = asyncio.run(scenario())
+    assert got == [
+        {"type": "message", "topic": "user", "event": "message",
+         "data": {"text": "Your export is ready"}, "offset": 1}
+    ] * 2  # fmt: skip
+    assert all(quiet)
+
+
+def test_a_users_topic_resumes_from_its_offset():
+    alice = signed_in("alice")
+    pk = get_user_model().objects.get(username="alice").pk
+
+    async def scenario():
+        first = await opened(alice)
+        await first.disconnect()
+        for n in range(2):
+            await sync_to_async(topics.send_to_user)(pk, n)
+        socket_ = socket_for(alice)
+        assert (await socket_.connect())[0]
+        welcome = await socket_.receive_json_from()
+        since = {"epoch": welcome["user_topic"]["epoch"], "offset": 0}
+        answer = await subscribe(socket_, "user", since)
+        replayed = await received(socket_, 2)
+        nothing_more = await socket_.receive_nothing()
+        await socket_.disconnect()
+        return welcome, answer, replayed, nothing_more
+
+    welcome, answer, replayed, nothing_more = asyncio.run(scenario())
+    assert welcome["user_topic"]["offset"] == 2
+    assert (answer["type"], answer["topic"], answer["offset"]) == ("subscribed", "user", 0)
+    assert [(m["data"], m["offset"]) for m in replayed] == [(0, 1), (1, 2)]
+    assert nothing_more
+
+
+def test_unsubscribe_stops_the_messages():
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await subscribe(socket_, "orders.42")
+        answer = await ask(socket_, {"type": "unsubscribe", "topic": "orders.42"})
+        await sync_to_async(topics.send)("orders.42", "after")
+        nothing = await socket_.receive_nothing()
+        await socket_.disconnect()
+        return answer, nothing
+
+    answer, nothing = asyncio.run(scenario())
+    assert answer == {"type": "unsubscribed", "topic": "orders.42", "reason": "requested"}
+    assert nothing
+
+
+def test_subscriptions_per_socket_are_limited(settings):
+    settings.REALTIME_WS_MAX_SUBSCRIPTIONS = 2
+
+    async def scenario_with_presence():
+        socket_ = await opened()
+        answers = []
+        for n in range(3):
+            answer = await subscribe(socket_, f"documents.d{n}")
+            if answer["type"] == "subscribed":
+                await socket_.receive_json_from()  # presence
+            answers.append(answer)
+        again = await subscribe(socket_, "documents.d0")  # already subscribed: still allowed
+        await socket_.disconnect()
+        return answers, again
+
+    answers, again = asyncio.run(scenario_with_presence())
+    assert [a["type"] for a in answers] == ["subscribed", "subscribed", "error"]
+    assert answers[2]["code"] == "too_many_subscriptions"
+    assert again["type"] == "subscribed"
+
+
+def test_recheck_ends_the_subscriptions_the_app_no_longer_allows():
+    alice = signed_in("alice")
+    user = get_user_model().objects.get(username="alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await subscribe(socket_, "orders.42")
+        FOLLOWERS[42].discard("alice")
+        await sync_to_async(topics.recheck)(user)
+        ended = await socket_.receive_json_from()
+        await sync_to_async(topics.send)("orders.42", "after")
+        nothing = await socket_.receive_nothing()
+        still_open = await ask(socket_, {"type": "ping"})
+        await socket_.disconnect()
+        return ended, nothing, still_open
+
+    ended, nothing, still_open = asyncio.run(scenario())
+    assert ended == {"type": "unsubscribed", "topic": "orders.42", "reason": "forbidden"}
+    assert nothing
+    assert still_open == {"type": "pong"}
+
+
+def test_an_access_change_ends_forbidden_subscriptions_before_closing():
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await subscribe(socket_, "orders.42")
+        await subscribe(socket_, "documents.open")
+        await socket_.receive_json_from()  # presence
+        user = await sync_to_async(get_user_model().objects.get)(username="alice")
+        user.is_active = False
+        await sync_to_async(user.save)()
+        ended = await socket_.receive_json_from()
+        closed = await socket_.receive_output()
+        await socket_.disconnect()
+        return ended, closed
+
+    ended, closed = asyncio.run(scenario())
+    assert ended == {"type": "unsubscribed", "topic": "orders.42", "reason": "forbidden"}
+    assert closed == {"type": "websocket.close", "code": 4001, "reason": "Signed out"}
+
+
+def test_presence_lists_each_user_once_and_says_join_and_leave():
+    alice, bob = signed_in("alice"), signed_in("bob")
+    second_alice = Client()
+    assert second_alice.login(username="alice", password="pw-alice")
+
+    async def scenario():
+        watcher = await opened(bob)
+        await subscribe(watcher, "documents.intro")
+        first_list = await watcher.receive_json_from()
+        tabs = [await opened(alice), await opened(second_alice)]
+        lists = []
+        for tab in tabs:
+            await subscribe(tab, "documents.intro")
+            lists.append(await tab.receive_json_from())
+        joined = await watcher.receive_json_from()
+        one_tab_quiet = await watcher.receive_nothing()
+        listed = await sync_to_async(topics.presence)("documents.intro")
+        await tabs[0].disconnect()
+        still_there = await watcher.receive_nothing()
+        await tabs[1].disconnect()
+        left = await watcher.receive_json_from()
+        await watcher.disconnect()
+        return first_list, lists, joined, one_tab_quiet, listed, still_there, left
+
+    first_list, lists, joined, one_tab_quiet, listed, still_there, left = asyncio.run(scenario())
+    users = {"alice": None, "bob": None}
+    for user in get_user_model().objects.all():
+        users[user.username] = {"id": user.pk, "username": user.username}
+    assert first_list == {"type": "presence", "topic": "documents.intro", "users": [users["bob"]]}
+    for listed_then in lists:
+        assert sorted(u["username"] for u in listed_then["users"]) == ["alice", "bob"]
+    assert joined == {"type": "join", "topic": "documents.intro", "user": users["alice"]}
+    assert one_tab_quiet  # alice's second tab is no second join
+    assert sorted(u["username"] for u in listed) == ["alice", "bob"]
+    assert still_there  # one of alice's tabs is still open: no leave
+    assert left == {"type": "leave", "topic": "documents.intro", "user": users["alice"]}
+
+
+def test_presence_of_a_topic_that_is_not_a_presence_one_is_refused():
+    with pytest.raises(ValueError, match="not a registered presence topic"):
+        topics.presence("orders.42")
