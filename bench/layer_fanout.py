@@ -2,8 +2,9 @@
 
 For each layer (RedisChannelLayer, "core", and RedisPubSubChannelLayer, "pubsub"): start a
 private redis-server and `manage.py serve --workers 2` on free ports, open N WSS sockets
-(verified against a throw-away dev CA), send R broadcasts the way realtime.broadcast does (one
-group_send of pre-serialized text) and time their arrival at every socket.
+(verified against a throw-away dev CA), send R broadcasts the way realtime.broadcast publishes
+them (one group_send of pre-serialized text with its offset) and time their arrival at every
+socket.
 
     .venv/bin/python bench/layer_fanout.py [--sockets 1000] [--rounds 5] [--shards 1]
 
@@ -47,7 +48,7 @@ from channels_redis.core import RedisChannelLayer  # noqa: E402
 from channels_redis.pubsub import RedisPubSubChannelLayer  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from realtime.broadcasting.fanout import group_for  # noqa: E402
+from realtime.broadcasting.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP  # noqa: E402
 from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
 from tests.helpers import free_port, redis_args, wait_for_port  # noqa: E402
 
@@ -133,7 +134,10 @@ async def measure_layer(name: str, port: int, redis_url: str, tls, sockets: int,
     for seq in range(rounds):
         text = json.dumps({"type": "bench", "seq": seq, "message": "x" * 100})
         sent = time.perf_counter()
-        await layer.group_send(group_for("everyone"), {"type": "realtime.send", "text": text})
+        # What a publish sends: a fresh server's broadcast stream starts at offset 0, so the
+        # rounds are its offsets 1, 2, ... in order (no database read by the workers).
+        event = {"type": TOPIC_EVENT, "topic": BROADCASTS, "offset": seq + 1, "text": text}
+        await layer.group_send(TOPICS_GROUP, {**event, "audience": "everyone"})
         deadline = sent + 15
         while len(clients.arrivals.get(seq, [])) < sockets and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)

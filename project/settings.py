@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "project.demo",  # the example's topics (project/demo/topics.py)
 ]
 
 MIDDLEWARE = [
@@ -188,6 +189,13 @@ for _name in (
     "REALTIME_FANOUT_CHECK",
     "REALTIME_FANOUT_CHECK_TIMEOUT",
     "REALTIME_SESSION_CHECK",
+    # Topics (docs/topics.md): history per topic, largest message, subscriptions per socket,
+    # and how long a killed worker's users stay listed on presence topics.
+    "REALTIME_TOPIC_HISTORY_SIZE",
+    "REALTIME_TOPIC_HISTORY_TTL",
+    "REALTIME_TOPIC_MAX_DATA",
+    "REALTIME_WS_MAX_SUBSCRIPTIONS",
+    "REALTIME_PRESENCE_TTL",
 ):
     if os.environ.get(_name):
         globals()[_name] = envint(_name, 0)

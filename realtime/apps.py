@@ -6,6 +6,7 @@ from django.apps import AppConfig
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import post_delete, post_save, pre_save
+from django.utils.module_loading import autodiscover_modules
 
 
 class RealtimeConfig(AppConfig):
@@ -32,3 +33,5 @@ class RealtimeConfig(AppConfig):
         post_delete.connect(
             sessions.close_sockets_of_deleted_user, sender=user_model, dispatch_uid=uid
         )
+        # Every installed app's topics.py registers its topic patterns (docs/topics.md).
+        autodiscover_modules("topics")

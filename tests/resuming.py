@@ -32,6 +32,11 @@ class ResumingClient:
     workers: list[str] = field(default_factory=list)  # slots (w1), one per connection
     welcomed_by: list[str] = field(default_factory=list)  # full names (<hostname>-w1)
     position: dict | None = None  # {"epoch": ..., "offset": ...} of the broadcast stream
+    # A topic it subscribes to on every connection, resuming from its position there.
+    topic: str | None = None
+    topic_position: dict | None = None
+    topic_offsets: list[int] = field(default_factory=list)  # each message's offset, as received
+    refused: list[dict] = field(default_factory=list)
     socket: ClientConnection | None = None
     stopping: bool = False
     _seen_set: set[int] = field(default_factory=set)
@@ -74,6 +79,18 @@ class ResumingClient:
                 self.position = dict(message["broadcasts"])
             else:
                 await socket_.send(json.dumps({"type": "resume", "since": self.position}))
+            if self.topic is not None:
+                subscribe = {"type": "subscribe", "topic": self.topic}
+                if self.topic_position is not None:
+                    subscribe["since"] = self.topic_position
+                await socket_.send(json.dumps(subscribe))
+        elif kind == "subscribed" and "topic" in message:
+            if self.topic_position is None or message["epoch"] != self.topic_position["epoch"]:
+                self.topic_position = {"epoch": message["epoch"], "offset": message["offset"]}
+        elif kind == "message":
+            self._record_topic(message)
+        elif kind == "error":
+            self.refused.append(message)
         elif kind == "broadcast":
             self._record(message["id"])
             self.position["offset"] = max(self.position["offset"], message["offset"])
@@ -81,7 +98,15 @@ class ResumingClient:
             self.position = {"epoch": message["epoch"], "offset": message["offset"]}
         elif kind == "resume_failed":
             self.resume_failures.append(message)
-            self.position = {"epoch": message["epoch"], "offset": message["offset"]}
+            if "topic" not in message:
+                self.position = {"epoch": message["epoch"], "offset": message["offset"]}
+
+    def _record_topic(self, message: dict) -> None:
+        if message["offset"] in self.topic_offsets:
+            self.duplicates += 1
+            return
+        self.topic_offsets.append(message["offset"])
+        self.topic_position["offset"] = max(self.topic_position["offset"], message["offset"])
 
     def _record(self, broadcast_id: int) -> None:
         if broadcast_id in self._seen_set:

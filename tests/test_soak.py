@@ -1,7 +1,8 @@
-"""Soak: many WSS clients on `serve --workers 2` with random disconnects, while broadcasts are
-sent and one worker and Redis are each restarted once. It passes only when every client saw
-every broadcast of its audience exactly once (as the page shows them: de-duplicated by id,
-ordered by id) and nothing of another audience.
+"""Soak: many WSS clients on `serve --workers 2` with random disconnects, while broadcasts and
+topic messages are sent, one worker is killed, Redis is restarted and the workers are restarted
+one by one (SIGHUP). It passes only when every client received every broadcast of its audience
+and every message of its topic exactly once on the wire (resuming by position), in order, and
+nothing of another audience.
 
 Short by default (for `make test`); `SOAK=long make test` (or `SOAK=long pytest
 tests/test_soak.py -s`) runs 200 clients and 1,000 broadcasts.
@@ -50,16 +51,27 @@ RATE = 25  # broadcasts per second
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 
 
+TOPIC = "orders.1"  # staff only (project/demo/topics.py): the staff clients subscribe to it
+
+
 def sender_code(count: int, rate: float) -> str:
-    """A separate process sending `count` broadcasts, one in four to staff only."""
+    """A separate process sending `count` broadcasts, one in four to staff only, and after
+    every other broadcast a message to TOPIC."""
     return (
         "import time\n"
-        "from realtime import broadcast\n"
+        "from realtime import broadcast, topics\n"
         f"for n in range({count}):\n"
         "    audience = 'staff' if n % 4 == 3 else 'everyone'\n"
         "    broadcast.send(f'soak {n}', audience=audience)\n"
+        "    if n % 2:\n"
+        f"        topics.send({TOPIC!r}, n)\n"
         f"    time.sleep({1 / rate})\n"
     )
+
+
+def topic_offset(env: dict[str, str]) -> int:
+    rows = server_query(env, "SELECT last_offset FROM realtime_topic WHERE name = %s", (TOPIC,))
+    return rows[0][0] if rows else 0
 
 
 def ids_by_audience(env: dict[str, str], after: int) -> dict[str, list[int]]:
@@ -104,13 +116,10 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
 
     async def scenario():
         staff = [
-            ResumingClient(url, client_tls, {"Cookie": alice.cookie_header()}, last_id=start_id)
+            ResumingClient(url, client_tls, {"Cookie": alice.cookie_header()}, topic=TOPIC)
             for _ in range(STAFF_CLIENTS)
         ]
-        anonymous = [
-            ResumingClient(url, client_tls, last_id=start_id)
-            for _ in range(CLIENTS - STAFF_CLIENTS)
-        ]
+        anonymous = [ResumingClient(url, client_tls) for _ in range(CLIENTS - STAFF_CLIENTS)]
         clients = staff + anonymous
         tasks = [asyncio.create_task(c.run()) for c in clients]
         await until(lambda: all(c.connections for c in clients), 60, "all clients connected")
@@ -136,20 +145,29 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         redis.stop()
         await asyncio.sleep(1.5)
         redis.start()
+        await asyncio.sleep(duration * 0.1)
+        server.process.send_signal(signal.SIGHUP)  # a rolling restart, one worker at a time
         assert await sender.wait() == 0, "the sender failed"
         stop_flaking.set()
         drops = await flaking
         expected = ids_by_audience(server_env, start_id)
         everything = sorted(expected["everyone"] + expected["staff"])
+        offsets = list(range(topic_start + 1, topic_offset(server_env) + 1))
         started = time.monotonic()
         wanted = [(c, everything) for c in staff] + [(c, expected["everyone"]) for c in anonymous]
 
         def missing() -> list[tuple[list[int], list[str], int]]:
-            return [
+            broadcasts = [
                 (sorted(set(ids) - set(c.seen))[:10], c.workers[-3:], c.connections)
                 for c, ids in wanted
                 if set(ids) - set(c.seen)
             ]
+            messages = [
+                (sorted(set(offsets) - set(c.topic_offsets))[:10], c.workers[-3:], c.refused)
+                for c in staff
+                if set(offsets) - set(c.topic_offsets)
+            ]
+            return broadcasts + messages
 
         try:
             await until(lambda: not missing(), 90, "every client to see every broadcast")
@@ -160,26 +178,33 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         for client in clients:
             await client.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return staff, anonymous, expected, everything, drops, settle
+        return staff, anonymous, expected, everything, offsets, drops, settle
 
-    staff, anonymous, expected, everything, drops, settle = asyncio.run(scenario())
+    topic_start = topic_offset(server_env)
+    staff, anonymous, expected, everything, offsets, drops, settle = asyncio.run(scenario())
     start_id = min(everything) - 1
     clients = staff + anonymous
     lost = sum(len(set(everything) - set(c.seen)) for c in staff) + sum(
         len(set(expected["everyone"]) - set(c.seen)) for c in anonymous
     )
+    lost += sum(len(set(offsets) - set(c.topic_offsets)) for c in staff)
     leaked = sum(len(set(expected["staff"]) & set(c.seen)) for c in anonymous)
+    duplicates = sum(c.duplicates for c in clients)
     print(
-        f"\nSoak: {len(clients)} clients ({len(staff)} staff), {len(everything)} broadcasts "
-        f"({len(expected['staff'])} staff-only), faults: 1 worker SIGKILL, 1 Redis restart, "
-        f"{drops} random disconnects; reconnections "
-        f"{sum(c.connections - 1 for c in clients)}; lost {lost}; duplicates received and "
-        f"dropped by the client {sum(c.duplicates for c in clients)}; shown twice 0; "
-        f"staff-only leaked to anonymous {leaked}; last delivery {settle:.1f} s after the "
-        "last send"
+        f"\nSoak: {len(clients)} clients ({len(staff)} staff, also on {TOPIC}), "
+        f"{len(everything)} broadcasts ({len(expected['staff'])} staff-only) and "
+        f"{len(offsets)} topic messages; faults: 1 worker SIGKILL, 1 Redis restart, 1 rolling "
+        f"restart, {drops} random disconnects; reconnections "
+        f"{sum(c.connections - 1 for c in clients)}; lost {lost}; duplicate frames on the wire "
+        f"{duplicates}; staff-only leaked to anonymous {leaked}; last delivery {settle:.1f} s "
+        "after the last send"
     )
     assert len(everything) == BROADCASTS
+    assert len(offsets) == BROADCASTS // 2
     assert lost == 0
+    assert duplicates == 0
+    for client in staff:
+        assert client.topic_offsets == offsets  # each once, in order
     assert leaked == 0
     for client in staff:
         assert [i for i in client.shown() if i > start_id] == everything

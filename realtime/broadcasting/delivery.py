@@ -243,21 +243,26 @@ class Streams:
             if stream is None or stream.delivered is None or stream.busy:
                 continue
             if last is not None and last > stream.delivered:
-                self._start_fill(stream, last)
+                self._start_fill(stream, last, lost=True)
                 filling += 1
         return filling
 
-    def _start_fill(self, stream: Stream, upto: int) -> None:
+    def _start_fill(self, stream: Stream, upto: int, lost: bool = False) -> None:
         stream.busy = True
-        spawn(self._fill(stream, upto))
+        spawn(self._fill(stream, upto, lost))
 
-    async def _fill(self, stream: Stream, upto: int) -> None:
+    async def _fill(self, stream: Stream, upto: int, lost: bool) -> None:
+        """Deliver what the database has between the delivered offset and `upto`. `lost`: the
+        catch-up found it (Redis lost it); else a later message arrived first (lost, or only
+        overtaken: two processes publish one stream at once)."""
+        filled = 0
         try:
             while stream.delivered is not None and upto > stream.delivered:
                 found = await sync_to_async(self.read_entries)(stream.name, stream.delivered, upto)
                 for entry in found:
                     stream.pending.setdefault(entry.offset, entry)
                 self.filled += len(found)
+                filled += len(found)
                 self._deliver_in_order(stream)
                 if stream.delivered < upto:  # the history lacks what it should hold
                     self._skip_to(stream, min([*stream.pending, upto + 1]))
@@ -267,6 +272,16 @@ class Streams:
             logger.warning("Could not fill a gap in %s from the database: %s", stream.name, exc)
         finally:
             stream.busy = False
+        if filled:
+            logger.log(
+                logging.WARNING if lost else logging.INFO,
+                "%d message(s) of %s never reached this worker through the channel layer%s; "
+                "delivered them from the database to %d socket(s)",
+                filled,
+                stream.name,
+                "" if lost else " in order",
+                len(stream.subscriptions),
+            )
 
     @staticmethod
     def _skip_to(stream: Stream, available: int) -> None:

@@ -532,14 +532,7 @@ class Fanout:
         since = (self.caught_up_until or until - OVERLAP) - OVERLAP
         last = await sync_to_async(stored.last_offsets_published)(since, until)
         self.caught_up_until = until
-        filling = self.streams.behind(last)
-        if filling:
-            logger.warning(
-                "%d stream(s) published what never reached this worker through the channel "
-                "layer; delivering it from the database",
-                filling,
-            )
-        return filling
+        return self.streams.behind(last)
 
 
 def current_user(consumer: Any, signed_out: bool = False) -> Any:

@@ -1,0 +1,1 @@
+"""The example project's own app: the topics its pages use (realtime finds `topics.py`)."""
