@@ -13,6 +13,7 @@ Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure m
   at once and each round measures them in turn, so that unrelated load hits them alike.
 - fan-out: one broadcast to 100, 1,000 and 5,000 sockets (p50, p99, max latency, lost) and
   bursts of broadcasts (deliveries per second). Peers: the project (`serve --workers 2`), the
+  same with its sockets subscribed to a topic and sent topic messages (project-topic), the
   Channels tutorial's pattern on 2 daphne workers, and the Node server. Not pinned: two
   workers, Redis and the client share the two cores.
 
@@ -63,6 +64,7 @@ LOADGEN_CPU = "1"  # ... the other for the load generator
 SETTLE_SECONDS = 3.0  # after opening sockets: handshakes, presence writes and GC settle
 OPEN_CONCURRENCY = 100  # handshakes in flight while opening fan-out sockets
 EXPECT_TIMEOUT = 10.0  # seconds for a broadcast to reach every socket before it counts as lost
+USER_MESSAGES = 200  # messages to a user with no socket, per set of sockets (the project's)
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ def open_sockets(
         ca_for(setup, peer.transport),
         sockets=sockets,
         concurrency=OPEN_CONCURRENCY,
+        subscribe=peer.subscribe,
     )
     log = setup.logs / f"loadgen-fanout-{peer.name}-{peer.transport}-{sockets}.log"
     clients = FanoutClients(args, setup.base_env, log, cpus)
@@ -370,7 +373,7 @@ def measure_fanout_peer(
 ) -> list[dict[str, Any]]:
     flush_redis(setup)
     peer = fanout_peer(setup, name, transport).start()
-    trigger = None
+    trigger = user_trigger = None
     results = []
     try:
         time.sleep(2)
@@ -380,18 +383,50 @@ def measure_fanout_peer(
             setup.logs / f"trigger-{name}-{transport}.log",
             *peer.trigger[1:],
         )
+        if name == "project":
+            log = setup.logs / f"trigger-project-user-{transport}.log"
+            user_trigger = Trigger("project-user", peer.trigger_env, log)
         sizes = mode.fanout_sizes[transport]
         for size in sizes:
             say(f"fan-out {name} {transport}: {size} sockets")
             fresh = size == sizes[0]
             results.append(
-                fanout_size(setup, mode, peer, trigger, size, fresh, redis_server, next_seq)
+                fanout_size(
+                    setup, mode, peer, trigger, size, fresh, redis_server, next_seq, user_trigger
+                )
             )
     finally:
-        if trigger is not None:
-            trigger.stop()
+        for started in (trigger, user_trigger):
+            if started is not None:
+                started.stop()
         peer.stop()
     return results
+
+
+def user_message_cost(
+    peer: Peer, trigger: Trigger, next_seq: Callable[[int], int]
+) -> dict[str, Any]:
+    """The servers' CPU per message to a user none of the open sockets belongs to: the same
+    for 100 open sockets as for 5,000 when a worker's work does not grow with its sockets.
+    The servers' idle CPU (pings, timers, collections: it grows with the sockets) is measured
+    over the same length of time just before, and taken off."""
+    time.sleep(0.5)
+    idle_before = procs.usage(peer.servers)
+    started = time.monotonic()
+    sent = trigger.send(next_seq(USER_MESSAGES), USER_MESSAGES)
+    time.sleep(0.5)  # the workers' share of the last ones
+    busy = time.monotonic() - started
+    sent_after = procs.usage(peer.servers)
+    time.sleep(busy)
+    idle_after = procs.usage(peer.servers)
+    sending = sent_after.cpu_seconds - idle_before.cpu_seconds
+    idle = idle_after.cpu_seconds - sent_after.cpu_seconds
+    return {
+        "messages": USER_MESSAGES,
+        "server_cpu_ms_per_message": round((sending - idle) * 1000 / USER_MESSAGES, 3),
+        "idle_cpu_ms_over_the_same_time": round(idle * 1000, 1),
+        "send_ms_median": sorted(sent["call_ms"])[len(sent["call_ms"]) // 2],
+    }
 
 
 def fanout_size(
@@ -403,6 +438,7 @@ def fanout_size(
     fresh: bool,
     redis_server: procs.Server,
     next_seq: Callable[[int], int],
+    user_trigger: Trigger | None = None,
 ) -> dict[str, Any]:
     before = procs.usage(peer.servers)
     clients, opened = open_sockets(setup, peer, size, None)
@@ -436,6 +472,8 @@ def fanout_size(
                 stats = clients.expect(seqs, EXPECT_TIMEOUT * mode.burst)
                 result["bursts"].append({**stats, **sent})
                 time.sleep(0.5)
+        if user_trigger is not None:
+            result["user_message"] = user_message_cost(peer, user_trigger, next_seq)
     finally:
         result["closed"] = clients.close()
         time.sleep(1)  # disconnect work done before the next set opens or the server stops

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procs import ROOT, Server, free_port
+from bench.trigger import TOPIC
 from realtime.server.endpoints import realtime_endpoint
 from realtime.tls.devca import DevCertPaths
 
@@ -33,7 +34,8 @@ UVICORN = str(BIN / "uvicorn")
 SECRET_KEY = "bench-only-secret-key-" + "z" * 40
 
 ECHO_PEERS = ["bare-daphne", "project-daphne", "project-uvicorn", "node"]
-FANOUT_PEERS = ["project", "tutorial", "node"]
+# project-topic: the project's server, its sockets subscribed to a topic, sent topic messages.
+FANOUT_PEERS = ["project", "project-topic", "tutorial", "node"]
 TRANSPORTS = ["wss", "ws"]
 PING = '{"type":"ping"}'
 PONG = '{"type":"pong"}'  # the project's answer to PING: the same 15 bytes as an echo
@@ -92,6 +94,7 @@ class Peer:
     echo_reply: str = PING
     trigger: list[str] = field(default_factory=list)  # bench.trigger arguments
     trigger_env: dict[str, str] = field(default_factory=dict)
+    subscribe: str | None = None  # a topic each fan-out socket subscribes to (the project's)
 
     @property
     def origin(self) -> str:
@@ -187,6 +190,10 @@ def node_args(setup: Setup, transport: str, port: int) -> list[str]:
 def fanout_peer(setup: Setup, name: str, transport: str) -> Peer:
     if name == "project":
         return project_fanout(setup, transport)
+    if name == "project-topic":
+        peer = project_fanout(setup, transport)
+        peer.name, peer.trigger, peer.subscribe = name, ["project-topic"], TOPIC
+        return peer
     if name == "tutorial":
         return tutorial_fanout(setup, transport)
     if name == "node":

@@ -11,6 +11,11 @@ call, which the Node receivers subtract from their own arrival time (same machin
 
 - project: `realtime.broadcast.send(text)`, the project's real path (store, then publish after
   commit: one group_send on the Redis pub/sub layer).
+- project-topic: `realtime.topics.send(TOPIC, text)`, the same path for a topic's message
+  (its sockets subscribed to TOPIC).
+- project-user: `realtime.topics.send_to_user(USER, text)` to a user with no socket open:
+  what a worker does for a message that none of its sockets takes (it should not depend on how
+  many sockets it holds).
 - tutorial: one `group_send("chat", {"type": "chat.message", "message": text})` on the core
   RedisChannelLayer, from one event loop that lives as long as this process (as a consumer's
   would).
@@ -46,6 +51,36 @@ def project_sender() -> Callable[[int], None]:
 
     def send(seq: int) -> None:
         broadcast.send(bench_text(seq))
+
+    return send
+
+
+TOPIC = "news.bench"  # a public topic of the example project (project/demo/topics.py)
+
+
+def project_topic_sender() -> Callable[[int], None]:
+    import django
+
+    django.setup()
+    from realtime import topics
+
+    def send(seq: int) -> None:
+        topics.send(TOPIC, bench_text(seq))
+
+    return send
+
+
+USER = 2**31 - 1  # a user primary key no socket of the run belongs to
+
+
+def project_user_sender() -> Callable[[int], None]:
+    import django
+
+    django.setup()
+    from realtime import topics
+
+    def send(seq: int) -> None:
+        topics.send_to_user(USER, bench_text(seq))
 
     return send
 
@@ -97,12 +132,17 @@ def node_sender(port: int, ca: str | None) -> Callable[[int], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["project", "tutorial", "node"])
+    kinds = ["project", "project-topic", "project-user", "tutorial", "node"]
+    parser.add_argument("kind", choices=kinds)
     parser.add_argument("--port", type=int)
     parser.add_argument("--ca")
     args = parser.parse_args()
     if args.kind == "project":
         send = project_sender()
+    elif args.kind == "project-topic":
+        send = project_topic_sender()
+    elif args.kind == "project-user":
+        send = project_user_sender()
     elif args.kind == "tutorial":
         send = tutorial_sender()
     else:

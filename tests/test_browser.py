@@ -326,3 +326,41 @@ def test_the_page_says_live_updates_paused_while_redis_is_down(page, served, red
         redis_server.start()
     expect(connection).to_have_attribute("data-state", "open", timeout=20_000)
     expect(connection).to_have_text("open")
+
+
+def send_to_topic(env: dict, redis_url: str, topic: str, texts: list[str]) -> None:
+    code = "from realtime import topics\n" + "".join(
+        f"topics.send({topic!r}, {text!r})\n" for text in texts
+    )
+    run_in_shell({**env, "REDIS_URL": redis_url}, code)
+
+
+def test_the_es_module_resumes_a_topic_across_its_workers_death_with_each_message_once(
+    page, served, server_env, redis_server
+):
+    """realtime.mjs in Chromium, on any page of the site (imported, not the page's client)."""
+    open_page(page, f"https://{HOST}:{served.port}/", "wss")
+    page.evaluate(
+        """async () => {
+            const { connect } = await import("/static/realtime/realtime.mjs");
+            window.got = [];
+            window.states = [];
+            window.rt = connect({ path: "/ws/" });
+            window.rt.on("state", (s) => window.states.push(s.state));
+            window.rt.subscribe("news.browser", (m) => window.got.push([m.offset, m.data]));
+        }"""
+    )
+    page.wait_for_function("() => window.rt.state().topics['news.browser']", timeout=10_000)
+    send_to_topic(server_env, redis_server.url, "news.browser", ["live 0", "live 1"])
+    page.wait_for_function("() => window.got.length === 2", timeout=10_000)
+    worker = slot(page.evaluate("window.rt.state().welcome.worker"))
+    os.kill(int(dict(STARTED.findall(served.log()))[worker]), signal.SIGKILL)
+    send_to_topic(server_env, redis_server.url, "news.browser", [f"missed {n}" for n in range(3)])
+    page.wait_for_function("() => window.got.length >= 5", timeout=20_000)
+    time.sleep(1)  # a copy would arrive now
+    got = page.evaluate("window.got")
+    states = page.evaluate("window.states")
+    assert [text for _, text in got] == ["live 0", "live 1", "missed 0", "missed 1", "missed 2"]
+    offsets = [offset for offset, _ in got]
+    assert offsets == list(range(offsets[0], offsets[0] + 5))
+    assert "closed" in states and states[-1] == "open", states

@@ -395,3 +395,27 @@ def test_presence_lists_each_user_once_and_says_join_and_leave():
 def test_presence_of_a_topic_that_is_not_a_presence_one_is_refused():
     with pytest.raises(ValueError, match="not a registered presence topic"):
         topics.presence("orders.42")
+
+
+def test_subscribing_to_topics_never_sent_to_writes_nothing_and_their_epoch_holds():
+    """A user allowed a pattern with endless names cannot make rows by subscribing; the epoch
+    a subscriber was told is still the topic's once messages are sent to it."""
+    from realtime.models import Topic
+
+    alice = signed_in("alice")
+    rows_before = Topic.objects.count()
+
+    async def scenario():
+        socket_ = await opened(alice)
+        answers = []
+        for n in range(5):
+            answers.append(await subscribe(socket_, f"documents.never-{n}"))
+            await socket_.receive_json_from()  # presence
+        await socket_.disconnect()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [a["offset"] for a in answers] == [0] * 5
+    assert Topic.objects.count() == rows_before
+    topics.send("documents.never-0", "first")
+    assert Topic.objects.get(name="documents.never-0").epoch == answers[0]["epoch"]

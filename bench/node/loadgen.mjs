@@ -5,10 +5,12 @@
  *   node loadgen.mjs echo --url U --origin O [--ca CA.pem] [--connections 50] \
  *       [--message '{"type":"ping"}'] [--reply '{"type":"pong"}'] [--duration 3] [--warmup 1]
  *   node loadgen.mjs fanout --url U[,U2...] --origin O [--ca CA.pem] --sockets N \
- *       [--concurrency 100]
+ *       [--concurrency 100] [--subscribe TOPIC]
  *
  * Each mode prints JSON lines on stdout. `echo` prints one result and exits.
- * `fanout` opens N sockets (spread round-robin over the URLs), prints {"event":"opened"}, then
+ * `fanout` opens N sockets (spread round-robin over the URLs), each subscribed to TOPIC when
+ * given (the project's protocol: it counts as open once `subscribed` came back), prints
+ * {"event":"opened"}, then
  * takes JSON commands on stdin, one a line:
  *   {"cmd":"mark"}  note the time and this process's CPU use, print {"event":"marked"}
  *       (sent just before a broadcast: the client's CPU during delivery is counted from here)
@@ -53,6 +55,7 @@ const { positionals, values: args } = parseArgs({
     message: { type: 'string', default: '{"type":"ping"}' },
     reply: { type: 'string' },
     sockets: { type: 'string' },
+    subscribe: { type: 'string' },
   },
 });
 
@@ -276,7 +279,9 @@ async function openMany(urls, count, concurrency, receivers) {
       const url = urls[next % urls.length];
       next += 1;
       try {
-        receivers.add(await open(url, { onMessage: receivers.listener() }));
+        const ws = await open(url, { onMessage: receivers.listener() });
+        if (args.subscribe) await subscribe(ws, args.subscribe);
+        receivers.add(ws);
       } catch (error) {
         failed += 1;
         firstError ??= String(error?.message ?? error);
@@ -285,6 +290,27 @@ async function openMany(urls, count, concurrency, receivers) {
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
   return { failed, firstError };
+}
+
+/** Subscribe a project socket to a topic; resolves on `subscribed`, rejects on anything else
+ * about it (an error) or after 30 s. */
+function subscribe(ws, topic) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`no answer to subscribe ${topic}`)), 30000);
+    const onMessage = (data) => {
+      const text = data.toString();
+      if (text.startsWith('{"type":"subscribed"')) done(null);
+      else if (text.startsWith('{"type":"error"')) done(new Error(text));
+    };
+    function done(error) {
+      clearTimeout(timer);
+      ws.off('message', onMessage);
+      if (error) reject(error);
+      else resolve();
+    }
+    ws.on('message', onMessage);
+    ws.send(JSON.stringify({ type: 'subscribe', topic }));
+  });
 }
 
 /** p50, p99 and max latency of one broadcast at each server worker's sockets. */

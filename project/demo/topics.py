@@ -19,3 +19,9 @@ def can_follow_order(user: Any, order_id: int) -> bool:
     """Live updates of an order. Here: staff; an app would check that the order is the user's
     (`Order.objects.filter(pk=order_id, customer=user).exists()`)."""
     return bool(user.is_authenticated and user.is_active and user.is_staff)
+
+
+@topics.register("news.<slug:section>")
+def anyone_may_read_news(user: Any, section: str) -> bool:
+    """A public topic (live scores, a status page): anyone, signed in or not."""
+    return True

@@ -14,6 +14,7 @@ Why the database and not Redis Streams: docs/reliability.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ TOPICS_GROUP = "realtime.topics"  # every worker's fan-out is a member: a name o
 TOPIC_EVENT = "realtime.topic"
 BROADCASTS = "$broadcasts"
 PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
+# Messages past a stream's window are deleted every this many offsets (a resume checks the
+# window itself, so a few kept longer are never replayed).
+PRUNE_EVERY = 16
 
 
 def user_stream(pk: Any) -> str:
@@ -124,9 +128,8 @@ def publish(pk: int) -> str:
         offset = _next_offset(message.topic)
         message.frame, message.offset = frame_for(message, offset), offset
         message.save(update_fields=["frame", "offset"])
-        _forget_beyond_window(message.topic, offset, now)
-    if message.broadcast_id is not None:
-        _record_broadcast(message, now)
+        if offset % PRUNE_EVERY == 0:
+            _forget_beyond_window(message.topic, offset, now)
     try:
         send_to_group(TOPICS_GROUP, live_event(message))
     except (redis.RedisError, OSError) as exc:
@@ -137,14 +140,25 @@ def publish(pk: int) -> str:
             message.topic,
             exc,
         )
+    if message.broadcast_id is not None:  # after the send: it waits for nothing of this
+        _record_broadcast(message, now)
     return PUBLISHED
+
+
+def initial_epoch(name: str) -> str:
+    """A stream's epoch until its history is reset: known before its row exists, so that
+    subscribing to a topic no message was sent to yet writes nothing (a client could otherwise
+    make rows by subscribing to names its pattern allows)."""
+    return hashlib.sha256(f"realtime.topic:{name}".encode()).hexdigest()[:16]
 
 
 def _next_offset(name: str) -> int:
     """The stream's next offset; the UPDATE locks its row until the transaction commits."""
-    Topic.objects.get_or_create(name=name)
-    Topic.objects.filter(name=name).update(last_offset=F("last_offset") + 1)
-    return Topic.objects.values_list("last_offset", flat=True).get(name=name)
+    stream = Topic.objects.filter(name=name)
+    if not stream.update(last_offset=F("last_offset") + 1):  # its first message
+        Topic.objects.get_or_create(name=name, defaults={"epoch": initial_epoch(name)})
+        stream.update(last_offset=F("last_offset") + 1)
+    return stream.values_list("last_offset", flat=True).get()
 
 
 def _forget_beyond_window(name: str, offset: int, now: datetime) -> None:
@@ -193,9 +207,9 @@ def republish_pending(grace: float = 5.0) -> int:
 
 
 def position(name: str) -> tuple[str, int]:
-    """A stream's epoch and last offset (the stream is created when first asked for)."""
-    topic, _ = Topic.objects.get_or_create(name=name)
-    return topic.epoch, topic.last_offset
+    """A stream's epoch and last offset (0 before its first message); reads only."""
+    found = Topic.objects.filter(name=name).values_list("epoch", "last_offset").first()
+    return found if found is not None else (initial_epoch(name), 0)
 
 
 def entries(name: str, after: int, upto: int | None = None) -> list[Entry]:
