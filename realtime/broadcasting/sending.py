@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import redis
+from django.db import transaction
 
 from realtime.broadcasting import presence, streams
 from realtime.broadcasting.redis_client import redis_host
@@ -55,14 +56,15 @@ def send(
 def send_broadcast(broadcast: Broadcast) -> Broadcast:
     """Validate, store and (after commit) publish an unsaved Broadcast."""
     broadcast.full_clean()
-    broadcast.save()
-    streams.store(
-        streams.BROADCASTS,
-        broadcast.as_message(),  # serialized once, with its offset, when published
-        event="broadcast",
-        audience=broadcast.audience,
-        broadcast=broadcast,
-    )
+    with transaction.atomic():  # one commit for both rows (outside a caller's transaction)
+        broadcast.save()
+        streams.store(
+            streams.BROADCASTS,
+            broadcast.as_message(),  # serialized once, with its offset, when published
+            event="broadcast",
+            audience=broadcast.audience,
+            broadcast=broadcast,
+        )
     # Outside a transaction it is published by now: the caller sees when, and to how many.
     broadcast.refresh_from_db(fields=["published_at", "recipients"])
     return broadcast
