@@ -54,8 +54,11 @@ class ResumingClient:
                 delay = min(delay * 2, 1.0)
 
     async def _one_connection(self) -> None:
+        url = self.url
+        if self.position is not None:  # resumed in the URL: no live message comes first
+            url += f"?broadcasts={self.position['epoch']}:{self.position['offset']}"
         async with connect(
-            self.url,
+            url,
             ssl=self.tls,
             origin=origin_for(self.url),
             additional_headers=self.headers,
@@ -77,8 +80,6 @@ class ResumingClient:
             self.welcomed_by.append(message["worker"])
             if self.position is None:
                 self.position = dict(message["broadcasts"])
-            else:
-                await socket_.send(json.dumps({"type": "resume", "since": self.position}))
             if self.topic is not None:
                 subscribe = {"type": "subscribe", "topic": self.topic}
                 if self.topic_position is not None:
@@ -95,7 +96,8 @@ class ResumingClient:
             self._record(message["id"])
             self.position["offset"] = max(self.position["offset"], message["offset"])
         elif kind == "resumed":
-            self.position = {"epoch": message["epoch"], "offset": message["offset"]}
+            offset = max(message["offset"], self.position["offset"])
+            self.position = {"epoch": message["epoch"], "offset": offset}
         elif kind == "resume_failed":
             self.resume_failures.append(message)
             if "topic" not in message:

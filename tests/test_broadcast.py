@@ -31,7 +31,7 @@ def make_user(name: str, *, staff: bool = False):
     return get_user_model().objects.create_user(name, password="pw-" + name, is_staff=staff)
 
 
-def socket_for(client=None) -> Communicator:
+def socket_for(client=None, query: str = "") -> Communicator:
     """A same-origin socket, anonymous or carrying a test client's session cookie."""
     headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
     if client is not None:
@@ -41,7 +41,7 @@ def socket_for(client=None) -> Communicator:
     async def with_scheme(scope, receive, send):
         return await application({**scope, "scheme": "wss"}, receive, send)
 
-    return Communicator(with_scheme, "/ws/", headers=headers)
+    return Communicator(with_scheme, f"/ws/?{query}" if query else "/ws/", headers=headers)
 
 
 async def open_all(sockets):

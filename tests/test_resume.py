@@ -207,3 +207,43 @@ def test_a_second_resume_replays_nothing_twice():
 
     types = [m["type"] for m in asyncio.run(scenario())]
     assert types == ["broadcast", "resumed", "resumed"]
+
+
+def test_a_position_in_the_url_is_replayed_before_any_live_broadcast():
+    """A client that resumes in its URL never sees a later broadcast before an earlier one,
+    so a drop in the middle cannot leave it holding a position past what it missed."""
+    position = since(offset_of(broadcast.send("start")))
+    missed = broadcast.send("missed")
+
+    async def scenario():
+        communicator = socket_for(query=f"broadcasts={position['epoch']}:{position['offset']}")
+        assert (await communicator.connect())[0]
+        welcome = await communicator.receive_json_from()
+        live = await sync_to_async(broadcast.send)("live")
+        messages = [await communicator.receive_json_from() for _ in range(3)]
+        nothing_more = await communicator.receive_nothing()
+        await communicator.disconnect()
+        return welcome, live, messages, nothing_more
+
+    welcome, live, messages, nothing_more = asyncio.run(scenario())
+    assert welcome["type"] == "welcome"
+    assert [(m["type"], m.get("id")) for m in messages] == [
+        ("broadcast", missed.pk),
+        ("resumed", None),
+        ("broadcast", live.pk),
+    ]
+    assert nothing_more
+
+
+@pytest.mark.parametrize("value", ["nope", "e:", "e:-1", ":3", "e:1.5"])
+def test_a_position_in_the_url_spelt_wrong_is_an_error_and_the_socket_goes_live(value):
+    async def scenario():
+        communicator = socket_for(query=f"broadcasts={value}")
+        assert (await communicator.connect())[0]
+        await communicator.receive_json_from()
+        error = await communicator.receive_json_from()
+        await communicator.disconnect()
+        return error
+
+    error = asyncio.run(scenario())
+    assert (error["type"], error["code"]) == ("error", "invalid_resume")

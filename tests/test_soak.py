@@ -135,7 +135,7 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         duration = BROADCASTS / RATE
         await asyncio.sleep(duration * 0.3)
@@ -147,7 +147,8 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         redis.start()
         await asyncio.sleep(duration * 0.1)
         server.process.send_signal(signal.SIGHUP)  # a rolling restart, one worker at a time
-        assert await sender.wait() == 0, "the sender failed"
+        _, sender_errors = await sender.communicate()
+        assert sender.returncode == 0, f"the sender failed: {sender_errors.decode()[-3000:]}"
         stop_flaking.set()
         drops = await flaking
         expected = ids_by_audience(server_env, start_id)
@@ -158,7 +159,13 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
 
         def missing() -> list[tuple[list[int], list[str], int]]:
             broadcasts = [
-                (sorted(set(ids) - set(c.seen))[:10], c.workers[-3:], c.connections)
+                (
+                    sorted(set(ids) - set(c.seen))[:10],
+                    c.workers[-3:],
+                    c.connections,
+                    c.resume_failures[-2:],
+                    c.close_codes[-4:],
+                )
                 for c, ids in wanted
                 if set(ids) - set(c.seen)
             ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 import redis
 from channels.db import database_sync_to_async
@@ -50,6 +51,15 @@ def send_as_staff(user: Any, message: str, level: str, audience: str) -> Broadca
     if not staff.exists():
         return None
     return broadcast.send(message, level=level, audience=audience, sender=user)
+
+
+def url_position(value: str) -> tuple[str, int] | None:
+    """`<epoch>:<offset>` from a resume URL, as (epoch, offset), or None."""
+    epoch, _, offset = value.partition(":")
+    try:
+        return protocol.position({"epoch": epoch, "offset": int(offset)}, "invalid_resume")
+    except (ValueError, protocol.ProtocolError):
+        return None
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -112,9 +122,42 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         except (redis.RedisError, OSError, TimeoutError, DatabaseError) as exc:
             await self._try_again_later(exc)
             return
-        # Sent with nothing awaited since the registration, so no message precedes it: the
-        # welcome says from which offsets the socket's streams continue.
-        await self.send(text_data=self._welcome(positions))
+        # Nothing awaited since the registration: the streams the client resumes hold their
+        # live messages until the replay is sent, so it never sees a later one first.
+        resuming = self._resuming()
+        for subscription, _ in resuming:
+            subscription.hold()
+        try:
+            await self.send(text_data=self._welcome(positions))
+            for subscription, since in resuming:
+                await self._replay(subscription, since)
+        finally:
+            for subscription, _ in resuming:
+                subscription.release()
+
+    def _resuming(self) -> list[tuple[Subscription, tuple[str, int] | None]]:
+        """The socket's streams the client asked to resume in its URL (`?broadcasts=E:N` and
+        `&user=E:N`, docs/protocol.md), with the positions; None for one it spelt wrong."""
+        asked = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        user = self.scope.get("user")
+        names = {"broadcasts": BROADCASTS}
+        if is_authenticated(user):
+            names["user"] = user_stream(user.pk)
+        resuming = []
+        for key, name in names.items():
+            subscription = delivery.fanout.streams.subscription(self, name)
+            if key in asked and subscription is not None:
+                resuming.append((subscription, url_position(asked[key][-1])))
+        return resuming
+
+    async def _replay(self, subscription: Subscription, since: tuple[str, int] | None) -> None:
+        if since is None:
+            detail = 'A position in the URL must be "<epoch>:<offset>" from the server.'
+            await self.send(text_data=protocol.error("invalid_resume", detail))
+        elif subscription.name == BROADCASTS:
+            await self._replay_broadcasts(subscription, *since)
+        else:
+            await self._start(subscription, "", since)
 
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)
@@ -161,24 +204,26 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _resume(self, epoch: str, after: int) -> None:
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
-        ones began, then `resumed`; live ones wait meanwhile, so each arrives once, in order."""
+        ones began, then `resumed`; live ones wait meanwhile. (Those that arrived between the
+        welcome and this message came first: a client resumes in its URL to avoid that.)"""
         subscription = delivery.fanout.streams.subscription(self, BROADCASTS)
         if subscription is None:  # closing: its fan-out lost the layer
             return
-        upto = subscription.covered_from
         subscription.hold()
         try:
-            replay = await delivery.fanout.streams.history(subscription, epoch, after)
-            if replay.failure:
-                text = protocol.resume_failed(replay.failure, replay.epoch, upto)
-                await self.send(text_data=text)
-                return
-            for entry in replay.entries:
-                await self.send(text_data=entry.frame)
-            text = protocol.resumed(replay.epoch, upto, len(replay.entries))
-            await self.send(text_data=text)
+            await self._replay_broadcasts(subscription, epoch, after)
         finally:
             subscription.release()
+
+    async def _replay_broadcasts(self, subscription: Subscription, epoch: str, after: int) -> None:
+        upto = subscription.covered_from
+        replay = await delivery.fanout.streams.history(subscription, epoch, after)
+        if replay.failure:
+            await self.send(text_data=protocol.resume_failed(replay.failure, replay.epoch, upto))
+            return
+        for entry in replay.entries:
+            await self.send(text_data=entry.frame)
+        await self.send(text_data=protocol.resumed(replay.epoch, upto, len(replay.entries)))
 
     async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
         """Subscribe to a topic its pattern allows this user, from `since` when given (what

@@ -71,7 +71,7 @@ def position(since: Any, code: str) -> tuple[str, int]:
         epoch, offset = since.get("epoch"), since.get("offset")
         if (
             isinstance(epoch, str)
-            and len(epoch) <= 64
+            and 0 < len(epoch) <= 64
             and isinstance(offset, int)
             and not isinstance(offset, bool)
             and 0 <= offset < 2**63

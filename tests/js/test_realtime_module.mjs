@@ -193,10 +193,11 @@ test("connecting, then open on the welcome; no resume on a first connection with
   assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 17 });
 });
 
-test("options.broadcasts: resume with since on the first welcome", () => {
+test("options.broadcasts: the first socket resumes from it in its URL", () => {
   const ctx = setup({ broadcasts: { epoch: "e1", offset: 12 } });
   const ws = welcomed(ctx);
-  assert.deepEqual(ws.sentOf("resume"), [{ type: "resume", since: { epoch: "e1", offset: 12 } }]);
+  assert.ok(ws.url.endsWith("/ws/?broadcasts=e1%3A12"), ws.url);
+  assert.deepEqual(ws.sentOf("resume"), []);
   ws.receive({ type: "broadcast", id: 40, offset: 13, message: "replayed" });
   ws.receive({ type: "resumed", epoch: "e1", offset: 17, replayed: 1 });
   assert.deepEqual(ctx.rt.state().broadcasts, { epoch: "e1", offset: 17 });
@@ -271,9 +272,14 @@ test("user topic: anonymous sockets subscribe it plainly; another user resets it
   first.drop(1006);
   ctx.clock.advance(1000);
   const second = welcomed(ctx, { user: "bob", user_topic: { epoch: "e7", offset: 11 } });
+  assert.ok(second.url.endsWith("?user=e2%3A4") || second.url.includes("user="), second.url);
   assert.deepEqual(resets, ["user_changed"]);
   assert.deepEqual(ctx.events.resume_failed.map((e) => [e.topic, e.reason]), [["user", "user_changed"]]);
   assert.deepEqual(second.sentOf("subscribe"), []);
+  // The server answers alice's position in the URL for bob's topic: another epoch.
+  second.receive({ type: "resume_failed", topic: "user", reason: "epoch_changed", epoch: "e7", offset: 11, detail: "d" });
+  second.receive({ type: "subscribed", topic: "user", epoch: "e7", offset: 11 });
+  assert.deepEqual(resets, ["user_changed", "epoch_changed"]);
   second.receive({ type: "message", topic: "user", event: "message", data: "for bob", offset: 12 });
   assert.deepEqual(mine, ["for alice", "for bob"]);
   second.drop(1006);
@@ -324,13 +330,13 @@ test("reconnect after 1006: backoff, then resume and subscribe with since at the
   assert.equal(ctx.sockets.created.length, 3);
 
   const second = welcomed(ctx, { broadcasts: { epoch: "e1", offset: 30 }, user_topic: { epoch: "e2", offset: 9 } });
-  assert.deepEqual(second.sentOf("resume"), [{ type: "resume", since: { epoch: "e1", offset: 19 } }]);
+  // The broadcasts and the user's own topic resume in the URL: replayed before anything live.
+  assert.ok(second.url.endsWith("/ws/?broadcasts=e1%3A19&user=e2%3A4"), second.url);
+  assert.deepEqual(second.sentOf("resume"), []);
   assert.deepEqual(second.sentOf("subscribe"), [
     { type: "subscribe", topic: "orders.42", since: { epoch: "e3", offset: 8 } },
     { type: "subscribe", topic: "fresh", since: { epoch: "e9", offset: 0 } },
-    { type: "subscribe", topic: "user", since: { epoch: "e2", offset: 4 } },
   ]);
-  assert.ok(second.sent[0].type === "resume", "resume comes first");
 
   // user messages from the server's own subscription wait for the replay after `subscribed`
   second.receive({ type: "message", topic: "user", event: "message", data: "live", offset: 10 });

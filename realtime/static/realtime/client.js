@@ -354,11 +354,9 @@
       keepAlive(msg.idle_timeout);
       state.attempt = 0;
       renderWelcome(msg);
-      // On every (re)connect: ask for what was missed since the last position known; with
-      // none yet (no rendered page), the socket's own start is the position.
-      if (state.broadcasts) {
-        send({ type: "resume", since: { epoch: state.broadcasts.epoch, offset: state.broadcasts.offset } });
-      } else if (msg.broadcasts) {
+      // A known position went in the URL (resumeQuery): what was missed follows, then
+      // `resumed`. With none yet (no rendered page), the socket's own start is the position.
+      if (!state.broadcasts && msg.broadcasts) {
         state.broadcasts = { epoch: msg.broadcasts.epoch, offset: msg.broadcasts.offset };
       }
     } else if (type === "status") {
@@ -426,6 +424,15 @@
     state.reconnectAt = null;
   }
 
+  // The broadcast position to resume from, in the URL: the server replays what was missed
+  // before any live broadcast, so a drop in between cannot skip one.
+  function resumeQuery() {
+    if (!state.broadcasts) {
+      return "";
+    }
+    return "?broadcasts=" + encodeURIComponent(state.broadcasts.epoch + ":" + state.broadcasts.offset);
+  }
+
   function connect() {
     clearTimers();
     if (stableTimer) {
@@ -435,7 +442,7 @@
     state.reconnecting = true;
     var sock;
     try {
-      sock = createWebSocketConnection(state.path);
+      sock = createWebSocketConnection(state.path + resumeQuery());
     } catch (err) {
       if (global.console && global.console.error) {
         global.console.error("realtime: could not create WebSocket", err);

@@ -19,9 +19,10 @@
  *   error          other server `error` messages
  *
  * Protocol: JSON text frames. A socket opens with `welcome` {idle_timeout, broadcasts: {epoch,
- * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". The client
- * sends `resume` {since} if it knows a broadcast position (else it takes the welcome's), then
- * `subscribe` {topic, since?} per subscription ("user" only to resume it on a later socket).
+ * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
+ * broadcast position, and the "user" one when subscribed, go in the socket's URL
+ * (`?broadcasts=E:N&user=E:N`: replayed before anything live; else the welcome's is taken);
+ * then the client sends `subscribe` {topic, since?} per other subscription.
  * A position is an epoch (`subscribed`, welcome, resumed, resume_failed) and the largest offset
  * delivered: lower offsets and repeated broadcast ids are dropped, and a topic's messages before
  * its `subscribed` too (its replay has them). `resume_failed` calls onReset; `unsubscribed`
@@ -232,15 +233,38 @@ export function connect(options = {}) {
 
   // ------------------------------------------------------------ incoming messages
 
+  // The positions the socket resumes from go in its URL (`?broadcasts=E:N&user=E:N`): the
+  // server replays what was missed before any live message, so a drop in between cannot make
+  // the client hold a position past a message it never got.
+  let userInUrl = false;
+  function resumeQuery() {
+    const parts = [];
+    if (broadcastPosition) {
+      parts.push("broadcasts=" + encodeURIComponent(positionText(broadcastPosition)));
+    }
+    userInUrl = subscriptions.has(USER_TOPIC) && positions.has(USER_TOPIC);
+    if (userInUrl) {
+      parts.push("user=" + encodeURIComponent(positionText(positions.get(USER_TOPIC))));
+    }
+    return parts.length ? "?" + parts.join("&") : "";
+  }
+
+  function positionText(position) {
+    return position.epoch + ":" + position.offset;
+  }
+
   function onWelcome(msg) {
     welcome = msg;
     keepAlive(msg.idle_timeout);
-    if (broadcastPosition) {
-      send({ type: "resume", since: copy(broadcastPosition) });
-    } else if (isPosition(msg.broadcasts)) {
+    if (!broadcastPosition && isPosition(msg.broadcasts)) {
       broadcastPosition = copy(msg.broadcasts);
     }
-    const sendUser = welcomeUserTopic(msg);
+    // The server answers a user position in the URL only for a signed-in socket.
+    const userResumed = userInUrl && isPosition(msg.user_topic);
+    const sendUser = welcomeUserTopic(msg) && !userResumed;
+    if (userResumed && subscriptions.has(USER_TOPIC)) {
+      subscriptions.get(USER_TOPIC).pending = true; // its replay follows `subscribed`
+    }
     for (const topic of subscriptions.keys()) {
       if (topic !== USER_TOPIC || sendUser) {
         sendSubscribe(topic);
@@ -432,7 +456,7 @@ export function connect(options = {}) {
     closeReason = "";
     let sock;
     try {
-      sock = new Socket(url);
+      sock = new Socket(url + resumeQuery());
     } catch (err) {
       report(err);
       closeReason = String((err && err.message) || err);
