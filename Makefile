@@ -21,7 +21,7 @@ TEST_POSTGRES ?= postgres://postgres@127.0.0.1:5432/postgres
 test: setup $(SSLYZE_VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	node tests/js/test_client.mjs
+	node tests/js/test_page.mjs
 	node tests/js/test_realtime_module.mjs
 	$(PY) -m pytest
 	TEST_DATABASE_URL=$(TEST_POSTGRES) $(PY) -m pytest --ignore=tests/test_walkthrough.py

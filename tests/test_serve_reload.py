@@ -206,7 +206,7 @@ def https_headers(url: str, tls: ssl.SSLContext) -> tuple[int, dict]:
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/", 200), ("/static/realtime/client.js", 200), ("/no/such/page/", 404)],
+    [("/", 200), ("/static/realtime/page.mjs", 200), ("/no/such/page/", 404)],
     ids=["page", "static file (WhiteNoise)", "404"],
 )
 def test_every_https_response_carries_hsts(serve_redirect, client_tls, path, status):

@@ -15,7 +15,7 @@ def test_it_shows_the_connection_state_element(client):
     html = response.content.decode()
     assert 'id="connection"' in html
     assert 'data-state="connecting"' in html
-    assert "realtime/client.js" in html
+    assert "realtime/page.mjs" in html
     assert 'data-ws-path="/ws/"' in html
 
 

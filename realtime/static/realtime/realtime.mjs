@@ -17,6 +17,7 @@
  *   resume_failed  {topic (null: broadcasts), reason, epoch, offset, detail}: reload that state
  *   unsubscribed   {topic, reason, detail}: the server ended a subscription (onEnd is called)
  *   error          other server `error` messages
+ *   frame          every message the server sends, as an object, after it was handled
  *
  * Protocol: JSON text frames. A socket opens with `welcome` {idle_timeout, broadcasts: {epoch,
  * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
@@ -423,6 +424,9 @@ export function connect(options = {}) {
     }
     if (isObject(msg) && Object.prototype.hasOwnProperty.call(HANDLERS, msg.type)) {
       HANDLERS[msg.type](msg);
+    }
+    if (isObject(msg)) {
+      emit("frame", msg);
     }
   }
 
