@@ -419,3 +419,31 @@ def test_subscribing_to_topics_never_sent_to_writes_nothing_and_their_epoch_hold
     assert Topic.objects.count() == rows_before
     topics.send("documents.never-0", "first")
     assert Topic.objects.get(name="documents.never-0").epoch == answers[0]["epoch"]
+
+
+def test_a_replay_larger_than_half_the_unsent_cap_fails_instead_of_dropping_the_socket(settings):
+    """100 messages of 64 KiB would be 6.4 MB at once: the socket would be dropped for not
+    reading fast enough, and its client would resume the same replay again, for ever."""
+    settings.REALTIME_WS_MAX_UNSENT_BYTES = 100_000
+    alice = signed_in("alice")
+    for _ in range(4):
+        topics.send("orders.42", "x" * 20_000)  # 4 x 20 KB > 50,000 bytes
+    epoch = registry.streams.position("orders.42")[0]
+
+    async def scenario():
+        socket_ = await opened(alice)
+        since = {"epoch": epoch, "offset": 0}
+        answers = await received_after(
+            socket_, {"type": "subscribe", "topic": "orders.42", "since": since}, 2
+        )
+        since = {"epoch": epoch, "offset": 2}  # 2 x 20 KB: within the budget
+        again = await received_after(
+            socket_, {"type": "subscribe", "topic": "orders.42", "since": since}, 3
+        )
+        await socket_.disconnect()
+        return answers, again
+
+    (failed, subscribed), again = asyncio.run(scenario())
+    assert (failed["type"], failed["reason"]) == ("resume_failed", "too_many")
+    assert subscribed["offset"] == 4
+    assert [m["type"] for m in again] == ["subscribed", "message", "message"]

@@ -249,7 +249,17 @@ def replay(name: str, epoch: str, after: int, upto: int) -> Replay:
     )
     if len(found) < upto - after or any(published < oldest for *_, published in found):
         return Replay(current, [], "too_old")
+    if sum(len(frame) for _, frame, *_ in found) > replay_budget():
+        return Replay(current, [], "too_many")  # would be dropped as a client that stops reading
     return Replay(current, [Entry(*row[:3]) for row in found])
+
+
+def replay_budget() -> float:
+    """The most bytes one replay may write: half of what a socket may leave unsent
+    (REALTIME_WS_MAX_UNSENT_BYTES, realtime/server/unsent.py). More would have the socket
+    dropped, and its client resume the same replay again, for ever."""
+    cap = conf.REALTIME_WS_MAX_UNSENT_BYTES
+    return cap / 2 if cap > 0 else float("inf")
 
 
 def last_offsets_published(since: datetime, until: datetime) -> dict[str, int]:
