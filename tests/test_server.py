@@ -143,10 +143,15 @@ def test_the_page_and_its_static_files_come_over_https_from_the_same_port(daphne
     html = body.decode()
     assert 'id="connection"' in html
     script = html.split('src="', 2)[-1].split('"')[0]
-    assert script.startswith("/static/realtime/client.") and script.endswith(".js")
-    status, _, js = https_get(base + script, client_tls)
+    assert script.startswith("/static/realtime/page.") and script.endswith(".mjs")
+    status, headers, js = https_get(base + script, client_tls)
     assert status == 200
-    assert b"createWebSocketConnection" in js
+    assert headers["Content-Type"].startswith("text/javascript")  # a module script needs it
+    assert b'from "./realtime.mjs"' in js
+    # The module it imports, where the browser resolves it (beside the page's script).
+    status, headers, module = https_get(base + "/static/realtime/realtime.mjs", client_tls)
+    assert status == 200 and headers["Content-Type"].startswith("text/javascript")
+    assert b"export function connect" in module
 
 
 def test_the_server_says_once_that_the_layer_is_in_memory(daphne_tls):
