@@ -201,6 +201,12 @@ def accepted_and_kept(connection: socket.socket) -> bool:
     return not closed_by_server(connection, 1.0)
 
 
+def refused(connection: socket.socket) -> bool:
+    """Whether the server closes a fresh connection well before the 10 s handshake deadline
+    would: generous, because a loaded CI machine once took over a second to accept and close."""
+    return closed_by_server(connection, 5.0)
+
+
 @pytest.mark.parametrize("listener", ["TLS", "redirect"])
 def test_connections_past_the_cap_per_address_are_closed_before_tls(capped, listener):
     server, port, http_port = capped
@@ -209,7 +215,7 @@ def test_connections_past_the_cap_per_address_are_closed_before_tls(capped, list
     try:
         assert all(accepted_and_kept(c) for c in held[:1])
         with socket.create_connection(("127.0.0.1", target), timeout=10) as extra:
-            assert not accepted_and_kept(extra)
+            assert refused(extra)
         held.pop().close()
         time.sleep(0.5)  # the server sees the close
         with socket.create_connection(("127.0.0.1", target), timeout=10) as again:
