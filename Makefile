@@ -18,7 +18,7 @@ run: setup static
 # once: it installs its own PostgreSQL in the machine it boots, whatever TEST_POSTGRES says.
 TEST_POSTGRES ?= postgres://postgres@127.0.0.1:5432/postgres
 
-test: setup $(SSLYZE_VENV)/.installed
+test: setup $(SSLYZE_VENV)/.installed tests/js/node_modules/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	node tests/js/test_page.mjs
@@ -81,6 +81,11 @@ bench: $(VENV)/.installed-bench bench/node/node_modules/.installed
 
 $(VENV)/.installed-bench: requirements-bench.lock $(VENV)/.installed
 	$(PY) -m pip install --quiet --require-hashes -r requirements-bench.lock
+	touch $@
+
+# axe-core, injected into Chromium by the accessibility tests (tests/test_page_ui.py).
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
 	touch $@
 
 bench/node/node_modules/.installed: bench/node/package.json bench/node/package-lock.json

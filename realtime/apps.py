@@ -33,5 +33,8 @@ class RealtimeConfig(AppConfig):
         post_delete.connect(
             sessions.close_sockets_of_deleted_user, sender=user_model, dispatch_uid=uid
         )
-        # Every installed app's topics.py registers its topic patterns (docs/topics.md).
+        # The page's own topics first: an app's topics.py may replace them (docs/topics.md).
+        from realtime import views
+
+        views.register_page_topics()
         autodiscover_modules("topics")

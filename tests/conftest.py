@@ -146,3 +146,57 @@ def private_redis(
 def redis_server(private_redis: Callable[[], RestartableRedis]) -> RestartableRedis:
     """The module's private Redis (`.url`, `.stop()`, `.start()`)."""
     return private_redis()
+
+
+# --- Chromium (tests/browsing.py has the helpers) --------------------------------------------
+
+BROWSER_HOST = "app.test"
+
+
+@pytest.fixture(scope="module")
+def app_test_certs(tmp_path_factory):
+    return ensure_dev_certificate(tmp_path_factory.mktemp("browser-certs"), [BROWSER_HOST]).paths
+
+
+@pytest.fixture(scope="module")
+def https_server(start, app_test_certs, redis_server):
+    port = free_port()
+    return start(
+        daphne_tls_args(port, app_test_certs),
+        port,
+        DJANGO_ALLOWED_HOSTS=f"{BROWSER_HOST},localhost",
+        REDIS_URL=redis_server.url,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(app_test_certs):
+    from tests.browsing import CHROMIUM, spki_pin, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                f"--host-resolver-rules=MAP {BROWSER_HOST} 127.0.0.1",
+                f"--ignore-certificate-errors-spki-list={spki_pin(app_test_certs.cert)}",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    from tests.browsing import ARTIFACTS
+
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()

@@ -45,8 +45,7 @@ def ttl() -> float:
 def presence(topic: str) -> list[dict[str, Any]]:
     """Who is connected to presence topic `topic` now, over every worker: each user once, as
     {"id": ..., "username": ...}. Raises ValueError for a topic that is not a presence one."""
-    found = topics.match(topic)
-    if found is None or not found[0].presence:
+    if not topics.is_presence_topic(topic):
         raise ValueError(f"{topic!r} is not a registered presence topic (presence=True)")
     client = sync_client()
     if client is None:
@@ -85,12 +84,17 @@ class Presence:
 
     # --- Sockets entering and leaving ------------------------------------------------------
 
-    async def enter(self, subscription: Subscription, user: Any) -> list[dict[str, Any]]:
-        """Count a new subscriber's user in; returns who is there now (with it)."""
+    async def enter(
+        self, subscription: Subscription, user: Any, *, sees: bool = True
+    ) -> list[dict[str, Any]]:
+        """Count a new subscriber's user in; returns who is there now (with it). `sees`:
+        whether this subscriber hears `join` and `leave` (sees_presence())."""
         topic = subscription.name
         self._start_refreshing()
-        if subscription.presence:  # subscribed again: just who is there
+        if subscription.presence or subscription.member is not None:  # subscribed again
+            subscription.presence = sees
             return list((await self.read(topic)).values())
+        first_here = False
         if user is not None and user.is_authenticated:
             pk = str(user.pk)
             subscription.member = pk
@@ -99,14 +103,14 @@ class Presence:
             counts[pk] += 1
             first_here = counts[pk] == 1
         try:
-            if subscription.member is not None and first_here:
+            if first_here:
                 await self._store(topic, [self.users[subscription.member]])
                 await self._announce(topic)
             users = await self.read(topic)
         except (redis.RedisError, OSError) as exc:  # the refresh stores it again later
             logger.warning("Could not read or store presence of %s: %s", topic, exc)
             users = self.views.get(topic) or self.local_users(topic)
-        subscription.presence = True
+        subscription.presence = sees
         return list(users.values())
 
     def leave(self, subscription: Subscription) -> None:

@@ -32,7 +32,7 @@ MAX_EVENT_LENGTH = 100
 class Registration:
     pattern: str
     authorize: Authorize
-    presence: bool
+    presence: bool | Authorize  # True, or who (of those authorize allows) sees who is there
     route: URLPattern
 
 
@@ -43,15 +43,23 @@ def _no_view(*args: Any, **kwargs: Any) -> None:
     raise AssertionError("a topic pattern is never called as a view")
 
 
-def register(pattern: str, *, authorize: Authorize | None = None, presence: bool = False) -> Any:
+def register(
+    pattern: str, *, authorize: Authorize | None = None, presence: bool | Authorize = False
+) -> Any:
     """Register a topic pattern; `authorize(user, **params) -> bool` decides who may subscribe.
 
-    Usable as a decorator on `authorize`. Registering the same pattern again replaces it.
+    `presence=True` makes it a presence topic: every signed-in subscriber is counted, and every
+    subscriber told who is there. A function `presence(user, **params) -> bool` instead counts
+    every subscriber but tells only those it allows (decided when they subscribe): a staff-only
+    "who's online" that every signed-in page joins. Usable as a decorator on `authorize`.
+    Registering the same pattern again replaces it.
     """
     if authorize is None:
         return lambda function: register(pattern, authorize=function, presence=presence)
     if not callable(authorize):
         raise TypeError("authorize must be a function (user, **params) -> bool")
+    if not (isinstance(presence, bool) or callable(presence)):
+        raise TypeError("presence must be True, False or a function (user, **params) -> bool")
     if pattern.startswith("$") or pattern == USER or "/" in pattern:
         raise ValueError(f"{pattern!r} cannot be a topic pattern (reserved or contains '/')")
     registrations[pattern] = Registration(pattern, authorize, presence, path(pattern, _no_view))
@@ -71,7 +79,25 @@ def match(name: str) -> tuple[Registration, dict[str, Any]] | None:
 
 def is_presence_topic(name: str) -> bool:
     found = match(name)
-    return found is not None and found[0].presence
+    return found is not None and found[0].presence is not False
+
+
+def sees_presence(user: Any, name: str) -> bool:
+    """Whether a subscriber of presence topic `name` is told who is there (may run the app's
+    `presence` function, which may touch the database)."""
+    found = match(name)
+    if found is None or found[0].presence is False:
+        return False
+    registration, params = found
+    if registration.presence is True:
+        return True
+    return bool(registration.presence(user, **params))
+
+
+def presence_needs_database(name: str) -> bool:
+    """Whether sees_presence() runs an app function for `name` (then: in a database thread)."""
+    found = match(name)
+    return found is not None and callable(found[0].presence)
 
 
 def allowed(user: Any, name: str) -> bool:
@@ -104,14 +130,14 @@ def send(topic: str, data: Any, *, event: str = "message") -> None:
     streams.store(topic, data, event=event)
 
 
-def send_to_user(user: Any, data: Any, *, event: str = "message") -> None:
+def send_to_user(user: Any, data: Any, *, event: str = "message") -> streams.TopicMessage:
     """Send `data` to every open socket of `user` (a user or a primary key), on every worker,
     once the transaction commits. It arrives as a `message` on topic "user"."""
     pk = getattr(user, "pk", user)
     if pk is None:
         raise ValueError("send_to_user() needs a saved user or a primary key")
     _checked(USER, data, event)
-    streams.store(streams.user_stream(pk), data, event=event)
+    return streams.store(streams.user_stream(pk), data, event=event)
 
 
 def recheck(user: Any) -> None:

@@ -235,10 +235,19 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             await self._start(subscription, epoch, since)
             if topics.is_presence_topic(topic):
-                users = await delivery.fanout.presence.enter(subscription, self.scope.get("user"))
-                await self.send(text_data=protocol.presence(topic, users))
+                await self._enter_presence(subscription, topic)
         finally:
             subscription.release()
+
+    async def _enter_presence(self, subscription: Subscription, topic: str) -> None:
+        user = self.scope.get("user")
+        if topics.presence_needs_database(topic):
+            sees = await database_sync_to_async(topics.sees_presence)(user, topic)
+        else:
+            sees = topics.sees_presence(user, topic)
+        users = await delivery.fanout.presence.enter(subscription, user, sees=sees)
+        if sees:
+            await self.send(text_data=protocol.presence(topic, users))
 
     async def _stream_allowed(self, topic: str) -> str | None:
         """The stream behind `topic` if this socket may subscribe to it; else None, answered."""

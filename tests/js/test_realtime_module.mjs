@@ -584,3 +584,17 @@ test("rt.close() closes the socket and stops reconnects", () => {
   assert.equal(waiting.sockets.created.length, 1);
   assert.equal(waiting.rt.state().state, "closed");
 });
+
+test("connect({user}) resumes the user's own topic from a page's position, in the first URL", () => {
+  const ctx = setup({ user: { epoch: "e2", offset: 5 } });
+  const got = [];
+  ctx.rt.subscribe("user", (m) => got.push(m.offset));
+  const first = welcomed(ctx, { user_topic: { epoch: "e2", offset: 7 } });
+  assert.ok(first.url.endsWith("/ws/?user=e2%3A5"), first.url);
+  assert.deepEqual(first.sentOf("subscribe"), []); // the URL asked for it
+  first.receive({ type: "subscribed", topic: "user", epoch: "e2", offset: 5 });
+  for (const offset of [6, 7, 7]) {
+    first.receive({ type: "message", topic: "user", event: "notification", data: {}, offset });
+  }
+  assert.deepEqual(got, [6, 7]);
+});

@@ -3,7 +3,8 @@
  * import/export, no build step). No page markup: it uses only globalThis.location and WebSocket.
  *
  *   import { connect } from "./realtime.mjs";
- *   const rt = connect({ path: "/ws/" }); // also: url, WebSocket, broadcasts: {epoch, offset}
+ *   const rt = connect({ path: "/ws/" }); // also: url, WebSocket, broadcasts: {epoch, offset},
+ *                                         // user: {epoch, offset} (subscribes "user" from there)
  *   const unsubscribe = rt.subscribe("orders.42", (message) => {}, { onReset(info) {}, onEnd(reason) {} });
  *   const off = rt.on("broadcast", (broadcast) => {});
  *   rt.send(obj) -> bool; rt.state() -> snapshot; rt.close() stops for good.
@@ -106,6 +107,12 @@ export function connect(options = {}) {
   const presence = new Map(); // topic -> [{id, username}]
   const seenBroadcastIds = new Set();
   let broadcastPosition = isPosition(options.broadcasts) ? copy(options.broadcasts) : null;
+  // A page that listed the user's messages up to a position resumes "user" from there, in the
+  // first socket's URL (a subscribe() of "user" afterwards adds its handler to this one).
+  if (isPosition(options.user)) {
+    subscriptions.set(USER_TOPIC, { handlers: new Set(), pending: false });
+    positions.set(USER_TOPIC, copy(options.user));
+  }
 
   let ws = null;
   let welcome = null; // the current socket's
