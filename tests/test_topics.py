@@ -392,6 +392,37 @@ def test_presence_lists_each_user_once_and_says_join_and_leave():
     assert left == {"type": "leave", "topic": "documents.intro", "user": users["alice"]}
 
 
+def test_a_presence_function_counts_every_subscriber_but_tells_only_those_it_allows():
+    """The page's "Who's online" (realtime.online): every signed-in page joins, staff see."""
+    topics.register("lobby", authorize=lambda user: True, presence=lambda user: user.is_staff)
+    staff, member = signed_in("alice", staff=True), signed_in("bob")
+
+    async def scenario():
+        watcher = await opened(staff)
+        await subscribe(watcher, "lobby")
+        first = await watcher.receive_json_from()
+        hidden = await opened(member)
+        answer = await subscribe(hidden, "lobby")
+        joined = await watcher.receive_json_from()
+        member_hears_nothing = await hidden.receive_nothing()
+        listed = await sync_to_async(topics.presence)("lobby")
+        await watcher.disconnect()
+        await hidden.disconnect()
+        return first, answer, joined, member_hears_nothing, listed
+
+    first, answer, joined, member_hears_nothing, listed = asyncio.run(scenario())
+    assert first["type"] == "presence" and [u["username"] for u in first["users"]] == ["alice"]
+    assert answer["type"] == "subscribed"
+    assert joined["type"] == "join" and joined["user"]["username"] == "bob"
+    assert member_hears_nothing  # no presence list, and no join or leave, for bob
+    assert sorted(u["username"] for u in listed) == ["alice", "bob"]
+
+
+def test_presence_must_be_true_false_or_a_function():
+    with pytest.raises(TypeError, match="presence must be"):
+        topics.register("x.<int:n>", authorize=lambda user, n: True, presence="staff")
+
+
 def test_presence_of_a_topic_that_is_not_a_presence_one_is_refused():
     with pytest.raises(ValueError, match="not a registered presence topic"):
         topics.presence("orders.42")
