@@ -1,33 +1,115 @@
-"""The Django admin for broadcasts: sending one sends it; the list shows who got what."""
+"""The Django admin: sending a broadcast (a confirmation first when it goes to everyone), the
+list of what was sent to whom, and a "Send a notification" action on users."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django import forms
-from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.contrib.admin.exceptions import NotRegistered
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.core.signals import request_started
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
-from realtime import broadcast
+from realtime import broadcast, notifications
 from realtime.broadcasting import presence
 from realtime.models import Broadcast
+
+SENDER_FIELDS = ("message", "level", "audience")
+LEVEL_ICONS = {"info": "ℹ", "success": "✓", "warning": "⚠", "error": "✕"}
+SHORT_MESSAGE_LENGTH = 80
+CONFIRMED = "confirmed"  # posted by the "Yes, send to everyone" form
+CHANGE_IT = "_change"  # posted by its "Change it" button
+
+
+class MessageTextarea(forms.Textarea):
+    """The message's textarea with its character count under it (admin_broadcast.js)."""
+
+    template_name = "admin/realtime/broadcast/message_widget.html"
+    count_id = "broadcast-message-count"
+
+    def get_context(self, name: str, value: Any, attrs: dict[str, Any] | None) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        widget_attrs = context["widget"]["attrs"]
+        # After what Django describes it with (its errors), not instead.
+        described_by = f"{widget_attrs.get('aria-describedby', '')} {self.count_id}"
+        widget_attrs["aria-describedby"] = described_by.strip()
+        context["widget"]["count_id"] = self.count_id
+        return context
 
 
 class BroadcastForm(forms.ModelForm):
     class Meta:
         model = Broadcast
-        fields = ("message", "level", "audience")
-        widgets = {"message": forms.Textarea(attrs={"rows": 3})}
+        fields = SENDER_FIELDS
+        widgets = {"message": MessageTextarea(attrs={"rows": 3})}
+
+
+def preview_of(level: Any, message: Any) -> dict[str, str]:
+    """What the preview shows: the level in words and its icon, and the message."""
+    level = level if level in LEVEL_ICONS else Broadcast.Level.INFO.value
+    return {
+        "level": level,
+        "label": Broadcast.Level(level).label,
+        "icon": LEVEL_ICONS[level],
+        "message": str(message or ""),
+    }
+
+
+def connected_everyone() -> tuple[int | None, str]:
+    """(clients connected now on all workers, "") or (None, why that is unknown)."""
+    try:
+        return presence.counts()["everyone"], ""
+    except Exception as exc:  # noqa: BLE001 - Redis down must not stop the confirmation
+        return None, str(exc)
+
+
+def as_add_page_filled_in(request: HttpRequest) -> HttpRequest:
+    """The request as a GET of the add page whose fields start with the posted values: a form
+    shown again, never saved (the admin fills an add form's initial values from GET)."""
+    filled_in = copy.copy(request)
+    filled_in.method = "GET"
+    filled_in.GET = QueryDict(mutable=True)
+    for name in SENDER_FIELDS:
+        filled_in.GET[name] = request.POST.get(name, "")
+    return filled_in
 
 
 @admin.register(Broadcast)
 class BroadcastAdmin(admin.ModelAdmin):
     form = BroadcastForm
-    list_display = ("id", "message", "level", "audience", "sent_by", "sent_at", "recipients")
-    list_display_links = ("id", "message")
+    list_display = ("id", "short_message", "level", "audience", "sent_by", "sent_at", "recipients")
+    list_display_links = ("id", "short_message")
     list_filter = ("level", "audience", "sent_at")
     search_fields = ("message",)
     readonly_fields = ("sent_by", "sent_at", "published_at", "recipients")
+    save_as_continue = False
+
+    class Media:
+        css = {"all": ["realtime/admin_broadcast.css"]}
+        js = ["realtime/admin_broadcast.js"]
+
+    @admin.display(description="Message", ordering="message")
+    def short_message(self, obj: Broadcast) -> str:
+        if len(obj.message) <= SHORT_MESSAGE_LENGTH:
+            return obj.message
+        short = obj.message[:SHORT_MESSAGE_LENGTH].rstrip()
+        return format_html('<span title="{}">{}…</span>', obj.message, short)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The add form asks only what a sender chooses; the rest is recorded when it is sent.
+        return SENDER_FIELDS if obj is None else super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A sent broadcast is history: it can be read, not edited (that would not resend it).
@@ -37,6 +119,61 @@ class BroadcastAdmin(admin.ModelAdmin):
         obj.sent_by = request.user
         broadcast.send_broadcast(obj)
 
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if request.method == "POST" and CHANGE_IT in request.POST:
+            return super().add_view(as_add_page_filled_in(request), form_url, extra_context)
+        confirmation = self.confirmation_needed(request)
+        if confirmation is not None:
+            return confirmation
+        return super().add_view(request, form_url, extra_context)
+
+    def confirmation_needed(self, request: HttpRequest) -> HttpResponse | None:
+        """The confirmation page for a valid broadcast to everyone not confirmed yet, else None
+        (anything else is saved, or shown again with its errors, by the admin as usual)."""
+        if request.method != "POST" or request.POST.get(CONFIRMED) == "1":
+            return None
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = self.get_form(request)(request.POST)
+        if not form.is_valid() or form.cleaned_data["audience"] != Broadcast.Audience.EVERYONE:
+            return None
+        return self.render_confirmation(request, form)
+
+    def render_confirmation(self, request: HttpRequest, form: forms.ModelForm) -> HttpResponse:
+        reach, reach_error = connected_everyone()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Send this broadcast to everyone?",
+            "form": form,
+            "reach": reach,
+            "reach_error": reach_error,
+            "preview": preview_of(form.cleaned_data["level"], form.cleaned_data["message"]),
+            "media": self.media,
+        }
+        template = "admin/realtime/broadcast/confirm_everyone.html"
+        return TemplateResponse(request, template, context)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> HttpResponse:
+        form = context["adminform"].form
+        context.update(
+            show_save_and_add_another=False,
+            show_save_and_continue=False,
+            level_icons=LEVEL_ICONS,
+            preview=preview_of(form["level"].value(), form["message"].value()) if add else None,
+        )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
@@ -45,3 +182,72 @@ class BroadcastAdmin(admin.ModelAdmin):
         except Exception as exc:  # noqa: BLE001 - the list must show even when Redis is down
             connected = {"error": str(exc)}
         return super().changelist_view(request, {**(extra_context or {}), "connected": connected})
+
+
+class NotificationForm(forms.Form):
+    required_css_class = "required"  # the admin's bold labels for required fields
+
+    text = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=notifications.MAX_LENGTH,
+        help_text=f"At most {notifications.MAX_LENGTH} characters.",
+    )
+    level = forms.ChoiceField(
+        choices=[(level, Broadcast.Level(level).label) for level in notifications.LEVELS],
+        initial=Broadcast.Level.INFO.value,
+    )
+
+
+@admin.action(permissions=["change"], description="Send a notification")
+def send_notification(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Model]
+) -> HttpResponse | None:
+    """Ask for the text and level on a page of its own, then notify each selected user."""
+    form = NotificationForm(request.POST if "apply" in request.POST else None)
+    users = list(queryset)
+    if form.is_valid():
+        text, level = form.cleaned_data["text"], form.cleaned_data["level"]
+        with transaction.atomic():  # all of them or, if one fails, none
+            for user in users:
+                notifications.notify(user, text, level=level)
+        modeladmin.message_user(
+            request, f"Sent a notification to {len(users)} user(s).", messages.SUCCESS
+        )
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "opts": modeladmin.opts,
+        "title": "Send a notification",
+        "form": form,
+        "users": users,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media + form.media,
+    }
+    return TemplateResponse(request, "admin/realtime/send_notification.html", context)
+
+
+def add_action_to_user_admin(action: Any) -> None:
+    """Offer `action` on the admin registered for the user model, next to its own actions."""
+    try:
+        user_admin = admin.site.get_model_admin(get_user_model())
+    except NotRegistered:
+        return
+    if user_admin.actions is None:  # that admin turned actions off
+        return
+    # By name: a second import of this module makes a new function, the same action.
+    if action.__name__ in {getattr(known, "__name__", known) for known in user_admin.actions}:
+        return
+    # On this instance, as a new list: the class's own actions stay as they are.
+    user_admin.actions = [*user_admin.actions, action]
+
+
+def offer_send_notification(**_: Any) -> None:
+    # Once, at the first request, when every app's admin module is loaded: realtime comes before
+    # django.contrib.auth in INSTALLED_APPS (its runserver must win), and a project may register
+    # (or replace) its user admin in any app, after this module.
+    request_started.disconnect(dispatch_uid=OFFER_UID)
+    add_action_to_user_admin(send_notification)
+
+
+OFFER_UID = "realtime.admin.offer_send_notification"
+request_started.connect(offer_send_notification, dispatch_uid=OFFER_UID)

@@ -14,10 +14,9 @@ loads shows the latest ones and a socket that reconnects gets the ones it missed
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 

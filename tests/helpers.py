@@ -278,9 +278,10 @@ class BrowserSession:
 
 
 def admin_send(session: BrowserSession, message: str, audience: str) -> str:
+    """Send from the admin's add form; `confirmed` answers the "send to everyone?" step."""
     status, html = session.post_form(
         "/admin/realtime/broadcast/add/",
-        {"message": message, "level": "success", "audience": audience},
+        {"message": message, "level": "success", "audience": audience, "confirmed": "1"},
     )
     assert status == 200, html
     return html

@@ -1,74 +1,19 @@
-"""A real browser: headless Chromium (Debian's package) driven by Playwright.
-
-The pages are served under app.test, mapped to 127.0.0.1: Chromium treats localhost as
-potentially trustworthy and would let an https page open ws://localhost, proving nothing.
-The dev certificate is trusted through Chromium's SPKI allow-list for that one certificate;
-certificate verification stays on for everything else.
+"""A real browser: headless Chromium (Debian's package) driven by Playwright, on pages served
+under app.test over TLS (tests/browsing.py): the socket's scheme, the CSP, broadcasts from the
+admin, reconnects after a worker dies and while Redis is down, and realtime.mjs on its own.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from realtime.tls.devca import ensure_dev_certificate
-from tests.helpers import (
-    PYTHON,
-    ROOT,
-    create_user,
-    daphne_tls_args,
-    free_port,
-    run_in_shell,
-    slot,
-)
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-HOST = "app.test"
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI"):
-        pytest.fail("CI needs /usr/bin/chromium: .ci/run installs Debian's chromium package")
-    pytest.skip(
-        "Chromium is missing: install it with `apt-get install chromium` (Debian's package)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-
-
-def spki_pin(cert_path: Path) -> str:
-    """base64(sha256(SubjectPublicKeyInfo)) of a certificate, as Chromium's allow-list wants."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
-@pytest.fixture(scope="module")
-def app_test_certs(tmp_path_factory):
-    return ensure_dev_certificate(tmp_path_factory.mktemp("browser-certs"), [HOST]).paths
-
-
-@pytest.fixture(scope="module")
-def https_server(start, app_test_certs, redis_server):
-    port = free_port()
-    return start(
-        daphne_tls_args(port, app_test_certs),
-        port,
-        DJANGO_ALLOWED_HOSTS=f"{HOST},localhost",
-        REDIS_URL=redis_server.url,
-    )
+from tests.browsing import HOST, Page, expect, open_page, screenshot
+from tests.helpers import PYTHON, create_user, free_port, run_in_shell, slot
 
 
 @pytest.fixture(scope="module")
@@ -82,46 +27,11 @@ def http_server(start):
     )
 
 
-@pytest.fixture(scope="module")
-def browser(app_test_certs):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
-                f"--ignore-certificate-errors-spki-list={spki_pin(app_test_certs.cert)}",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context()
-    page = context.new_page()
-    yield page
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-
-
-def open_page(page: Page, url: str, scheme: str) -> None:
-    page.goto(url)
-    connection = page.locator("#connection")
-    expect(connection).to_have_attribute("data-state", "open", timeout=15_000)
-    expect(connection).to_have_attribute("data-scheme", scheme)
-
-
 def test_an_https_page_connects_with_wss(page, https_server):
     open_page(page, f"https://{HOST}:{https_server.port}/", "wss")
-    expect(page.locator("#page-secure")).to_have_text("https (secure)")
-    expect(page.locator('#welcome dd[data-key="secure"]')).to_have_text("yes")
+    expect(page.locator("#connection")).to_have_text("Connected securely")
+    expect(page.locator("#page-scheme")).to_have_text("https")
+    expect(page.locator('#details dd[data-key="tls-version"]')).to_have_text("TLSv1.3")
     assert page.evaluate("window.realtime.state().welcome.secure") is True
 
 
@@ -141,8 +51,10 @@ def test_chromium_gets_the_post_quantum_key_exchange(page, https_server):
 
 def test_an_http_page_connects_with_ws(page, http_server):
     open_page(page, f"http://{HOST}:{http_server.port}/", "ws")
-    expect(page.locator("#page-secure")).to_have_text("http (not secure)")
-    expect(page.locator('#welcome dd[data-key="secure"]')).to_have_text("no")
+    expect(page.locator("#connection")).to_have_text("Connected (not encrypted)")
+    expect(page.locator("#page-scheme")).to_have_text("http (not encrypted)")
+    expect(page.locator('#details dd[data-key="tls-version"]')).to_have_text("none (not encrypted)")
+    assert page.evaluate("window.realtime.state().welcome.secure") is False
 
 
 def test_an_https_page_may_not_open_ws_but_may_open_wss(page, https_server):
@@ -178,7 +90,15 @@ def admin_broadcast(page: Page, base: str, message: str, audience: str) -> None:
     page.fill("#id_message", message)
     page.select_option("#id_level", "warning")
     page.select_option("#id_audience", audience)
+    # admin_broadcast.js keeps the count and the preview as the sender types and picks.
+    count = f"{len(message)} / 2000 characters"
+    expect(page.locator("#broadcast-message-count")).to_have_text(count)
+    expect(page.locator("#broadcast-preview .broadcast-preview-label")).to_have_text("Warning")
+    expect(page.locator("#broadcast-preview .broadcast-preview-message")).to_have_text(message)
     page.click("input[name=_save]")
+    if audience == "everyone":  # asked first, with the number of clients it reaches now
+        expect(page.locator("#broadcast-reach")).to_contain_text("every connected client")
+        page.click("input[value='Yes, send to everyone']")
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
 
 
@@ -239,8 +159,17 @@ def test_no_page_breaks_the_content_security_policy(browser, https_server, serve
         assert page.goto(base + path).status == 200, path
     page.goto(base + "/admin/realtime/broadcast/add/")
     page.fill("#id_message", "Under the policy")
+    expect(page.locator("#broadcast-preview")).to_contain_text("Under the policy")  # its script ran
     page.click("input[name=_save]")
+    page.click("input[value='Yes, send to everyone']")  # the audience is everyone by default
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+    page.goto(base + "/admin/auth/user/")
+    page.locator("input.action-select").first.check()
+    page.select_option("select[name=action]", "send_notification")
+    page.click("button[name=index]")
+    page.fill("#id_text", "Under the policy too")
+    page.click("input[value='Send notification']")
+    expect(page.locator(".messagelist")).to_contain_text("Sent a notification to 1 user(s).")
     context.close()
     assert violations == []
 
@@ -267,11 +196,6 @@ def served(start, app_test_certs, redis_server):
         assert time.monotonic() < deadline, "the workers did not start"
         time.sleep(0.1)
     return server
-
-
-def screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 def send_from_a_shell(env: dict, redis_url: str, messages: list[str]) -> None:
@@ -320,12 +244,12 @@ def test_the_page_says_live_updates_paused_while_redis_is_down(page, served, red
     redis_server.stop()
     try:
         expect(connection).to_have_attribute("data-state", "paused", timeout=15_000)
-        expect(connection).to_have_text("live updates paused")
+        expect(connection).to_contain_text("Live updates paused")
         screenshot(page, "redis-down-paused")
     finally:
         redis_server.start()
     expect(connection).to_have_attribute("data-state", "open", timeout=20_000)
-    expect(connection).to_have_text("open")
+    expect(connection).to_have_text("Connected securely")
 
 
 def send_to_topic(env: dict, redis_url: str, topic: str, texts: list[str]) -> None:

@@ -368,3 +368,79 @@ def test_a_phone_shows_the_connection_and_newest_broadcast_first_and_breaks_no_w
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "page-phone-first-screen.png"))
     context.close()
+
+
+# --- 4. The admin ------------------------------------------------------------------------------
+
+
+def test_the_admin_asks_before_everyone_lists_short_and_shows_sent_ones_read_only(
+    browser, base, server_env
+):
+    password = create_user(server_env, "ada", staff=True)
+    reader_context = browser.new_context()
+    reader = reader_context.new_page()
+    open_page(reader, base + "/", "wss")  # one client the confirmation counts
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, base, "ada", password)
+    page.goto(f"{base}/admin/realtime/broadcast/add/")
+    fields = page.eval_on_selector_all(
+        "form [name]:is(input, select, textarea):not([type=hidden])", "els => els.map(e => e.name)"
+    )
+    assert fields == ["message", "level", "audience", "_save"], fields
+    expect(page.locator("input[name=_save]")).to_have_value("Send broadcast")
+    long_text = "Planned maintenance: " + "the service restarts shortly. " * 20
+    page.fill("#id_message", long_text)
+    page.select_option("#id_level", "error")
+    expect(page.locator("#broadcast-message-count")).to_have_text(
+        f"{len(long_text)} / 2000 characters"
+    )
+    expect(page.locator("#broadcast-preview .broadcast-preview-label")).to_have_text("Error")
+    page.click("input[name=_save]")
+    reach = page.locator("#broadcast-reach")
+    expect(reach).to_contain_text(re.compile(r"every connected client: [1-9]\d* now"))
+    screenshot(page, "admin-confirm-everyone")
+    expect(reader.locator("#broadcasts li")).to_have_count(0)  # not sent before the yes
+    page.click("input[value='Yes, send to everyone']")
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+    expect(reader.locator("#broadcasts li").first).to_contain_text(
+        "Planned maintenance", timeout=10_000
+    )
+
+    row = page.locator("#result_list tbody tr").first
+    shown = row.locator("span[title]")
+    assert shown.get_attribute("title") == long_text.strip()
+    assert len(shown.inner_text()) <= 81 and shown.inner_text().endswith("…")
+    screenshot(page, "admin-list")
+    assert row.bounding_box()["height"] < 100
+    row.locator("a").first.click()
+    expect(page.locator("textarea, input[name=_save]")).to_have_count(0)
+    expect(page.locator(".field-message .readonly")).to_contain_text("Planned maintenance")
+    reader_context.close()
+    context.close()
+
+
+def test_the_admin_notification_action_reaches_the_users_page(browser, base, server_env):
+    password = create_user(server_env, "ned", staff=True)
+    wanda_password = create_user(server_env, "wanda", staff=False)
+    wanda_context = browser.new_context()
+    wanda = wanda_context.new_page()
+    sign_in(wanda, base, "wanda", wanda_password)
+    expect(wanda.locator("#connection")).to_have_attribute("data-state", "open", timeout=15_000)
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in(page, base, "ned", password)
+    page.goto(f"{base}/admin/auth/user/?q=wanda")
+    page.locator("#result_list input[name=_selected_action]").first.check()
+    page.select_option("select[name=action]", "send_notification")
+    page.click("button[name=index]")
+    page.fill("#id_text", "Your account was upgraded")
+    page.select_option("#id_level", "success")
+    screenshot(page, "admin-send-notification")
+    page.click("text=Send notification")
+    expect(page.locator(".messagelist")).to_contain_text("Sent a notification to 1 user(s).")
+    item = wanda.locator("#notifications li").first
+    expect(item).to_contain_text("Your account was upgraded", timeout=10_000)
+    expect(item.locator(".level-label")).to_have_text("Success")
+    wanda_context.close()
+    context.close()
