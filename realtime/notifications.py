@@ -44,7 +44,7 @@ def notify(user: Any, text: str, *, level: str = "info") -> TopicMessage:
 
 def recent(user: Any, limit: int = 10) -> list[dict[str, Any]]:
     """The latest published messages of `user`'s own topic still in its history, newest
-    first, each as {"offset", "event", "data"}; [] for an anonymous user."""
+    first, each as {"offset", "event", "data", "published_at"}; [] for an anonymous user."""
     if not getattr(user, "is_authenticated", False):
         return []
     name = streams.user_stream(user.pk)
@@ -52,14 +52,15 @@ def recent(user: Any, limit: int = 10) -> list[dict[str, Any]]:
     rows = (
         TopicMessage.objects.filter(topic=name, offset__isnull=False, published_at__gte=oldest)
         .order_by("-offset")
-        .values("offset", "event", "data")[:limit]
+        .values("offset", "event", "data", "published_at")[:limit]
     )
     return list(rows)
 
 
-def displayed(data: Any) -> dict[str, Any]:
+def displayed(data: Any, published_at: datetime | None = None) -> dict[str, Any]:
     """What the page shows of a message's data: {"text", "level", "level_label", "sent_at"}.
-    A notification's own fields; a string as it is; other JSON as JSON (app messages)."""
+    A notification's own fields; a string as it is; other JSON as JSON (app messages), with
+    the time it was published (a live one shows when it arrived: about the same)."""
     if isinstance(data, dict) and isinstance(data.get("text"), str):
         text, level, sent_at = data["text"], data.get("level"), data.get("sent_at")
     else:
@@ -70,7 +71,7 @@ def displayed(data: Any) -> dict[str, Any]:
         "text": text,
         "level": level,
         "level_label": Broadcast.Level(level).label,
-        "sent_at": _parsed_time(sent_at),
+        "sent_at": _parsed_time(sent_at) or published_at,
     }
 
 

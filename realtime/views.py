@@ -32,7 +32,10 @@ def register_page_topics() -> None:
 
 def shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages of a user's own topic as the page lists them (page.mjs does the same live)."""
-    return [{"offset": m["offset"], **notifications.displayed(m["data"])} for m in messages]
+    return [
+        {"offset": m["offset"], **notifications.displayed(m["data"], m["published_at"])}
+        for m in messages
+    ]
 
 
 def index(request: HttpRequest) -> HttpResponse:

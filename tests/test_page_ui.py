@@ -84,8 +84,8 @@ def live_regions(page: Page) -> list[str]:
 
 def test_the_page_says_what_it_is_and_hides_the_technical_details(page, base):
     open_page(page, base + "/", "wss")
-    expect(page.locator("h1")).to_have_text("Live updates")
-    expect(page.locator(".intro")).to_contain_text("appear here the moment they are sent")
+    expect(page.locator("h1")).to_have_text("Updates")
+    expect(page.locator(".intro")).to_contain_text("New ones appear the moment they are sent")
     expect(page.locator("#connection")).to_have_text("Connected securely")
     details, log = page.locator("#details"), page.locator("#log")
     assert details.get_attribute("open") is None and log.get_attribute("open") is None
@@ -110,14 +110,19 @@ def test_when_the_socket_is_not_open_nothing_claims_secure_or_live(
     )
     context = browser.new_context()
     page = context.new_page()
+    page.add_init_script("Math.random = () => 0.999")
     open_page(page, f"https://{HOST}:{port}/", "wss")
     page.click("#details summary")
     server.stop()
     connection = page.locator("#connection")
     expect(connection).to_have_attribute("data-state", "closed", timeout=10_000)
-    expect(connection).to_have_text(re.compile(r"^Reconnecting( in \d+ s|…)$"))
+    # Each failed attempt doubles the wait (Math.random is 0.999 here): 0.5, 1, 2, 4 s...
+    expect(connection).to_have_text(re.compile(r"^Reconnecting in [3-9] s$"), timeout=15_000)
+    seconds = int(connection.inner_text().split()[2])
+    expect(connection).to_have_text(f"Reconnecting in {seconds - 1} s", timeout=1_500)
     text = page.locator("main").inner_text()
-    assert "Connected" not in text and "secure" not in text.lower(), text
+    claims = re.findall(r"(?i)connected securely|connected \(|\bsecure\b|\blive\b", text)
+    assert claims == [], text
     for key in ("tls-version", "tls-cipher", "worker"):
         expect(page.locator(f'#details dd[data-key="{key}"]')).to_have_text("—")
     expect(page.locator('#details dd[data-key="close"]')).to_contain_text("1006")
@@ -159,6 +164,42 @@ def test_broadcasts_show_their_level_in_words_clamp_long_text_and_read_times_one
         expect(when).to_have_text("now")
         assert str(time.gmtime().tm_year) in when.get_attribute("title")
     screenshot(page, "page-broadcasts")
+
+
+def test_broadcasts_arriving_together_are_announced_in_one_sentence(
+    page, base, server_env, redis_server
+):
+    open_page(page, base + "/", "wss")
+    texts = ["Together one", "Together two", "Together three"]
+    sends = "".join(f"    broadcast.send({text!r})\n" for text in texts)
+    shell(
+        server_env,
+        redis_server,
+        f"from django.db import transaction\nfrom realtime import broadcast\n"
+        f"with transaction.atomic():\n{sends}",
+    )
+    expect(page.locator("#announcer")).to_have_text(
+        "3 new updates. Latest: Info broadcast: Together three", timeout=10_000
+    )
+
+
+def test_a_page_that_cannot_resume_reloads_once_then_says_what_is_missing(page, base):
+    """A broadcast position the server cannot resume (another epoch) makes the page reload;
+    the reloaded page gets the same answer and, within the minute, says so instead."""
+
+    # Before page.mjs runs (module scripts run after the document is parsed).
+    page.add_init_script(
+        "document.addEventListener('readystatechange', () => {"
+        " if (document.readyState === 'interactive')"
+        " document.body.setAttribute('data-broadcasts-epoch', 'gone'); })"
+    )
+    loads = []
+    page.on("load", lambda _: loads.append(time.monotonic()))
+    page.goto(base + "/")
+    expect(page.locator("#missed")).to_be_visible(timeout=15_000)
+    expect(page.locator("#missed")).to_contain_text("Reload the page")
+    time.sleep(1)
+    assert len(loads) == 2, loads  # the first load and one reload, no loop
 
 
 def test_relative_times_move_on_while_the_page_stays_open(page, base, server_env, redis_server):
@@ -252,7 +293,7 @@ def test_sign_in_is_styled_shows_one_error_and_links_back(page, base, server_env
     expect(errors.first).to_have_text("Your username and password didn't match. Please try again.")
     screenshot(page, "page-sign-in-error")
     page.click("text=Back to live updates")
-    expect(page.locator("h1")).to_have_text("Live updates")
+    expect(page.locator("h1")).to_have_text("Updates")
 
 
 def test_sign_out_is_a_form_in_the_header(page, base, server_env):
@@ -400,7 +441,7 @@ def test_the_admin_asks_before_everyone_lists_short_and_shows_sent_ones_read_onl
     reach = page.locator("#broadcast-reach")
     expect(reach).to_contain_text(re.compile(r"every connected client: [1-9]\d* now"))
     screenshot(page, "admin-confirm-everyone")
-    expect(reader.locator("#broadcasts li")).to_have_count(0)  # not sent before the yes
+    expect(reader.locator("#broadcasts")).not_to_contain_text("Planned")  # not before the yes
     page.click("input[value='Yes, send to everyone']")
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
     expect(reader.locator("#broadcasts li").first).to_contain_text(

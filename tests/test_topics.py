@@ -392,30 +392,93 @@ def test_presence_lists_each_user_once_and_says_join_and_leave():
     assert left == {"type": "leave", "topic": "documents.intro", "user": users["alice"]}
 
 
+WATCHERS: set[str] = set()  # who the "lobby" topic's presence function lets see the list
+
+
+def register_lobby() -> None:
+    WATCHERS.clear()
+    WATCHERS.add("alice")
+    topics.register(
+        "lobby", authorize=lambda user: True, presence=lambda user: user.username in WATCHERS
+    )
+
+
 def test_a_presence_function_counts_every_subscriber_but_tells_only_those_it_allows():
     """The page's "Who's online" (realtime.online): every signed-in page joins, staff see."""
-    topics.register("lobby", authorize=lambda user: True, presence=lambda user: user.is_staff)
-    staff, member = signed_in("alice", staff=True), signed_in("bob")
+    register_lobby()
+    watcher_client, member_client, third = signed_in("alice"), signed_in("bob"), signed_in("carol")
 
     async def scenario():
-        watcher = await opened(staff)
+        watcher = await opened(watcher_client)
         await subscribe(watcher, "lobby")
         first = await watcher.receive_json_from()
-        hidden = await opened(member)
+        hidden = await opened(member_client)
         answer = await subscribe(hidden, "lobby")
-        joined = await watcher.receive_json_from()
-        member_hears_nothing = await hidden.receive_nothing()
+        bob_joined = await watcher.receive_json_from()
+        other = await opened(third)
+        await subscribe(other, "lobby")  # carol is no watcher either
+        carol_joined = await watcher.receive_json_from()
         listed = await sync_to_async(topics.presence)("lobby")
+        await other.disconnect()
+        carol_left = await watcher.receive_json_from()
+        member_heard_nothing = await hidden.receive_nothing(1)
         await watcher.disconnect()
         await hidden.disconnect()
-        return first, answer, joined, member_hears_nothing, listed
+        return first, answer, bob_joined, carol_joined, listed, carol_left, member_heard_nothing
 
-    first, answer, joined, member_hears_nothing, listed = asyncio.run(scenario())
+    first, answer, bob_joined, carol_joined, listed, carol_left, quiet = asyncio.run(scenario())
     assert first["type"] == "presence" and [u["username"] for u in first["users"]] == ["alice"]
     assert answer["type"] == "subscribed"
-    assert joined["type"] == "join" and joined["user"]["username"] == "bob"
-    assert member_hears_nothing  # no presence list, and no join or leave, for bob
-    assert sorted(u["username"] for u in listed) == ["alice", "bob"]
+    assert (bob_joined["type"], bob_joined["user"]["username"]) == ("join", "bob")
+    assert (carol_joined["type"], carol_joined["user"]["username"]) == ("join", "carol")
+    assert (carol_left["type"], carol_left["user"]["username"]) == ("leave", "carol")
+    assert quiet  # bob heard no list, and not carol's join or leave
+    assert sorted(u["username"] for u in listed) == ["alice", "bob", "carol"]
+
+
+def test_a_recheck_stops_telling_who_is_there_to_a_subscriber_no_longer_allowed():
+    register_lobby()
+    watcher_client, third = signed_in("alice"), signed_in("carol")
+
+    async def scenario():
+        watcher = await opened(watcher_client)
+        await subscribe(watcher, "lobby")
+        await watcher.receive_json_from()  # presence
+        WATCHERS.discard("alice")
+        alice = await sync_to_async(get_user_model().objects.get)(username="alice")
+        await sync_to_async(topics.recheck)(alice)
+        await asyncio.sleep(0.5)
+        other = await opened(third)
+        await subscribe(other, "lobby")
+        quiet = await watcher.receive_nothing(1)
+        still_subscribed = await ask(watcher, {"type": "ping"})
+        await other.disconnect()
+        await watcher.disconnect()
+        return quiet, still_subscribed
+
+    quiet, still_subscribed = asyncio.run(scenario())
+    assert quiet  # carol's join was not told to alice any more
+    assert still_subscribed == {"type": "pong"}
+
+
+def test_a_presence_function_that_fails_shows_nothing_and_keeps_the_socket(caplog):
+    def broken(user):
+        raise RuntimeError("the app's check is broken")
+
+    topics.register("fragile", authorize=lambda user: True, presence=broken)
+    client = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(client)
+        answer = await subscribe(socket_, "fragile")
+        quiet = await socket_.receive_nothing(0.5)
+        pong = await ask(socket_, {"type": "ping"})
+        await socket_.disconnect()
+        return answer, quiet, pong
+
+    answer, quiet, pong = asyncio.run(scenario())
+    assert answer["type"] == "subscribed" and quiet and pong == {"type": "pong"}
+    assert "presence() of topic fragile failed" in caplog.text
 
 
 def test_presence_must_be_true_false_or_a_function():

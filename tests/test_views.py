@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from realtime import broadcast, notifications, topics
+from realtime.broadcasting import streams
+from realtime.models import Topic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -64,6 +66,7 @@ def test_a_users_latest_notifications_are_listed_newest_first_with_the_position_
     assert "not nina" not in html
     assert 'data-level="warning"' in html and ">Warning</p>" in html
     assert 'data-user-offset="3"' in html  # its socket resumes after the three listed
+    assert html.count('<time class="sent-at"') == 3  # the app's message: when it was published
 
 
 @pytest.mark.parametrize(
@@ -78,3 +81,33 @@ def test_notify_refuses_with_a_clear_message(django_user_model, text, level, say
     user = django_user_model.objects.create_user("vera")
     with pytest.raises(ValueError, match=says):
         notifications.notify(user, text, level=level)
+
+
+def test_a_notification_sent_while_the_page_renders_is_after_its_position(
+    client, django_user_model, monkeypatch
+):
+    """The position is read before the list: one sent in between is listed and also past the
+    position (the page keys them by offset: shown once), never missed."""
+    user = django_user_model.objects.create_user("rita")
+    notifications.notify(user, "before")
+    recent = notifications.recent
+
+    def recent_after_another_one(*args, **kwargs):
+        notifications.notify(user, "while rendering")
+        return recent(*args, **kwargs)
+
+    monkeypatch.setattr(notifications, "recent", recent_after_another_one)
+    client.force_login(user, MODEL_BACKEND)
+    html = client.get("/", secure=True).content.decode()
+    assert 'data-user-offset="1"' in html
+    assert 'data-offset="2"' in html and "while rendering" in html
+
+
+def test_positions_and_ids_are_never_localised(client, django_user_model, settings):
+    settings.USE_THOUSAND_SEPARATOR = True
+    user = django_user_model.objects.create_user("lou")
+    Topic.objects.create(name=streams.user_stream(user.pk), last_offset=1234)
+    Topic.objects.create(name=streams.BROADCASTS, last_offset=5678)
+    client.force_login(user, MODEL_BACKEND)
+    html = client.get("/", secure=True).content.decode()
+    assert 'data-user-offset="1234"' in html and 'data-broadcasts-offset="5678"' in html

@@ -499,10 +499,29 @@ class Fanout:
     async def _recheck(self, consumer: Any) -> None:
         user = await sync_to_async(current_user)(consumer)
         subscribed = self._app_topics(consumer)
-        for topic in await sync_to_async(forbidden_topics)(user, subscribed):
+        forbidden = await sync_to_async(forbidden_topics)(user, subscribed)
+        for topic in forbidden:
             if self.streams.subscription(consumer, topic) is not None:
                 self.streams.detach(consumer, topic)
                 await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
+        await self._recheck_presence(consumer, user, [t for t in subscribed if t not in forbidden])
+
+    async def _recheck_presence(self, consumer: Any, user: Any, names: list[str]) -> None:
+        """A subscriber whose topic's `presence` function no longer allows it stays subscribed
+        (and counted) but hears no more `join` or `leave`."""
+        watching = [
+            name
+            for name in names
+            if topics.presence_needs_database(name)
+            and getattr(self.streams.subscription(consumer, name), "presence", False)
+        ]
+        if not watching:
+            return
+        hidden = await sync_to_async(no_longer_seeing)(user, watching)
+        for name in hidden:
+            subscription = self.streams.subscription(consumer, name)
+            if subscription is not None:
+                subscription.presence = False
 
     def _remember_sign_out(self, key: str) -> None:
         now = self.wall_clock()
@@ -559,6 +578,11 @@ def forbidden_topics(user: Any, names: list[str]) -> list[str]:
         if not allowed:
             forbidden.append(name)
     return forbidden
+
+
+def no_longer_seeing(user: Any, names: list[str]) -> list[str]:
+    """The presence topics of `names` whose `presence` function no longer allows `user`."""
+    return [name for name in names if not topics.sees_presence(user, name)]
 
 
 fanout = Fanout()

@@ -8,6 +8,7 @@ resolved with Django's own URL resolver; the first that matches decides, through
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from django.urls import URLPattern, path
 
 from realtime.broadcasting import streams
 from realtime.broadcasting.layer import send_to_group
+
+logger = logging.getLogger(__name__)
 
 Authorize = Callable[..., bool]
 
@@ -84,14 +87,18 @@ def is_presence_topic(name: str) -> bool:
 
 def sees_presence(user: Any, name: str) -> bool:
     """Whether a subscriber of presence topic `name` is told who is there (may run the app's
-    `presence` function, which may touch the database)."""
+    `presence` function, which may touch the database; one that fails shows nothing)."""
     found = match(name)
     if found is None or found[0].presence is False:
         return False
     registration, params = found
     if registration.presence is True:
         return True
-    return bool(registration.presence(user, **params))
+    try:
+        return bool(registration.presence(user, **params))
+    except Exception:  # noqa: BLE001 - an app's check that fails shows nothing
+        logger.exception("presence() of topic %s failed; not telling this subscriber", name)
+        return False
 
 
 def presence_needs_database(name: str) -> bool:

@@ -3,9 +3,11 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  announcement,
   closeText,
   connectionText,
   formatTime,
+  mayReload,
   notificationShown,
 } from "../../realtime/static/realtime/page.mjs";
 
@@ -60,4 +62,18 @@ test("what a notification shows: its text and level, or an app message's data", 
   assert.deepEqual(notificationShown({ text: "x", level: "<b>" }), { text: "x", level: "info", sentAt: "" });
   assert.deepEqual(notificationShown("plain"), { text: "plain", level: "info", sentAt: "" });
   assert.deepEqual(notificationShown({ order: 42 }), { text: '{"order":42}', level: "info", sentAt: "" });
+});
+
+test("the page reloads itself at most once a minute", () => {
+  assert.equal(mayReload(0, 1_000_000), true);
+  assert.equal(mayReload(1_000_000, 1_000_000 + 59_999), false);
+  assert.equal(mayReload(1_000_000, 1_000_000 + 60_000), true);
+});
+
+test("items arriving together are announced in one sentence", () => {
+  assert.equal(announcement(["Info broadcast: a"]), "Info broadcast: a");
+  assert.equal(
+    announcement(["Info broadcast: a", "Notification: b", "Error broadcast: c"]),
+    "3 new updates. Latest: Error broadcast: c",
+  );
 });

@@ -6,7 +6,7 @@
  * message once) is realtime.mjs's.
  *
  * New broadcasts and notifications are announced in the page's one polite live region
- * (#announcer); nothing else on the page is a live region. Times are in the browser's locale,
+ * (#announcer; several arriving together in one sentence); nothing else is a live region. Times are in the browser's locale,
  * relative for the last day ("5 minutes ago", refreshed every RELATIVE_REFRESH_MS), the exact
  * time in their title. When the socket is not open, nothing says "secure" or "live".
  *
@@ -29,6 +29,9 @@ const NO_RECONNECT = [1008];
 const USER_TOPIC = "user";
 const DAY_MS = 24 * 60 * 60 * 1000;
 export const RELATIVE_REFRESH_MS = 30000;
+export const RELOAD_AT_MOST_EVERY_MS = 60000;
+// Items arriving together (a replay after a reconnect) are announced as one sentence.
+const ANNOUNCE_AFTER_MS = 300;
 
 const CLOSE_NAMES = {
   1000: "normal closure",
@@ -100,6 +103,16 @@ export function formatTime(iso, now = Date.now(), locale = undefined) {
   return { text, title };
 }
 
+/** Whether the page may reload itself now, `lastReloadAt` its last self-reload (ms). */
+export function mayReload(lastReloadAt, now = Date.now()) {
+  return !(now - lastReloadAt < RELOAD_AT_MOST_EVERY_MS);
+}
+
+/** One announcement for the items that arrived together. */
+export function announcement(texts) {
+  return texts.length === 1 ? texts[0] : `${texts.length} new updates. Latest: ${texts[texts.length - 1]}`;
+}
+
 /** What the page shows of a message on the user's own topic (notifications.displayed()). */
 export function notificationShown(data) {
   if (data !== null && typeof data === "object" && typeof data.text === "string") {
@@ -139,11 +152,18 @@ function startPage(doc) {
       : undefined;
   }
 
+  let announcing = [];
   function announce(text) {
     const region = $("announcer");
-    if (region) {
-      region.textContent = text;
+    announcing.push(text);
+    if (!region || announcing.length > 1) {
+      return;
     }
+    region.textContent = ""; // so that the same text twice is announced twice
+    setTimeout(() => {
+      region.textContent = announcement(announcing);
+      announcing = [];
+    }, ANNOUNCE_AFTER_MS);
   }
 
   // --- Times -----------------------------------------------------------------------------
@@ -359,10 +379,12 @@ function startPage(doc) {
   }
 
   // The gap was larger than the server replays: a reload shows the current state. At most
-  // once a minute, so that a server that keeps refusing cannot put the page in a loop.
+  // once a minute, so that a server that keeps refusing cannot put the page in a loop; within
+  // that minute the page says that something is missing instead.
   function reloadOnce() {
     const last = Number(sessionStorage.getItem("realtime.reloadedAt") || 0);
-    if (Date.now() - last < 60000) {
+    if (!mayReload(last)) {
+      $("missed")?.removeAttribute("hidden");
       return;
     }
     sessionStorage.setItem("realtime.reloadedAt", String(Date.now()));
