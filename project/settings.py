@@ -196,6 +196,9 @@ for _name in (
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
     "REALTIME_PRESENCE_TTL",
+    # The HTTP publish API (docs/operations.md): requests per token per window of seconds.
+    "REALTIME_API_RATE_LIMIT",
+    "REALTIME_API_RATE_WINDOW",
 ):
     if os.environ.get(_name):
         globals()[_name] = envint(_name, 0)

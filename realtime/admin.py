@@ -1,5 +1,6 @@
 """The Django admin: sending a broadcast (a confirmation first when it goes to everyone), the
-list of what was sent to whom, and a "Send a notification" action on users."""
+list of what was sent to whom, the publish API's tokens (the secret shown once), and a "Send a
+notification" action on users."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from realtime import broadcast, notifications
+from realtime import api_tokens, broadcast, notifications
 from realtime.broadcasting import presence
-from realtime.models import Broadcast
+from realtime.models import ApiToken, Broadcast
 
 SENDER_FIELDS = ("message", "level", "audience")
 LEVEL_ICONS = {"info": "ℹ", "success": "✓", "warning": "⚠", "error": "✕"}
@@ -182,6 +184,91 @@ class BroadcastAdmin(admin.ModelAdmin):
         except Exception as exc:  # noqa: BLE001 - the list must show even when Redis is down
             connected = {"error": str(exc)}
         return super().changelist_view(request, {**(extra_context or {}), "connected": connected})
+
+
+class ApiTokenForm(forms.ModelForm):
+    """A new token: its name and scopes, one per line (the secret is made on save)."""
+
+    scopes_text = forms.CharField(
+        label="Scopes",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        initial=api_tokens.BROADCASTS,
+        help_text="One per line: broadcasts, or topic:PATTERN (topic:orders.*).",
+    )
+
+    class Meta:
+        model = ApiToken
+        fields = ("name",)
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if not api_tokens.NAME.fullmatch(name):
+            raise forms.ValidationError("1 to 100 letters, digits, '.', '_' or '-'.")
+        if ApiToken.objects.filter(name=name, revoked_at__isnull=True).exists():
+            raise forms.ValidationError("An active token has this name: revoke it first.")
+        return name
+
+    def clean_scopes_text(self) -> list[str]:
+        scopes = [line.strip() for line in self.cleaned_data["scopes_text"].splitlines()]
+        try:
+            return api_tokens.checked_scopes([scope for scope in scopes if scope])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.action(permissions=["change"], description="Revoke the selected tokens")
+def revoke_tokens(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[ApiToken]
+) -> None:
+    revoked = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    modeladmin.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens of the HTTP publish API: the secret is shown once, on the page after adding."""
+
+    form = ApiTokenForm
+    list_display = ("name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix")
+    actions = [revoke_tokens]
+    readonly_fields = ("name", "prefix", "scopes", "created_by", "created_at", "last_used_at",
+                       "revoked_at")  # fmt: skip
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj: ApiToken) -> str:
+        return ", ".join(obj.scopes)
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ("name", "scopes_text") if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A token is not edited: it is revoked (the list's action) and another one created.
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        token, secret = api_tokens.create(
+            form.cleaned_data["name"], form.cleaned_data["scopes_text"], created_by=request.user
+        )
+        obj.pk, obj.prefix, obj.scopes = token.pk, token.prefix, token.scopes
+        request.api_token_secret = secret
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: Any = None):
+        # The secret on this page only: never in a message, a cookie or a log.
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Token {obj.name} created",
+            "token": obj,
+            "secret": request.api_token_secret,
+        }
+        response = TemplateResponse(request, "admin/realtime/apitoken/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class NotificationForm(forms.Form):

@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
         "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
         "microphone=(), payment=(), usb=(), browsing-topics=()"
     ),
+    # The HTTP publish API (realtime/publish_api.py): requests per token, and failed ones per
+    # address, per window of seconds; 0: no limit.
+    "REALTIME_API_RATE_LIMIT": 120,
+    "REALTIME_API_RATE_WINDOW": 60,
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,

@@ -1,4 +1,5 @@
-"""Broadcasts, and the streams of messages with positions that carry them and topics' messages.
+"""Broadcasts, the streams of messages with positions that carry them and topics' messages, and
+the tokens of the HTTP publish API.
 
 A stream is a named sequence of messages (a topic, a user's own topic, or the broadcasts):
 `Topic` holds its epoch and last offset, `TopicMessage` its history. Offsets are given when a
@@ -106,3 +107,31 @@ class TopicMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} #{self.offset}"
+
+
+class ApiToken(models.Model):
+    """A token of the HTTP publish API (realtime/api_tokens.py): its SHA-256, never the secret."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="Its first characters, to tell it apart.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="realtime_apitoken_active_name",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.urls import path
 
-from realtime import health, views
+from realtime import health, openapi, publish_api, views
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", health.healthz, name="healthz"),
+    path("api/publish", publish_api.publish, name="publish"),
+    path("api/openapi.json", openapi.openapi_json, name="openapi"),
 ]

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import redis
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from realtime.broadcasting import presence, streams
@@ -56,6 +57,10 @@ def send(
 def send_broadcast(broadcast: Broadcast) -> Broadcast:
     """Validate, store and (after commit) publish an unsaved Broadcast."""
     broadcast.full_clean()
+    try:
+        streams.check_text(broadcast.message, "The message")
+    except ValueError as exc:
+        raise ValidationError({"message": [str(exc)]}) from None
     with transaction.atomic():  # one commit for both rows (outside a caller's transaction)
         broadcast.save()
         streams.store(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -83,16 +84,43 @@ def store(name: str, data: Any, *, event: str = "message", **fields: Any) -> Top
 
 
 def check_data(data: Any) -> None:
-    """Raise ValueError unless `data` is JSON that fits REALTIME_TOPIC_MAX_DATA bytes."""
+    """Raise ValueError unless `data` is JSON that fits REALTIME_TOPIC_MAX_DATA bytes, and that
+    PostgreSQL can store (no NUL character, no unpaired surrogate)."""
     try:
-        size = len(json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Topic data must be JSON-serialisable: {exc}") from None
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        size = len(text.encode())
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError too: an unpaired surrogate
+        raise ValueError(f"Topic data must be JSON-serialisable text: {exc}") from None
+    for string in strings_in(data):
+        check_text(string, "Topic data")
     if size > conf.REALTIME_TOPIC_MAX_DATA:
         raise ValueError(
             f"Topic data is {size} bytes as JSON; at most {conf.REALTIME_TOPIC_MAX_DATA} "
             f"(REALTIME_TOPIC_MAX_DATA) may be sent."
         )
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string of a JSON value, its objects' keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from strings_in(item)
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError for text a database cannot store: NUL characters or unpaired surrogates."""
+    if "\x00" in text:
+        raise ValueError(f"{what} may not contain NUL characters (\\u0000).")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (an unpaired surrogate).") from None
 
 
 def frame_for(message: TopicMessage, offset: int) -> str:

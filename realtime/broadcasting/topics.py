@@ -119,10 +119,11 @@ def allowed(user: Any, name: str) -> bool:
 def _checked(name: str, data: Any, event: str) -> None:
     if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
         raise ValueError(f"event must be a string of 1 to {MAX_EVENT_LENGTH} characters")
+    streams.check_text(event, "event")
     streams.check_data(data)
 
 
-def send(topic: str, data: Any, *, event: str = "message") -> None:
+def send(topic: str, data: Any, *, event: str = "message") -> streams.TopicMessage:
     """Send `data` to every subscriber of `topic`, on every worker, once the transaction commits.
 
     Raises ValueError for a topic no registered pattern matches, or data that is not JSON or
@@ -134,7 +135,7 @@ def send(topic: str, data: Any, *, event: str = "message") -> None:
             f"realtime.topics.register() (names are letters, digits and . _ : -)."
         )
     _checked(topic, data, event)
-    streams.store(topic, data, event=event)
+    return streams.store(topic, data, event=event)
 
 
 def send_to_user(user: Any, data: Any, *, event: str = "message") -> streams.TopicMessage:

@@ -1,0 +1,162 @@
+"""The OpenAPI 3.1 document of the HTTP publish API (realtime/publish_api.py), served at
+/api/openapi.json; the suite runs schemathesis against it on a real server (tests/test_api.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+
+from realtime.broadcasting import topics
+from realtime.broadcasting.topics import MAX_EVENT_LENGTH
+from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
+
+NO_NUL = "^[^\\u0000]*$"  # PostgreSQL cannot store NUL characters
+
+
+def error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+BROADCAST = {
+    "type": "object",
+    "description": "A broadcast to every connected client of an audience.",
+    "required": ["message"],
+    "additionalProperties": False,
+    "properties": {
+        "message": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_MESSAGE_LENGTH,
+            "pattern": NO_NUL,
+        },
+        "level": {"type": "string", "enum": list(Broadcast.Level.values), "default": "info"},
+        "audience": {
+            "type": "string",
+            "enum": list(Broadcast.Audience.values),
+            "default": "everyone",
+        },
+    },
+}
+
+TOPIC_MESSAGE = {
+    "type": "object",
+    "description": (
+        "A message to every subscriber of a registered topic (docs/topics.md). `data` is any "
+        "JSON up to REALTIME_TOPIC_MAX_DATA bytes (64 KiB), without NUL characters."
+    ),
+    "required": ["topic", "data"],
+    "additionalProperties": False,
+    "properties": {
+        "topic": {"type": "string", "pattern": "^[A-Za-z0-9_.:\\-]{1,200}$"},  # and registered
+        "event": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_EVENT_LENGTH,
+            "pattern": NO_NUL,
+            "default": "message",
+        },
+        "data": {},
+    },
+}
+
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}},
+}
+WWW_AUTHENTICATE = {
+    "WWW-Authenticate": {"description": "The scheme to use.", "schema": {"type": "string"}},
+}
+
+
+def registered_topics() -> str:
+    """One regular expression for every registered topic pattern, from Django's own
+    (named groups made plain: JSON Schema patterns are ECMAScript's)."""
+    parts = []
+    for registration in topics.registrations.values():
+        regex = registration.route.pattern.regex.pattern
+        regex = regex.removeprefix("^").removesuffix("\\Z")
+        parts.append(re.sub(r"\(\?P<\w+>", "(", regex))
+    return "^(" + "|".join(parts) + ")$" if parts else "^$"
+
+
+def topic_message() -> dict[str, Any]:
+    schema = copy.deepcopy(TOPIC_MESSAGE)
+    name = schema["properties"]["topic"]
+    schema["properties"]["topic"] = {"allOf": [name, {"pattern": registered_topics()}]}
+    return schema
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "realtime publish API",
+            "version": "1",
+            "description": "Send broadcasts and topic messages from other services.",
+        },
+        "paths": {"/api/publish": {"post": publish_operation()}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Broadcast": BROADCAST,
+                "TopicMessage": topic_message(),
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def publish_operation() -> dict[str, Any]:
+    body_schema = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/Broadcast"},
+            {"$ref": "#/components/schemas/TopicMessage"},
+        ]
+    }
+    accepted = {
+        "type": "object",
+        "required": ["id", "kind"],
+        "properties": {
+            "id": {"type": "integer"},
+            "kind": {"type": "string", "enum": ["broadcast", "topic"]},
+        },
+    }
+    return {
+        "operationId": "publish",
+        "summary": "Send a broadcast or a topic message",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema}},
+        },
+        "responses": {
+            "202": {
+                "description": "Stored; published to every worker after the commit.",
+                "content": {"application/json": {"schema": accepted}},
+            },
+            "400": error("Not JSON, unknown fields, or a message the server refuses."),
+            "401": error("No valid, unrevoked token.", WWW_AUTHENTICATE),
+            "403": error("The token's scopes do not allow it."),
+            "405": error("Only POST."),
+            "413": error("The body is too large."),
+            "415": error("The body is not application/json."),
+            "429": error("Too many requests for this token or address.", RETRY_AFTER),
+        },
+    }
+
+
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(document())

@@ -1,0 +1,173 @@
+"""POST /api/publish: other services (a Go worker, a cron script with curl) send a broadcast
+or a topic message, with a bearer token (realtime/api_tokens.py), and get 202 with its id.
+
+    curl --cacert ca.pem -H "Authorization: Bearer rtk_..." -H "Content-Type: application/json" \\
+         -d '{"message": "Deploy at 18:00", "level": "warning"}' https://host/api/publish
+
+A body is a broadcast ({"message", "level"?, "audience"?}) or a topic message ({"topic",
+"event"?, "data"}), stored and published as app code's are (after commit, every worker). Each
+token may make REALTIME_API_RATE_LIMIT requests per REALTIME_API_RATE_WINDOW seconds, and each
+address as many failed ones (a wrong token). /api/openapi.json (realtime/openapi.py) describes
+every answer: errors are {"error": code, "detail": sentence}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from realtime import api_tokens, broadcast, topics
+from realtime.conf import conf
+from realtime.models import ApiToken
+from realtime.server.address_cap import host_key
+from realtime.signin import counters_store
+
+logger = logging.getLogger(__name__)
+
+BROADCAST_FIELDS = {"message", "level", "audience"}
+TOPIC_FIELDS = {"topic", "event", "data"}
+BODY_OVERHEAD = 4096  # bytes of a body besides its data
+
+
+class Refused(Exception):
+    """An answer other than 202: status, error code, and a sentence for the caller."""
+
+    def __init__(self, status: int, code: str, detail: str, **headers: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+def answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    response = JsonResponse(body, status=status)
+    for name, value in (headers or {}).items():
+        response[name.replace("_", "-")] = value
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt
+def publish(request: HttpRequest) -> JsonResponse:
+    try:
+        kind, pk = handle(request)
+    except Refused as refused:
+        body = {"error": refused.code, "detail": refused.detail}
+        return answer(refused.status, body, refused.headers)
+    return answer(202, {"id": pk, "kind": kind})
+
+
+def handle(request: HttpRequest) -> tuple[str, int]:
+    if request.method != "POST":
+        raise Refused(405, "method_not_allowed", "Only POST is allowed here.", Allow="POST")
+    token = authenticated(request)
+    body = json_body(request)
+    if "topic" in body:
+        return "topic", publish_topic(token, body)
+    return "broadcast", publish_broadcast(token, body)
+
+
+# --- Who is asking ---------------------------------------------------------------------------
+
+
+def authenticated(request: HttpRequest) -> ApiToken:
+    failures = f"realtime:api:failures:{host_key(request.META.get('REMOTE_ADDR') or '')}"
+    if over_limit(failures, counting=False):
+        raise too_many()
+    token = api_tokens.authenticate(request.headers.get("Authorization"))
+    if token is None:
+        over_limit(failures, counting=True)
+        raise Refused(
+            401,
+            "unauthorized",
+            "Send a valid, unrevoked API token: Authorization: Bearer rtk_...",
+            WWW_Authenticate='Bearer realm="realtime"',
+        )
+    if over_limit(f"realtime:api:token:{token.token_hash[:32]}", counting=True):
+        raise too_many()
+    return token
+
+
+def over_limit(key: str, *, counting: bool) -> bool:
+    """Whether `key` has used up its requests of this window (after counting this one). With
+    Redis unreachable nothing is limited: publishing must not depend on it."""
+    limit, window = conf.REALTIME_API_RATE_LIMIT, conf.REALTIME_API_RATE_WINDOW
+    if limit <= 0:
+        return False
+    try:
+        store = counters_store()
+        if counting:
+            store.increment([key], window)
+        [count] = store.get([key])
+    except redis.RedisError as exc:
+        logger.warning("API rate limit: Redis did not answer (%s); not limiting.", exc)
+        return False
+    return count > limit if counting else count >= limit
+
+
+def too_many() -> Refused:
+    window = str(int(conf.REALTIME_API_RATE_WINDOW))
+    detail = f"Too many requests: try again in {window} s."
+    return Refused(429, "rate_limited", detail, Retry_After=window)
+
+
+# --- What is sent ----------------------------------------------------------------------------
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise Refused(415, "unsupported_media_type", "Send a JSON body: application/json.")
+    most = conf.REALTIME_TOPIC_MAX_DATA + BODY_OVERHEAD
+    if int(request.META.get("CONTENT_LENGTH") or 0) > most:
+        raise Refused(413, "too_large", f"A body is at most {most} bytes.")
+    try:
+        body = json.loads(request.body, parse_constant=refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(400, "invalid_json", f"The body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "invalid_body", "The body is a JSON object.")
+    return body
+
+
+def refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def unknown_fields(body: dict[str, Any], known: set[str]) -> None:
+    extra = sorted(set(body) - known)
+    if extra:
+        raise Refused(400, "invalid_body", f"Unknown fields: {', '.join(extra)}.")
+
+
+def publish_broadcast(token: ApiToken, body: dict[str, Any]) -> int:
+    unknown_fields(body, BROADCAST_FIELDS)
+    if not api_tokens.allows_broadcasts(token):
+        raise Refused(403, "forbidden", "This token may not send broadcasts.")
+    fields = {"level": "info", "audience": "everyone", **body}
+    if not all(isinstance(fields.get(name), str) for name in BROADCAST_FIELDS):
+        raise Refused(400, "invalid_body", "message, level and audience are strings.")
+    try:
+        sent = broadcast.send(fields["message"], level=fields["level"], audience=fields["audience"])
+    except ValidationError as exc:
+        raise Refused(400, "invalid_broadcast", " ".join(exc.messages)) from None
+    logger.info("API token %s sent broadcast #%s", token.prefix, sent.pk)
+    return sent.pk
+
+
+def publish_topic(token: ApiToken, body: dict[str, Any]) -> int:
+    unknown_fields(body, TOPIC_FIELDS)
+    topic, event = body.get("topic"), body.get("event", "message")
+    if not isinstance(topic, str) or not isinstance(event, str) or "data" not in body:
+        raise Refused(400, "invalid_body", "topic and event are strings, and data is required.")
+    if not api_tokens.allows_topic(token, topic):
+        raise Refused(403, "forbidden", "This token may not send to that topic.")
+    try:
+        stored = topics.send(topic, body["data"], event=event)
+    except ValueError as exc:
+        raise Refused(400, "invalid_message", str(exc)) from None
+    logger.info("API token %s sent message #%s to %s", token.prefix, stored.pk, topic)
+    return stored.pk
