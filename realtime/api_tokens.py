@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import re
 import secrets
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -27,6 +28,7 @@ SHOWN_PREFIX = 12  # characters kept in clear
 BROADCASTS = "broadcasts"
 TOPIC = "topic:"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+USED_EVERY = timedelta(minutes=1)
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]-]{1,200}")
 
 
@@ -91,10 +93,14 @@ def authenticate(header: str | None) -> ApiToken | None:
     secret = bearer_secret(header)
     if secret is None:
         return None
-    token = ApiToken.objects.filter(token_hash=hash_of(secret), revoked_at__isnull=True).first()
-    if token is not None:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token
+    return ApiToken.objects.filter(token_hash=hash_of(secret), revoked_at__isnull=True).first()
+
+
+def mark_used(token: ApiToken) -> None:
+    """Record when the token was last used, at most once a minute (one write, not one a call)."""
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > USED_EVERY:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
 
 
 def allows_broadcasts(token: ApiToken) -> bool:

@@ -1,5 +1,9 @@
 """The OpenAPI 3.1 document of the HTTP publish API (realtime/publish_api.py), served at
 /api/openapi.json; the suite runs schemathesis against it on a real server (tests/test_api.py).
+
+Asked with a valid token, the topic name's schema lists the registered topic patterns; asked
+without, only which characters a name has: the sockets refuse an unknown topic like a
+forbidden one so that nobody learns which topics exist, and neither does this document.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
+from realtime import api_tokens
 from realtime.broadcasting import topics
 from realtime.broadcasting.topics import MAX_EVENT_LENGTH
 from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
@@ -88,14 +93,15 @@ def registered_topics() -> str:
     return "^(" + "|".join(parts) + ")$" if parts else "^$"
 
 
-def topic_message() -> dict[str, Any]:
+def topic_message(with_patterns: bool) -> dict[str, Any]:
     schema = copy.deepcopy(TOPIC_MESSAGE)
-    name = schema["properties"]["topic"]
-    schema["properties"]["topic"] = {"allOf": [name, {"pattern": registered_topics()}]}
+    if with_patterns:
+        name = schema["properties"]["topic"]
+        schema["properties"]["topic"] = {"allOf": [name, {"pattern": registered_topics()}]}
     return schema
 
 
-def document() -> dict[str, Any]:
+def document(with_patterns: bool = False) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -108,7 +114,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Broadcast": BROADCAST,
-                "TopicMessage": topic_message(),
+                "TopicMessage": topic_message(with_patterns),
                 "Error": {
                     "type": "object",
                     "required": ["error", "detail"],
@@ -159,4 +165,8 @@ def publish_operation() -> dict[str, Any]:
 
 
 def openapi_json(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(document())
+    token = api_tokens.authenticate(request.headers.get("Authorization"))
+    response = JsonResponse(document(with_patterns=token is not None))
+    response["Cache-Control"] = "private, no-store"
+    response["Vary"] = "Authorization"
+    return response

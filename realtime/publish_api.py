@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 import redis
-from django.core.exceptions import ValidationError
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -75,38 +75,40 @@ def handle(request: HttpRequest) -> tuple[str, int]:
 
 
 def authenticated(request: HttpRequest) -> ApiToken:
-    failures = f"realtime:api:failures:{host_key(request.META.get('REMOTE_ADDR') or '')}"
-    if over_limit(failures, counting=False):
-        raise too_many()
+    """The request's valid token, within its rate. Only failed requests count against their
+    address: wrong tokens from anyone (or from a balancer's one address) never hold back a
+    valid token."""
     token = api_tokens.authenticate(request.headers.get("Authorization"))
     if token is None:
-        over_limit(failures, counting=True)
+        failures = f"realtime:api:failures:{host_key(request.META.get('REMOTE_ADDR') or '')}"
+        if over_limit(failures):
+            raise too_many()
         raise Refused(
             401,
             "unauthorized",
             "Send a valid, unrevoked API token: Authorization: Bearer rtk_...",
             WWW_Authenticate='Bearer realm="realtime"',
         )
-    if over_limit(f"realtime:api:token:{token.token_hash[:32]}", counting=True):
+    if over_limit(f"realtime:api:token:{token.token_hash[:32]}"):
         raise too_many()
+    api_tokens.mark_used(token)
     return token
 
 
-def over_limit(key: str, *, counting: bool) -> bool:
-    """Whether `key` has used up its requests of this window (after counting this one). With
-    Redis unreachable nothing is limited: publishing must not depend on it."""
+def over_limit(key: str) -> bool:
+    """Count a request against `key`; whether it is past REALTIME_API_RATE_LIMIT in this
+    window. With Redis unreachable nothing is limited: publishing must not depend on it."""
     limit, window = conf.REALTIME_API_RATE_LIMIT, conf.REALTIME_API_RATE_WINDOW
     if limit <= 0:
         return False
     try:
         store = counters_store()
-        if counting:
-            store.increment([key], window)
+        store.increment([key], window)
         [count] = store.get([key])
     except redis.RedisError as exc:
         logger.warning("API rate limit: Redis did not answer (%s); not limiting.", exc)
         return False
-    return count > limit if counting else count >= limit
+    return count > limit
 
 
 def too_many() -> Refused:
@@ -121,16 +123,28 @@ def too_many() -> Refused:
 def json_body(request: HttpRequest) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise Refused(415, "unsupported_media_type", "Send a JSON body: application/json.")
-    most = conf.REALTIME_TOPIC_MAX_DATA + BODY_OVERHEAD
+    most = most_body_bytes()
     if int(request.META.get("CONTENT_LENGTH") or 0) > most:
         raise Refused(413, "too_large", f"A body is at most {most} bytes.")
     try:
-        body = json.loads(request.body, parse_constant=refuse_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = request.body
+    except RequestDataTooBig:
+        raise Refused(413, "too_large", f"A body is at most {most} bytes.") from None
+    if len(raw) > most:  # a body without Content-Length (chunked)
+        raise Refused(413, "too_large", f"A body is at most {most} bytes.")
+    try:
+        body = json.loads(raw, parse_constant=refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Refused(400, "invalid_json", f"The body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise Refused(400, "invalid_body", "The body is a JSON object.")
     return body
+
+
+def most_body_bytes() -> int:
+    """The data limit (REALTIME_TOPIC_MAX_DATA, counted as compact UTF-8 by check_data) as a
+    client may write it: every character escaped (\\uXXXX\\uXXXX: 12 bytes), plus the rest."""
+    return conf.REALTIME_TOPIC_MAX_DATA * 12 + BODY_OVERHEAD
 
 
 def refuse_constant(name: str) -> Any:

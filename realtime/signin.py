@@ -85,7 +85,9 @@ class RedisCounters:
         return [int(value or 0) for value in self.client.mget(keys)]
 
     def increment(self, keys: list[str], window: float) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        # MULTI: the key cannot expire between the two (an INCR then would make a key that
+        # never expires: a counter stuck past its limit for good).
+        pipe = self.client.pipeline(transaction=True)
         for key in keys:
             pipe.set(key, 0, ex=max(1, round(window)), nx=True)  # the window starts here
             pipe.incr(key)  # keeps the expiry

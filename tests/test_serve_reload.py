@@ -345,3 +345,13 @@ def test_a_reload_with_a_broken_certificate_keeps_the_running_worker(start, tmp_
     assert f"pid {old} keeps serving" in server.log()
     assert alive(old)
     assert handshake_serial(port, tls) == serving  # still the certificate it loaded at start
+
+
+def test_a_request_with_credentials_over_plain_http_is_refused_not_redirected(serve_redirect):
+    """Followed, a redirect would work, and nobody would notice the token crossed in clear."""
+    _, _, http_port = serve_redirect
+    headers = {"Authorization": "Bearer rtk_sent_in_clear"}
+    response = plain_request(http_port, "POST", "/api/publish", headers=headers)
+    assert response.status == 400
+    assert response.getheader("Location") is None
+    assert b"over HTTPS only" in response.body

@@ -43,6 +43,7 @@ PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
 # Messages past a stream's window are deleted every this many offsets (a resume checks the
 # window itself, so a few kept longer are never replayed).
 PRUNE_EVERY = 16
+MAX_DATA_DEPTH = 64  # lists and objects in a message's data
 
 
 def user_stream(pk: Any) -> str:
@@ -86,6 +87,8 @@ def store(name: str, data: Any, *, event: str = "message", **fields: Any) -> Top
 def check_data(data: Any) -> None:
     """Raise ValueError unless `data` is JSON that fits REALTIME_TOPIC_MAX_DATA bytes, and that
     PostgreSQL can store (no NUL character, no unpaired surrogate)."""
+    if depth_of(data) > MAX_DATA_DEPTH:
+        raise ValueError(f"Topic data may nest at most {MAX_DATA_DEPTH} levels deep.")
     try:
         text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         size = len(text.encode())
@@ -98,6 +101,21 @@ def check_data(data: Any) -> None:
             f"Topic data is {size} bytes as JSON; at most {conf.REALTIME_TOPIC_MAX_DATA} "
             f"(REALTIME_TOPIC_MAX_DATA) may be sent."
         )
+
+
+def depth_of(value: Any) -> int:
+    """How deep lists and objects nest in a JSON value, without recursion (a deep one would
+    exhaust Python's stack: a 500 instead of an answer)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, depth)
+            if depth > MAX_DATA_DEPTH:
+                break
+            children = item.values() if isinstance(item, dict) else item
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def strings_in(value: Any) -> Iterator[str]:

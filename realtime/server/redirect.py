@@ -67,6 +67,10 @@ URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 ACME_PATH = b"/.well-known/acme-challenge/"
 ACME_TOKEN = re.compile(rb"[A-Za-z0-9_-]{1,256}")  # base64url, as ACME servers make them
 ACME_MAX_BYTES = 4096  # a key authorization is about 90 bytes
+CREDENTIALS_IN_CLEAR = (
+    b"Bad Request: this request carries credentials (Authorization) over plain HTTP. Send it "
+    b"over HTTPS only, and replace those credentials: they crossed the network in clear.\n"
+)
 
 
 def redirect_status(method: str) -> int:
@@ -135,6 +139,11 @@ class RedirectResource(Resource):
         if location is None:
             request.setResponseCode(400)
             return b"Bad Request: unknown or missing Host.\n"
+        if request.getHeader("authorization") is not None:
+            # A client that followed a redirect would succeed, and nobody would notice that
+            # its credentials crossed the network in clear: refuse, without a Location.
+            request.setResponseCode(400)
+            return CREDENTIALS_IN_CLEAR
         request.setResponseCode(redirect_status(request.method.decode("latin-1")))
         request.setHeader("location", location)
         return f"This site is served over HTTPS: {location}\n".encode()
