@@ -18,6 +18,7 @@ from project.env import (
     envint,
     envlist,
 )
+from realtime.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -359,12 +360,14 @@ if not DEBUG:
         # it stays opt-in (DJANGO_HSTS_PRELOAD=1), so its reminder is silenced.
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "realtime": {"handlers": ["console"], "level": "INFO", "propagate": False},
-    },
-}
+# Logs (docs/operations.md): REALTIME_LOG_FORMAT text (default) or json (one object a line,
+# every logger); REALTIME_ACCESS_LOG=1 adds a line per request and WebSocket event;
+# REALTIME_LOG_MASK_ADDRESSES=1 shortens client addresses (IPv4 /24, IPv6 /48).
+try:
+    LOGGING = logging_config(
+        os.environ.get("REALTIME_LOG_FORMAT", "text"),
+        access_log=envbool("REALTIME_ACCESS_LOG", False),
+        mask_addresses=envbool("REALTIME_LOG_MASK_ADDRESSES", False),
+    )
+except ValueError as error:
+    raise SettingsError(str(error)) from None

@@ -77,9 +77,12 @@ def workers_to_wait_for(args: list[str]) -> int:
     return int(args[args.index("--workers") + 1]) if "--workers" in args else 1
 
 
+READY = re.compile(r" is ready(\n|\")")  # a text line, or a JSON one (REALTIME_LOG_FORMAT)
+
+
 def wait_for_ready_lines(server: ServerProcess, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while server.log().count(" is ready\n") < count:
+    while len(READY.findall(server.log())) < count:
         if server.process.poll() is not None:
             raise RuntimeError(f"process exited with {server.process.returncode} before ready")
         if time.monotonic() > deadline:

@@ -284,3 +284,21 @@ def test_a_transport_pauses_its_streaming_producer_past_the_buffer_size_it_is_gi
     assert producer.paused == 1
     with pytest.raises(TypeError, match="has no bufferSize"):
         limit_write_buffer(object(), 100)
+
+
+def test_daphnes_action_logger_is_what_the_access_log_replaces():
+    """realtime/server/access_log.py: daphne's CLI gives Server an action_logger (its default,
+    at verbosity 1, an AccessLogGenerator on stdout), which Server.log_action calls as
+    (protocol, action, details)."""
+    from daphne.access import AccessLogGenerator
+
+    from realtime.server.access_log import writes_to_stdout
+
+    assert "action_logger" in inspect.signature(Server.__init__).parameters
+    assert list(inspect.signature(Server.log_action).parameters) == [
+        "self", "protocol", "action", "details",
+    ]  # fmt: skip
+    assert writes_to_stdout(AccessLogGenerator(sys.stdout))
+    assert not writes_to_stdout(AccessLogGenerator(sys.stderr))
+    cli_source = inspect.getsource(CommandLineInterface.run)
+    assert "access_log_stream = sys.stdout" in cli_source

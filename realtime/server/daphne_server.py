@@ -31,6 +31,7 @@ from twisted.web import http
 
 from realtime.conf import conf
 from realtime.server import hooks
+from realtime.server.access_log import log_access, writes_to_stdout
 from realtime.server.collector import tune_for_serving
 from realtime.server.frame_budget import FrameBudget
 from realtime.server.frames import EXTENSION, WebSocketFrames
@@ -109,6 +110,8 @@ class RealtimeServer(Server):
         # Registered before daphne's own trigger (in run()), so that the close frames go out
         # before daphne cancels the applications.
         reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
+        if writes_to_stdout(self.action_logger):  # daphne's --access-log FILE keeps its own
+            self.action_logger = log_access
         self.timeouts = TimeoutSchedule()
         self._ready_callable_given = self.ready_callable
         # ready_callable runs after daphne has built its WebSocket factory, before the reactor.

@@ -16,6 +16,7 @@ realtime/server/supervisor.py restarts a worker that dies, replaces them one at 
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ from realtime.server.listeners import open_listener
 from realtime.server.plain import plain_endpoint
 from realtime.server.redirect import redirect_endpoint
 from realtime.server.supervisor import DEFAULT_GRACE, Supervisor
+
+logger = logging.getLogger("realtime.serve")
 
 # Each worker: daphne's command line with realtime's Server (realtime/server/cli.py), run by
 # this Python, so it needs no script on PATH.
@@ -117,7 +120,7 @@ class Command(BaseCommand):
         if options["plain"]:
             self._check_plain(options)
         else:
-            cert, key = serving_certificate(options["cert"], options["key"], self.stdout.write)
+            cert, key = serving_certificate(options["cert"], options["key"], self._log)
         ports = [port] if http_port is None else [port, http_port]
         for each in ports:
             check_can_listen(host, each)
@@ -129,7 +132,7 @@ class Command(BaseCommand):
         if options["plain"]:
             # daphne takes the client's address from X-Forwarded-For (the proxy sets it).
             endpoints = ["--proxy-headers", "-e", plain_endpoint(port, host, reuse_port=True)]
-            self.stdout.write(
+            self._log(
                 f"Serving plain http://{shown}:{port}/ with {workers} daphne worker(s) for a "
                 "TLS-terminating proxy (X-Forwarded-* trusted)."
             )
@@ -137,7 +140,7 @@ class Command(BaseCommand):
             profile = conf.REALTIME_TLS_PROFILE
             endpoint = reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)
             endpoints = ["-e", endpoint]
-            self.stdout.write(
+            self._log(
                 f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
                 f"TLS profile {profile}."
             )
@@ -147,9 +150,9 @@ class Command(BaseCommand):
                 http_port, port, host, reuse_port=True, acme_webroot=webroot
             )
             endpoints += ["-e", redirect]
-            self.stdout.write(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
+            self._log(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
             if webroot is not None:
-                self.stdout.write(f"Serving ACME challenges from {webroot}.")
+                self._log(f"Serving ACME challenges from {webroot}.")
         supervisor = Supervisor(
             [*WORKER_COMMAND, *endpoints, daphne_application()],
             workers,
@@ -165,11 +168,16 @@ class Command(BaseCommand):
         # Behind a proxy every connection comes from the proxy: no per-address cap applies.
         warning = None if plain else too_few_for(limit, conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
         if warning:
-            self.stderr.write(f"Warning: {warning}")
+            logger.warning("Warning: %s", warning)
 
     def _log(self, line: str) -> None:
-        self.stdout.write(line)
-        self.stdout.flush()
+        # Through logging, as the workers' own lines: one format (text or JSON) for the lot;
+        # on stdout as it is when the project's LOGGING would drop it.
+        if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+            logger.info("%s", line)
+        else:
+            self.stdout.write(line)
+            self.stdout.flush()
 
     @staticmethod
     def _check_plain(options: dict[str, Any]) -> None:
