@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -339,3 +340,17 @@ def test_the_rate_is_counted_in_redis_for_all_workers(start, redis_server, dev_c
         except urllib.error.HTTPError as refused:
             statuses.append(refused.code)
     assert statuses == [202, 202, 202, 429, 429, 429]
+
+
+def test_last_use_is_written_at_most_once_a_minute(client):
+    """api_tokens.USED_EVERY: a second call within the minute writes nothing; past it, it does."""
+    secret = token(name="busy")
+    assert post(client, {"message": "one"}, secret).status_code == 202
+    first = ApiToken.objects.get(name="busy").last_used_at
+    assert first is not None
+    assert post(client, {"message": "two"}, secret).status_code == 202
+    assert ApiToken.objects.get(name="busy").last_used_at == first  # within the minute
+    past = first - api_tokens.USED_EVERY - timedelta(seconds=1)
+    ApiToken.objects.filter(name="busy").update(last_used_at=past)  # as if a minute went by
+    assert post(client, {"message": "three"}, secret).status_code == 202
+    assert ApiToken.objects.get(name="busy").last_used_at > first
