@@ -26,6 +26,7 @@ class ResumingClient:
     headers: dict[str, str] = field(default_factory=dict)
     seen: list[int] = field(default_factory=list)
     duplicates: int = 0
+    doubled: list[tuple[str, int, str]] = field(default_factory=list)  # (kind, id, worker)
     connections: int = 0
     close_codes: list[int | None] = field(default_factory=list)
     resume_failures: list[dict] = field(default_factory=list)
@@ -105,17 +106,21 @@ class ResumingClient:
 
     def _record_topic(self, message: dict) -> None:
         if message["offset"] in self.topic_offsets:
-            self.duplicates += 1
+            self._doubled("message", message["offset"])
             return
         self.topic_offsets.append(message["offset"])
         self.topic_position["offset"] = max(self.topic_position["offset"], message["offset"])
 
     def _record(self, broadcast_id: int) -> None:
         if broadcast_id in self._seen_set:
-            self.duplicates += 1
+            self._doubled("broadcast", broadcast_id)
             return
         self._seen_set.add(broadcast_id)
         self.seen.append(broadcast_id)
+
+    def _doubled(self, kind: str, number: int) -> None:
+        self.duplicates += 1
+        self.doubled.append((kind, number, self.workers[-1] if self.workers else "?"))
 
     async def drop(self) -> None:
         """Disconnect now, as a flaky network would; run() reconnects."""

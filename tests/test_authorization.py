@@ -33,7 +33,7 @@ def signed_in(name: str, *, staff: bool = False) -> Client:
     return client
 
 
-def socket_for(client: Client | None = None) -> Communicator:
+def socket_for(client: Client | None = None, path: str = "/ws/") -> Communicator:
     """A same-origin WSS socket, anonymous or carrying a test client's session cookie."""
     headers = [(b"origin", b"https://localhost"), (b"host", b"localhost")]
     if client is not None:
@@ -42,7 +42,7 @@ def socket_for(client: Client | None = None) -> Communicator:
     async def over_tls(scope, receive, send):
         return await application({**scope, "scheme": "wss"}, receive, send)
 
-    return Communicator(over_tls, "/ws/", headers=headers)
+    return Communicator(over_tls, path, headers=headers)
 
 
 async def opened(client: Client | None = None) -> Communicator:

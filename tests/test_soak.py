@@ -209,7 +209,7 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
     assert len(everything) == BROADCASTS
     assert len(offsets) == BROADCASTS // 2
     assert lost == 0
-    assert duplicates == 0
+    assert duplicates == 0, [c.doubled for c in clients if c.doubled]
     for client in staff:
         assert client.topic_offsets == offsets  # each once, in order
     assert leaked == 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from realtime.broadcasting.delivery import Streams
-from realtime.broadcasting.streams import Entry
+from realtime.broadcasting.streams import Entry, Replay
 from tests.helpers import CAUGHT_UP
 
 
@@ -36,6 +36,9 @@ def streams_over(history: dict[int, Entry], last: int = 0) -> tuple[Streams, lis
         return [history[n] for n in range(after + 1, upto + 1) if n in history]
 
     streams.read_entries = read_entries
+    streams.read_replay = lambda name, epoch, after, upto: Replay(
+        "e1", [history[n] for n in range(after + 1, upto + 1)]
+    )
     return streams, reads
 
 
@@ -140,6 +143,39 @@ def test_a_held_subscription_writes_its_live_messages_after_what_it_is_sent_mean
         return a.texts
 
     assert asyncio.run(scenario()) == ["replayed earlier", "m1", "m2", "m3"]
+
+
+def test_a_resume_from_past_what_this_worker_delivered_is_not_sent_those_again():
+    """The client had 2 to 4 from another worker, which heard them first: here 2 arrives
+    while its resume is read (held), 3 and 4 after it; only 5 is new to it."""
+
+    async def scenario():
+        streams, _ = streams_over(history_of(5))
+        watcher, resumer = Socket(), Socket()
+        await subscribed(streams, watcher)
+        streams.receive(live(1))
+        [subscription] = await subscribed(streams, resumer)
+        subscription.hold()
+        real = streams.read_replay
+
+        def replay_while_2_arrives(*args):
+            asyncio.run_coroutine_threadsafe(arrive(2), loop).result()
+            return real(*args)
+
+        async def arrive(offset):
+            streams.receive(live(offset))
+
+        loop = asyncio.get_running_loop()
+        streams.read_replay = replay_while_2_arrives
+        replay = await streams.history(subscription, "e1", 4)
+        subscription.release()
+        for offset in (3, 4, 5):
+            streams.receive(live(offset))
+        return watcher.texts, resumer.texts, replay.entries, subscription.position
+
+    watcher, resumer, replayed, position = asyncio.run(scenario())
+    assert watcher == ["m1", "m2", "m3", "m4", "m5"]
+    assert (resumer, replayed, position) == (["m5"], [], 5)
 
 
 def test_what_the_history_no_longer_has_is_skipped_not_waited_for(caplog):

@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 
-from realtime import topics
+from realtime import broadcast, topics
+from realtime.broadcasting import fanout, streams
 from realtime.broadcasting import topics as registry
 from tests.test_authorization import opened, signed_in, socket_for
 
@@ -183,6 +184,84 @@ def test_resume_from_an_offset_replays_each_missed_message_once_then_live_ones()
     assert (answer["type"], answer["offset"]) == ("subscribed", 1)
     assert [(m["data"], m["offset"]) for m in replayed] == [("missed 1", 2), ("missed 2", 3)]
     assert (live["data"], live["offset"]) == ("live", 4)
+    assert nothing_more
+
+
+class LateHearing:
+    """This worker hears one stream's messages only when told to: as if another worker heard
+    them first (the channel layer reached it sooner, or it filled a gap sooner) and the
+    client, which had them there, then resumed here. In process, the held-back layer event
+    stands for that second worker."""
+
+    def __init__(self, monkeypatch, stream: str) -> None:
+        self.stream, self.held, self.real = stream, [], fanout.fanout.handle
+        monkeypatch.setattr(fanout.fanout, "handle", self.handle)
+
+    def handle(self, event: dict) -> None:
+        if event.get("topic") == self.stream and self.held is not None:
+            self.held.append(event)
+        else:
+            self.real(event)
+
+    def hear(self) -> None:
+        held, self.held = self.held, None
+        for event in held:
+            self.real(event)
+
+
+def test_a_topic_resume_past_what_this_worker_delivered_gets_nothing_twice(monkeypatch):
+    alice = signed_in("alice")
+    late = LateHearing(monkeypatch, "orders.42")
+
+    async def scenario():
+        watcher = await opened(alice)  # keeps the stream open here, at offset 0
+        epoch = (await subscribe(watcher, "orders.42"))["epoch"]
+        for text in ("had 1", "had 2"):
+            await sync_to_async(topics.send)("orders.42", text)
+        resumed = await opened(alice)
+        answer = await subscribe(resumed, "orders.42", {"epoch": epoch, "offset": 2})
+        late.hear()
+        await sync_to_async(topics.send)("orders.42", "new")
+        watched = await received(watcher, 3)
+        [new] = await received(resumed, 1)
+        nothing_more = await resumed.receive_nothing()
+        for socket_ in (watcher, resumed):
+            await socket_.disconnect()
+        return answer, [m["offset"] for m in watched], new, nothing_more
+
+    answer, watched, new, nothing_more = asyncio.run(scenario())
+    assert (answer["type"], answer["offset"]) == ("subscribed", 2)
+    assert watched == [1, 2, 3]
+    assert (new["data"], new["offset"]) == ("new", 3)
+    assert nothing_more
+
+
+def test_a_broadcast_resume_past_what_this_worker_delivered_gets_nothing_twice(monkeypatch):
+    late = LateHearing(monkeypatch, streams.BROADCASTS)
+
+    async def scenario():
+        watcher = await opened()  # keeps the broadcasts open here
+        epoch, start = await sync_to_async(streams.position)(streams.BROADCASTS)
+        for text in ("had 1", "had 2"):
+            await sync_to_async(broadcast.send)(text)
+        path = f"/ws/?broadcasts={epoch}:{start + 2}"
+        resumed = socket_for(path=path)
+        assert (await resumed.connect())[0]
+        welcome, answer = await received(resumed, 2)
+        late.hear()
+        await sync_to_async(broadcast.send)("new")
+        watched = await received(watcher, 3)
+        [new] = await received(resumed, 1)
+        nothing_more = await resumed.receive_nothing()
+        for socket_ in (watcher, resumed):
+            await socket_.disconnect()
+        return start, welcome, answer, [m["offset"] for m in watched], new, nothing_more
+
+    start, welcome, answer, watched, new, nothing_more = asyncio.run(scenario())
+    assert welcome["broadcasts"]["offset"] == start  # where this worker stood
+    assert (answer["type"], answer["offset"], answer["replayed"]) == ("resumed", start + 2, 0)
+    assert watched == [start + 1, start + 2, start + 3]
+    assert (new["message"], new["offset"]) == ("new", start + 3)
     assert nothing_more
 
 

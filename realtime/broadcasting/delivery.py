@@ -9,6 +9,10 @@ socket that joined later, or resumed, never gets a message twice.
 
 A subscription may "hold" its live messages for a moment (while its history is read for a
 resume): they are queued and written after the replay, so the socket sees offsets in order.
+
+A client may resume from a position this worker has not delivered yet (it had them from
+another worker, which heard them first or filled a gap sooner): its subscription then skips
+the live messages up to that position instead of sending them a second time.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ class Subscription:
         self.audiences = audiences  # the broadcasts: the socket's audiences; else None
         self.position = position  # the last offset this socket was given (or skipped)
         self.covered_from = position  # everything after this up to `position` was given
-        self.held: list[Frame] | None = None
+        self.held: list[tuple[int, Frame]] | None = None  # (offset, or 0 for no message)
         self.member: str | None = None  # a presence topic: the user it counts, if signed in
         self.presence = False  # a presence topic: it was told who is there, and hears changes
 
@@ -82,14 +86,20 @@ class Subscription:
         self.position = offset
         if self.audiences is not None and audience not in self.audiences:
             return
-        self.tell(frame)
+        self.tell(frame, offset)
 
-    def tell(self, frame: Frame) -> None:
-        """Write a frame now, or after the held ones."""
+    def tell(self, frame: Frame, offset: int = 0) -> None:
+        """Write a frame now, or after the held ones (`offset`: the stream message it is)."""
         if self.held is not None:
-            self.held.append(frame)
+            self.held.append((offset, frame))
         else:
             self.recipient.push(frame)
+
+    def skip_through(self, offset: int) -> None:
+        """The socket already has every message up to `offset`: none of them goes again."""
+        self.position = max(self.position, offset)
+        if self.held:
+            self.held = [(o, frame) for o, frame in self.held if not 0 < o <= offset]
 
     def hold(self) -> None:
         if self.held is None:
@@ -97,7 +107,7 @@ class Subscription:
 
     def release(self) -> None:
         held, self.held = self.held or [], None
-        for frame in held:
+        for _, frame in held:
             self.recipient.push(frame)
 
     def wants(self, entry: Entry) -> bool:
@@ -125,6 +135,7 @@ class Streams:
         self.of: dict[Any, dict[str, Subscription]] = {}  # consumer -> its subscriptions
         self.read_position: Callable[[str], tuple[str, int]] = streams.position
         self.read_entries: Callable[[str, int, int], list[Entry]] = streams.entries
+        self.read_replay: Callable[[str, str, int, int], streams.Replay] = streams.replay
         self.filled = 0  # messages delivered from the database after a gap (for tests, logs)
         self.on_detach: Callable[[Subscription], None] = lambda subscription: None
 
@@ -194,12 +205,14 @@ class Streams:
 
     async def history(self, subscription: Subscription, epoch: str, after: int) -> streams.Replay:
         """What a subscriber that had everything up to `after` (of `epoch`) missed before its
-        subscription began; on success its covered range then starts at `after`."""
+        subscription began; on success its covered range then starts at `after`, and what it
+        already had from another worker that this one delivers later is not sent again."""
         upto = subscription.covered_from
-        replay = await sync_to_async(streams.replay)(subscription.name, epoch, after, upto)
+        replay = await sync_to_async(self.read_replay)(subscription.name, epoch, after, upto)
         if replay.failure is None:
             replay.entries = [entry for entry in replay.entries if subscription.wants(entry)]
             subscription.covered_from = min(after, upto)
+            subscription.skip_through(after)
         return replay
 
     # --- Live messages -----------------------------------------------------------------------

@@ -223,7 +223,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
-        await self.send(text_data=protocol.resumed(replay.epoch, upto, len(replay.entries)))
+        live_after = max(after, upto)  # a client may hold more than this worker delivered
+        await self.send(text_data=protocol.resumed(replay.epoch, live_after, len(replay.entries)))
 
     async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
         """Subscribe to a topic its pattern allows this user, from `since` when given (what
