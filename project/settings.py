@@ -313,6 +313,12 @@ def websocket_origins(name: str) -> list[str]:
 # Unset: AllowedHostsOriginValidator (the Origin's host must be in ALLOWED_HOSTS, any port).
 # Set: only these exact origins, so scheme and port matter.
 REALTIME_ALLOWED_ORIGINS = websocket_origins("REALTIME_ALLOWED_ORIGINS")
+# GET /metrics (docs/operations.md): who may scrape it. Set only when given (realtime/conf.py
+# has the defaults: loopback, and no token).
+if os.environ.get("REALTIME_METRICS_ALLOWED_ADDRESSES") is not None:
+    REALTIME_METRICS_ALLOWED_ADDRESSES = envlist("REALTIME_METRICS_ALLOWED_ADDRESSES", [])
+if os.environ.get("REALTIME_METRICS_TOKEN"):
+    REALTIME_METRICS_TOKEN = os.environ["REALTIME_METRICS_TOKEN"]
 # Refuse (close 1008) a WebSocket that came neither over TLS nor through a trusted https proxy.
 REALTIME_REQUIRE_TLS = envbool("REALTIME_REQUIRE_TLS", not DEBUG)
 # Incoming messages per socket: a token bucket refilled at RATE per second holding BURST.

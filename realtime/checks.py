@@ -7,11 +7,14 @@ Run by every management command (and `manage.py check`), as django-cors-headers 
 - realtime.E003: REALTIME_ALLOWED_ORIGINS holds something that is not a full origin;
 - realtime.E004: REALTIME_FANOUT_REJOIN is not shorter than the core layer's group_expiry;
 - realtime.E005: "realtime" comes after "django.contrib.staticfiles" in INSTALLED_APPS;
-- realtime.E006: REALTIME_REQUIRE_TLS is not True or False.
+- realtime.E006: REALTIME_REQUIRE_TLS is not True or False;
+- realtime.E007: REALTIME_METRICS_ALLOWED_ADDRESSES holds something that is not an address or
+  network, or REALTIME_METRICS_TOKEN is set but shorter than 32 characters (guessable).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from django.conf import settings
@@ -62,6 +65,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         *check_fanout_rejoin(),
         *check_app_order(),
         *check_require_tls(),
+        *check_metrics_access(),
     ]
 
 
@@ -156,3 +160,34 @@ def check_require_tls() -> list[Error]:
             id="realtime.E006",
         )
     ]
+
+
+MIN_METRICS_TOKEN = 32
+
+
+def check_metrics_access() -> list[Error]:
+    errors = []
+    addresses = conf.REALTIME_METRICS_ALLOWED_ADDRESSES
+    try:
+        if isinstance(addresses, str):
+            raise TypeError
+        for address in addresses:
+            ipaddress.ip_network(address, strict=False)
+    except (TypeError, ValueError):
+        errors.append(
+            Error(
+                "REALTIME_METRICS_ALLOWED_ADDRESSES must be a list of addresses or networks "
+                f"such as '127.0.0.1' or '10.0.0.0/8', not {addresses!r}.",
+                id="realtime.E007",
+            )
+        )
+    token = conf.REALTIME_METRICS_TOKEN
+    if not isinstance(token, str) or (token and len(token) < MIN_METRICS_TOKEN):
+        errors.append(
+            Error(
+                f"REALTIME_METRICS_TOKEN must be empty or at least {MIN_METRICS_TOKEN} "
+                "characters (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`).",
+                id="realtime.E007",
+            )
+        )
+    return errors

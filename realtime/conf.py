@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     # address, per window of seconds; 0: no limit.
     "REALTIME_API_RATE_LIMIT": 120,
     "REALTIME_API_RATE_WINDOW": 60,
+    # GET /metrics (realtime/metrics.py): the client addresses or networks it answers, and a
+    # bearer token that opens it from anywhere ("" : none does).
+    "REALTIME_METRICS_ALLOWED_ADDRESSES": ["127.0.0.1/8", "::1/128"],
+    "REALTIME_METRICS_TOKEN": "",
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,8 @@ from asgiref.sync import sync_to_async
 
 from realtime.broadcasting import streams
 from realtime.broadcasting.streams import Entry
+from realtime.server import metrics
+from realtime.server.metrics import child
 
 logger = logging.getLogger("realtime.broadcasting.delivery")
 
@@ -80,13 +83,15 @@ class Subscription:
         self.member: str | None = None  # a presence topic: the user it counts, if signed in
         self.presence = False  # a presence topic: it was told who is there, and hears changes
 
-    def offer(self, offset: int, audience: str, frame: Frame) -> None:
+    def offer(self, offset: int, audience: str, frame: Frame) -> bool:
+        """Give the socket this message if it is new to it and for it; whether it was."""
         if offset <= self.position:
-            return
+            return False
         self.position = offset
         if self.audiences is not None and audience not in self.audiences:
-            return
+            return False
         self.tell(frame, offset)
+        return True
 
     def tell(self, frame: Frame, offset: int = 0) -> None:
         """Write a frame now, or after the held ones (`offset`: the stream message it is)."""
@@ -225,7 +230,8 @@ class Streams:
         offset = event["offset"]
         if stream.delivered is not None and offset <= stream.delivered:
             return  # a copy (a late live message after a fill)
-        stream.pending[offset] = Entry(offset, event["text"], event.get("audience", ""))
+        audience, published = event.get("audience", ""), event.get("published", 0.0)
+        stream.pending[offset] = Entry(offset, event["text"], audience, published)
         self._advance(stream)
 
     def _advance(self, stream: Stream) -> None:
@@ -243,9 +249,11 @@ class Streams:
 
     def _deliver(self, stream: Stream, entry: Entry) -> None:
         frame = Frame(entry.frame)
+        told = 0
         for subscription in list(stream.subscriptions.values()):
-            subscription.offer(entry.offset, entry.audience, frame)
+            told += subscription.offer(entry.offset, entry.audience, frame)
         stream.delivered = entry.offset
+        count_delivered(stream.name, entry, told)
 
     def behind(self, last_offsets: dict[str, int]) -> int:
         """Fill every stream whose database offset is past what this worker delivered (the
@@ -308,3 +316,24 @@ class Streams:
             stream.name,
         )
         stream.delivered = available - 1
+
+
+def kind_of(name: str) -> str:
+    """A stream as the metrics label it: "broadcast" or "topic" (a user's topic too)."""
+    return "broadcast" if name == streams.BROADCASTS else "topic"
+
+
+def count_delivered(name: str, entry: Entry, told: int) -> None:
+    """Count one message's deliveries on this worker (once per message, not per socket)."""
+    kind = kind_of(name)
+    child(metrics.DELIVERIES, kind).inc(told)
+    child(metrics.MESSAGES, "out", "broadcast" if kind == "broadcast" else "message").inc(told)
+    if entry.published:
+        child(metrics.DELIVERY_LATENCY, kind).observe(max(0.0, time.time() - entry.published))
+    else:
+        child(metrics.CATCH_UP_DELIVERIES, kind).inc(told)
+
+
+def count_replayed(name: str, count: int) -> None:
+    """Count the messages of a resume's replay (their frames are counted as they are sent)."""
+    child(metrics.DELIVERIES, kind_of(name)).inc(count)

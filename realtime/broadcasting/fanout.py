@@ -52,7 +52,9 @@ from realtime.broadcasting import topics
 from realtime.broadcasting.delivery import Frame, Streams, Subscription, spawn
 from realtime.broadcasting.topic_presence import CHANGED, Presence
 from realtime.conf import conf
+from realtime.server import metrics
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
+from realtime.server.metrics import child
 from realtime.websocket import protocol
 from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, session_end
 
@@ -407,6 +409,7 @@ class Fanout:
             self.lost = reason
             return
         self.lost, self.lost_since = reason, time.monotonic()
+        metrics.LAYER_LOSSES.inc()
         if self.joined is not None:
             self.joined.clear()
         closed = self.close_signed_in()
@@ -426,6 +429,7 @@ class Fanout:
             time.monotonic() - self.lost_since,
         )
         self.lost = None
+        metrics.LAYER_RECONNECTS.inc()
         if self.joined is not None:
             self.joined.set()
         self.tell_everyone(protocol.status(live=True))
@@ -442,8 +446,10 @@ class Fanout:
         """Write one message to every socket of this worker (each once, whatever its
         audiences)."""
         frame = Frame(text)
-        for recipient in list(self.sockets.values()):
+        recipients = list(self.sockets.values())
+        for recipient in recipients:
             recipient.push(frame)
+        child(metrics.MESSAGES, "out", protocol.type_of(text)).inc(len(recipients))
 
     def problem(self) -> str | None:
         """Why this worker's fan-out cannot deliver now (for /healthz), or None."""

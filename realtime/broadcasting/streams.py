@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +59,7 @@ class Entry:
     offset: int
     frame: str
     audience: str = ""
+    published: float = 0.0  # its publish's unix time when it came live; 0: read from the database
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,7 @@ def live_event(message: TopicMessage) -> dict[str, Any]:
         "offset": message.offset,
         "text": message.frame,
         "audience": message.audience,
+        "published": time.time(),  # for the delivery latency (realtime/server/metrics.py)
     }
 
 

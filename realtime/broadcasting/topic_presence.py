@@ -29,6 +29,8 @@ from realtime.broadcasting.layer import group_send
 from realtime.broadcasting.redis_client import async_client, sync_client
 from realtime.broadcasting.streams import TOPICS_GROUP
 from realtime.conf import conf
+from realtime.server import metrics
+from realtime.server.metrics import child
 from realtime.websocket import protocol
 
 logger = logging.getLogger("realtime.broadcasting.topic_presence")
@@ -174,9 +176,12 @@ class Presence:
         changes += [("leave", before[pk]) for pk in before.keys() - now.keys()]
         for kind, user in changes:
             frame = Frame(protocol.presence_change(kind, topic, user))
+            told = 0
             for subscription in self._subscribers(topic):
                 if subscription.presence:
                     subscription.tell(frame)
+                    told += 1
+            child(metrics.MESSAGES, "out", kind).inc(told)
 
     def _subscribers(self, topic: str) -> list[Subscription]:
         return list(self.subscriptions(topic)) if self.subscriptions else []

@@ -26,6 +26,9 @@ from typing import Any
 
 from twisted.web.http import HTTPChannel
 
+from realtime.server import metrics
+from realtime.server.metrics import child
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,13 +41,29 @@ class DeadlineHTTPChannel(HTTPChannel):
     first_request_timeout = 10.0
     body_min_rate = 10_000.0  # bytes a second; 0: no body deadline
     deadline = None
+    header_bytes = 0  # of the request being received (the metrics' "size" refusals)
+    tls_counted = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._arm(self.first_request_timeout, "no complete request headers")
 
+    def lineReceived(self, line: bytes) -> None:
+        before, self.header_bytes = self.header_bytes, self.header_bytes + len(line)
+        if before <= self.totalHeadersSize < self.header_bytes:  # Twisted answers 400
+            child(metrics.HANDSHAKES, "refused", "size").inc()
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> Any:
+        child(metrics.HANDSHAKES, "refused", "size").inc()
+        return super().lineLengthExceeded(line)
+
     def allHeadersReceived(self) -> None:
         self._lift_deadline()
+        self.header_bytes = 0
+        if not self.tls_counted:  # the first request: its connection's TLS is established
+            self.tls_counted = True
+            metrics.count_tls_connection(self.transport)
         super().allHeadersReceived()
         if self.length != 0 and self.body_min_rate > 0:
             length = self.length if self.length is not None else UNKNOWN_BODY_LENGTH
@@ -85,6 +104,7 @@ class DeadlineHTTPChannel(HTTPChannel):
         logger.info(
             "Dropped a connection from %s: %s within %g s", self.transport.getPeer(), what, seconds
         )
+        child(metrics.HANDSHAKES, "refused", "deadline").inc()
         self.transport.abortConnection()
 
     def _lift_deadline(self) -> None:

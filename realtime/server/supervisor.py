@@ -16,6 +16,10 @@ supervisor logs "is ready". Under systemd (`Type=notify`) it tells systemd READY
 worker is ready, RELOADING=1 and READY=1 around a reload, and STOPPING=1
 (realtime/server/systemd.py).
 
+The workers' Prometheus values go to one directory the supervisor makes empty at its start and
+removes at its end (realtime/server/metrics.py), so that whichever worker answers a scrape
+reports the whole host; a worker's open-socket gauges are dropped when it exits.
+
 SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
 for each worker a new process starts on the same sockets; once it is ready, the old one gets
 SIGTERM and the grace period (it stops accepting at once; the new one takes what is queued),
@@ -46,6 +50,7 @@ import contextlib
 import ctypes
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,7 +60,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.server import systemd
+from realtime.server import metrics, systemd
 from realtime.server.listeners import (
     BACKLOG,
     LISTEN_FDS,
@@ -161,11 +166,14 @@ class Supervisor:
         self.reload_requested = False
         self.selector: selectors.BaseSelector | None = None
         self.told_systemd_ready = False
+        self.metrics_directory: str | None = None
 
     # --- Running -----------------------------------------------------------------------------
 
     def run(self) -> int:
         """Start the workers and supervise them until asked to stop; then stop them. Returns 0."""
+        self.metrics_directory = metrics.make_directory()
+        self.env[metrics.DIRECTORY_ENV] = self.metrics_directory
         with self._signals():
             try:
                 for worker in self.workers:
@@ -177,6 +185,7 @@ class Supervisor:
                     self._wait(self._next_timeout())
             finally:
                 self._stop_all()
+                shutil.rmtree(self.metrics_directory, ignore_errors=True)
         return 0
 
     def _spawn(self, worker: Worker) -> subprocess.Popen[bytes]:
@@ -258,6 +267,7 @@ class Supervisor:
             if worker.process is not None and worker.process.poll() is not None:
                 process, worker.process = worker.process, None
                 self.ready_pids.discard(process.pid)
+                self._forget(process.pid)
                 # Closed, so that the kernel sends the slot's new connections to the others.
                 worker.close_listeners()
                 message = f"worker {worker.name} (pid {process.pid}) exited with code"
@@ -354,6 +364,12 @@ class Supervisor:
             self.log(f"worker {name} (pid {process.pid}) did not stop in time: SIGKILL")
             self._signal(process, signal.SIGKILL)
         self.log(f"worker {name} (pid {process.pid}) stopped with code {process.wait()}")
+        self._forget(process.pid)
+
+    def _forget(self, pid: int) -> None:
+        """A worker exited: its open sockets no longer count in the host's metrics."""
+        if self.metrics_directory is not None:
+            metrics.forget_worker(self.metrics_directory, pid)
 
     # --- Stopping ----------------------------------------------------------------------------
 

@@ -23,11 +23,13 @@ from django.utils import timezone
 from realtime import broadcast
 from realtime.broadcasting import fanout as delivery
 from realtime.broadcasting import presence, topics
-from realtime.broadcasting.delivery import Subscription
+from realtime.broadcasting.delivery import Subscription, count_replayed
 from realtime.broadcasting.sending import audiences_for
 from realtime.broadcasting.streams import BROADCASTS, user_stream
 from realtime.conf import conf
 from realtime.models import Broadcast
+from realtime.server import metrics
+from realtime.server.metrics import child
 from realtime.server.worker import worker_id
 from realtime.upstream import handler_name
 from realtime.websocket import protocol
@@ -108,6 +110,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # again later" instead of crashing; the client reconnects with backoff and resumes,
         # so nothing is lost.
         logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
+        child(metrics.HANDSHAKES, "refused", "layer_lost").inc()
         await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:
@@ -122,6 +125,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         except (redis.RedisError, OSError, TimeoutError, DatabaseError) as exc:
             await self._try_again_later(exc)
             return
+        self._count_open()
         # Nothing awaited since the registration: the streams the client resumes hold their
         # live messages until the replay is sent, so it never sees a later one first.
         resuming = self._resuming()
@@ -164,6 +168,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_counted", False):
             presence.left(self.audiences)
             self._counted = False
+        child(metrics.CLOSES, metrics.close_code_label(code)).inc()
+        open_sockets, self._open_sockets = getattr(self, "_open_sockets", None), None
+        if open_sockets is not None:
+            open_sockets.dec()
+
+    def _count_open(self) -> None:
+        child(metrics.HANDSHAKES, "accepted", "").inc()
+        audience = self.audiences[-1] if self.audiences else "none"  # the widest it has
+        scheme = self.scope["scheme"]
+        self._open_sockets = child(metrics.OPEN_SOCKETS, worker_id(), scheme, audience)
+        self._open_sockets.inc()
+
+    async def send(self, text_data: Any = None, bytes_data: Any = None, close: Any = False) -> None:
+        if text_data is not None:
+            child(metrics.MESSAGES, "out", protocol.type_of(text_data)).inc()
+        await super().send(text_data, bytes_data, close)
 
     def _welcome(self, positions: dict[str, Any]) -> str:
         user = self.scope.get("user")
@@ -178,6 +198,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
+            child(metrics.MESSAGES, "in", "binary").inc()
             await self.send(
                 text_data=protocol.error(
                     "binary_not_supported", "Binary frames are not accepted; send JSON text."
@@ -187,8 +208,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             message = protocol.parse_client_message(text_data)
         except protocol.ProtocolError as exc:
+            child(metrics.MESSAGES, "in", "invalid").inc()
             await self.send(text_data=protocol.error(exc.code, exc.detail))
             return
+        child(metrics.MESSAGES, "in", message["type"]).inc()  # one of the known types
         if message["type"] == "ping":
             await self.send(text_data=protocol.pong())
         elif message["type"] == "resume":
@@ -223,6 +246,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             return
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
+        count_replayed(subscription.name, len(replay.entries))
         live_after = max(after, upto)  # a client may hold more than this worker delivered
         await self.send(text_data=protocol.resumed(replay.epoch, live_after, len(replay.entries)))
 
@@ -290,6 +314,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=protocol.topic_subscribed(topic, replay.epoch, since[1]))
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
+        count_replayed(subscription.name, len(replay.entries))
 
     async def _unsubscribe(self, topic: str) -> None:
         user = self.scope.get("user")

@@ -23,7 +23,9 @@ from typing import Any
 from django.conf import settings
 
 from realtime.conf import conf
+from realtime.server import metrics
 from realtime.server.frame_budget import TokenBucket
+from realtime.server.metrics import child
 from realtime.websocket import protocol
 from realtime.websocket.middleware import accept_then_close
 from realtime.websocket.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
@@ -62,6 +64,7 @@ class ConnectionCapMiddleware:
             return await self.app(scope, receive, send)
         if open_per_client[address] >= limit:
             logger.warning("Refused a WebSocket from %s: %d already open (1013).", address, limit)
+            child(metrics.HANDSHAKES, "refused", "sockets_per_address").inc()
             reason = "Too many connections from your address"
             return await accept_then_close(receive, send, TRY_AGAIN_LATER, reason)
         open_per_client[address] += 1
@@ -90,6 +93,8 @@ class RateLimitMiddleware:
                 event = await receive()
                 if event["type"] != "websocket.receive" or bucket.take():
                     return event
+                child(metrics.MESSAGES, "in", "rate_limited").inc()
+                child(metrics.MESSAGES, "out", "error").inc()
                 if bucket.dropped > 2 * bucket.burst:
                     logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")

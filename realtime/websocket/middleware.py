@@ -20,6 +20,8 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from realtime.conf import conf
+from realtime.server import metrics
+from realtime.server.metrics import child
 from realtime.websocket.protocol import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
@@ -125,6 +127,7 @@ class LoggingOriginValidator(OriginValidator):
         valid = super().valid_origin(parsed_origin)
         if not valid:
             log_refused_origin(parsed_origin, self.by_origin)
+            child(metrics.HANDSHAKES, "refused", "origin").inc()
         return valid
 
 
@@ -177,6 +180,7 @@ class RequireTLSMiddleware:
             and scope.get("scheme") != "wss"
         ):
             logger.info("Closed a WebSocket that did not come over TLS (1008).")
+            child(metrics.HANDSHAKES, "refused", "tls_required").inc()
             reason = "TLS required: connect with wss://"
             return await accept_then_close(receive, send, POLICY_VIOLATION, reason)
         return await self.app(scope, receive, send)

@@ -98,6 +98,17 @@ def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
     return text, level, audience
 
 
+TYPE_PREFIX = '{"type":"'
+
+
+def type_of(text: str) -> str:
+    """The type of a message this module encoded (its first key), for the metrics."""
+    if not text.startswith(TYPE_PREFIX):
+        return "other"
+    end = text.find('"', len(TYPE_PREFIX))
+    return text[len(TYPE_PREFIX) : end] if 0 < end <= 40 else "other"
+
+
 def encode(message: dict[str, Any]) -> str:
     """Serialize a server message as compact JSON."""
     return json.dumps(message, separators=(",", ":"))

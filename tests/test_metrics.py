@@ -1,0 +1,473 @@
+"""Prometheus metrics at /metrics against real servers: `serve --workers 2` over TLS with its
+own Redis, each metric read before and after the event that moves it. A scrape, whichever
+worker the kernel hands it to, reports the whole host; the access rules are checked in
+process and on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed
+
+from realtime.checks import check_metrics_access
+from tests.helpers import (
+    PYTHON,
+    close_code,
+    free_port,
+    open_spread,
+    receive_json,
+    run_in_shell,
+    ws_connect,
+)
+from tests.helpers import wait_until_async as until
+
+TOKEN = "m" * 40
+
+
+def scrape(port: int, tls=None, token: str | None = None, scheme: str = "https"):
+    """(status, {(name, labels): value}) of one GET /metrics, on a new connection."""
+    request = urllib.request.Request(f"{scheme}://localhost:{port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=15) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, {}
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return 200, samples
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )
+
+
+def by_worker(samples: dict) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for (name, labels), value in samples.items():
+        if name == "realtime_open_sockets":
+            worker = dict(labels)["worker"].rsplit("-", 1)[-1]
+            counts[worker] = counts.get(worker, 0) + value
+    return {worker: count for worker, count in counts.items() if count}
+
+
+@pytest.fixture(scope="module")
+def served(start, private_redis):
+    redis = private_redis()
+    port = free_port()
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
+        port,
+        REDIS_URL=redis.url,
+        REALTIME_LOG_FORMAT="json",
+        REALTIME_ACCESS_LOG="1",
+        REALTIME_FANOUT_CHECK="1",
+        REALTIME_FANOUT_CHECK_TIMEOUT="1",
+        REALTIME_WS_HANDSHAKE_TIMEOUT="2",
+        REALTIME_WS_RATE="2",
+        REALTIME_WS_BURST="2",
+    )
+    return server, redis
+
+
+def metrics_lines_by_worker(server) -> set[str]:
+    """The workers whose access log shows a GET /metrics."""
+    workers = set()
+    for line in server.log().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if "/metrics" in json.dumps(entry) and entry.get("logger") == "daphne.access":
+                workers.add(entry.get("worker", "").rsplit("-", 1)[-1])
+    return workers
+
+
+def test_every_scrape_sees_the_open_sockets_of_both_workers(served, client_tls):
+    server, _ = served
+    url = f"wss://localhost:{server.port}/ws/"
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = await open_spread(url, client_tls, 6, stack)
+            while len({w for _, w in sockets}) < 2:
+                sockets += await open_spread(url, client_tls, 1, stack)
+            opened = {w: sum(1 for _, s in sockets if s == w) for _, w in sockets}
+            scrapes = [scrape(server.port, client_tls)[1] for _ in range(4)]
+            while metrics_lines_by_worker(server) != {"w1", "w2"} and len(scrapes) < 60:
+                scrapes.append(scrape(server.port, client_tls)[1])
+                await asyncio.sleep(0.05)  # the access log line is written after the answer
+            for socket_, worker in sockets:
+                if worker == "w1":
+                    await socket_.close()
+            await asyncio.sleep(0.5)
+            after = scrape(server.port, client_tls)[1]
+            return opened, scrapes, after
+
+    opened, scrapes, after = asyncio.run(scenario())
+    assert all(by_worker(s) == opened for s in scrapes), (opened, [by_worker(s) for s in scrapes])
+    assert metrics_lines_by_worker(server) == {"w1", "w2"}  # answered by each, the same totals
+    assert by_worker(after) == {"w2": opened["w2"]}
+    assert total(scrapes[0], "realtime_open_sockets", scheme="wss", audience="everyone") == sum(
+        opened.values()
+    )
+
+
+def test_a_killed_workers_sockets_stop_counting_and_its_totals_stay(served, client_tls):
+    server, _ = served
+    url = f"wss://localhost:{server.port}/ws/"
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = await open_spread(url, client_tls, 6, stack)
+            while {w for _, w in sockets} != {"w1", "w2"}:
+                sockets += await open_spread(url, client_tls, 1, stack)
+            before = scrape(server.port, client_tls)[1]
+            pid = worker_pid(server, "w1")
+            os.kill(pid, signal.SIGKILL)
+            await until(lambda: worker_pid(server, "w1") != pid, 30, "w1 restarted")
+            await asyncio.sleep(1)
+            after = scrape(server.port, client_tls)[1]
+            kept = sum(1 for _, w in sockets if w == "w2")
+            return before, after, kept
+
+    before, after, kept = asyncio.run(scenario())
+    assert by_worker(after) == {"w2": kept}
+    accepted = ("realtime_handshakes_total", (("outcome", "accepted"), ("reason", "")))
+    assert after[accepted] >= before[accepted]  # the killed worker's counts are kept
+
+
+def worker_pid(server, name: str) -> int:
+    lines = [line for line in server.log().splitlines() if f"worker {name} started" in line]
+    return int(lines[-1].rsplit("pid ", 1)[1].split(")")[0])
+
+
+def test_handshakes_refused_by_origin_size_and_deadline_are_counted(served, client_tls):
+    server, _ = served
+    port = server.port
+    before = scrape(port, client_tls)[1]
+
+    async def wrong_origin():
+        with contextlib.suppress(Exception):
+            async with ws_connect(
+                f"wss://localhost:{port}/ws/", client_tls, origin="https://x.example"
+            ):
+                pass
+
+    asyncio.run(wrong_origin())
+    many = b"".join(b"X-Part-%d: %s\r\n" % (n, b"a" * 500) for n in range(40))
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\n"
+    answer = exchange(port, client_tls, request + many + b"\r\n")  # 20 KB of headers
+    assert answer.startswith(b"HTTP/1.1 400")
+    exchange(port, client_tls, request + b"X-Big: " + b"a" * 20_000)  # in one line
+    middle = scrape(port, client_tls)[1]
+    started = time.monotonic()
+    assert exchange(port, client_tls, b"GET /ws/ HTTP/1.1\r\nHost: localhost\r\n") == b""
+    assert time.monotonic() - started > 1.5  # dropped at REALTIME_WS_HANDSHAKE_TIMEOUT (2 s)
+    after = scrape(port, client_tls)[1]
+
+    def refused(samples, reason):
+        return total(samples, "realtime_handshakes_total", outcome="refused", reason=reason)
+
+    assert refused(middle, "origin") == refused(before, "origin") + 1
+    assert refused(middle, "size") == refused(before, "size") + 2
+    assert refused(after, "deadline") == refused(middle, "deadline") + 1
+
+
+def exchange(port: int, tls: ssl.SSLContext, data: bytes) -> bytes:
+    """Send `data` over a new TLS connection; what comes back until the server closes it."""
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        tls.wrap_socket(raw, server_hostname="localhost") as connection,
+    ):
+        connection.sendall(data)
+        connection.settimeout(10)
+        received = b""
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while chunk := connection.recv(4096):
+                received += chunk
+        return received
+
+
+def test_messages_deliveries_latency_and_closes_are_counted(served, client_tls, server_env):
+    server, redis = served
+    port = server.port
+    url = f"wss://localhost:{port}/ws/"
+    env = {**server_env, "REDIS_URL": redis.url}
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = await open_spread(url, client_tls, 4, stack)
+            while {w for _, w in sockets} != {"w1", "w2"}:
+                sockets += await open_spread(url, client_tls, 1, stack)
+            subscriber = sockets[0][0]
+            await subscriber.send(json.dumps({"type": "subscribe", "topic": "news.launch"}))
+            assert (await receive_json(subscriber))["type"] == "subscribed"
+            before = scrape(port, client_tls)[1]
+            for socket_, _ in sockets:
+                await socket_.send('{"type": "ping"}')
+                assert (await receive_json(socket_))["type"] == "pong"
+            await asyncio.to_thread(
+                run_in_shell,
+                env,
+                "from realtime import broadcast, topics\n"
+                "broadcast.send('counted')\n"
+                "topics.send('news.launch', {'n': 1})\n",
+            )
+            for socket_, _ in sockets:
+                assert (await receive_json(socket_))["type"] == "broadcast"
+            assert (await receive_json(subscriber))["type"] == "message"
+            for _ in range(4):  # over REALTIME_WS_RATE: dropped, answered rate_limited
+                await subscriber.send('{"type": "ping"}')
+            await asyncio.sleep(0.5)
+            middle = scrape(port, client_tls)[1]
+            for socket_, _ in sockets[1:]:
+                await socket_.close()
+            await asyncio.sleep(0.5)
+            after = scrape(port, client_tls)[1]
+            return len(sockets), before, middle, after
+
+    count, before, middle, after = asyncio.run(scenario())
+
+    def grew(name, samples=middle, **labels):
+        return total(samples, name, **labels) - total(before, name, **labels)
+
+    pings = grew("realtime_messages_total", direction="in", type="ping")
+    dropped = grew("realtime_messages_total", direction="in", type="rate_limited")
+    assert pings + dropped == count + 4 and dropped >= 1  # burst 2, 2 a second
+    assert grew("realtime_messages_total", direction="out", type="pong") == pings
+    assert grew("realtime_messages_total", direction="out", type="error") == dropped
+    assert grew("realtime_messages_total", direction="out", type="broadcast") == count
+    assert grew("realtime_messages_total", direction="out", type="message") == 1
+    assert grew("realtime_deliveries_total", kind="broadcast") == count
+    assert grew("realtime_deliveries_total", kind="topic") == 1
+    # Once per message and worker: the broadcast on both, the topic message on one.
+    assert grew("realtime_delivery_latency_seconds_count", kind="broadcast") == 2
+    assert grew("realtime_delivery_latency_seconds_count", kind="topic") == 1
+    latency = grew("realtime_delivery_latency_seconds_sum", kind="broadcast")
+    assert 0 < latency < 20
+    assert grew("realtime_closes_total", samples=after, code="1000") >= count - 1
+
+
+def test_tls_version_and_group_of_new_connections_are_counted(served, dev_certs):
+    server, _ = served
+    port = server.port
+
+    def connect(*options: str) -> None:
+        request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+             "-CAfile", str(dev_certs.ca_cert), "-verify_return_error", "-quiet", *options],
+            input=request, capture_output=True, timeout=30,
+        )  # fmt: skip
+        assert b"HTTP/1.1 200" in result.stdout, result.stderr
+
+    tls = ssl.create_default_context(cafile=str(dev_certs.ca_cert))
+    before = scrape(port, tls)[1]
+    connect("-tls1_3", "-groups", "P-384")
+    connect("-tls1_2", "-groups", "P-256")  # TLS 1.2 needs the certificate's curve there
+    after = scrape(port, tls)[1]
+
+    def grew(version, group):
+        labels = {"version": version, "group": group}
+        return total(after, "realtime_tls_connections_total", **labels) - total(
+            before, "realtime_tls_connections_total", **labels
+        )
+
+    assert grew("TLSv1.3", "secp384r1") == 1  # OpenSSL's name for P-384
+    assert grew("TLSv1.2", "secp256r1") == 1  # OpenSSL's name for P-256
+
+
+def test_the_catch_up_and_the_channel_layer_coming_back_are_counted(served, client_tls, server_env):
+    server, redis = served
+    port = server.port
+    url = f"wss://localhost:{port}/ws/"
+    env = {**server_env, "REDIS_URL": redis.url}
+
+    async def scenario():
+        async with ws_connect(url, client_tls) as socket_:
+            await receive_json(socket_)
+            before = scrape(port, client_tls)[1]
+            redis.stop()
+            await asyncio.sleep(3)  # past REALTIME_FANOUT_CHECK + _TIMEOUT: the layer is lost
+            await asyncio.to_thread(
+                run_in_shell, env, "from realtime import broadcast\nbroadcast.send('while away')\n"
+            )
+            redis.start()
+            seen = []
+
+            async def read():
+                while True:
+                    message = await receive_json(socket_, timeout=60)
+                    seen.append(message)
+                    if message["type"] == "broadcast":
+                        return
+
+            await asyncio.wait_for(read(), 60)
+            await asyncio.sleep(0.5)
+            return before, scrape(port, client_tls)[1], seen
+
+    before, after, seen = asyncio.run(scenario())
+    assert seen[-1]["message"] == "while away"
+
+    def grew(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("realtime_channel_layer_losses_total") == 2  # each worker
+    assert grew("realtime_channel_layer_reconnects_total") == 2
+    assert grew("realtime_catchup_deliveries_total", kind="broadcast") == 1
+
+
+# --- Refusals of the per-address caps, and TLS required -------------------------------------
+
+
+def test_the_per_address_caps_are_counted(start, client_tls, private_redis):
+    port = free_port()
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port)],
+        port,
+        REDIS_URL=private_redis().url,
+        REALTIME_MAX_CONNECTIONS_PER_ADDRESS="10",
+        REALTIME_WS_MAX_PER_CLIENT="2",
+    )
+    url = f"wss://localhost:{port}/ws/"
+
+    async def sockets_past_the_cap():
+        codes = []
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(8):  # at most 2 per worker stay open
+                socket_ = await stack.enter_async_context(ws_connect(url, client_tls))
+                with contextlib.suppress(ConnectionClosed):
+                    await receive_json(socket_)
+                    continue
+                codes.append(await close_code(socket_))
+        return codes
+
+    codes = asyncio.run(sockets_past_the_cap())
+    raws = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # 10 per worker
+    time.sleep(1)
+    for raw in raws:
+        raw.close()
+    time.sleep(0.5)
+    samples = scrape(port, client_tls)[1]
+    refused_sockets = total(
+        samples, "realtime_handshakes_total", outcome="refused", reason="sockets_per_address"
+    )
+    assert len(codes) >= 4 and set(codes) == {1013}  # 2 per worker: however the kernel spread 8
+    assert refused_sockets == len(codes)
+    refused_tcp = total(
+        samples, "realtime_handshakes_total", outcome="refused", reason="per_address_cap"
+    )
+    assert refused_tcp >= 10
+    server.stop()
+
+
+def test_a_socket_refused_for_want_of_tls_is_counted(start):
+    port = free_port()
+    args = [PYTHON, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    server = start(args, port, DJANGO_DEBUG="1", REALTIME_REQUIRE_TLS="1")
+
+    async def plain_socket():
+        async with ws_connect(f"ws://localhost:{port}/ws/") as socket_:
+            return await close_code(socket_)
+
+    before = scrape(port, scheme="http")[1]
+    assert asyncio.run(plain_socket()) == 1008
+    after = scrape(port, scheme="http")[1]
+    labels = {"outcome": "refused", "reason": "tls_required"}
+    assert (
+        total(after, "realtime_handshakes_total", **labels)
+        == total(before, "realtime_handshakes_total", **labels) + 1
+    )
+    server.stop()
+
+
+# --- Who may scrape ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("address", "authorization", "status"),
+    [
+        ("127.0.0.1", None, 200),
+        ("::1", None, 200),
+        ("10.1.2.3", None, 403),
+        ("10.1.2.3", f"Bearer {TOKEN}", 200),
+        ("10.1.2.3", "Bearer " + "x" * 40, 403),
+        ("10.1.2.3", f"bearer {TOKEN}", 403),
+        ("10.1.2.3", TOKEN, 403),
+        ("192.168.7.9", None, 200),  # in an allowed network
+    ],
+)
+def test_metrics_answer_allowed_addresses_and_the_token_only(
+    settings, address, authorization, status
+):
+    settings.REALTIME_METRICS_ALLOWED_ADDRESSES = ["127.0.0.1", "::1", "192.168.7.0/24"]
+    settings.REALTIME_METRICS_TOKEN = TOKEN
+    headers = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
+    response = Client(REMOTE_ADDR=address).get("/metrics", secure=True, **headers)
+    assert response.status_code == status
+    if status == 200:
+        assert b"realtime_handshakes_total" in response.content
+        assert response["Content-Type"].startswith("text/plain; version=")
+    else:
+        assert b"realtime_" not in response.content
+
+
+@pytest.mark.django_db
+def test_by_default_only_loopback_may_scrape_and_no_token_opens_it(settings):
+    response = Client(REMOTE_ADDR="10.1.2.3").get("/metrics", secure=True)
+    assert response.status_code == 403
+    empty = Client(REMOTE_ADDR="10.1.2.3").get(
+        "/metrics", secure=True, HTTP_AUTHORIZATION="Bearer "
+    )
+    assert empty.status_code == 403
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics", secure=True).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("REALTIME_METRICS_ALLOWED_ADDRESSES", ["not an address"]),
+        ("REALTIME_METRICS_ALLOWED_ADDRESSES", "127.0.0.1"),
+        ("REALTIME_METRICS_TOKEN", "short"),
+    ],
+)
+def test_wrong_metrics_settings_are_refused_at_start(settings, setting, value):
+    setattr(settings, setting, value)
+    [error] = check_metrics_access()
+    assert error.id == "realtime.E007" and setting in error.msg
+
+
+def test_a_scrape_from_elsewhere_is_refused_on_a_real_server(start, client_tls):
+    port = free_port()
+    server = start(
+        [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)],
+        port,
+        REALTIME_METRICS_ALLOWED_ADDRESSES="10.0.0.0/8",
+        REALTIME_METRICS_TOKEN=TOKEN,
+    )
+    assert scrape(port, client_tls)[0] == 403
+    assert scrape(port, client_tls, token="y" * 40)[0] == 403
+    status, samples = scrape(port, client_tls, token=TOKEN)
+    assert status == 200 and ("realtime_channel_layer_losses_total", ()) in samples
+    server.stop()
