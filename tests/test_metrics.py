@@ -9,22 +9,28 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from django.test import Client
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from realtime.checks import check_metrics_access
+from realtime.server import metrics  # noqa: F401 - defines the metrics in REGISTRY
 from tests.helpers import (
     PYTHON,
+    ROOT,
     close_code,
     free_port,
     open_spread,
@@ -378,7 +384,10 @@ def test_the_per_address_caps_are_counted(start, client_tls, private_redis):
         samples, "realtime_handshakes_total", outcome="refused", reason="per_address_cap"
     )
     assert refused_tcp >= 10
+    directories = set(Path(tempfile.gettempdir()).glob("realtime-metrics-*"))
     server.stop()
+    gone = directories - set(Path(tempfile.gettempdir()).glob("realtime-metrics-*"))
+    assert len(gone) == 1  # the supervisor removed its workers' metric files
 
 
 def test_a_socket_refused_for_want_of_tls_is_counted(start):
@@ -471,3 +480,26 @@ def test_a_scrape_from_elsewhere_is_refused_on_a_real_server(start, client_tls):
     status, samples = scrape(port, client_tls, token=TOKEN)
     assert status == 200 and ("realtime_channel_layer_losses_total", ()) in samples
     server.stop()
+
+
+# --- The sample Grafana dashboard -------------------------------------------------------------
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist():
+    dashboard = json.loads((ROOT / "deploy/grafana/realtime-dashboard.json").read_text())
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    exported = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("realtime_")
+        for suffix in suffixes.get(family.type, [])
+    }
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"realtime_[a-z_]+", target["expr"])
+    }
+    assert queried <= exported, queried - exported
+    families = {name.removesuffix("_total").removesuffix("_bucket") for name in queried}
+    assert len(families) >= 9  # every metric of realtime/server/metrics.py has a panel

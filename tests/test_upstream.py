@@ -235,8 +235,18 @@ def test_daphne_runserver_builds_the_class_in_server_cls():
 
 
 def test_http_channel_has_the_hooks_the_request_deadline_uses():
-    for name in ("allHeadersReceived", "connectionMade", "connectionLost", "callLater"):
+    hooks = ("allHeadersReceived", "connectionMade", "connectionLost", "callLater")
+    for name in (*hooks, "lineReceived", "lineLengthExceeded"):
         assert hasattr(HTTPChannel, name), name
+
+
+def test_http_channel_refuses_headers_past_total_headers_size_as_the_size_metric_counts():
+    """The "size" refusals (realtime/server/metrics.py) are counted where the header bytes of
+    a request pass `totalHeadersSize`, the bound Twisted's channel answers 400 at."""
+    assert HTTPChannel.totalHeadersSize == 16384
+    source = inspect.getsource(HTTPChannel.lineReceived)
+    assert "self._receivedHeaderSize += len(line)" in source
+    assert "self._receivedHeaderSize > self.totalHeadersSize" in source
 
 
 # --- channels -------------------------------------------------------------------------------
