@@ -197,6 +197,8 @@ for _name in (
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
     "REALTIME_PRESENCE_TTL",
+    # The admin's live view (docs/operations.md): seconds between updates.
+    "REALTIME_LIVE_STATS_INTERVAL",
     # The HTTP publish API (docs/operations.md): requests per token per window of seconds.
     "REALTIME_API_RATE_LIMIT",
     "REALTIME_API_RATE_WINDOW",

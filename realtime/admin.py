@@ -18,11 +18,12 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
 from realtime import api_tokens, broadcast, notifications
-from realtime.broadcasting import presence
+from realtime.broadcasting import live_stats, presence
 from realtime.models import ApiToken, Broadcast
 
 SENDER_FIELDS = ("message", "level", "audience")
@@ -175,6 +176,31 @@ class BroadcastAdmin(admin.ModelAdmin):
             preview=preview_of(form["level"].value(), form["message"].value()) if add else None,
         )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[Any]:
+        live = self.admin_site.admin_view(self.live_view)
+        return [path("live/", live, name="realtime_broadcast_live"), *super().get_urls()]
+
+    def live_view(self, request: HttpRequest) -> HttpResponse:
+        """Connections per host and worker, the messages of the last hour with their reach and
+        latency, refused handshakes: rendered now, then kept live over the page's WebSocket
+        (realtime/broadcasting/live_stats.py, admin_live.mjs)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            stats, error = live_stats.snapshot(), ""
+        except Exception as exc:  # noqa: BLE001 - the page must show even when Redis is down
+            stats, error = {}, str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Live view",
+            "opts": self.model._meta,
+            "stats": stats,
+            "error": error,
+            "topic": live_stats.TOPIC,
+            "interval": live_stats.interval(),
+        }
+        return TemplateResponse(request, "admin/realtime/live.html", context)
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

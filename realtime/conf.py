@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
     # bearer token that opens it from anywhere ("" : none does).
     "REALTIME_METRICS_ALLOWED_ADDRESSES": ["127.0.0.1/8", "::1/128"],
     "REALTIME_METRICS_TOKEN": "",
+    # The admin's live view (realtime/broadcasting/live_stats.py): seconds between a worker's
+    # reports to Redis and its pushes to the staff watching.
+    "REALTIME_LIVE_STATS_INTERVAL": 2,
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,

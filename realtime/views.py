@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from realtime import notifications
-from realtime.broadcasting import topics
+from realtime.broadcasting import live_stats, topics
 from realtime.broadcasting.replay import broadcasts_position, recent_for
 
 RECENT_BROADCASTS = 5
@@ -28,6 +28,12 @@ def is_active_staff(user: Any) -> bool:
 
 def register_page_topics() -> None:
     topics.register(ONLINE_TOPIC, authorize=is_signed_in, presence=is_active_staff)
+    # The admin's live view (realtime/broadcasting/live_stats.py): who may open its page.
+    topics.register(live_stats.TOPIC, authorize=may_watch_live_stats)
+
+
+def may_watch_live_stats(user: Any) -> bool:
+    return is_active_staff(user) and user.has_perm("realtime.view_broadcast")
 
 
 def shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

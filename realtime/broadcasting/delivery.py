@@ -25,7 +25,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from realtime.broadcasting import streams
+from realtime.broadcasting import live_stats, streams
 from realtime.broadcasting.streams import Entry
 from realtime.server import metrics
 from realtime.server.metrics import child
@@ -328,10 +328,13 @@ def count_delivered(name: str, entry: Entry, told: int) -> None:
     kind = kind_of(name)
     child(metrics.DELIVERIES, kind).inc(told)
     child(metrics.MESSAGES, "out", "broadcast" if kind == "broadcast" else "message").inc(told)
+    latency = None
     if entry.published:
-        child(metrics.DELIVERY_LATENCY, kind).observe(max(0.0, time.time() - entry.published))
+        latency = max(0.0, time.time() - entry.published)
+        child(metrics.DELIVERY_LATENCY, kind).observe(latency)
     else:
         child(metrics.CATCH_UP_DELIVERIES, kind).inc(told)
+    live_stats.recorder.delivered(name, entry.offset, told, latency)
 
 
 def count_replayed(name: str, count: int) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from asgiref.sync import sync_to_async
 
+from realtime.broadcasting import live_stats
+from realtime.broadcasting.delivery import Frame
 from realtime.broadcasting.fanout import MAINTENANCE_INTERVAL, fanout
 from realtime.broadcasting.redis_client import redis_host
 from realtime.broadcasting.streams import republish_pending
@@ -20,8 +22,22 @@ async def maintain() -> None:
     await fanout.catch_up()
 
 
+async def report_live_stats() -> None:
+    """Write this worker's part of the admin's live view to Redis, then push the whole view to
+    its sockets that watch it (realtime/broadcasting/live_stats.py)."""
+    if not await live_stats.report(len(fanout.sockets)):
+        return
+    watchers = list(fanout.streams.subscribers(live_stats.TOPIC))
+    if watchers:
+        frame = Frame(await live_stats.stats_frame())
+        for subscription in watchers:
+            subscription.tell(frame)
+
+
 def schedule() -> None:
-    """Ask the server to run maintain() when the layer is Redis (the in-memory one loses
-    nothing and reaches no other process)."""
+    """Ask the server to run maintain() and report_live_stats() when the layer is Redis (the
+    in-memory one loses nothing and reaches no other process)."""
     if redis_host() is not None:
         hooks.every(MAINTENANCE_INTERVAL, maintain)
+        hooks.every(live_stats.interval(), report_live_stats)
+        live_stats.recorder.enabled = True

@@ -19,7 +19,6 @@ from typing import Any
 
 from realtime.quiet_logs import LOG_EVERY, OncePerInterval
 from realtime.server import metrics
-from realtime.server.metrics import child
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ class AddressCap:
         """The key to release later, or None: refuse this connection."""
         key = address_key(address)
         if self.limit > 0 and key and self.open[key] >= self.limit:
-            child(metrics.HANDSHAKES, "refused", "per_address_cap").inc()
+            metrics.refuse("per_address_cap")
             if self.should_log(key):
                 logger.warning(
                     "Refused connections from %s on the %s listener: %d open already (said "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter as CounterOf
 from functools import cache
 from typing import Any
 
@@ -84,6 +85,26 @@ def close_code_label(code: Any) -> str:
     if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4009):
         return str(code)
     return "other"
+
+
+# Refusals since the app last took them (its live view, realtime/broadcasting/live_stats.py).
+refused_since: CounterOf[str] = CounterOf()
+
+
+def refuse(reason: str) -> None:
+    """Count a refused handshake or connection, for Prometheus and for the live view."""
+    child(HANDSHAKES, "refused", reason).inc()
+    refused_since[reason] += 1
+
+
+def take_refused() -> CounterOf[str]:
+    global refused_since
+    taken, refused_since = refused_since, CounterOf()
+    return taken
+
+
+def give_back_refused(counts: CounterOf[str]) -> None:
+    refused_since.update(counts)
 
 
 @cache

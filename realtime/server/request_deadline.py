@@ -27,7 +27,6 @@ from typing import Any
 from twisted.web.http import HTTPChannel
 
 from realtime.server import metrics
-from realtime.server.metrics import child
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +50,11 @@ class DeadlineHTTPChannel(HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         before, self.header_bytes = self.header_bytes, self.header_bytes + len(line)
         if before <= self.totalHeadersSize < self.header_bytes:  # Twisted answers 400
-            child(metrics.HANDSHAKES, "refused", "size").inc()
+            metrics.refuse("size")
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> Any:
-        child(metrics.HANDSHAKES, "refused", "size").inc()
+        metrics.refuse("size")
         return super().lineLengthExceeded(line)
 
     def allHeadersReceived(self) -> None:
@@ -104,7 +103,7 @@ class DeadlineHTTPChannel(HTTPChannel):
         logger.info(
             "Dropped a connection from %s: %s within %g s", self.transport.getPeer(), what, seconds
         )
-        child(metrics.HANDSHAKES, "refused", "deadline").inc()
+        metrics.refuse("deadline")
         self.transport.abortConnection()
 
     def _lift_deadline(self) -> None:

@@ -110,7 +110,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # again later" instead of crashing; the client reconnects with backoff and resumes,
         # so nothing is lost.
         logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
-        child(metrics.HANDSHAKES, "refused", "layer_lost").inc()
+        metrics.refuse("layer_lost")
         await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:

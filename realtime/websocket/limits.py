@@ -64,7 +64,7 @@ class ConnectionCapMiddleware:
             return await self.app(scope, receive, send)
         if open_per_client[address] >= limit:
             logger.warning("Refused a WebSocket from %s: %d already open (1013).", address, limit)
-            child(metrics.HANDSHAKES, "refused", "sockets_per_address").inc()
+            metrics.refuse("sockets_per_address")
             reason = "Too many connections from your address"
             return await accept_then_close(receive, send, TRY_AGAIN_LATER, reason)
         open_per_client[address] += 1

@@ -21,7 +21,6 @@ from django.conf import settings
 
 from realtime.conf import conf
 from realtime.server import metrics
-from realtime.server.metrics import child
 from realtime.websocket.protocol import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
@@ -127,7 +126,7 @@ class LoggingOriginValidator(OriginValidator):
         valid = super().valid_origin(parsed_origin)
         if not valid:
             log_refused_origin(parsed_origin, self.by_origin)
-            child(metrics.HANDSHAKES, "refused", "origin").inc()
+            metrics.refuse("origin")
         return valid
 
 
@@ -180,7 +179,7 @@ class RequireTLSMiddleware:
             and scope.get("scheme") != "wss"
         ):
             logger.info("Closed a WebSocket that did not come over TLS (1008).")
-            child(metrics.HANDSHAKES, "refused", "tls_required").inc()
+            metrics.refuse("tls_required")
             reason = "TLS required: connect with wss://"
             return await accept_then_close(receive, send, POLICY_VIOLATION, reason)
         return await self.app(scope, receive, send)

@@ -98,6 +98,11 @@ def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
     return text, level, audience
 
 
+def stats(topic: str, data: dict[str, Any]) -> str:
+    """The admin's live view, for the staff sockets subscribed to its topic."""
+    return encode({"type": "stats", "topic": topic, "data": data})
+
+
 TYPE_PREFIX = '{"type":"'
 
 

@@ -1,0 +1,206 @@
+"""What the admin's live view shows (realtime/admin.py, "Live"), gathered from every worker of
+every host through Redis, and pushed to the staff sockets that watch it.
+
+Every REALTIME_LIVE_STATS_INTERVAL seconds each worker (realtime.server.hooks) writes to Redis:
+
+- its entry `realtime:live:worker:<worker>` (host, worker, open sockets), which expires after
+  three intervals, so a worker that died drops out of the view on its own;
+- for each message it delivered since, how many of its sockets it reached and the latency
+  from publish to its last socket write (`realtime:live:reach:<stream>:<offset>`, a hash of
+  `sockets` and one `latency:<worker>` per worker), kept an hour;
+- the handshakes it refused, by reason, in a hash per minute (`realtime:live:refused:<minute>`),
+  kept an hour (the view sums the last 60).
+
+Then, if any of its sockets subscribes to the staff-only topic `realtime.stats`, it reads the
+whole picture (`snapshot()`: the workers, the messages of the last hour from the database with
+their reach, the refusals of the last hour) and writes it to them as one `stats` frame. Nothing
+per message or per socket goes to Redis: a worker's deltas go in one pipeline per interval.
+Messages to one user show to whom, not what; topic messages show their topic and event, not
+their data (staff may not be allowed that topic).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import redis
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from realtime.broadcasting.redis_client import async_client, sync_client
+from realtime.broadcasting.streams import BROADCASTS
+from realtime.conf import conf
+from realtime.models import TopicMessage
+from realtime.server import metrics
+from realtime.server.worker import worker_id
+from realtime.websocket import protocol
+
+logger = logging.getLogger("realtime.broadcasting.live_stats")
+
+TOPIC = "realtime.stats"
+WORKER_KEY = "realtime:live:worker:"
+REACH_KEY = "realtime:live:reach:"
+REFUSED_KEY = "realtime:live:refused:"
+HOUR = 3600  # what the view looks back over
+BUCKET = 60  # seconds of refusals per hash
+MESSAGES_SHOWN = 50
+USER_PREFIX = "$user."
+
+
+def interval() -> int:
+    return int(conf.REALTIME_LIVE_STATS_INTERVAL)
+
+
+class Recorder:
+    """This worker's deliveries since its last report: (stream, offset) -> [sockets, latency]."""
+
+    def __init__(self) -> None:
+        self.reached: dict[tuple[str, int], list[float]] = {}
+        self.enabled = False  # once reports are scheduled (with Redis): else nothing takes them
+
+    def delivered(self, name: str, offset: int, sockets: int, latency: float | None) -> None:
+        if not self.enabled:
+            return
+        counts = self.reached.setdefault((name, offset), [0, -1.0])
+        counts[0] += sockets
+        if latency is not None:
+            counts[1] = max(counts[1], latency)
+
+    def take(self) -> dict[tuple[str, int], list[float]]:
+        reached, self.reached = self.reached, {}
+        return reached
+
+
+recorder = Recorder()
+
+
+# --- Each worker, every interval --------------------------------------------------------------
+
+_client: Any = None
+
+
+async def report(sockets: int) -> bool:
+    """Write this worker's part to Redis (its open `sockets`); whether it could."""
+    global _client
+    if _client is None:
+        _client = async_client()
+    if _client is None:
+        return False
+    try:
+        await write_report(_client, sockets)
+    except (redis.RedisError, OSError) as exc:
+        logger.info("Could not report live statistics to Redis: %s", exc)
+        return False
+    return True
+
+
+async def stats_frame() -> str:
+    return protocol.stats(TOPIC, await sync_to_async(snapshot)())
+
+
+async def write_report(client: Any, sockets: int) -> None:
+    worker = worker_id()
+    entry = {"host": socket.gethostname(), "worker": worker, "sockets": sockets}
+    pipeline = client.pipeline(transaction=False)
+    pipeline.set(WORKER_KEY + worker, json.dumps(entry), ex=3 * interval() + 1)
+    for (name, offset), (count, latency) in recorder.take().items():
+        key = f"{REACH_KEY}{name}:{offset}"
+        pipeline.hincrby(key, "sockets", int(count))
+        if latency >= 0:
+            pipeline.hset(key, f"latency:{worker}", f"{latency:.6f}")
+        pipeline.expire(key, HOUR + 60)
+    refused = metrics.take_refused()
+    if refused:
+        key = f"{REFUSED_KEY}{int(time.time() // BUCKET)}"
+        for reason, count in refused.items():
+            pipeline.hincrby(key, reason, count)
+        pipeline.expire(key, HOUR + 60)
+    try:
+        await pipeline.execute()
+    except BaseException:
+        metrics.give_back_refused(refused)  # counted at the next report instead
+        raise
+
+
+# --- The picture, for the admin view and the stats frames --------------------------------------
+
+
+def snapshot() -> dict[str, Any]:
+    """The workers now, the messages of the last hour with their reach, the refusals of the
+    last hour; without Redis, only the messages."""
+    client = sync_client()
+    workers = read_workers(client) if client is not None else []
+    hosts: Counter[str] = Counter()
+    for entry in workers:
+        hosts[entry["host"]] += entry["sockets"]
+    return {
+        "time": timezone.now().isoformat(),
+        "redis": client is not None,
+        "hosts": [{"host": host, "sockets": count} for host, count in sorted(hosts.items())],
+        "workers": workers,
+        "messages": recent_messages(client),
+        "refused": read_refused(client) if client is not None else [],
+    }
+
+
+def read_workers(client: Any) -> list[dict[str, Any]]:
+    keys = sorted(client.scan_iter(match=WORKER_KEY + "*", count=1000))
+    entries = [json.loads(value) for value in client.mget(keys) if value] if keys else []
+    return sorted(entries, key=lambda entry: (entry["host"], entry["worker"]))
+
+
+def recent_messages(client: Any) -> list[dict[str, Any]]:
+    since = timezone.now() - timedelta(seconds=HOUR)
+    rows = list(
+        TopicMessage.objects.filter(published_at__gte=since)
+        .select_related("broadcast")
+        .order_by("-published_at", "-id")[:MESSAGES_SHOWN]
+    )
+    reach = read_reach(client, rows) if client is not None else [{}] * len(rows)
+    return [described(row, counts) for row, counts in zip(rows, reach, strict=True)]
+
+
+def read_reach(client: Any, rows: list[TopicMessage]) -> list[dict[str, str]]:
+    pipeline = client.pipeline(transaction=False)
+    for row in rows:
+        pipeline.hgetall(f"{REACH_KEY}{row.topic}:{row.offset}")
+    return [{_text(k): _text(v) for k, v in found.items()} for found in pipeline.execute()]
+
+
+def described(row: TopicMessage, counts: dict[str, str]) -> dict[str, Any]:
+    latencies = [float(v) for k, v in counts.items() if k.startswith("latency:")]
+    entry = {
+        "offset": row.offset,
+        "published_at": row.published_at.isoformat() if row.published_at else None,
+        "sockets": int(counts.get("sockets", 0)),
+        "latency_ms": round(max(latencies) * 1000, 1) if latencies else None,
+    }
+    if row.topic == BROADCASTS and row.broadcast is not None:
+        audience = row.broadcast.get_audience_display()
+        return {**entry, "kind": "broadcast", "what": row.broadcast.message[:200], "to": audience}
+    if row.topic.startswith(USER_PREFIX):
+        user = row.topic.removeprefix(USER_PREFIX)
+        return {**entry, "kind": "user", "what": f"event {row.event}", "to": f"user #{user}"}
+    return {**entry, "kind": "topic", "what": f"event {row.event}", "to": row.topic}
+
+
+def read_refused(client: Any) -> list[dict[str, Any]]:
+    now = int(time.time() // BUCKET)
+    pipeline = client.pipeline(transaction=False)
+    for back in range(HOUR // BUCKET):
+        pipeline.hgetall(f"{REFUSED_KEY}{now - back}")
+    totals: Counter[str] = Counter()
+    for found in pipeline.execute():
+        for reason, count in found.items():
+            totals[_text(reason)] += int(count)
+    return [{"reason": reason, "count": count} for reason, count in totals.most_common()]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

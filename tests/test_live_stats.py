@@ -1,0 +1,155 @@
+"""The admin's live view without a browser (realtime/broadcasting/live_stats.py): what workers
+report to a real (private) Redis, how the picture sums them, the windows run past, and who may
+see it. tests/test_admin_live.py watches it update in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import redis.asyncio
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from realtime import broadcast, topics
+from realtime.broadcasting import live_stats, streams
+from realtime.server import metrics
+from tests.test_authorization import opened, signed_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def live_redis(redis_server, monkeypatch):
+    """live_stats on the module's private Redis, emptied for each test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    monkeypatch.setattr(live_stats, "sync_client", lambda: client)
+    monkeypatch.setattr(live_stats.recorder, "enabled", True)
+    monkeypatch.setattr(live_stats.recorder, "reached", {})
+    metrics.take_refused()
+    yield redis_server
+    client.close()
+
+
+def report_as(worker: str, sockets: int, redis_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("REALTIME_WORKER_ID", worker)
+
+    async def write():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            await live_stats.write_report(client, sockets)
+        finally:
+            await client.aclose()
+
+    asyncio.run(write())
+
+
+def test_a_workers_entry_goes_three_intervals_after_its_last_report(
+    live_redis, settings, monkeypatch
+):
+    settings.REALTIME_LIVE_STATS_INTERVAL = 1
+    report_as("hostA-w1", 5, live_redis.url, monkeypatch)
+    report_as("hostA-w2", 2, live_redis.url, monkeypatch)
+    picture = live_stats.snapshot()
+    assert [(w["worker"], w["sockets"]) for w in picture["workers"]] == [
+        ("hostA-w1", 5),
+        ("hostA-w2", 2),
+    ]
+    assert [h["sockets"] for h in picture["hosts"]] == [7]
+    time.sleep(2)
+    report_as("hostA-w2", 3, live_redis.url, monkeypatch)  # w1 was killed: it stops reporting
+    time.sleep(2.5)  # past w1's 3 intervals (+1 s)
+    assert [(w["worker"], w["sockets"]) for w in live_stats.snapshot()["workers"]] == [
+        ("hostA-w2", 3)
+    ]
+
+
+def test_a_messages_reach_sums_the_workers_and_its_latency_is_the_slowest(live_redis, monkeypatch):
+    sent = broadcast.send("Reached twice")
+    offset = streams.position(streams.BROADCASTS)[1]
+    live_stats.recorder.delivered(streams.BROADCASTS, offset, 3, 0.010)
+    report_as("hostA-w1", 3, live_redis.url, monkeypatch)
+    live_stats.recorder.delivered(streams.BROADCASTS, offset, 4, 0.025)
+    report_as("hostB-w1", 4, live_redis.url, monkeypatch)
+    [message] = live_stats.snapshot()["messages"]
+    assert message["kind"] == "broadcast" and message["what"] == sent.message
+    assert (message["sockets"], message["latency_ms"], message["to"]) == (7, 25.0, "Everyone")
+
+
+def test_a_users_message_shows_to_whom_and_a_topics_not_its_data(live_redis):
+    user = get_user_model().objects.create_user("ida", password="pw-ida")
+    topics.send_to_user(user, {"secret": "for ida only"})
+    topics.register("ledger.<int:n>", authorize=lambda u, n: False)
+    topics.send("ledger.7", {"amount": 1000}, event="entry")
+    to_topic, to_user = live_stats.snapshot()["messages"]
+    assert (to_user["kind"], to_user["to"]) == ("user", f"user #{user.pk}")
+    assert (to_topic["kind"], to_topic["to"], to_topic["what"]) == (
+        "topic",
+        "ledger.7",
+        "event entry",
+    )
+    assert "secret" not in str(to_user) and "1000" not in str(to_topic)
+    assert to_user["latency_ms"] is None and to_user["sockets"] == 0  # nobody had it yet
+
+
+def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
+    monkeypatch.setattr(live_stats, "HOUR", 3)
+    monkeypatch.setattr(live_stats, "BUCKET", 1)
+    for reason in ("origin", "origin", "size"):
+        metrics.refuse(reason)
+    report_as("hostA-w1", 0, live_redis.url, monkeypatch)
+    assert live_stats.snapshot()["refused"] == [
+        {"reason": "origin", "count": 2},
+        {"reason": "size", "count": 1},
+    ]
+    time.sleep(3.5)  # past the window
+    assert live_stats.snapshot()["refused"] == []
+
+
+def test_refusals_a_report_could_not_write_are_written_by_the_next(live_redis, monkeypatch):
+    metrics.refuse("deadline")
+    live_redis.stop()
+    with pytest.raises((redis.RedisError, OSError)):
+        report_as("hostA-w1", 0, live_redis.url, monkeypatch)
+    live_redis.start()
+    report_as("hostA-w1", 0, live_redis.url, monkeypatch)
+    assert live_stats.snapshot()["refused"] == [{"reason": "deadline", "count": 1}]
+
+
+def staff_who_may_view_broadcasts(name: str) -> Client:
+    client = signed_in(name, staff=True)
+    user = get_user_model().objects.get(username=name)
+    user.user_permissions.add(Permission.objects.get(codename="view_broadcast"))
+    return client
+
+
+def test_only_active_staff_may_watch_the_live_topic_and_open_the_view(live_redis):
+    other_staff = signed_in("stan", staff=True)  # without the permission to see broadcasts
+    assert other_staff.get("/admin/realtime/broadcast/live/", secure=True).status_code == 403
+    staff, member = staff_who_may_view_broadcasts("sam"), signed_in("mia")
+    assert staff.get("/admin/realtime/broadcast/live/", secure=True).status_code == 200
+    refused = member.get("/admin/realtime/broadcast/live/", secure=True)
+    assert refused.status_code == 302 and "/admin/login/" in refused["Location"]
+    assert Client().get("/admin/realtime/broadcast/live/", secure=True).status_code == 302
+
+    async def subscribe(client):
+        socket_ = await opened(client)
+        await socket_.send_json_to({"type": "subscribe", "topic": live_stats.TOPIC})
+        answer = await socket_.receive_json_from()
+        await socket_.disconnect()
+        return answer
+
+    assert asyncio.run(subscribe(staff))["type"] == "subscribed"
+    for refused_client in (member, other_staff, None):
+        forbidden = asyncio.run(subscribe(refused_client))
+        assert (forbidden["type"], forbidden["code"]) == ("error", "forbidden")
+
+
+def test_the_view_says_so_when_redis_is_missing(live_redis, monkeypatch):
+    monkeypatch.setattr(live_stats, "sync_client", lambda: None)
+    page = staff_who_may_view_broadcasts("sam").get("/admin/realtime/broadcast/live/", secure=True)
+    assert b"Live statistics need Redis" in page.content
