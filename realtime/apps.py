@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -33,6 +33,17 @@ class RealtimeConfig(AppConfig):
         post_delete.connect(
             sessions.close_sockets_of_deleted_user, sender=user_model, dispatch_uid=uid
         )
+        from django.contrib.auth.models import Group
+
+        from realtime.broadcasting import topics
+
+        # A custom user model without PermissionsMixin has neither field.
+        user_fields = [getattr(user_model, f, None) for f in ("user_permissions", "groups")]
+        throughs = [field.through for field in user_fields if field is not None]
+        for through in (*throughs, Group.permissions.through):
+            m2m_changed.connect(
+                topics.recheck_after_permissions_changed, sender=through, dispatch_uid=uid
+            )
         # The page's own topics first: an app's topics.py may replace them (docs/topics.md).
         from realtime import views
 

@@ -33,7 +33,10 @@ def register_page_topics() -> None:
 
 
 def may_watch_live_stats(user: Any) -> bool:
-    return is_active_staff(user) and user.has_perm("realtime.view_broadcast")
+    """As the admin's view permission on broadcasts (view or change)."""
+    return is_active_staff(user) and (
+        user.has_perm("realtime.view_broadcast") or user.has_perm("realtime.change_broadcast")
+    )
 
 
 def shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,12 +10,14 @@ import time
 import pytest
 import redis
 import redis.asyncio
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.test import Client
 
 from realtime import broadcast, topics
 from realtime.broadcasting import live_stats, streams
+from realtime.broadcasting import topics as registry
 from realtime.server import metrics
 from tests.test_authorization import opened, signed_in
 
@@ -33,6 +35,14 @@ def live_redis(redis_server, monkeypatch):
     metrics.take_refused()
     yield redis_server
     client.close()
+
+
+@pytest.fixture(autouse=True)
+def _registry():
+    saved = dict(registry.registrations)
+    yield
+    registry.registrations.clear()
+    registry.registrations.update(saved)
 
 
 def report_as(worker: str, sockets: int, redis_url: str, monkeypatch) -> None:
@@ -83,16 +93,17 @@ def test_a_messages_reach_sums_the_workers_and_its_latency_is_the_slowest(live_r
 def test_a_users_message_shows_to_whom_and_a_topics_not_its_data(live_redis):
     user = get_user_model().objects.create_user("ida", password="pw-ida")
     topics.send_to_user(user, {"secret": "for ida only"})
-    topics.register("ledger.<int:n>", authorize=lambda u, n: False)
+    topics.register("ledger.<int:n>", authorize=lambda u, n: False)  # removed by _registry
     topics.send("ledger.7", {"amount": 1000}, event="entry")
     to_topic, to_user = live_stats.snapshot()["messages"]
     assert (to_user["kind"], to_user["to"]) == ("user", f"user #{user.pk}")
     assert (to_topic["kind"], to_topic["to"], to_topic["what"]) == (
         "topic",
-        "ledger.7",
+        "ledger.<int:n>",  # its pattern: a name may carry an identifier
         "event entry",
     )
     assert "secret" not in str(to_user) and "1000" not in str(to_topic)
+    assert "ledger.7" not in str(to_topic)
     assert to_user["latency_ms"] is None and to_user["sockets"] == 0  # nobody had it yet
 
 
@@ -153,3 +164,45 @@ def test_the_view_says_so_when_redis_is_missing(live_redis, monkeypatch):
     monkeypatch.setattr(live_stats, "sync_client", lambda: None)
     page = staff_who_may_view_broadcasts("sam").get("/admin/realtime/broadcast/live/", secure=True)
     assert b"Live statistics need Redis" in page.content
+
+
+def test_messages_show_for_the_window_only(live_redis, monkeypatch):
+    monkeypatch.setattr(live_stats, "HOUR", 2)
+    broadcast.send("Soon gone")
+    assert [m["what"] for m in live_stats.snapshot()["messages"]] == ["Soon gone"]
+    time.sleep(2.5)  # past the window
+    assert live_stats.snapshot()["messages"] == []
+
+
+@pytest.mark.parametrize("how", ["own permission", "group", "group's permission"])
+def test_losing_the_permission_ends_the_live_topic_on_the_open_socket(live_redis, how):
+    permission = Permission.objects.get(codename="view_broadcast")
+    client = signed_in("gus", staff=True)
+    user = get_user_model().objects.get(username="gus")
+    group = Group.objects.create(name="watchers")
+    if how == "own permission":
+        user.user_permissions.add(permission)
+    else:
+        group.permissions.add(permission)
+        user.groups.add(group)
+
+    def take_it_away():
+        if how == "own permission":
+            user.user_permissions.remove(permission)
+        elif how == "group":
+            group.user_set.remove(user)  # from the group's side: the reverse relation
+        else:
+            permission.group_set.clear()  # from the permission's side, every group at once
+
+    async def scenario():
+        socket_ = await opened(client)
+        await socket_.send_json_to({"type": "subscribe", "topic": live_stats.TOPIC})
+        subscribed = await socket_.receive_json_from()
+        await sync_to_async(take_it_away)()
+        ended = await socket_.receive_json_from(timeout=5)
+        await socket_.disconnect()
+        return subscribed, ended
+
+    subscribed, ended = asyncio.run(scenario())
+    assert subscribed["type"] == "subscribed"
+    assert ended == {"type": "unsubscribed", "topic": live_stats.TOPIC, "reason": "forbidden"}

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -58,6 +59,22 @@ def scrape(port: int, tls=None, token: str | None = None, scheme: str = "https")
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return 200, samples
+
+
+async def scraped_when(port: int, tls, condition, what: str, timeout: float = 20) -> dict:
+    """Scrape until `condition(samples)` holds (the server counts as it goes); the samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = (await asyncio.to_thread(scrape, port, tls))[1]
+        if condition(samples):
+            return samples
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def grown(before: dict, after: dict, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
@@ -125,8 +142,12 @@ def test_every_scrape_sees_the_open_sockets_of_both_workers(served, client_tls):
             for socket_, worker in sockets:
                 if worker == "w1":
                     await socket_.close()
-            await asyncio.sleep(0.5)
-            after = scrape(server.port, client_tls)[1]
+            after = await scraped_when(
+                server.port,
+                client_tls,
+                lambda s: by_worker(s) == {"w2": opened["w2"]},
+                "w1's closed sockets to stop counting",
+            )
             return opened, scrapes, after
 
     opened, scrapes, after = asyncio.run(scenario())
@@ -151,9 +172,13 @@ def test_a_killed_workers_sockets_stop_counting_and_its_totals_stay(served, clie
             pid = worker_pid(server, "w1")
             os.kill(pid, signal.SIGKILL)
             await until(lambda: worker_pid(server, "w1") != pid, 30, "w1 restarted")
-            await asyncio.sleep(1)
-            after = scrape(server.port, client_tls)[1]
             kept = sum(1 for _, w in sockets if w == "w2")
+            after = await scraped_when(
+                server.port,
+                client_tls,
+                lambda s: by_worker(s) == {"w2": kept},
+                "the killed worker's sockets to stop counting",
+            )
             return before, after, kept
 
     before, after, kept = asyncio.run(scenario())
@@ -244,13 +269,21 @@ def test_messages_deliveries_latency_and_closes_are_counted(served, client_tls, 
             assert (await receive_json(subscriber))["type"] == "message"
             for _ in range(4):  # over REALTIME_WS_RATE: dropped, answered rate_limited
                 await subscriber.send('{"type": "ping"}')
-            await asyncio.sleep(0.5)
-            middle = scrape(port, client_tls)[1]
+            count = len(sockets)
+
+            def every_ping_counted(samples):
+                pings = grown(before, samples, "realtime_messages_total", direction="in")
+                return pings == count + 4  # each one ping, then 4 more: answered or dropped
+
+            middle = await scraped_when(port, client_tls, every_ping_counted, "the pings")
             for socket_, _ in sockets[1:]:
                 await socket_.close()
-            await asyncio.sleep(0.5)
-            after = scrape(port, client_tls)[1]
-            return len(sockets), before, middle, after
+
+            def closes_counted(samples):
+                return grown(middle, samples, "realtime_closes_total", code="1000") >= count - 1
+
+            after = await scraped_when(port, client_tls, closes_counted, "the closes")
+            return count, before, middle, after
 
     count, before, middle, after = asyncio.run(scenario())
 
@@ -271,7 +304,7 @@ def test_messages_deliveries_latency_and_closes_are_counted(served, client_tls, 
     assert grew("realtime_delivery_latency_seconds_count", kind="topic") == 1
     latency = grew("realtime_delivery_latency_seconds_sum", kind="broadcast")
     assert 0 < latency < 20
-    assert grew("realtime_closes_total", samples=after, code="1000") >= count - 1
+    assert grew("realtime_open_sockets", samples=after) == -(count - 1)
 
 
 def test_tls_version_and_group_of_new_connections_are_counted(served, dev_certs):
@@ -314,7 +347,11 @@ def test_the_catch_up_and_the_channel_layer_coming_back_are_counted(served, clie
             await receive_json(socket_)
             before = scrape(port, client_tls)[1]
             redis.stop()
-            await asyncio.sleep(3)  # past REALTIME_FANOUT_CHECK + _TIMEOUT: the layer is lost
+
+            def both_lost(samples):  # within REALTIME_FANOUT_CHECK + _TIMEOUT
+                return grown(before, samples, "realtime_channel_layer_losses_total") == 2
+
+            await scraped_when(port, client_tls, both_lost, "both workers to lose Redis")
             await asyncio.to_thread(
                 run_in_shell, env, "from realtime import broadcast\nbroadcast.send('while away')\n"
             )
@@ -329,8 +366,14 @@ def test_the_catch_up_and_the_channel_layer_coming_back_are_counted(served, clie
                         return
 
             await asyncio.wait_for(read(), 60)
-            await asyncio.sleep(0.5)
-            return before, scrape(port, client_tls)[1], seen
+
+            def back_and_caught_up(samples):
+                reconnects = grown(before, samples, "realtime_channel_layer_reconnects_total")
+                caught_up = grown(before, samples, "realtime_catchup_deliveries_total")
+                return reconnects == 2 and caught_up == 1
+
+            after = await scraped_when(port, client_tls, back_and_caught_up, "the catch-up")
+            return before, after, seen
 
     before, after, seen = asyncio.run(scenario())
     assert seen[-1]["message"] == "while away"
@@ -370,11 +413,22 @@ def test_the_per_address_caps_are_counted(start, client_tls, private_redis):
 
     codes = asyncio.run(sockets_past_the_cap())
     raws = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]  # 10 per worker
-    time.sleep(1)
+
+    def closed_by_the_server() -> int:  # past the cap: closed at once, before TLS
+        readable, _, _ = select.select(raws, [], [], 0)
+        return sum(1 for raw in readable if raw.recv(1, socket.MSG_PEEK) == b"")
+
+    deadline = time.monotonic() + 20
+    while closed_by_the_server() < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     for raw in raws:
         raw.close()
-    time.sleep(0.5)
-    samples = scrape(port, client_tls)[1]
+
+    def refusals_counted(samples):
+        refused = ("realtime_handshakes_total", "refused", "per_address_cap")
+        return total(samples, refused[0], outcome=refused[1], reason=refused[2]) >= 10
+
+    samples = asyncio.run(scraped_when(port, client_tls, refusals_counted, "the refusals"))
     refused_sockets = total(
         samples, "realtime_handshakes_total", outcome="refused", reason="sockets_per_address"
     )
@@ -503,3 +557,30 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist():
     assert queried <= exported, queried - exported
     families = {name.removesuffix("_total").removesuffix("_bucket") for name in queried}
     assert len(families) >= 9  # every metric of realtime/server/metrics.py has a panel
+
+
+def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
+    """`serve --plain` trusts proxy headers; a proxy that appends to X-Forwarded-For (HAProxy's
+    `option forwardfor`, many load balancers) keeps what the client wrote first, and daphne's
+    REMOTE_ADDR is that first entry. The address checked is the last one, the proxy's."""
+    port = free_port()
+    start(
+        [PYTHON, "manage.py", "serve", "--plain", "--workers", "1", "--host", "127.0.0.1",
+         "--port", str(port)],
+        port,
+        DJANGO_TRUST_PROXY_HEADERS="1",
+    )  # fmt: skip
+
+    def status(forwarded_for: str) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        request.add_header("X-Forwarded-Proto", "https")
+        request.add_header("X-Forwarded-For", forwarded_for)
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status("127.0.0.1, 203.0.113.9") == 403  # the client claimed loopback
+    assert status("203.0.113.9") == 403
+    assert status("203.0.113.9, 127.0.0.1") == 200  # the proxy saw a local client

@@ -328,6 +328,8 @@ def count_delivered(name: str, entry: Entry, told: int) -> None:
     kind = kind_of(name)
     child(metrics.DELIVERIES, kind).inc(told)
     child(metrics.MESSAGES, "out", "broadcast" if kind == "broadcast" else "message").inc(told)
+    if not told:
+        return  # no socket of this worker had it: no latency to speak of
     latency = None
     if entry.published:
         latency = max(0.0, time.time() - entry.published)

@@ -1,28 +1,31 @@
 """What the admin's live view shows (realtime/admin.py, "Live"), gathered from every worker of
 every host through Redis, and pushed to the staff sockets that watch it.
 
-Every REALTIME_LIVE_STATS_INTERVAL seconds each worker (realtime.server.hooks) writes to Redis:
+Every REALTIME_LIVE_STATS_INTERVAL seconds each worker (realtime.server.hooks) writes to Redis,
+in one pipeline:
 
-- its entry `realtime:live:worker:<worker>` (host, worker, open sockets), which expires after
-  three intervals, so a worker that died drops out of the view on its own;
-- for each message it delivered since, how many of its sockets it reached and the latency
-  from publish to its last socket write (`realtime:live:reach:<stream>:<offset>`, a hash of
-  `sockets` and one `latency:<worker>` per worker), kept an hour;
+- its entry in the hash `realtime:live:workers` (host, worker, pid, open sockets, when): an
+  entry older than three intervals is a worker that died, and is left out and removed;
+- for the newest messages it delivered since (at most MESSAGES_SHOWN, what the view can show),
+  how many of its sockets each reached and the latency from publish to its last socket write
+  (`realtime:live:reach:<stream>:<offset>`, a hash of `sockets` and one `latency:<worker>` per
+  worker), kept an hour;
 - the handshakes it refused, by reason, in a hash per minute (`realtime:live:refused:<minute>`),
   kept an hour (the view sums the last 60).
 
 Then, if any of its sockets subscribes to the staff-only topic `realtime.stats`, it reads the
 whole picture (`snapshot()`: the workers, the messages of the last hour from the database with
-their reach, the refusals of the last hour) and writes it to them as one `stats` frame. Nothing
-per message or per socket goes to Redis: a worker's deltas go in one pipeline per interval.
-Messages to one user show to whom, not what; topic messages show their topic and event, not
-their data (staff may not be allowed that topic).
+their reach, the refusals of the last hour) and writes it to them as one `stats` frame.
+Messages to one user show to whom, not what; topic messages show the topic's registered
+pattern and their event, not the topic's name or data (names may carry identifiers, and staff
+may not be allowed that topic).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -33,6 +36,7 @@ import redis
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from realtime.broadcasting import topics
 from realtime.broadcasting.redis_client import async_client, sync_client
 from realtime.broadcasting.streams import BROADCASTS
 from realtime.conf import conf
@@ -44,7 +48,7 @@ from realtime.websocket import protocol
 logger = logging.getLogger("realtime.broadcasting.live_stats")
 
 TOPIC = "realtime.stats"
-WORKER_KEY = "realtime:live:worker:"
+WORKERS_KEY = "realtime:live:workers"
 REACH_KEY = "realtime:live:reach:"
 REFUSED_KEY = "realtime:live:refused:"
 HOUR = 3600  # what the view looks back over
@@ -62,12 +66,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.reached: dict[tuple[str, int], list[float]] = {}
-        self.enabled = False  # once reports are scheduled (with Redis): else nothing takes them
+        self.enabled = False  # from the first report on: else nothing would take them
 
     def delivered(self, name: str, offset: int, sockets: int, latency: float | None) -> None:
-        if not self.enabled:
+        if not self.enabled or not sockets:
             return
-        counts = self.reached.setdefault((name, offset), [0, -1.0])
+        key = (name, offset)
+        if key not in self.reached and len(self.reached) >= MESSAGES_SHOWN:
+            del self.reached[next(iter(self.reached))]  # the oldest: the view shows the newest
+        counts = self.reached.setdefault(key, [0, -1.0])
         counts[0] += sockets
         if latency is not None:
             counts[1] = max(counts[1], latency)
@@ -88,6 +95,7 @@ _client: Any = None
 async def report(sockets: int) -> bool:
     """Write this worker's part to Redis (its open `sockets`); whether it could."""
     global _client
+    recorder.enabled = True
     if _client is None:
         _client = async_client()
     if _client is None:
@@ -105,10 +113,11 @@ async def stats_frame() -> str:
 
 
 async def write_report(client: Any, sockets: int) -> None:
-    worker = worker_id()
-    entry = {"host": socket.gethostname(), "worker": worker, "sockets": sockets}
+    worker, pid = worker_id(), os.getpid()  # a rolling restart runs two of one worker a moment
+    entry = {"host": socket.gethostname(), "worker": worker, "pid": pid, "sockets": sockets}
     pipeline = client.pipeline(transaction=False)
-    pipeline.set(WORKER_KEY + worker, json.dumps(entry), ex=3 * interval() + 1)
+    pipeline.hset(WORKERS_KEY, f"{worker}:{pid}", json.dumps({**entry, "at": time.time()}))
+    pipeline.expire(WORKERS_KEY, 3 * interval() + 1)
     for (name, offset), (count, latency) in recorder.take().items():
         key = f"{REACH_KEY}{name}:{offset}"
         pipeline.hincrby(key, "sockets", int(count))
@@ -150,9 +159,16 @@ def snapshot() -> dict[str, Any]:
 
 
 def read_workers(client: Any) -> list[dict[str, Any]]:
-    keys = sorted(client.scan_iter(match=WORKER_KEY + "*", count=1000))
-    entries = [json.loads(value) for value in client.mget(keys) if value] if keys else []
-    return sorted(entries, key=lambda entry: (entry["host"], entry["worker"]))
+    """The workers that reported within three intervals; older entries are removed."""
+    oldest = time.time() - 3 * interval()
+    fresh, stale = [], []
+    for field, value in client.hgetall(WORKERS_KEY).items():
+        entry = json.loads(value)
+        (fresh if entry.get("at", 0) >= oldest else stale).append((field, entry))
+    if stale:
+        client.hdel(WORKERS_KEY, *(field for field, _ in stale))
+    entries = [{k: v for k, v in entry.items() if k != "at"} for _, entry in fresh]
+    return sorted(entries, key=lambda entry: (entry["host"], entry["worker"], entry["pid"]))
 
 
 def recent_messages(client: Any) -> list[dict[str, Any]]:
@@ -187,7 +203,9 @@ def described(row: TopicMessage, counts: dict[str, str]) -> dict[str, Any]:
     if row.topic.startswith(USER_PREFIX):
         user = row.topic.removeprefix(USER_PREFIX)
         return {**entry, "kind": "user", "what": f"event {row.event}", "to": f"user #{user}"}
-    return {**entry, "kind": "topic", "what": f"event {row.event}", "to": row.topic}
+    found = topics.match(row.topic)
+    pattern = found[0].pattern if found is not None else "(no longer registered)"
+    return {**entry, "kind": "topic", "what": f"event {row.event}", "to": pattern}
 
 
 def read_refused(client: Any) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ from realtime.broadcasting.delivery import Frame
 from realtime.broadcasting.fanout import MAINTENANCE_INTERVAL, fanout
 from realtime.broadcasting.redis_client import redis_host
 from realtime.broadcasting.streams import republish_pending
-from realtime.server import hooks
+from realtime.server import hooks, metrics
+from realtime.server.metrics import child
 
 
 async def maintain() -> None:
@@ -32,6 +33,7 @@ async def report_live_stats() -> None:
         frame = Frame(await live_stats.stats_frame())
         for subscription in watchers:
             subscription.tell(frame)
+        child(metrics.MESSAGES, "out", "stats").inc(len(watchers))
 
 
 def schedule() -> None:

@@ -155,5 +155,44 @@ def recheck(user: Any) -> None:
     transaction.on_commit(lambda: send_to_group(streams.TOPICS_GROUP, recheck_event(pk)))
 
 
+def recheck_after_permissions_changed(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any
+) -> None:
+    """`m2m_changed` of users' permissions and groups and of groups' permissions: the users
+    whose permissions may have changed have their subscriptions checked again (an `authorize`
+    may ask for a permission: realtime.stats does)."""
+    if action == "pre_clear":
+        instance._realtime_cleared_users = users_behind(sender, instance, reverse, None)
+    elif action == "post_clear":
+        for pk in instance.__dict__.pop("_realtime_cleared_users", set()):
+            recheck(pk)
+    elif action in ("post_add", "post_remove"):
+        for pk in users_behind(sender, instance, reverse, pk_set):
+            recheck(pk)
+
+
+def users_behind(sender: Any, instance: Any, reverse: bool, pk_set: Any) -> set[Any]:
+    """The users an m2m change reaches: the user itself, the users of a group, or those of
+    the groups (or the users) in `pk_set` (None: every one related to `instance`)."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    users = get_user_model()._default_manager
+    if sender is Group.permissions.through:
+        if not reverse:  # a group's permissions
+            groups: Any = [instance]
+        elif pk_set is not None:
+            groups = Group.objects.filter(pk__in=pk_set)
+        else:
+            groups = Group.objects.filter(permissions=instance)
+        return set(users.filter(groups__in=groups).values_list("pk", flat=True))
+    if not reverse:  # a user's own permissions or groups
+        return {instance.pk}
+    if pk_set is not None:
+        return set(pk_set)
+    field = "user_permissions" if sender is get_user_model().user_permissions.through else "groups"
+    return set(users.filter(**{field: instance}).values_list("pk", flat=True))
+
+
 def recheck_event(pk: Any) -> dict[str, Any]:
     return {"type": RECHECK, "user": str(pk)}

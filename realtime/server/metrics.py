@@ -117,9 +117,13 @@ def count_tls_connection(transport: Any) -> None:
     """Count a connection's TLS version and key-exchange group (nothing for plain TCP)."""
     if not ISSLTransport.providedBy(transport):
         return
-    connection = transport.getHandle()
-    version = connection.get_protocol_version_name()
-    child(TLS_CONNECTIONS, version, connection.get_group_name() or "unknown").inc()
+    try:
+        connection = transport.getHandle()
+        version = connection.get_protocol_version_name()
+        group = connection.get_group_name() or "unknown"  # pyOpenSSL 24.3+, OpenSSL 3.2+
+    except Exception:  # noqa: BLE001 - a metric must never fail a request
+        version, group = "unknown", "unknown"
+    child(TLS_CONNECTIONS, version, group).inc()
 
 
 def exposition() -> bytes:

@@ -41,6 +41,7 @@ class DeadlineHTTPChannel(HTTPChannel):
     body_min_rate = 10_000.0  # bytes a second; 0: no body deadline
     deadline = None
     header_bytes = 0  # of the request being received (the metrics' "size" refusals)
+    size_counted = False  # once per connection, however its headers overflow
     tls_counted = False
 
     def connectionMade(self) -> None:
@@ -48,14 +49,19 @@ class DeadlineHTTPChannel(HTTPChannel):
         self._arm(self.first_request_timeout, "no complete request headers")
 
     def lineReceived(self, line: bytes) -> None:
-        before, self.header_bytes = self.header_bytes, self.header_bytes + len(line)
-        if before <= self.totalHeadersSize < self.header_bytes:  # Twisted answers 400
-            metrics.refuse("size")
+        self.header_bytes += len(line)
+        if self.header_bytes > self.totalHeadersSize:  # Twisted answers 400
+            self._count_size_refusal()
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> Any:
-        metrics.refuse("size")
+        self._count_size_refusal()
         return super().lineLengthExceeded(line)
+
+    def _count_size_refusal(self) -> None:
+        if not self.size_counted:
+            self.size_counted = True
+            metrics.refuse("size")
 
     def allHeadersReceived(self) -> None:
         self._lift_deadline()

@@ -94,10 +94,10 @@ class RateLimitMiddleware:
                 if event["type"] != "websocket.receive" or bucket.take():
                     return event
                 child(metrics.MESSAGES, "in", "rate_limited").inc()
-                child(metrics.MESSAGES, "out", "error").inc()
                 if bucket.dropped > 2 * bucket.burst:
                     logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
+                child(metrics.MESSAGES, "out", "error").inc()
                 detail = f"Too many messages: this one was dropped. At most {rate} a second."
                 await send(
                     {"type": "websocket.send", "text": protocol.error("rate_limited", detail)}
