@@ -24,9 +24,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from realtime import api_tokens, broadcast, topics
 from realtime.conf import conf
+from realtime.counters import counters_store
 from realtime.models import ApiToken
 from realtime.server.address_cap import host_key
-from realtime.signin import counters_store
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def over_limit(key: str) -> bool:
     if limit <= 0:
         return False
     try:
-        store = counters_store()
-        store.increment([key], window)
-        [count] = store.get([key])
+        [count] = counters_store().increment([key], window)
     except redis.RedisError as exc:
         logger.warning("API rate limit: Redis did not answer (%s); not limiting.", exc)
         return False

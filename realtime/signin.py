@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -40,8 +38,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from realtime.broadcasting.redis_client import sync_client
 from realtime.conf import conf
+from realtime.counters import counters_store
 from realtime.server.address_cap import host_key
 
 logger = logging.getLogger(__name__)
@@ -50,56 +48,6 @@ DEVICE_COOKIE = "realtime_signin"
 DEVICE_DAYS = 90
 DEVICE_SALT = "realtime.signin.device"
 REMEMBERED_ACCOUNTS = 5  # per browser
-
-
-class LocalCounters:
-    """Counters with a window, in this process (the in-memory channel layer: one process)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock, self.counts = clock, {}
-
-    def get(self, keys: list[str]) -> list[int]:
-        now = self.clock()
-        return [self._get(key, now) for key in keys]
-
-    def _get(self, key: str, now: float) -> int:
-        count, ends = self.counts.get(key, (0, 0.0))
-        return count if ends > now else 0
-
-    def increment(self, keys: list[str], window: float) -> None:
-        now = self.clock()
-        for key in keys:
-            count, ends = self.counts.get(key, (0, 0.0))
-            self.counts[key] = (count + 1, ends) if ends > now else (1, now + window)
-        if len(self.counts) > 100_000:  # forget what has expired
-            self.counts = {k: v for k, v in self.counts.items() if v[1] > now}
-
-
-class RedisCounters:
-    """Counters with a window on the channel layer's first Redis host."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def get(self, keys: list[str]) -> list[int]:
-        return [int(value or 0) for value in self.client.mget(keys)]
-
-    def increment(self, keys: list[str], window: float) -> None:
-        # MULTI: the key cannot expire between the two (an INCR then would make a key that
-        # never expires: a counter stuck past its limit for good).
-        pipe = self.client.pipeline(transaction=True)
-        for key in keys:
-            pipe.set(key, 0, ex=max(1, round(window)), nx=True)  # the window starts here
-            pipe.incr(key)  # keeps the expiry
-        pipe.execute()
-
-
-_local = LocalCounters()
-
-
-def counters_store() -> LocalCounters | RedisCounters:
-    client = sync_client()
-    return _local if client is None else RedisCounters(client)
 
 
 def read_counts(keys: list[str]) -> list[int]:

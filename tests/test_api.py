@@ -18,7 +18,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from realtime import api_tokens, signin
+from realtime import api_tokens, counters
 from realtime.models import ApiToken, Broadcast, TopicMessage
 from tests.helpers import PYTHON, ROOT, free_port, open_on_both_workers, receive_json
 
@@ -30,7 +30,7 @@ SCHEMATHESIS = ROOT / ".venv" / "bin" / "schemathesis"
 @pytest.fixture(autouse=True)
 def _fresh_rate_counters():
     """The in-memory layer keeps the rate counters in this process: each test starts at 0."""
-    signin._local.counts.clear()
+    counters._local.counts.clear()
 
 
 def token(*scopes: str, name: str = "svc") -> str:

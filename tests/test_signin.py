@@ -11,7 +11,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from realtime import signin
+from realtime import counters, signin
+from realtime.counters import LocalCounters, RedisCounters
 from realtime.signin import DEVICE_COOKIE
 from tests.helpers import BrowserSession, create_user
 
@@ -24,11 +25,11 @@ def limits(settings, db):
     settings.REALTIME_SIGNIN_WINDOW = WINDOW
     settings.REALTIME_SIGNIN_MAX_PER_ADDRESS = 6
     settings.REALTIME_SIGNIN_MAX_PER_ACCOUNT = 3
-    signin._local.counts.clear()
+    counters._local.counts.clear()
     get_user_model().objects.create_user("boss", password=PASSWORD, is_staff=True)
     get_user_model().objects.create_user("carol", password=PASSWORD)
     yield
-    signin._local.counts.clear()
+    counters._local.counts.clear()
 
 
 def sign_in(client: Client, username: str, password: str, address: str, path="/accounts/login/"):
@@ -122,21 +123,31 @@ def test_redis_counts_parallel_failures_each_and_forgets_them_after_the_window(r
 
     import redis
 
-    counters = signin.RedisCounters(redis.Redis.from_url(redis_server.url))
+    store = RedisCounters(redis.Redis.from_url(redis_server.url))
     keys = ["realtime:signin:test:a", "realtime:signin:test:b"]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: counters.increment(keys, WINDOW), range(40)))
-    assert counters.get(keys) == [40, 40]  # read-modify-write would have lost some
+        answers = list(pool.map(lambda _: store.increment(keys, WINDOW), range(40)))
+    assert store.get(keys) == [40, 40]  # read-modify-write would have lost some
+    assert sorted(a for a, _ in answers) == list(range(1, 41))  # each saw its own count
     time.sleep(WINDOW + 0.5)
-    assert counters.get(keys) == [0, 0]
-    counters.increment(keys[:1], WINDOW)
-    assert counters.get(keys) == [1, 0]
+    assert store.get(keys) == [0, 0]
+    assert store.increment(keys[:1], WINDOW) == [1]
+    assert store.get(keys) == [1, 0]
+
+
+def test_local_counters_answer_the_counts_and_forget_them_after_the_window():
+    now = [100.0]
+    store = LocalCounters(clock=lambda: now[0])
+    assert [store.increment(["a", "b"], 5) for _ in range(3)][-1] == [3, 3]
+    now[0] += 5.1  # past the window
+    assert store.get(["a"]) == [0]
+    assert store.increment(["a"], 5) == [1]
 
 
 def test_a_redis_that_does_not_answer_does_not_refuse_sign_ins(limits, settings):
     import redis
 
-    broken = signin.RedisCounters(redis.Redis(port=1, socket_connect_timeout=1))
+    broken = RedisCounters(redis.Redis(port=1, socket_connect_timeout=1))
     settings.REALTIME_SIGNIN_MAX_PER_ACCOUNT = 1
     original = signin.counters_store
     signin.counters_store = lambda: broken

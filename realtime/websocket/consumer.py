@@ -143,10 +143,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """The socket's streams the client asked to resume in its URL (`?broadcasts=E:N` and
         `&user=E:N`, docs/protocol.md), with the positions; None for one it spelt wrong."""
         asked = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        user = self.scope.get("user")
         names = {"broadcasts": BROADCASTS}
-        if is_authenticated(user):
-            names["user"] = user_stream(user.pk)
+        own = self._own_stream()
+        if own is not None:
+            names["user"] = own
         resuming = []
         for key, name in names.items():
             subscription = delivery.fanout.streams.subscription(self, name)
@@ -278,7 +278,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """The stream behind `topic` if this socket may subscribe to it; else None, answered."""
         user = self.scope.get("user")
         if topic == topics.USER:
-            name = user_stream(user.pk) if is_authenticated(user) else None
+            name = self._own_stream()
         elif self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
             delivery.fanout.streams.subscription(self, topic) is None
         ):
@@ -316,9 +316,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=entry.frame)
         count_replayed(subscription.name, len(replay.entries))
 
-    async def _unsubscribe(self, topic: str) -> None:
+    def _own_stream(self) -> str | None:
+        """The stream of topic "user" on this socket: its user's own; None when anonymous."""
         user = self.scope.get("user")
-        name = user_stream(user.pk) if topic == topics.USER and is_authenticated(user) else topic
+        return user_stream(user.pk) if is_authenticated(user) else None
+
+    async def _unsubscribe(self, topic: str) -> None:
+        name = (self._own_stream() or topic) if topic == topics.USER else topic
         delivery.fanout.streams.detach(self, name)
         await self.send(text_data=protocol.unsubscribed(topic, "requested"))
 
