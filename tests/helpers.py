@@ -327,11 +327,15 @@ async def open_spread(url: str, tls, count: int, stack: contextlib.AsyncExitStac
     return sockets
 
 
-async def open_on_both_workers(url: str, tls, stack: contextlib.AsyncExitStack, cookie: str):
-    """Open signed-in sockets until both workers hold at least one (the kernel spreads them)."""
-    sockets = await open_spread(url, tls, 2, stack, additional_headers={"Cookie": cookie})
+async def open_on_both_workers(
+    url: str, tls, stack: contextlib.AsyncExitStack, cookie: str = "", at_least: int = 2
+):
+    """Open `at_least` sockets (signed in with `cookie`), then more until both workers hold
+    at least one (the kernel spreads them)."""
+    headers = {"Cookie": cookie}
+    sockets = await open_spread(url, tls, at_least, stack, additional_headers=headers)
     while len({worker for _, worker in sockets}) < 2 and len(sockets) < 40:
-        sockets += await open_spread(url, tls, 1, stack, additional_headers={"Cookie": cookie})
+        sockets += await open_spread(url, tls, 1, stack, additional_headers=headers)
     return sockets
 
 

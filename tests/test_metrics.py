@@ -34,7 +34,7 @@ from tests.helpers import (
     ROOT,
     close_code,
     free_port,
-    open_spread,
+    open_on_both_workers,
     receive_json,
     run_in_shell,
     ws_connect,
@@ -131,9 +131,7 @@ def test_every_scrape_sees_the_open_sockets_of_both_workers(served, client_tls):
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            sockets = await open_spread(url, client_tls, 6, stack)
-            while len({w for _, w in sockets}) < 2:
-                sockets += await open_spread(url, client_tls, 1, stack)
+            sockets = await open_on_both_workers(url, client_tls, stack, at_least=6)
             opened = {w: sum(1 for _, s in sockets if s == w) for _, w in sockets}
             scrapes = [scrape(server.port, client_tls)[1] for _ in range(4)]
             while metrics_lines_by_worker(server) != {"w1", "w2"} and len(scrapes) < 60:
@@ -165,9 +163,7 @@ def test_a_killed_workers_sockets_stop_counting_and_its_totals_stay(served, clie
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            sockets = await open_spread(url, client_tls, 6, stack)
-            while {w for _, w in sockets} != {"w1", "w2"}:
-                sockets += await open_spread(url, client_tls, 1, stack)
+            sockets = await open_on_both_workers(url, client_tls, stack, at_least=6)
             before = scrape(server.port, client_tls)[1]
             pid = worker_pid(server, "w1")
             os.kill(pid, signal.SIGKILL)
@@ -247,9 +243,7 @@ def test_messages_deliveries_latency_and_closes_are_counted(served, client_tls, 
 
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
-            sockets = await open_spread(url, client_tls, 4, stack)
-            while {w for _, w in sockets} != {"w1", "w2"}:
-                sockets += await open_spread(url, client_tls, 1, stack)
+            sockets = await open_on_both_workers(url, client_tls, stack, at_least=4)
             subscriber = sockets[0][0]
             await subscriber.send(json.dumps({"type": "subscribe", "topic": "news.launch"}))
             assert (await receive_json(subscriber))["type"] == "subscribed"

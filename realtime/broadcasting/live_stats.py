@@ -123,13 +123,13 @@ async def write_report(client: Any, sockets: int) -> None:
         pipeline.hincrby(key, "sockets", int(count))
         if latency >= 0:
             pipeline.hset(key, f"latency:{worker}", f"{latency:.6f}")
-        pipeline.expire(key, HOUR + 60)
+        pipeline.expire(key, HOUR + BUCKET)
     refused = metrics.take_refused()
     if refused:
         key = f"{REFUSED_KEY}{int(time.time() // BUCKET)}"
         for reason, count in refused.items():
             pipeline.hincrby(key, reason, count)
-        pipeline.expire(key, HOUR + 60)
+        pipeline.expire(key, HOUR + BUCKET)  # the window, and the bucket it started in
     try:
         await pipeline.execute()
     except BaseException:
