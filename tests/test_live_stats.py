@@ -206,3 +206,32 @@ def test_losing_the_permission_ends_the_live_topic_on_the_open_socket(live_redis
     subscribed, ended = asyncio.run(scenario())
     assert subscribed["type"] == "subscribed"
     assert ended == {"type": "unsubscribed", "topic": live_stats.TOPIC, "reason": "forbidden"}
+
+
+def test_a_flood_of_messages_keeps_at_most_the_newest_the_view_shows():
+    recorder = live_stats.Recorder()
+    recorder.enabled = True
+    for offset in range(1, 1001):
+        recorder.delivered("$broadcasts", offset, 3, 0.01)
+    recorder.delivered("$broadcasts", 1000, 2, 0.02)  # another write of one it has
+    kept = recorder.take()
+    assert len(kept) == live_stats.MESSAGES_SHOWN
+    assert min(offset for _, offset in kept) == 1001 - live_stats.MESSAGES_SHOWN
+    assert kept[("$broadcasts", 1000)] == [5, 0.02]
+    assert recorder.take() == {}
+
+
+def test_every_key_of_the_live_view_expires_past_its_window(live_redis, settings, monkeypatch):
+    settings.REALTIME_LIVE_STATS_INTERVAL = 1
+    monkeypatch.setattr(live_stats, "HOUR", 2)
+    monkeypatch.setattr(live_stats, "BUCKET", 1)
+    broadcast.send("Counted")
+    offset = streams.position(streams.BROADCASTS)[1]
+    live_stats.recorder.delivered(streams.BROADCASTS, offset, 3, 0.01)
+    metrics.refuse("origin")
+    report_as("hostA-w1", 3, live_redis.url, monkeypatch)
+    client = redis.Redis.from_url(live_redis.url)
+    assert len(client.keys("realtime:live:*")) == 3  # workers, reach, refused
+    time.sleep(4.5)  # past the workers' 3 intervals (+1 s) and the window and its bucket
+    assert client.keys("realtime:live:*") == []
+    client.close()

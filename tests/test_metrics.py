@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from realtime.checks import check_metrics_access
-from realtime.server import metrics  # noqa: F401 - defines the metrics in REGISTRY
+from realtime.server import metrics  # defines the metrics in REGISTRY
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -270,11 +270,14 @@ def test_messages_deliveries_latency_and_closes_are_counted(served, client_tls, 
                 return pings == count + 4  # each one ping, then 4 more: answered or dropped
 
             middle = await scraped_when(port, client_tls, every_ping_counted, "the pings")
-            for socket_, _ in sockets[1:]:
+            await sockets[1][0].close(code=4321)  # a client's own code: not a series of its own
+            for socket_, _ in sockets[2:]:
                 await socket_.close()
 
             def closes_counted(samples):
-                return grown(middle, samples, "realtime_closes_total", code="1000") >= count - 1
+                normal = grown(middle, samples, "realtime_closes_total", code="1000")
+                other = grown(middle, samples, "realtime_closes_total", code="other")
+                return normal >= count - 2 and other == 1
 
             after = await scraped_when(port, client_tls, closes_counted, "the closes")
             return count, before, middle, after
@@ -346,6 +349,8 @@ def test_the_catch_up_and_the_channel_layer_coming_back_are_counted(served, clie
                 return grown(before, samples, "realtime_channel_layer_losses_total") == 2
 
             await scraped_when(port, client_tls, both_lost, "both workers to lose Redis")
+            async with ws_connect(url, client_tls) as refused:  # accepted, then closed 1013
+                assert await close_code(refused) == 1013
             await asyncio.to_thread(
                 run_in_shell, env, "from realtime import broadcast\nbroadcast.send('while away')\n"
             )
@@ -378,6 +383,8 @@ def test_the_catch_up_and_the_channel_layer_coming_back_are_counted(served, clie
     assert grew("realtime_channel_layer_losses_total") == 2  # each worker
     assert grew("realtime_channel_layer_reconnects_total") == 2
     assert grew("realtime_catchup_deliveries_total", kind="broadcast") == 1
+    refused = {"outcome": "refused", "reason": "layer_lost"}
+    assert grew("realtime_handshakes_total", **refused) == 1
 
 
 # --- Refusals of the per-address caps, and TLS required -------------------------------------
@@ -578,3 +585,12 @@ def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
     assert status("127.0.0.1, 203.0.113.9") == 403  # the client claimed loopback
     assert status("203.0.113.9") == 403
     assert status("203.0.113.9, 127.0.0.1") == 200  # the proxy saw a local client
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [(1000, "1000"), (1009, "1009"), (4001, "4001"), (3999, "other"), (4321, "other"),
+     (65535, "other"), (None, "other")],
+)  # fmt: skip
+def test_close_codes_a_client_chooses_cannot_make_series_of_their_own(code, label):
+    assert metrics.close_code_label(code) == label
