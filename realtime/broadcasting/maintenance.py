@@ -42,4 +42,3 @@ def schedule() -> None:
     if redis_host() is not None:
         hooks.every(MAINTENANCE_INTERVAL, maintain)
         hooks.every(live_stats.interval(), report_live_stats)
-        live_stats.recorder.enabled = True
