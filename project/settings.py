@@ -323,6 +323,8 @@ if os.environ.get("REALTIME_METRICS_TOKEN"):
     REALTIME_METRICS_TOKEN = os.environ["REALTIME_METRICS_TOKEN"]
 # Refuse (close 1008) a WebSocket that came neither over TLS nor through a trusted https proxy.
 REALTIME_REQUIRE_TLS = envbool("REALTIME_REQUIRE_TLS", not DEBUG)
+# permessage-deflate for WebSocket clients that offer it (realtime/server/compression.py).
+REALTIME_WS_COMPRESSION = envbool("REALTIME_WS_COMPRESSION", True)
 # Incoming messages per socket: a token bucket refilled at RATE per second holding BURST.
 REALTIME_WS_RATE = envint("REALTIME_WS_RATE", 10)
 REALTIME_WS_BURST = envint("REALTIME_WS_BURST", 20)

@@ -65,7 +65,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         *check_origins(),
         *check_fanout_rejoin(),
         *check_app_order(),
-        *check_require_tls(),
+        *check_switches(),
         *check_metrics_access(),
     ]
 
@@ -152,14 +152,14 @@ def check_app_order() -> list[Error]:
     ]
 
 
-def check_require_tls() -> list[Error]:
-    if isinstance(conf.REALTIME_REQUIRE_TLS, bool):
-        return []
+SWITCHES = ("REALTIME_REQUIRE_TLS", "REALTIME_WS_COMPRESSION")
+
+
+def check_switches() -> list[Error]:
     return [
-        Error(
-            f"REALTIME_REQUIRE_TLS must be True or False, not {conf.REALTIME_REQUIRE_TLS!r}.",
-            id="realtime.E006",
-        )
+        Error(f"{name} must be True or False, not {getattr(conf, name)!r}.", id="realtime.E006")
+        for name in SWITCHES
+        if not isinstance(getattr(conf, name), bool)
     ]
 
 

@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     # Every frame, control frames and fragments included (realtime/server/frame_budget.py).
     "REALTIME_WS_FRAME_RATE": 200,
     "REALTIME_WS_FRAME_BURST": 400,
+    # permessage-deflate for clients that offer it, without context takeover
+    # (realtime/server/compression.py).
+    "REALTIME_WS_COMPRESSION": True,
     # A socket whose client stops reading is dropped past this (realtime/server/unsent.py).
     "REALTIME_WS_MAX_UNSENT_BYTES": 1024 * 1024,
     # Request bodies arrive at least this fast on average (realtime/server/request_deadline.py).

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.websocket.compress import PerMessageDeflate
 from channels.consumer import get_handler_name
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
@@ -30,21 +31,58 @@ PINNED = {
 # --- autobahn -------------------------------------------------------------------------------
 
 
-def write_prepared(protocol: Any, prepared: Any) -> None:
-    """What autobahn's public `sendPreparedMessage()` does, without its per-call debug log.
+def write_frame(protocol: Any, frame: bytes) -> None:
+    """Write a whole frame's bytes (built once for many sockets) to an open socket: what
+    autobahn's `sendData()` does, without its per-call debug log.
 
-    `sendPreparedMessage()` goes through `sendData()`, which formats a debug line
-    (`hltype()`/`hlval()`, about 3 us) for every frame whether or not debug logging is on. In
-    the fan-out that is once per socket per broadcast: measured with `make bench` (quick,
-    5,000 WSS sockets on 2 workers), the public call gave 41,130 deliveries/s and p99 136 ms,
-    this one 56,999 deliveries/s and p99 103 ms. So when nothing is queued and no compression
-    was negotiated (daphne never offers permessage-deflate), the frame's bytes go to the
-    transport as `sendData()` would write them; otherwise the public call does it.
+    `sendData()` formats a debug line (`hltype()`/`hlval()`, about 3 us) for every frame whether
+    or not debug logging is on. In the fan-out that is once per socket per broadcast: measured
+    with `make bench` (quick, 5,000 WSS sockets on 2 workers), autobahn's public
+    `sendPreparedMessage()` gave 41,130 deliveries/s and p99 136 ms, this way 56,999
+    deliveries/s and p99 103 ms. While autobahn has frames queued (`send_queue`, only used by
+    its chopped or synchronous sends), `sendData()` keeps them in order.
     """
-    if protocol._perMessageCompress is None and not protocol.send_queue:
-        protocol.transport.write(prepared.payloadHybi)
+    if protocol.send_queue:
+        protocol.sendData(frame)
     else:
-        protocol.sendPreparedMessage(prepared)
+        protocol.transport.write(frame)
+
+
+def compression_of(protocol: Any) -> Any:
+    """The permessage-compress extension an open socket negotiated, or None. autobahn keeps
+    it in the private `_perMessageCompress` (its public `websocket_extensions_in_use` is a list
+    to search)."""
+    return protocol._perMessageCompress
+
+
+class MessageAtATimeDeflate(PerMessageDeflate):
+    """autobahn's permessage-deflate, letting go of its zlib state when each message ends:
+    without context takeover the next message starts a new compressor anyway, but autobahn
+    holds the last one (about 256 KiB with a 15-bit window) until then. `_compressor` and
+    `_decompressor` are its private state."""
+
+    def end_compress_message(self) -> bytes:
+        try:
+            return super().end_compress_message()
+        finally:
+            self._compressor = None
+
+    def end_decompress_message(self) -> None:
+        try:
+            super().end_decompress_message()
+        finally:
+            self._decompressor = None
+
+
+def hold_no_state_between_messages(protocol: Any) -> bool:
+    """Make an open socket's negotiated permessage-deflate a MessageAtATimeDeflate (the same
+    object: only what ends a message changes). Returns whether the socket compresses."""
+    extension = compression_of(protocol)
+    if extension is None:
+        return False
+    if type(extension) is PerMessageDeflate:
+        extension.__class__ = MessageAtATimeDeflate
+    return True
 
 
 # --- Twisted's TCP transport ----------------------------------------------------------------

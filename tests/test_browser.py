@@ -288,3 +288,46 @@ def test_the_es_module_resumes_a_topic_across_its_workers_death_with_each_messag
     offsets = [offset for offset, _ in got]
     assert offsets == list(range(offsets[0], offsets[0] + 5))
     assert "closed" in states and states[-1] == "open", states
+
+
+def test_chromium_negotiates_compression_and_both_ways_work(page, served, server_env, redis_server):
+    """Chromium offers permessage-deflate; the server accepts it without context takeover
+    (realtime/server/compression.py). A 2 KiB broadcast arrives deflated and whole; what the
+    page sends (subscribes, which Chromium compresses on its own) is understood."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("Network.enable")
+    answers: list[dict] = []
+    frames: list[dict] = []
+    devtools.on("Network.webSocketHandshakeResponseReceived", lambda e: answers.append(e))
+    devtools.on("Network.webSocketFrameReceived", lambda e: frames.append(e["response"]))
+    open_page(page, f"https://{HOST}:{served.port}/", "wss")
+    [answer] = [a for a in answers if a["response"]["status"] == 101]
+    headers = {name.lower(): value for name, value in answer["response"]["headers"].items()}
+    extension = headers["sec-websocket-extensions"]
+    assert extension.startswith("permessage-deflate") and "client_no_context_takeover" in extension
+    text = "orders: " + ", ".join(f"#{n} shipped to customer-{n * 37 % 101:03d}" for n in range(60))
+    send_from_a_shell(server_env, redis_server.url, [text])
+    expect(page.locator("#broadcasts li", has_text=text)).to_have_count(1)
+    assert any(text in frame["payloadData"] for frame in frames)
+    page.evaluate(
+        """async () => {
+            const { connect } = await import("/static/realtime/realtime.mjs");
+            window.got = [];
+            window.rt = connect({ path: "/ws/" });
+            for (const topic of ["news.deflate-a", "news.deflate-b"]) {
+                window.rt.subscribe(topic, (m) => window.got.push([topic, m.data]));
+            }
+        }"""
+    )
+    page.wait_for_function(
+        "() => ['news.deflate-a', 'news.deflate-b'].every((t) => window.rt.state().topics[t])",
+        timeout=10_000,
+    )
+    long = "x" * 300 + " end"
+    send_to_topic(server_env, redis_server.url, "news.deflate-a", [long])
+    send_to_topic(server_env, redis_server.url, "news.deflate-b", ["short"])
+    page.wait_for_function("() => window.got.length === 2", timeout=10_000)
+    assert sorted(page.evaluate("window.got")) == [
+        ["news.deflate-a", long],
+        ["news.deflate-b", "short"],
+    ]

@@ -66,6 +66,7 @@ def test_an_unknown_name_is_an_error_not_a_silent_default():
         ("REALTIME_ALLOWED_ORIGINS", ["app.example.org"], "realtime.E003", "origins"),
         ("REALTIME_ALLOWED_ORIGINS", "https://a.example", "realtime.E003", "must be a list"),
         ("REALTIME_REQUIRE_TLS", "yes", "realtime.E006", "True or False"),
+        ("REALTIME_WS_COMPRESSION", 1, "realtime.E006", "True or False"),
     ],
 )
 def test_a_wrong_value_names_the_setting(settings, name, value, error_id, words):

@@ -10,10 +10,12 @@ import inspect
 import socket
 import sys
 import types
+import zlib
 from importlib.metadata import version
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflate
 from channels.consumer import AsyncConsumer, get_handler_name
 from daphne.cli import CommandLineInterface
 from daphne.management.commands.runserver import Command as DaphneRunserver
@@ -31,13 +33,16 @@ from realtime import upstream
 from realtime.upstream import (
     PINNED,
     TCP_STATE,
+    MessageAtATimeDeflate,
     clear_option,
+    compression_of,
     handler_name,
+    hold_no_state_between_messages,
     limit_write_buffer,
     send_when_idle,
     set_key_exchange_groups,
     use_server_class_under_plain_daphne,
-    write_prepared,
+    write_frame,
 )
 
 
@@ -54,43 +59,85 @@ def test_the_pins_match_the_lock_file():
         assert f"{package.lower()}=={pinned}" in lock, package
 
 
-# --- autobahn: write_prepared ---------------------------------------------------------------
+# --- autobahn: write_frame, compression_of, MessageAtATimeDeflate --------------------------
 
 
-def open_protocol():
+def open_protocol(compression=None):
     factory = WebSocketServerFactory()
     factory.protocol = WebSocketServerProtocol  # as daphne's factory does, a Twisted protocol
     protocol = factory.buildProtocol(None)
     protocol.makeConnection(StringTransport())
     protocol.state = protocol.STATE_OPEN
+    protocol._perMessageCompress = compression
     return factory, protocol
 
 
+def negotiated_deflate():
+    """What autobahn builds when a server accepts an offer without context takeover."""
+    return PerMessageDeflate(True, True, True, 15, 15, 8)
+
+
 def test_an_open_socket_has_no_compression_and_an_empty_send_queue():
-    _, protocol = open_protocol()
-    assert protocol._perMessageCompress is None
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert compression_of(protocol) is None
     assert len(protocol.send_queue) == 0
 
 
-def test_write_prepared_writes_what_send_prepared_message_writes():
+def test_write_frame_writes_what_send_prepared_message_writes():
     factory, ours = open_protocol()
     _, theirs = open_protocol()
     prepared = factory.prepareMessage('{"type": "broadcast", "message": "é"}'.encode())
-    write_prepared(ours, prepared)
+    write_frame(ours, prepared.payloadHybi)
     theirs.sendPreparedMessage(prepared)
     assert ours.transport.value() == theirs.transport.value() == prepared.payloadHybi
-    assert prepared.payloadHybi[:1] == b"\x81"  # FIN and a text frame, unmasked
 
 
-def test_with_compression_negotiated_the_public_call_is_used():
-    factory, protocol = open_protocol()
-    prepared = factory.prepareMessage(b"x" * 100)
+def test_write_frame_keeps_the_order_behind_autobahns_queue():
+    _, protocol = open_protocol()
+    protocol.send_queue.append((b"queued", None))
     calls = []
-    protocol._perMessageCompress = object()
-    protocol.sendPreparedMessage = calls.append
-    write_prepared(protocol, prepared)
-    assert calls == [prepared]
+    protocol.sendData = calls.append
+    write_frame(protocol, b"frame")
+    assert calls == [b"frame"]
     assert protocol.transport.value() == b""
+
+
+def test_compression_of_is_the_negotiated_extension():
+    deflate = negotiated_deflate()
+    _, protocol = open_protocol(deflate)
+    assert compression_of(protocol) is deflate
+
+
+def test_per_message_deflate_keeps_its_zlib_state_in_private_attributes():
+    deflate = negotiated_deflate()
+    deflate.start_compress_message()
+    deflate.start_decompress_message()
+    assert deflate._compressor is not None and deflate._decompressor is not None
+
+
+def test_a_socket_holds_no_zlib_state_between_messages_either_way():
+    _, protocol = open_protocol(negotiated_deflate())
+    assert hold_no_state_between_messages(protocol)
+    extension = compression_of(protocol)
+    assert isinstance(extension, MessageAtATimeDeflate)
+    protocol.sendMessage(b'{"text": "' + b"order " * 100 + b'"}')
+    assert extension._compressor is None
+    assert protocol.transport.value()[:1] == b"\xc1"  # FIN, RSV1 (compressed), text
+    extension.start_decompress_message()
+    compressor = zlib.compressobj(-1, zlib.DEFLATED, -15)
+    data = compressor.compress(b"hello " * 50) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert extension.decompress_message_data(data[:-4]) == b"hello " * 50
+    extension.end_decompress_message()
+    assert extension._decompressor is None
+
+
+def test_a_socket_without_compression_stays_so():
+    _, protocol = open_protocol()
+    assert not hold_no_state_between_messages(protocol)
+    assert compression_of(protocol) is None
 
 
 def test_send_close_frame_takes_any_code_and_a_reason():

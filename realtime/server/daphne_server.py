@@ -33,6 +33,7 @@ from realtime.conf import conf
 from realtime.server import hooks
 from realtime.server.access_log import log_access, writes_to_stdout
 from realtime.server.collector import tune_for_serving
+from realtime.server.compression import CompressionWebSocketProtocol, negotiator
 from realtime.server.frame_budget import FrameBudget
 from realtime.server.frames import EXTENSION, WebSocketFrames
 from realtime.server.listeners import notify_ready
@@ -78,14 +79,15 @@ def describe_channel_layer() -> str:
 
 def realtime_websocket_protocol(frame_rate: float, frame_burst: int, max_unsent: int) -> type:
     """The WebSocket protocol RealtimeServer serves with: close codes as the app sends them
-    (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py)
-    and a cap on unsent bytes (unsent.py)."""
+    (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py),
+    a cap on unsent bytes (unsent.py) and compression without state between messages
+    (compression.py)."""
     attributes = {
         "frame_rate": float(frame_rate),
         "frame_burst": int(frame_burst),
         "max_unsent": int(max_unsent),
     }
-    bases = (FrameBudget, UnsentCap, WriteThroughWebSocketProtocol)
+    bases = (CompressionWebSocketProtocol, FrameBudget, UnsentCap, WriteThroughWebSocketProtocol)
     return type("RealtimeWebSocketProtocol", bases, attributes)
 
 
@@ -121,7 +123,12 @@ class RealtimeServer(Server):
         # Send a close frame (1009, 1002, ...) on protocol errors instead of dropping TCP.
         # allowNullOrigin is repeated because autobahn resets it to False on every call; the
         # origin check belongs to Channels' validator, which refuses "null" with 403.
-        self.ws_factory.setProtocolOptions(failByDrop=False, allowNullOrigin=True)
+        options: dict[str, Any] = {"failByDrop": False, "allowNullOrigin": True}
+        if conf.REALTIME_WS_COMPRESSION:
+            # permessage-deflate for clients that offer it (browsers do); an incoming message
+            # inflates to at most the message size limit (realtime/server/compression.py).
+            options["perMessageCompressionAccept"] = negotiator(self.websocket_max_message_size)
+        self.ws_factory.setProtocolOptions(**options)
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/server/writethrough.py).
         self.ws_factory.protocol = realtime_websocket_protocol(

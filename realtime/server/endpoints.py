@@ -115,6 +115,7 @@ def apply_profile(context: SSL.Context, profile: TLSProfile) -> None:
     """Set a profile's key exchange groups, TLS 1.3 suites and no renegotiation on a context."""
     context.set_tls13_ciphersuites(":".join(profile.tls13_ciphersuites).encode("ascii"))
     context.set_options(SSL.OP_NO_RENEGOTIATION)
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     set_key_exchange_groups(context, profile.openssl_groups)
 
 
