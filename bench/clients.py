@@ -2,6 +2,7 @@
 
 Both are subprocesses that speak JSON lines; a reader thread per process queues their lines so
 that every wait here has a timeout, and a process that dies is an error with its log attached.
+A set of fan-out sockets too large for one process is held by a FanoutGroup of several.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from bench import merge
 from bench.procs import ROOT, spawn, stop
 
 NODE_DIR = ROOT / "bench" / "node"
@@ -74,10 +76,11 @@ def loadgen_args(mode: str, url: str, origin: str, ca: Path | None, **options: A
     if ca is not None:
         args += ["--ca", str(ca)]
     for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
         if value is True:
-            args.append(f"--{name}")
+            args.append(flag)
         elif value not in (None, False):
-            args += [f"--{name}", str(value)]
+            args += [flag, str(value)]
     return args
 
 
@@ -107,11 +110,57 @@ class FanoutClients(LineProcess):
         self.write(json.dumps({"cmd": "expect", "seqs": seqs, "timeout": timeout}))
         return self.read(timeout + 30)
 
+    def bytes_read(self) -> dict[str, Any]:
+        """Bytes received so far over all sockets: frames and (--wire-bytes) TCP payload."""
+        self.write(json.dumps({"cmd": "bytes"}))
+        return self.read(30)
+
     def close(self) -> dict[str, Any]:
         self.write(json.dumps({"cmd": "close"}))
         result = self.read(60)
         self.process.wait(timeout=10)
         return result
+
+
+class FanoutGroup:
+    """One set of fan-out sockets spread over several loadgen processes, driven as one: each
+    command goes to every process before any answer is read (they wait side by side), and the
+    answers are merged into one process's (bench/merge.py)."""
+
+    def __init__(self, members: list[FanoutClients]):
+        self.members = members
+
+    def _all(self, command: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        for member in self.members:
+            member.write(json.dumps(command))
+        return [member.read(timeout) for member in self.members]
+
+    def opened(self, timeout: float) -> dict[str, Any]:
+        return merge.merge_opened([member.read(timeout) for member in self.members])
+
+    def mark(self) -> None:
+        self._all({"cmd": "mark"}, 30)
+
+    def expect(self, seqs: list[int], timeout: float) -> dict[str, Any]:
+        command = {"cmd": "expect", "seqs": seqs, "timeout": timeout, "raw": True}
+        return merge.merge_rounds(self._all(command, timeout + 30))
+
+    def bytes_read(self) -> dict[str, Any]:
+        answers = self._all({"cmd": "bytes"}, 30)
+        return {
+            field: None if answers[0][field] is None else sum(a[field] for a in answers)
+            for field in ("frame_bytes", "wire_bytes")
+        }
+
+    def close(self) -> dict[str, Any]:
+        answers = self._all({"cmd": "close"}, 60)
+        for member in self.members:
+            member.process.wait(timeout=10)
+        return merge.merge_closed(answers)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
 
 
 class Trigger(LineProcess):

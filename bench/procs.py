@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -30,6 +31,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, for the processes it
+    starts (they inherit it): a load generator or a server holds thousands of sockets.
+    Answers the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def pinned(args: list[str], cpus: str | None) -> list[str]:

@@ -53,8 +53,14 @@ CLIENT_BOUND = 90.0  # % of a core: above it the load generator, not the server,
 TARGET_FANOUT_P99_MS = 250.0
 TARGET_FANOUT_RATIO = 3.0
 TARGET_ECHO_FRACTION = 0.7
-TARGET_IDLE_CPU = 5.0
+TARGET_IDLE_CPU = 1.0  # % of a core, 5,000 idle WSS sockets on 2 workers
 TARGET_USER_COST_RATIO = 1.5  # CPU per message to one user: 5,000 sockets open / 100
+TARGET_MEMORY_RATIO = 1.0  # KiB per idle WSS socket, project / Node
+TARGET_ECHO_NODE_RATIO = 0.5  # echo messages/s over WSS, project / Node
+TARGET_HANDSHAKE_NODE_RATIO = 0.9  # handshakes/s, full TLS and resumed, project / Node
+TARGET_WIDE_P99_RATIO = 1.0  # p99 of the wide fan-out, project (2 workers) / Node (1 process)
+TARGET_DEFLATE_BYTES_RATIO = 0.5  # wire bytes per delivery, permessage-deflate / plain
+TARGET_DEFLATE_CPU_RATIO = 1.2  # the servers' CPU per delivery, permessage-deflate / plain
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -242,6 +248,8 @@ def summarize_fanout(entry: dict[str, Any]) -> dict[str, Any]:
         # Server CPU per message to a user with no socket here (the project only).
         "user_cpu_ms": (entry.get("user_message") or {}).get("server_cpu_ms_per_message"),
         "rounds": len(rounds),
+        # More than 1: the sockets were spread over several loadgen processes (the wide set).
+        "client_processes": entry.get("client_processes", 1),
     }
 
 
@@ -258,17 +266,100 @@ def per_worker(firsts: list[dict[str, Any]]) -> dict[str, dict[str, float | None
     }
 
 
+def compression_set_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One set of the compression stage: what it negotiated, received and cost."""
+    firsts = [r["per_seq"][0] for r in entry.get("rounds", [])]
+    burst = entry.get("burst") or {}
+    lost = sum(r["lost"] for r in entry.get("rounds", [])) + burst.get("lost", 0)
+    expected = sum(r["expected"] * len(r["seqs"]) for r in [*entry.get("rounds", []), burst] if r)
+    return {
+        "deflate_offered": entry["deflate_offered"],
+        "opened": entry["open"]["opened"],
+        "negotiated": entry["open"].get("deflate_negotiated", 0),
+        "params": entry["open"].get("deflate_params", {}),
+        "message_bytes": next((s["frame_bytes"] for s in firsts if s["frame_bytes"]), None),
+        "frame_bytes_per_delivery": burst.get("frame_bytes_per_delivery"),
+        "wire_bytes_per_delivery": burst.get("wire_bytes_per_delivery"),
+        "cpu_us_per_delivery": burst.get("server_cpu_us_per_delivery"),
+        "p50_ms": median(s["p50_ms"] for s in firsts),
+        "p99_ms": median(s["p99_ms"] for s in firsts),
+        # The load generator inflates every message: near a whole core, latency is its limit.
+        "client_cpu": median(r.get("client_cpu_percent") for r in entry.get("rounds", [])),
+        "lost": lost,
+        "expected": expected,
+    }
+
+
+def compression_kind(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sets of one kind (offering deflate, or plain) together: medians over the sets."""
+    params: dict[str, int] = {}
+    for row in rows:
+        for key, count in row["params"].items():
+            params[key] = params.get(key, 0) + count
+    summary = {
+        field: median(row[field] for row in rows)
+        for field in (
+            "message_bytes",
+            "frame_bytes_per_delivery",
+            "wire_bytes_per_delivery",
+            "cpu_us_per_delivery",
+            "p50_ms",
+            "p99_ms",
+            "client_cpu",
+        )
+    }
+    return {
+        "sets": len(rows),
+        "opened": sum(row["opened"] for row in rows),
+        "negotiated": sum(row["negotiated"] for row in rows),
+        "params": params,
+        "lost": sum(row["lost"] for row in rows),
+        "expected": sum(row["expected"] for row in rows),
+        **summary,
+    }
+
+
+def summarize_compression(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not entry or not entry.get("sets"):
+        return None
+    rows = [compression_set_row(s) for s in entry["sets"]]
+    deflate = [row for row in rows if row["deflate_offered"]]
+    plain = [row for row in rows if not row["deflate_offered"]]
+    return {
+        "sockets": entry["sockets"],
+        "sets": rows,
+        "deflate": compression_kind(deflate) if deflate else None,
+        "plain": compression_kind(plain) if plain else None,
+    }
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     echo = {f"{e['peer']}/{e['transport']}": summarize_echo_peer(e) for e in results["echo_peers"]}
     fanout = {
         f"{e['peer']}/{e['transport']}/{e['sockets']}": summarize_fanout(e)
         for e in results["fanout"]
     }
-    return {"echo": echo, "fanout": fanout}
+    compression = summarize_compression(results.get("compression"))
+    return {"echo": echo, "fanout": fanout, "compression": compression}
 
 
 def largest_size(summary: dict[str, Any], transport: str) -> int | None:
-    sizes = [int(key.split("/")[2]) for key in summary["fanout"] if f"/{transport}/" in key]
+    """The largest set held by one loadgen process (the wide set has targets of its own)."""
+    sizes = [
+        int(key.split("/")[2])
+        for key, figures in summary["fanout"].items()
+        if f"/{transport}/" in key and figures.get("client_processes", 1) == 1
+    ]
+    return max(sizes) if sizes else None
+
+
+def wide_size(summary: dict[str, Any]) -> int | None:
+    """The wide set's size: the WSS set whose sockets were spread over loadgen processes."""
+    sizes = [
+        int(key.split("/")[2])
+        for key, figures in summary["fanout"].items()
+        if "/wss/" in key and figures.get("client_processes", 1) > 1
+    ]
     return max(sizes) if sizes else None
 
 
@@ -453,20 +544,168 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
 
+    return [
+        *rows,
+        memory_target(summary),
+        echo_node_target(summary),
+        handshake_node_target(summary),
+        wide_target(summary),
+        idle_target(summary),
+        *compression_targets(summary),
+    ]
+
+
+def memory_target(summary: dict[str, Any]) -> dict[str, Any]:
+    """KiB per idle WSS socket, project / Node: every pair measured in the run must be <= 1."""
+    pairs = []
+    sockets = echo_figure(summary, "project-daphne", "wss", "idle_sockets")
+    project = echo_figure(summary, "project-daphne", "wss", "kib_per_socket")
+    node = echo_figure(summary, "node", "wss", "kib_per_socket")
+    if project is not None and node:
+        pairs.append((f"one process each, {sockets:,} sockets", project, node))
+    for size in sorted({int(key.split("/")[2]) for key in summary["fanout"]}):
+        project = fanout_figure(summary, "project", "wss", size, "kib_per_socket")
+        node = fanout_figure(summary, "node", "wss", size, "kib_per_socket")
+        if project is not None and node:
+            pairs.append((f"fan-out (2 workers), {size:,} sockets", project, node))
+    return {
+        "target": "Memory per idle WSS socket: the project at most Node's (every pair measured)",
+        "figure": "; ".join(
+            f"{label}: {fmt_ratio(project / node)} ({project:.1f} vs {node:.1f} KiB)"
+            for label, project, node in pairs
+        )
+        or "not measured",
+        "reached": all(project / node <= TARGET_MEMORY_RATIO for _, project, node in pairs)
+        if pairs
+        else None,
+    }
+
+
+def client_bound(cpu: float | None) -> str:
+    """† after a Node figure its load generator may have held down: a ratio against it is an
+    upper bound."""
+    return " †" if cpu is not None and cpu >= CLIENT_BOUND else ""
+
+
+CLIENT_BOUND_NOTE = " († Node client-bound: the ratio is at most this)"
+
+
+def echo_node_target(summary: dict[str, Any]) -> dict[str, Any]:
+    project = echo_figure(summary, "project-daphne", "wss", "echo_per_s")
+    node = echo_figure(summary, "node", "wss", "echo_per_s")
+    value = ratio(project, node)
+    bound = client_bound(echo_figure(summary, "node", "wss", "echo_client_cpu"))
+    figure = f"{fmt_ratio(value)} ({fmt_int(project)} vs {fmt_int(node)} messages/s{bound})"
+    return {
+        "target": "Echo over WSS >= 0.5x Node's (project under daphne, one process each)",
+        "figure": figure + (CLIENT_BOUND_NOTE if bound else "")
+        if value is not None
+        else "not measured",
+        "reached": None if value is None else value >= TARGET_ECHO_NODE_RATIO,
+    }
+
+
+def handshake_node_target(summary: dict[str, Any]) -> dict[str, Any]:
+    parts, values = [], []
+    for field, label in (("handshakes_per_s", "full TLS"), ("resumed_per_s", "TLS 1.3 resumed")):
+        project = echo_figure(summary, "project-daphne", "wss", field)
+        node = echo_figure(summary, "node", "wss", field)
+        value = ratio(project, node)
+        if value is None:
+            continue
+        cpu = "handshake_client_cpu" if field == "handshakes_per_s" else "resumed_client_cpu"
+        bound = client_bound(echo_figure(summary, "node", "wss", cpu))
+        parts.append(f"{label} {fmt_ratio(value)} ({fmt_int(project)} vs {fmt_int(node)}/s{bound})")
+        values.append(value)
+    note = CLIENT_BOUND_NOTE if any("†" in part for part in parts) else ""
+    return {
+        "target": "Handshakes + upgrades over WSS, full TLS and TLS 1.3 resumed, >= 0.9x Node's",
+        "figure": "; ".join(parts) + note if parts else "not measured",
+        "reached": all(v >= TARGET_HANDSHAKE_NODE_RATIO for v in values) if values else None,
+    }
+
+
+def wide_target(summary: dict[str, Any]) -> dict[str, Any]:
+    size = wide_size(summary)
+    project = summary["fanout"].get(f"project/wss/{size}", {})
+    node = summary["fanout"].get(f"node/wss/{size}", {})
+    value = ratio(project.get("p99_ms"), node.get("p99_ms"))
+    lost = project.get("lost")
+    shown = f"{size or 15000:,}"
+    figure = (
+        f"{fmt_ratio(value)} (p99 {fmt_ms(project.get('p99_ms'))} vs "
+        f"{fmt_ms(node.get('p99_ms'))} ms, p50 {fmt_ms(project.get('p50_ms'))} vs "
+        f"{fmt_ms(node.get('p50_ms'))} ms); lost {lost} of {project.get('expected') or 0:,} "
+        f"(Node {node.get('lost')}); {project.get('opened', 0):,} and {node.get('opened', 0):,} "
+        f"sockets open, {project.get('client_processes')} client processes"
+        if value is not None
+        else "not measured"
+    )
+    return {
+        "target": f"A broadcast reaches {shown} WSS sockets on 2 workers: p99 at most Node's "
+        "single process, none lost",
+        "figure": figure,
+        "reached": None if value is None else value <= TARGET_WIDE_P99_RATIO and lost == 0,
+    }
+
+
+def idle_target(summary: dict[str, Any]) -> dict[str, Any]:
     idle = summary["fanout"].get("project/wss/5000", {})
     cpu = idle.get("idle_cpu_percent")
     redis_cpu = idle.get("idle_redis_cpu_percent") or 0.0
-    rows.append(
-        {
-            "target": "5,000 idle WSS sockets cost < 5% of a core (project, 2 workers)",
-            "figure": (
-                f"{cpu:.1f}% of a core (Redis beside it {redis_cpu:.1f}%)"
-                if cpu is not None
-                else "not measured"
-            ),
-            "reached": None if cpu is None else cpu < TARGET_IDLE_CPU,
-        }
-    )
+    return {
+        "target": "5,000 idle WSS sockets cost < 1% of a core (project, 2 workers)",
+        "figure": f"{cpu:.2f}% of a core (Redis beside it {redis_cpu:.2f}%)"
+        if cpu is not None
+        else "not measured",
+        "reached": None if cpu is None else cpu < TARGET_IDLE_CPU,
+    }
+
+
+def compression_valid(compression: dict[str, Any]) -> bool:
+    """Every socket that offered permessage-deflate negotiated it, and no plain one did:
+    otherwise the two kinds of sets are not what they say."""
+    deflate, plain = compression["deflate"], compression["plain"]
+    return 0 < deflate["opened"] == deflate["negotiated"] and plain["negotiated"] == 0
+
+
+def compression_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    compression = summary.get("compression")
+    measured = bool(compression and compression["deflate"] and compression["plain"])
+    rows = []
+    for field, unit, threshold, target in (
+        (
+            "wire_bytes_per_delivery",
+            "bytes on the wire",
+            TARGET_DEFLATE_BYTES_RATIO,
+            "Compressed broadcasts: bytes on the wire per delivery with permessage-deflate "
+            "<= 0.5x without (project, 2 workers, WSS, ~1 KiB JSON)",
+        ),
+        (
+            "cpu_us_per_delivery",
+            "us of the servers' CPU",
+            TARGET_DEFLATE_CPU_RATIO,
+            "Compressed broadcasts: the servers' CPU per delivery with permessage-deflate "
+            "<= 1.2x without",
+        ),
+    ):
+        if not measured:
+            rows.append({"target": target, "figure": "not measured", "reached": None})
+            continue
+        deflate, plain = compression["deflate"], compression["plain"]
+        value = ratio(deflate[field], plain[field])
+        reached: bool | str | None = None if value is None else value <= threshold
+        if reached is not None and not compression_valid(compression):
+            reached = "invalid"
+        rows.append(
+            {
+                "target": target,
+                "figure": f"{fmt_ratio(value)} ({fmt_bytes(deflate[field])} vs "
+                f"{fmt_bytes(plain[field])} {unit} per delivery); {deflate['negotiated']:,} "
+                f"of {deflate['opened']:,} sockets offering it negotiated permessage-deflate",
+                "reached": reached,
+            }
+        )
     return rows
 
 
@@ -505,6 +744,12 @@ def fmt_int(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
 def fmt_ratio(value: float | None) -> str:
     if value is None:
         return "-"
@@ -534,6 +779,8 @@ def reached_text(value: bool | str | None) -> str:
         False: "**not reached**",
         None: "not measured",
         "median": "**reached** by the median, not by every broadcast",
+        "invalid": "**not reached**: invalid, not every socket offering permessage-deflate "
+        "negotiated it",
     }[value]
 
 
@@ -624,6 +871,7 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
         *absolute_tables(summary, config),
+        *compression_lines(summary.get("compression"), config),
     ]
     if results.get("errors"):
         lines += ["", "Failed measurements (details in the JSON file):"]
@@ -715,7 +963,7 @@ def absolute_tables(summary: dict[str, Any], config: dict[str, Any]) -> list[str
         f"received divided by the time from the first send to the last arrival, median of "
         f"{config['burst_rounds']} bursts. Not pinned. KiB per socket and idle CPU (over "
         f"{config['idle_seconds']:g} s, all server processes, Redis not included) on the "
-        "largest set, opened on a fresh server.",
+        "largest set, opened on a fresh server." + wide_note(summary, config),
         "",
         *table(
             [
@@ -735,6 +983,103 @@ def absolute_tables(summary: dict[str, Any], config: dict[str, Any]) -> list[str
             fanout_rows,
         ),
         *worker_lines(summary),
+    ]
+
+
+def wide_note(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    size = wide_size(summary)
+    if size is None:
+        return ""
+    processes = max(s["client_processes"] for s in summary["fanout"].values())
+    return (
+        f" The {size:,} set (the project and Node, WSS only, each on a fresh server): its "
+        f"sockets held by {processes} load-generator processes, every latency of each "
+        f"broadcast merged across them; median of {config.get('wide_rounds')} broadcasts."
+    )
+
+
+def compression_lines(compression: dict[str, Any] | None, config: dict[str, Any]) -> list[str]:
+    """The compression stage's sets, one row each, and deflate / plain."""
+    if not compression:
+        return []
+    rows = [
+        [
+            str(index),
+            "permessage-deflate" if row["deflate_offered"] else "none",
+            fmt_int(row["opened"]),
+            fmt_int(row["negotiated"]),
+            fmt_int(row["message_bytes"]),
+            fmt_bytes(row["frame_bytes_per_delivery"]),
+            fmt_bytes(row["wire_bytes_per_delivery"]),
+            "-" if row["cpu_us_per_delivery"] is None else f"{row['cpu_us_per_delivery']:.1f}",
+            fmt_ms(row["p50_ms"]),
+            fmt_ms(row["p99_ms"]),
+            fmt_cpu(row["client_cpu"]),
+            f"{row['lost']} of {row['expected']:,}",
+        ]
+        for index, row in enumerate(compression["sets"], 1)
+    ]
+    lines = [
+        "",
+        "### Compressed broadcasts (permessage-deflate)",
+        "",
+        f"The project (`serve --workers 2`, WSS), {compression['sockets']:,} sockets per set "
+        "subscribed to a topic, sent a JSON document of about 1 KiB (order records) with "
+        "`realtime.topics.send()`; sets whose sockets offer permessage-deflate (the Node `ws` "
+        "client's offer) and plain sets alternate on the same running server. Per set: "
+        f"latency, the median of {config.get('fanout_rounds')} single broadcasts; bytes and CPU "
+        f"over a burst of {config.get('compression_burst')} broadcasts sent back to back, "
+        "divided by the deliveries. Frame bytes: the WebSocket frames as received (after TLS "
+        "decryption, before inflating); wire bytes: the TCP payload, TLS records included. "
+        "Server CPU: both workers and their supervisor, the idle rate of the 2 s before the "
+        "burst taken off. Message bytes: the text as the application gets it (inflated). "
+        f"Client CPU: the one load-generator process's during the single broadcasts; † marks "
+        f"{CLIENT_BOUND:.0f}% of a core or more, where its inflating, not the server, may set "
+        "the latency.",
+        "",
+        *table(
+            [
+                "Set",
+                "Offered",
+                "Sockets",
+                "Negotiated",
+                "Message bytes",
+                "Frame bytes / delivery",
+                "Wire bytes / delivery",
+                "Server CPU us / delivery",
+                "p50 ms",
+                "p99 ms",
+                "Client CPU",
+                "Lost",
+            ],
+            rows,
+        ),
+    ]
+    return lines + compression_summary_lines(compression)
+
+
+def compression_summary_lines(compression: dict[str, Any]) -> list[str]:
+    deflate, plain = compression["deflate"], compression["plain"]
+    if not deflate or not plain:
+        return []
+    parts = [
+        f"{label} {fmt_ratio(ratio(deflate[field], plain[field]))}"
+        for field, label in (
+            ("wire_bytes_per_delivery", "wire bytes"),
+            ("frame_bytes_per_delivery", "frame bytes"),
+            ("cpu_us_per_delivery", "server CPU"),
+            ("p50_ms", "p50"),
+            ("p99_ms", "p99"),
+        )
+    ]
+    params = "; ".join(
+        f"`{key or '(no parameters)'}` on {count:,}" for key, count in deflate["params"].items()
+    )
+    return [
+        "",
+        f"Offering permessage-deflate / plain (medians of {deflate['sets']} and {plain['sets']} "
+        f"sets): {', '.join(parts)}. Negotiated by {deflate['negotiated']:,} of "
+        f"{deflate['opened']:,} sockets offering it" + (f" ({params})." if params else "."),
     ]
 
 

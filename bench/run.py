@@ -1,7 +1,10 @@
 """The benchmark harness behind `make bench`: the project against its peers, on loopback.
 
-    .venv/bin/python -m bench.run [--mode quick|full] [--stages echo fanout]
+    .venv/bin/python -m bench.run [--mode quick|full]
+                                  [--stages echo fanout wide-fanout compression]
                                   [--peers NAME ...] [--transports wss ws]
+                                  [--fanout-sizes N ...] [--wide-sockets N]
+                                  [--wide-processes N] [--compression-sockets N]
 
 Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure means):
 
@@ -16,8 +19,14 @@ Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure m
   same with its sockets subscribed to a topic and sent topic messages (project-topic), the
   Channels tutorial's pattern on 2 daphne workers, and the Node server. Not pinned: two
   workers, Redis and the client share the two cores.
+- wide-fanout: the same at 15,000 WSS sockets, the project and Node only, the sockets spread
+  over 3 load-generator processes (bench/merge.py merges their latencies).
+- compression: the project's broadcasts of a ~1 KiB JSON document to sockets that offer
+  permessage-deflate and, alternating on the same server, to sockets that do not: bytes
+  received and the servers' CPU per delivery, latency, and how many sockets negotiated it.
 
-Every figure is the median of several rounds. Writes bench/results/latest.json, latest.md and
+The size options replace the mode's, for working on a stage with fewer sockets. Every figure
+is the median of several rounds. Writes bench/results/latest.json, latest.md and
 fanout.png (and copies named after the mode). Every process it starts is stopped at the end,
 on Ctrl-C and on errors too. Load goes to 127.0.0.1 only; certificates are verified against a
 throw-away dev CA made for the run.
@@ -26,13 +35,16 @@ throw-away dev CA made for the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +57,13 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from bench import procs, report  # noqa: E402
-from bench.clients import FanoutClients, Trigger, loadgen_args, run_loadgen  # noqa: E402
+from bench.clients import (  # noqa: E402
+    FanoutClients,
+    FanoutGroup,
+    Trigger,
+    loadgen_args,
+    run_loadgen,
+)
 from bench.servers import (  # noqa: E402
     ECHO_PEERS,
     FANOUT_PEERS,
@@ -64,7 +82,11 @@ LOADGEN_CPU = "1"  # ... the other for the load generator
 SETTLE_SECONDS = 3.0  # after opening sockets: handshakes, presence writes and GC settle
 OPEN_CONCURRENCY = 100  # handshakes in flight while opening fan-out sockets
 EXPECT_TIMEOUT = 10.0  # seconds for a broadcast to reach every socket before it counts as lost
+STAGES = ["echo", "fanout", "wide-fanout", "compression"]
 USER_MESSAGES = 200  # messages to a user with no socket, per set of sockets (the project's)
+WIDE_PEERS = ["project", "node"]  # at 15,000 sockets the tutorial's pattern would take minutes
+FD_MARGIN = 200  # descriptors a loadgen process needs beside its sockets
+IDLE_BEFORE_BURST = 2.0  # seconds: the servers' idle CPU rate, read just before a burst
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,12 @@ class Mode:
     burst: int  # broadcasts sent back to back for deliveries per second
     burst_rounds: int
     idle_seconds: float  # idle CPU window on fan-out peers (daphne pings every socket each 20 s)
+    wide_sockets: int  # the wide fan-out set (project and Node, WSS, fresh server) ...
+    wide_processes: int  # ... spread over this many loadgen processes
+    wide_rounds: int  # single broadcasts to it (bursts: as for the other sets)
+    compression_sockets: int  # per set of the compression stage ...
+    compression_sets: int  # ... sets of each kind, alternating (deflate offered, plain, ...)
+    compression_burst: int  # broadcasts per set sent back to back: bytes and CPU per delivery
 
 
 MODES = {
@@ -103,6 +131,12 @@ MODES = {
         burst=5,
         burst_rounds=3,
         idle_seconds=6,
+        wide_sockets=15000,
+        wide_processes=3,
+        wide_rounds=3,
+        compression_sockets=1000,
+        compression_sets=2,
+        compression_burst=10,
     ),
     "full": Mode(
         name="full",
@@ -120,6 +154,12 @@ MODES = {
         burst=10,
         burst_rounds=3,
         idle_seconds=20,
+        wide_sockets=15000,
+        wide_processes=3,
+        wide_rounds=3,
+        compression_sockets=2000,
+        compression_sets=3,
+        compression_burst=20,
     ),
 }
 
@@ -235,25 +275,38 @@ def echo_round(setup: Setup, peer: Peer, mode: Mode) -> dict[str, Any]:
 
 
 def open_sockets(
-    setup: Setup, peer: Peer, sockets: int, cpus: str | None
-) -> tuple[FanoutClients, dict[str, Any]]:
-    args = loadgen_args(
-        "fanout",
-        ",".join(peer.urls),
-        peer.origin,
-        ca_for(setup, peer.transport),
-        sockets=sockets,
-        concurrency=OPEN_CONCURRENCY,
-        subscribe=peer.subscribe,
-    )
-    log = setup.logs / f"loadgen-fanout-{peer.name}-{peer.transport}-{sockets}.log"
-    clients = FanoutClients(args, setup.base_env, log, cpus)
+    setup: Setup,
+    peer: Peer,
+    sockets: int,
+    cpus: str | None,
+    processes: int = 1,
+    **options: Any,
+) -> tuple[FanoutClients | FanoutGroup, dict[str, Any]]:
+    """`sockets` held open by one loadgen process, or spread evenly over `processes` (the
+    handshakes in flight split between them); `options` go to loadgen (deflate, wire_bytes)."""
+    members: list[FanoutClients] = []
     try:
-        opened = clients.opened(timeout=300)
+        for index in range(processes):
+            share = sockets // processes + (index < sockets % processes)
+            args = loadgen_args(
+                "fanout",
+                ",".join(peer.urls),
+                peer.origin,
+                ca_for(setup, peer.transport),
+                sockets=share,
+                concurrency=math.ceil(OPEN_CONCURRENCY / processes),
+                subscribe=peer.subscribe,
+                **options,
+            )
+            name = f"loadgen-fanout-{peer.name}-{peer.transport}-{sockets}"
+            log = setup.logs / (f"{name}.log" if processes == 1 else f"{name}-{index + 1}.log")
+            members.append(FanoutClients(args, setup.base_env, log, cpus))
+        clients = members[0] if processes == 1 else FanoutGroup(members)
+        return clients, clients.opened(timeout=300)
     except Exception:
-        clients.stop()
+        for member in members:
+            member.stop()
         raise
-    return clients, opened
 
 
 def idle_usage(
@@ -363,6 +416,27 @@ def idle_on_fresh(
         peer.stop()
 
 
+@contextlib.contextmanager
+def fanout_server(
+    setup: Setup, name: str, transport: str, stage: str, trigger_kind: str | None = None
+) -> Iterator[tuple[Peer, Trigger]]:
+    """A fresh fan-out peer and its trigger (the peer's own, or `trigger_kind`), both stopped
+    on leaving."""
+    flush_redis(setup)
+    peer = fanout_peer(setup, name, transport).start()
+    trigger = None
+    try:
+        time.sleep(2)
+        kind, *extra = peer.trigger
+        log = setup.logs / f"trigger-{stage}-{name}-{transport}.log"
+        trigger = Trigger(trigger_kind or kind, peer.trigger_env, log, *extra)
+        yield peer, trigger
+    finally:
+        if trigger is not None:
+            trigger.stop()
+        peer.stop()
+
+
 def measure_fanout_peer(
     setup: Setup,
     mode: Mode,
@@ -371,36 +445,59 @@ def measure_fanout_peer(
     redis_server: procs.Server,
     next_seq: Callable[[int], int],
 ) -> list[dict[str, Any]]:
-    flush_redis(setup)
-    peer = fanout_peer(setup, name, transport).start()
-    trigger = user_trigger = None
     results = []
-    try:
-        time.sleep(2)
-        trigger = Trigger(
-            peer.trigger[0],
-            peer.trigger_env,
-            setup.logs / f"trigger-{name}-{transport}.log",
-            *peer.trigger[1:],
-        )
-        if name == "project":
-            log = setup.logs / f"trigger-project-user-{transport}.log"
-            user_trigger = Trigger("project-user", peer.trigger_env, log)
-        sizes = mode.fanout_sizes[transport]
-        for size in sizes:
-            say(f"fan-out {name} {transport}: {size} sockets")
-            fresh = size == sizes[0]
-            results.append(
-                fanout_size(
-                    setup, mode, peer, trigger, size, fresh, redis_server, next_seq, user_trigger
+    with fanout_server(setup, name, transport, "fanout") as (peer, trigger):
+        user_trigger = None
+        try:
+            if name == "project":
+                log = setup.logs / f"trigger-project-user-{transport}.log"
+                user_trigger = Trigger("project-user", peer.trigger_env, log)
+            sizes = mode.fanout_sizes[transport]
+            for size in sizes:
+                say(f"fan-out {name} {transport}: {size} sockets")
+                fresh = size == sizes[0]
+                results.append(
+                    fanout_size(
+                        setup,
+                        mode,
+                        peer,
+                        trigger,
+                        size,
+                        fresh,
+                        redis_server,
+                        next_seq,
+                        user_trigger,
+                    )
                 )
-            )
-    finally:
-        for started in (trigger, user_trigger):
-            if started is not None:
-                started.stop()
-        peer.stop()
+        finally:
+            if user_trigger is not None:
+                user_trigger.stop()
     return results
+
+
+def measure_wide_fanout(
+    setup: Setup,
+    mode: Mode,
+    name: str,
+    redis_server: procs.Server,
+    next_seq: Callable[[int], int],
+) -> dict[str, Any]:
+    """The wide set over WSS on a fresh server, its sockets spread over several loadgen
+    processes: memory, idle CPU, single broadcasts and bursts, as for the other sets."""
+    with fanout_server(setup, name, "wss", "wide") as (peer, trigger):
+        say(f"wide fan-out {name} wss: {mode.wide_sockets} sockets")
+        return fanout_size(
+            setup,
+            mode,
+            peer,
+            trigger,
+            mode.wide_sockets,
+            True,
+            redis_server,
+            next_seq,
+            processes=mode.wide_processes,
+            rounds=mode.wide_rounds,
+        )
 
 
 def user_message_cost(
@@ -439,13 +536,16 @@ def fanout_size(
     redis_server: procs.Server,
     next_seq: Callable[[int], int],
     user_trigger: Trigger | None = None,
+    processes: int = 1,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     before = procs.usage(peer.servers)
-    clients, opened = open_sockets(setup, peer, size, None)
+    clients, opened = open_sockets(setup, peer, size, None, processes)
     result: dict[str, Any] = {
         "peer": peer.name,
         "transport": peer.transport,
         "sockets": size,
+        "client_processes": processes,
         "open": opened,
     }
     try:
@@ -455,13 +555,8 @@ def fanout_size(
             result["idle"] = idle_usage(setup, peer, size, before, mode.idle_seconds, redis_server)
         else:
             time.sleep(0.5)
-        result["rounds"] = []
-        for _ in range(mode.fanout_rounds):
-            seq = next_seq(1)
-            clients.mark()
-            sent = trigger.send(seq)
-            result["rounds"].append({**clients.expect([seq], EXPECT_TIMEOUT), **sent})
-            time.sleep(0.3)
+        rounds = rounds or mode.fanout_rounds
+        result["rounds"] = broadcast_rounds(clients, trigger, rounds, next_seq)
         result["bursts"] = []
         if size >= 1000:
             for _ in range(mode.burst_rounds):
@@ -478,6 +573,92 @@ def fanout_size(
         result["closed"] = clients.close()
         time.sleep(1)  # disconnect work done before the next set opens or the server stops
     return result
+
+
+def broadcast_rounds(
+    clients: FanoutClients | FanoutGroup,
+    trigger: Trigger,
+    rounds: int,
+    next_seq: Callable[[int], int],
+) -> list[dict[str, Any]]:
+    """One broadcast at a time, each awaited at every socket: latency and lost."""
+    results = []
+    for _ in range(rounds):
+        seq = next_seq(1)
+        clients.mark()
+        sent = trigger.send(seq)
+        results.append({**clients.expect([seq], EXPECT_TIMEOUT), **sent})
+        time.sleep(0.3)
+    return results
+
+
+def compression_set(
+    setup: Setup,
+    mode: Mode,
+    peer: Peer,
+    trigger: Trigger,
+    deflate: bool,
+    next_seq: Callable[[int], int],
+) -> dict[str, Any]:
+    """One set of sockets, offering permessage-deflate or not: how many negotiated it, single
+    broadcasts (latency, lost), then one burst (bytes and CPU per delivery)."""
+    clients, opened = open_sockets(
+        setup, peer, mode.compression_sockets, None, deflate=deflate, wire_bytes=True
+    )
+    result: dict[str, Any] = {"deflate_offered": deflate, "open": opened}
+    try:
+        time.sleep(1)
+        result["rounds"] = broadcast_rounds(clients, trigger, mode.fanout_rounds, next_seq)
+        result["burst"] = compression_burst(peer, trigger, clients, mode, next_seq)
+    finally:
+        result["closed"] = clients.close()
+        time.sleep(1)
+    return result
+
+
+def compression_burst(
+    peer: Peer,
+    trigger: Trigger,
+    clients: FanoutClients | FanoutGroup,
+    mode: Mode,
+    next_seq: Callable[[int], int],
+) -> dict[str, Any]:
+    """Bytes received and the servers' CPU per delivery over one burst of broadcasts sent back
+    to back. The servers' idle CPU (pings, timers), at the rate read over IDLE_BEFORE_BURST
+    seconds just before, is taken off for the length of the burst."""
+    count = mode.compression_burst
+    bytes_before = clients.bytes_read()
+    idle_start = procs.usage(peer.servers)
+    time.sleep(IDLE_BEFORE_BURST)
+    clients.mark()
+    start = procs.usage(peer.servers)
+    first = next_seq(count)
+    sent = trigger.send(first, count)
+    stats = clients.expect(list(range(first, first + count)), EXPECT_TIMEOUT * count)
+    end = procs.usage(peer.servers)
+    bytes_after = clients.bytes_read()
+    idle_rate = (start.cpu_seconds - idle_start.cpu_seconds) / (start.at - idle_start.at)
+    idle = idle_rate * (end.at - start.at)
+    busy = end.cpu_seconds - start.cpu_seconds
+    received = stats["received"]
+
+    def per_delivery(field: str) -> float | None:
+        if bytes_after[field] is None or not received:
+            return None
+        return round((bytes_after[field] - bytes_before[field]) / received, 1)
+
+    return {
+        **stats,
+        **sent,
+        "seconds": round(end.at - start.at, 3),
+        "server_cpu_s": round(busy, 4),
+        "idle_cpu_s": round(idle, 4),
+        "server_cpu_us_per_delivery": round((busy - idle) * 1e6 / received, 2)
+        if received
+        else None,
+        "frame_bytes_per_delivery": per_delivery("frame_bytes"),
+        "wire_bytes_per_delivery": per_delivery("wire_bytes"),
+    }
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -527,6 +708,60 @@ def run_fanout_stage(
                 fail(results, f"fan-out {name} {transport}", exc)
 
 
+def run_wide_stage(
+    results: dict[str, Any],
+    setup: Setup,
+    mode: Mode,
+    peers: list[str] | None,
+    transports: list[str],
+    redis_server: procs.Server,
+    next_seq: Callable[[int], int],
+) -> None:
+    if "wss" not in transports or not mode.wide_sockets:
+        return
+    for name in WIDE_PEERS:
+        if peers and name not in peers:
+            continue
+        try:
+            results["fanout"].append(measure_wide_fanout(setup, mode, name, redis_server, next_seq))
+        except Exception as exc:
+            fail(results, f"wide fan-out {name} wss", exc)
+
+
+def run_compression_stage(
+    results: dict[str, Any],
+    setup: Setup,
+    mode: Mode,
+    peers: list[str] | None,
+    transports: list[str],
+    next_seq: Callable[[int], int],
+) -> None:
+    """Sets offering permessage-deflate and plain sets, alternating on one running `serve
+    --workers 2`, its sockets subscribed to a topic that gets ~1 KiB JSON documents."""
+    if "wss" not in transports or (peers and "project" not in peers):
+        return
+    entry: dict[str, Any] = {
+        "peer": "project",
+        "transport": "wss",
+        "sockets": mode.compression_sockets,
+        "sets": [],
+    }
+    results["compression"] = entry
+    sets = 2 * mode.compression_sets
+    try:
+        with fanout_server(setup, "project-topic", "wss", "compression", "project-document") as (
+            peer,
+            trigger,
+        ):
+            for index in range(sets):
+                deflate = index % 2 == 0
+                offer = "offering permessage-deflate" if deflate else "plain"
+                say(f"compression: {mode.compression_sockets} sockets {offer} ({index + 1}/{sets})")
+                entry["sets"].append(compression_set(setup, mode, peer, trigger, deflate, next_seq))
+    except Exception as exc:
+        fail(results, "compression project wss", exc)
+
+
 def keep_logs(logs: Path) -> str | None:
     """Copy the servers' and clients' logs out of the temporary directory, for a failed run."""
     if not logs.is_dir():
@@ -571,6 +806,10 @@ def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list
                 run_echo_stage(results, setup, mode, peers, transports, redis_server)
             if "fanout" in stages:
                 run_fanout_stage(results, setup, mode, peers, transports, redis_server, next_seq)
+            if "wide-fanout" in stages:
+                run_wide_stage(results, setup, mode, peers, transports, redis_server, next_seq)
+            if "compression" in stages:
+                run_compression_stage(results, setup, mode, peers, transports, next_seq)
         finally:
             procs.stop_all()
             if results["errors"]:
@@ -581,19 +820,48 @@ def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list
     return results
 
 
+def sized(mode: Mode, args: argparse.Namespace) -> Mode:
+    """The mode with the sizes given on the command line instead of its own."""
+    changes: dict[str, Any] = {}
+    if args.fanout_sizes:
+        sizes = sorted(set(args.fanout_sizes), reverse=True)
+        changes["fanout_sizes"] = dict.fromkeys(TRANSPORTS, sizes)
+    for field in ("wide_sockets", "wide_processes", "compression_sockets"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    mode = dataclasses.replace(mode, **changes)
+    if mode.wide_sockets in {size for sizes in mode.fanout_sizes.values() for size in sizes}:
+        sys.exit(f"--wide-sockets {mode.wide_sockets} is also a fan-out size: pick another")
+    return mode
+
+
+def check_descriptors(mode: Mode, stages: list[str]) -> None:
+    """Each loadgen process holds its share of the wide set's sockets: within its limit."""
+    limit = procs.raise_fd_limit()
+    share = math.ceil(mode.wide_sockets / mode.wide_processes)
+    if "wide-fanout" in stages and share + FD_MARGIN > limit:
+        sys.exit(
+            f"{share} sockets per loadgen process, {limit} file descriptors allowed: "
+            f"give --wide-processes {math.ceil(mode.wide_sockets / (limit - FD_MARGIN))} or more"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=MODES, default=os.environ.get("BENCH") or "quick")
-    parser.add_argument(
-        "--stages", nargs="+", choices=["echo", "fanout"], default=["echo", "fanout"]
-    )
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=STAGES)
     parser.add_argument("--peers", nargs="+", choices=sorted({*ECHO_PEERS, *FANOUT_PEERS}))
     parser.add_argument("--transports", nargs="+", choices=TRANSPORTS, default=TRANSPORTS)
+    parser.add_argument("--fanout-sizes", nargs="+", type=int, metavar="N")
+    parser.add_argument("--wide-sockets", type=int, metavar="N", help="0: no wide set")
+    parser.add_argument("--wide-processes", type=int, metavar="N")
+    parser.add_argument("--compression-sockets", type=int, metavar="N")
     parser.add_argument("--out", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     check_tools()
     procs.handle_stop_signals()
-    mode = MODES[args.mode]
+    mode = sized(MODES[args.mode], args)
+    check_descriptors(mode, args.stages)
     say(f"{mode.name} run; server logs are kept (in /tmp) only if something fails")
     try:
         results = run(mode, args.stages, args.peers, args.transports)

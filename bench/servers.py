@@ -125,7 +125,14 @@ def url(transport: str, port: int) -> str:
 
 
 def log_path(setup: Setup, name: str, transport: str, index: int = 0) -> Path:
-    return setup.logs / f"{name}-{transport}-{index}.log"
+    """A log of its own for each start: serve is ready once its log says so, and a log that an
+    earlier start of the same peer wrote would say so at once."""
+    path = setup.logs / f"{name}-{transport}-{index}.log"
+    start = 2
+    while path.exists():
+        path = setup.logs / f"{name}-{transport}-{index}.{start}.log"
+        start += 1
+    return path
 
 
 # --- echo peers ------------------------------------------------------------------------------

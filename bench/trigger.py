@@ -13,6 +13,10 @@ call, which the Node receivers subtract from their own arrival time (same machin
   commit: one group_send on the Redis pub/sub layer).
 - project-topic: `realtime.topics.send(TOPIC, text)`, the same path for a topic's message
   (its sockets subscribed to TOPIC).
+- project-document: `realtime.topics.send(TOPIC, document)`, the document a JSON object of
+  about 1 KiB (a page of order records: the same field names in every record, varied values,
+  the marker in its "bench" field), for the compression stage: it compresses as real data
+  would, unlike a run of one character.
 - project-user: `realtime.topics.send_to_user(USER, text)` to a user with no socket open:
   what a worker does for a message that none of its sockets takes (it should not depend on how
   many sockets it holds).
@@ -29,6 +33,7 @@ import asyncio
 import http.client
 import json
 import os
+import random
 import ssl
 import sys
 import time
@@ -38,9 +43,39 @@ TEXT_LENGTH = 100  # characters of broadcast text, the same for every peer
 KEEP_ALIVE = 4.0  # seconds: below Node's default keepAliveTimeout (5 s)
 
 
+def bench_marker(seq: int) -> str:
+    return f"bench seq={seq} sent={time.time_ns() / 1e6:.3f}"
+
+
 def bench_text(seq: int) -> str:
-    head = f"bench seq={seq} sent={time.time_ns() / 1e6:.3f} "
-    return head.ljust(TEXT_LENGTH, "x")
+    return f"{bench_marker(seq)} ".ljust(TEXT_LENGTH, "x")
+
+
+ORDERS = 5  # records per document: about 1 KiB of JSON
+STATUSES = ["pending", "paid", "packed", "shipped", "delivered", "cancelled"]
+CITIES = ["Lyon", "Porto", "Leipzig", "Utrecht", "Bologna", "Gdansk", "Valencia", "Tampere"]
+CARRIERS = ["DHL", "UPS", "GLS", "DPD", "PostNL"]
+
+
+def order_record(rng: random.Random) -> dict[str, object]:
+    return {
+        "id": rng.randrange(100_000, 1_000_000),
+        "customer": {"id": rng.randrange(1, 50_000), "city": rng.choice(CITIES)},
+        "status": rng.choice(STATUSES),
+        "items": rng.randint(1, 12),
+        "total": f"{rng.uniform(4, 900):.2f}",
+        "currency": rng.choice(["EUR", "EUR", "GBP", "PLN"]),
+        "carrier": rng.choice(CARRIERS),
+        "tracking": f"{rng.getrandbits(48):012X}",
+        "updated_at": f"2026-11-30T{rng.randrange(24):02}:{rng.randrange(60):02}:"
+        f"{rng.randrange(60):02}Z",
+    }
+
+
+def order_document(seq: int) -> dict[str, object]:
+    """A page of order updates, different for every seq (the same for a seq in every run)."""
+    rng = random.Random(seq)
+    return {"bench": bench_marker(seq), "orders": [order_record(rng) for _ in range(ORDERS)]}
 
 
 def project_sender() -> Callable[[int], None]:
@@ -66,6 +101,18 @@ def project_topic_sender() -> Callable[[int], None]:
 
     def send(seq: int) -> None:
         topics.send(TOPIC, bench_text(seq))
+
+    return send
+
+
+def project_document_sender() -> Callable[[int], None]:
+    import django
+
+    django.setup()
+    from realtime import topics
+
+    def send(seq: int) -> None:
+        topics.send(TOPIC, order_document(seq))
 
     return send
 
@@ -132,7 +179,7 @@ def node_sender(port: int, ca: str | None) -> Callable[[int], None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    kinds = ["project", "project-topic", "project-user", "tutorial", "node"]
+    kinds = ["project", "project-topic", "project-document", "project-user", "tutorial", "node"]
     parser.add_argument("kind", choices=kinds)
     parser.add_argument("--port", type=int)
     parser.add_argument("--ca")
@@ -141,6 +188,8 @@ def main() -> None:
         send = project_sender()
     elif args.kind == "project-topic":
         send = project_topic_sender()
+    elif args.kind == "project-document":
+        send = project_document_sender()
     elif args.kind == "project-user":
         send = project_user_sender()
     elif args.kind == "tutorial":

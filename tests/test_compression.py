@@ -92,7 +92,9 @@ class RawSocket:
             lines.append(f"Sec-WebSocket-Extensions: {offer}")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self.sock.recv(65536)
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed before the handshake's answer: {self.buffer!r}"
+            self.buffer += chunk
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         status, *fields = head.decode().split("\r\n")
         assert status.startswith("HTTP/1.1 101"), status

@@ -42,6 +42,7 @@ from realtime.upstream import (
     send_when_idle,
     set_key_exchange_groups,
     use_server_class_under_plain_daphne,
+    with_factory_options,
     write_frame,
 )
 
@@ -359,3 +360,39 @@ def test_daphnes_action_logger_is_what_the_access_log_replaces():
     assert not writes_to_stdout(AccessLogGenerator(sys.stderr))
     cli_source = inspect.getsource(CommandLineInterface.run)
     assert "access_log_stream = sys.stdout" in cli_source
+
+
+# --- autobahn: with_factory_options ----------------------------------------------------------
+
+
+def test_with_factory_options_a_connection_copies_and_formats_nothing():
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(maxMessagePayloadSize=1234, autoPingInterval=7)
+    factory.protocol = with_factory_options(WebSocketServerProtocol, factory)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    copied = set(WebSocketServerProtocol.CONFIG_ATTRS) & set(vars(protocol))
+    assert not copied
+    assert (protocol.maxMessagePayloadSize, protocol.autoPingInterval) == (1234, 7)
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        assert getattr(protocol, name) == getattr(factory, name), name
+
+
+def test_with_factory_options_keeps_a_function_option_unbound():
+    """perMessageCompressionAccept is a lambda taking the offers when compression is off."""
+    factory = WebSocketServerFactory()
+    factory.protocol = protocol_class = with_factory_options(WebSocketServerProtocol, factory)
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert protocol_class.perMessageCompressionAccept(["offer"]) is None
+    assert protocol.perMessageCompressionAccept(["offer"]) is None
+
+
+def test_autobahn_copies_what_the_class_lacks_and_only_that():
+    """What with_factory_options rests on: `_connectionMade` sets an option on the instance
+    only where `hasattr` finds none, for the names in CONFIG_ATTRS."""
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    source = inspect.getsource(autobahn_protocol.WebSocketProtocol._connectionMade)
+    assert "for configAttr in self.CONFIG_ATTRS:" in source
+    assert "if not hasattr(self, configAttr):" in source

@@ -5,19 +5,24 @@
  *   node loadgen.mjs echo --url U --origin O [--ca CA.pem] [--connections 50] \
  *       [--message '{"type":"ping"}'] [--reply '{"type":"pong"}'] [--duration 3] [--warmup 1]
  *   node loadgen.mjs fanout --url U[,U2...] --origin O [--ca CA.pem] --sockets N \
- *       [--concurrency 100] [--subscribe TOPIC]
+ *       [--concurrency 100] [--subscribe TOPIC] [--deflate] [--wire-bytes]
  *
  * Each mode prints JSON lines on stdout. `echo` prints one result and exits.
  * `fanout` opens N sockets (spread round-robin over the URLs), each subscribed to TOPIC when
  * given (the project's protocol: it counts as open once `subscribed` came back), prints
- * {"event":"opened"}, then
- * takes JSON commands on stdin, one a line:
+ * {"event":"opened"} (with how many sockets negotiated permessage-deflate, and its parameters),
+ * then takes JSON commands on stdin, one a line:
  *   {"cmd":"mark"}  note the time and this process's CPU use, print {"event":"marked"}
  *       (sent just before a broadcast: the client's CPU during delivery is counted from here)
  *   {"cmd":"expect","seqs":[3,4],"timeout":20}  wait until every open socket has received
  *       the broadcasts with these sequence numbers (or the timeout), print {"event":"round"}
  *       with latencies overall and, for the project (whose welcome names the worker), per
- *       server worker
+ *       server worker; with "raw":true also every latency, per seq and per worker, and each
+ *       seq's send and last arrival times, so that bench/merge.py can merge the rounds of
+ *       several processes
+ *   {"cmd":"bytes"}  print {"event":"bytes"} with the bytes received so far over all sockets:
+ *       WebSocket frames as read (after TLS decryption, before inflating) and, with
+ *       --wire-bytes, the TCP payload (TLS records included)
  *   {"cmd":"close"}  close every socket, print {"event":"closed"} and exit.
  *
  * A broadcast is recognised by `bench seq=N sent=T` anywhere in the frame's text, T being the
@@ -30,12 +35,18 @@
  *
  * Certificates are verified against --ca only (the run's throw-away dev CA) with the server
  * name "localhost"; nothing here turns verification off. No permessage-deflate is offered,
- * so every server sends plain frames (uvicorn would otherwise compress and daphne not).
+ * so every server sends plain frames (uvicorn would otherwise compress), except with
+ * --deflate: then each socket offers what a Node `ws` client offers by default
+ * (`permessage-deflate; client_max_window_bits`). --wire-bytes puts TLS over a TCP socket of
+ * this process's own, whose bytesRead counts what came over the wire: a TLS socket's own
+ * bytesRead counts the decrypted bytes.
  */
 
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
+import tls from 'node:tls';
 import { parseArgs } from 'node:util';
 
 import WebSocket from 'ws';
@@ -56,6 +67,8 @@ const { positionals, values: args } = parseArgs({
     reply: { type: 'string' },
     sockets: { type: 'string' },
     subscribe: { type: 'string' },
+    deflate: { type: 'boolean', default: false },
+    'wire-bytes': { type: 'boolean', default: false },
   },
 });
 
@@ -85,21 +98,37 @@ function cpuPercent(before, seconds) {
 }
 
 /**
+ * A createConnection for ws that puts TLS (for wss) over a TCP socket of its own, kept as
+ * `counted.wire`: that socket's bytesRead is what came over the wire, TLS records included.
+ */
+function wireCounted(counted, secure) {
+  return (options) => {
+    const socket = net.connect(options.port, options.host);
+    counted.wire = socket;
+    return secure ? tls.connect({ ...options, path: undefined, socket }) : socket;
+  };
+}
+
+/**
  * Open one WebSocket; resolves to it once open. `onMessage` listens from the start: a message
  * sent right after the upgrade (the project's welcome) can arrive before the promise resolves.
  */
-function open(url, { handshakeTimeout = 60000, onMessage } = {}) {
+function open(url, { handshakeTimeout = 60000, onMessage, deflate = false, wire = false } = {}) {
   const options = {
     origin: args.origin,
-    perMessageDeflate: false,
+    perMessageDeflate: deflate,
     handshakeTimeout,
   };
-  if (url.startsWith('wss:')) {
+  const secure = url.startsWith('wss:');
+  if (secure) {
     options.ca = CA;
     options.servername = 'localhost';
   }
+  const counted = {};
+  if (wire) options.createConnection = wireCounted(counted, secure);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, options);
+    ws.counted = counted;
     if (onMessage) ws.on('message', onMessage);
     ws.once('open', () => {
       ws.removeAllListeners('error');
@@ -199,6 +228,19 @@ class Receivers {
     this.arrivals = new Map(); // seq -> {sent, latencies: [], last, bytes}
     this.duplicates = 0;
     this.waiters = [];
+    this.deflated = 0; // sockets that negotiated permessage-deflate
+    this.deflateParams = new Map(); // its negotiated parameters -> sockets
+  }
+
+  /** Bytes received so far over every socket, also the closed ones (their counts stay). */
+  bytesRead() {
+    let frames = 0;
+    let wire = 0;
+    for (const ws of this.sockets) {
+      frames += ws._socket?.bytesRead ?? 0;
+      wire += ws.counted.wire?.bytesRead ?? 0;
+    }
+    return { frame_bytes: frames, wire_bytes: args['wire-bytes'] ? wire : null };
   }
 
   /** A message listener for one socket, to give to open() before the socket exists. */
@@ -211,6 +253,13 @@ class Receivers {
   add(ws) {
     this.sockets.push(ws);
     this.open += 1;
+    if (ws.extensions.includes('permessage-deflate')) {
+      this.deflated += 1;
+      const params = Object.entries(ws._extensions['permessage-deflate']?.params ?? {})
+        .map(([name, value]) => (value === true ? name : `${name}=${value}`))
+        .join('; ');
+      this.deflateParams.set(params, (this.deflateParams.get(params) ?? 0) + 1);
+    }
     ws.on('close', () => {
       this.open -= 1;
       if (!this.closing) this.closedEarly += 1;
@@ -279,7 +328,11 @@ async function openMany(urls, count, concurrency, receivers) {
       const url = urls[next % urls.length];
       next += 1;
       try {
-        const ws = await open(url, { onMessage: receivers.listener() });
+        const ws = await open(url, {
+          onMessage: receivers.listener(),
+          deflate: args.deflate,
+          wire: args['wire-bytes'],
+        });
         if (args.subscribe) await subscribe(ws, args.subscribe);
         receivers.add(ws);
       } catch (error) {
@@ -328,11 +381,22 @@ function workerStats(byWorker) {
   return stats;
 }
 
-function roundStats(receivers, seqs, expected) {
+/** Every latency of one broadcast, overall and per server worker, for merging elsewhere. */
+function rawLatencies(entry) {
+  return {
+    latencies: entry ? entry.latencies.map(round3) : [],
+    worker_latencies: Object.fromEntries(
+      [...(entry?.byWorker ?? [])].map(([worker, values]) => [worker, values.map(round3)]),
+    ),
+  };
+}
+
+function roundStats(receivers, seqs, expected, raw = false) {
   const perSeq = seqs.map((seq) => {
     const entry = receivers.arrivals.get(seq);
     const latencies = entry ? [...entry.latencies].sort((a, b) => a - b) : [];
     return {
+      ...(raw ? rawLatencies(entry) : {}),
       seq,
       received: latencies.length,
       lost: Math.max(expected - latencies.length, 0),
@@ -358,7 +422,7 @@ function roundStats(receivers, seqs, expected) {
     duplicates: receivers.duplicates,
     span_ms: Number.isFinite(span) ? round3(span) : null,
     deliveries_per_second: Number.isFinite(span) && span > 0 ? round3((received / span) * 1000) : null,
-    per_seq: perSeq.map(({ sent, last, ...row }) => row),
+    per_seq: raw ? perSeq : perSeq.map(({ sent, last, ...row }) => row),
   };
 }
 
@@ -377,6 +441,9 @@ async function fanout() {
     first_error: firstError,
     seconds: round3(seconds),
     per_second: round3(receivers.open / seconds),
+    deflate_offered: args.deflate,
+    deflate_negotiated: receivers.deflated,
+    deflate_params: Object.fromEntries(receivers.deflateParams),
   });
   let mark = { cpu: process.cpuUsage(), at: now() };
   const lines = createInterface({ input: process.stdin });
@@ -393,10 +460,12 @@ async function fanout() {
       // client may be what limits the figures.
       const clientCpu = cpuPercent(mark.cpu, (now() - mark.at) / 1000);
       await sleep(command.grace_ms ?? 100); // duplicates and stragglers still count
-      const stats = roundStats(receivers, command.seqs, expected);
+      const stats = roundStats(receivers, command.seqs, expected, command.raw ?? false);
       stats.closed_early = receivers.closedEarly;
       stats.client_cpu_percent = clientCpu;
       emit(stats);
+    } else if (command.cmd === 'bytes') {
+      emit({ event: 'bytes', open: receivers.open, ...receivers.bytesRead() });
     } else if (command.cmd === 'close') {
       receivers.closing = true;
       await Promise.all(receivers.sockets.map(closeSocket));

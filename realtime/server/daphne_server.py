@@ -41,7 +41,7 @@ from realtime.server.request_deadline import channel_with_deadline
 from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from realtime.server.unsent import UnsentCap
 from realtime.server.writethrough import WriteThroughWebSocketProtocol
-from realtime.upstream import use_server_class_under_plain_daphne
+from realtime.upstream import use_server_class_under_plain_daphne, with_factory_options
 
 GOING_AWAY = 1001  # the close code for a server that is stopping (RFC 6455)
 
@@ -131,11 +131,13 @@ class RealtimeServer(Server):
         self.ws_factory.setProtocolOptions(**options)
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/server/writethrough.py).
-        self.ws_factory.protocol = realtime_websocket_protocol(
+        protocol = realtime_websocket_protocol(
             conf.REALTIME_WS_FRAME_RATE,
             conf.REALTIME_WS_FRAME_BURST,
             conf.REALTIME_WS_MAX_UNSENT_BYTES,
         )
+        # The factory's options, final now, read from the class by each connection.
+        self.ws_factory.protocol = with_factory_options(protocol, self.ws_factory)
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
         # total to finish TLS and send its first request's headers (realtime/request_deadline).

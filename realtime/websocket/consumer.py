@@ -99,6 +99,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' own also leaves the consumer's groups (it has none) and runs
+        # close_old_connections in a worker thread: a thread hop per closed socket, for the
+        # connections database_sync_to_async already closes around each call.
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         # Audience is decided here, on the server, from the session's user.
         self.audiences = audiences_for(self.scope.get("user"))
