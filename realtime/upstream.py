@@ -90,7 +90,7 @@ def with_factory_options(protocol_class: type, factory: Any) -> type:
     """A subclass of `protocol_class` holding the factory's options as class attributes, so
     that each new connection reads them from the class instead of copying them.
 
-X
+    autobahn's `_connectionMade` copies every option named in `CONFIG_ATTRS` (29 on a server)
     from the factory onto each new protocol instance, and formats the list with `pformat` for
     a debug line whether or not debug logging is on: together 6% of the server's work per
     handshake (py-spy, bench handshakes), and 29 entries in each socket's `__dict__`. An
