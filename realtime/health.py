@@ -13,7 +13,7 @@ import asyncio
 import uuid
 
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -108,7 +108,7 @@ async def run_check(check) -> str | None:
 @never_cache
 async def healthz(request: HttpRequest) -> JsonResponse:
     results = {
-        "database": await run_check(sync_to_async(check_database)),
+        "database": await run_check(database_sync_to_async(check_database)),
         "channel_layer": await run_check(check_channel_layer),
         "fanout": fanout.problem(),
     }

@@ -10,7 +10,6 @@ This module imports only third-party code: both floors (realtime.server and the 
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -63,16 +62,15 @@ class MessageAtATimeDeflate(PerMessageDeflate):
     `_decompressor` are its private state."""
 
     def end_compress_message(self) -> bytes:
-        try:
-            return super().end_compress_message()
-        finally:
-            self._compressor = None
+        data = super().end_compress_message()
+        self._compressor = None
+        return data
 
     def end_decompress_message(self) -> None:
-        try:
-            super().end_decompress_message()
-        finally:
-            self._decompressor = None
+        # Only once it succeeded: on corrupt data autobahn fails the connection (1007) and may
+        # still hand this object the rest of the frame, as it would the stock class.
+        super().end_decompress_message()
+        self._decompressor = None
 
 
 def hold_no_state_between_messages(protocol: Any) -> bool:
@@ -95,15 +93,16 @@ def with_factory_options(protocol_class: type, factory: Any) -> type:
     a debug line whether or not debug logging is on: together 6% of the server's work per
     handshake (py-spy, bench handshakes), and 29 entries in each socket's `__dict__`. An
     instance attribute is only set where the class lacks one, so with the options on the class
-    and `CONFIG_ATTRS` empty nothing is copied or formatted. The values are the factory's when
-    this is called: after its last `setProtocolOptions()` (RealtimeServer calls it when daphne
-    has configured its factory, before the first connection)."""
+    and `CONFIG_ATTRS` empty nothing is copied and only an empty list is formatted. The values
+    are the factory's when this is called: after its last `setProtocolOptions()`
+    (RealtimeServer calls it when daphne has configured its factory, before the first
+    connection)."""
     options = {name: getattr(factory, name) for name in protocol_class.CONFIG_ATTRS}
-    # A function on a class would be bound to each instance (perMessageCompressionAccept is
-    # a lambda by default): kept as it is on the factory.
+    # A callable on a class may be bound to each instance (a function, such as the default
+    # perMessageCompressionAccept lambda; a functools.partial from Python 3.14): every one is
+    # kept as it is on the factory.
     options = {
-        name: staticmethod(value) if inspect.isfunction(value) else value
-        for name, value in options.items()
+        name: staticmethod(value) if callable(value) else value for name, value in options.items()
     }
     return type(protocol_class.__name__, (protocol_class,), {**options, "CONFIG_ATTRS": ()})
 

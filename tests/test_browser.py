@@ -301,7 +301,7 @@ def test_chromium_negotiates_compression_and_both_ways_work(page, served, server
     devtools.on("Network.webSocketHandshakeResponseReceived", lambda e: answers.append(e))
     devtools.on("Network.webSocketFrameReceived", lambda e: frames.append(e["response"]))
     open_page(page, f"https://{HOST}:{served.port}/", "wss")
-    [answer] = [a for a in answers if a["response"]["status"] == 101]
+    answer = next(a for a in answers if a["response"]["status"] == 101)
     headers = {name.lower(): value for name, value in answer["response"]["headers"].items()}
     extension = headers["sec-websocket-extensions"]
     assert extension.startswith("permessage-deflate") and "client_no_context_takeover" in extension

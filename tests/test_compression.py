@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -197,10 +198,54 @@ def test_small_messages_go_out_uncompressed_on_a_compressing_socket(served, clie
     assert pong[0] == 0x81 and json.loads(payload_of(pong)) == {"type": "pong"}
 
 
-def masked_text(payload: bytes) -> bytes:
+def masked_text(payload: bytes, *, compressed: bool = False, opcode: int = 0x1) -> bytes:
+    """A client's frame (masked, under 126 bytes), with RSV1 when `compressed`."""
     mask = os.urandom(4)
     masked = bytes(byte ^ mask[n % 4] for n, byte in enumerate(payload))
-    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked
+    first = 0x80 | opcode | (RSV1 if compressed else 0)
+    return struct.pack("!BB", first, 0x80 | len(payload)) + mask + masked
+
+
+def close_code_of(frame: bytes) -> int:
+    assert frame[0] & 0x0F == 0x8, frame
+    return struct.unpack("!H", payload_of(frame)[:2])[0]
+
+
+def deflated_in_one_context(*messages: bytes) -> list[bytes]:
+    """Messages compressed as a client keeping its context would: each may refer back to the
+    ones before it."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    return [
+        (compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        for message in messages
+    ]
+
+
+@pytest.mark.parametrize("case", ["corrupt", "context_takeover"])
+def test_bad_compressed_data_is_closed_with_1007_and_nothing_else(served, client_tls, case):
+    """Data that does not inflate, or a client that keeps its context although asked not to:
+    the socket is closed with 1007, the close handshake completes, the worker logs no error."""
+    ping = b'{"type":"ping","note":"' + b"context " * 8 + b'"}'
+    raw = RawSocket(served.port, client_tls, OFFER)
+    try:
+        raw.frame()  # the welcome
+        if case == "corrupt":
+            raw.sock.sendall(masked_text(b"\x04", compressed=True))
+        else:
+            first, second = deflated_in_one_context(ping, ping)
+            raw.sock.sendall(masked_text(first, compressed=True))
+            assert json.loads(payload_of(raw.frame())) == {"type": "pong"}
+            assert len(second) < len(first)  # it refers back to the first message
+            raw.sock.sendall(masked_text(second, compressed=True))
+        code = close_code_of(raw.frame())
+        raw.sock.sendall(masked_text(struct.pack("!H", 1000), opcode=0x8))
+        with contextlib.suppress(OSError):
+            assert raw.sock.recv(100) == b""  # the server closes TCP
+    finally:
+        raw.close()
+    assert code == 1007
+    log = served.log()
+    assert "Unhandled Error" not in log and "AttributeError" not in log
 
 
 def test_websockets_sends_and_receives_compressed_messages_in_a_row(served, client_tls):
@@ -316,7 +361,6 @@ def test_a_message_to_one_socket_is_deflated_as_a_broadcast_is_and_leaves_no_com
     protocol.sendMessage(b'{"type":"pong"}')
     sent = protocol.transport.value()
     assert sent == SharedFrame(text).deflated() + SharedFrame(b'{"type":"pong"}').plain
-    assert extension._compressor is None
 
 
 def test_without_compression_a_message_to_one_socket_goes_out_as_before():

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from asgiref.sync import sync_to_async
+
 from realtime.broadcasting.delivery import Streams
 from realtime.broadcasting.streams import Entry, Replay
 from tests.helpers import CAUGHT_UP
@@ -28,6 +30,7 @@ def history_of(count: int) -> dict[int, Entry]:
 def streams_over(history: dict[int, Entry], last: int = 0) -> tuple[Streams, list]:
     """Streams reading positions and entries from `history` (standing for the database)."""
     streams = Streams()
+    streams.in_thread = sync_to_async  # no database: nothing to check around the reads
     reads: list[tuple[int, int]] = []
     streams.read_position = lambda name: ("e1", last)
 

@@ -14,6 +14,7 @@ import zlib
 from importlib.metadata import version
 
 import pytest
+from autobahn.exception import PayloadCorruptError
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflate
 from channels.consumer import AsyncConsumer, get_handler_name
@@ -30,6 +31,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.web.http import HTTPChannel
 
 from realtime import upstream
+from realtime.server.compression import negotiator
 from realtime.upstream import (
     PINNED,
     TCP_STATE,
@@ -386,6 +388,32 @@ def test_with_factory_options_keeps_a_function_option_unbound():
     protocol.makeConnection(StringTransport())
     assert protocol_class.perMessageCompressionAccept(["offer"]) is None
     assert protocol.perMessageCompressionAccept(["offer"]) is None
+
+
+def test_with_factory_options_keeps_every_callable_option_as_the_factory_has_it():
+    """A functools.partial (realtime's perMessageCompressionAccept) binds to an instance from
+    Python 3.14: every callable goes on the class as a staticmethod."""
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(perMessageCompressionAccept=negotiator(1024))
+    protocol_class = with_factory_options(WebSocketServerProtocol, factory)
+    assert isinstance(vars(protocol_class)["perMessageCompressionAccept"], staticmethod)
+    factory.protocol = protocol_class
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert protocol.perMessageCompressionAccept([]) is None  # no offer: no compression
+
+
+def test_corrupt_data_leaves_the_decompressor_for_autobahn_to_fail_the_socket():
+    """autobahn may pass more of the frame to the extension after a failed end: it must not
+    meet a None decompressor (an AttributeError out of dataReceived)."""
+    _, protocol = open_protocol(negotiated_deflate())
+    hold_no_state_between_messages(protocol)
+    extension = compression_of(protocol)
+    extension.start_decompress_message()
+    extension.decompress_message_data(b"\x04")
+    with pytest.raises(PayloadCorruptError):
+        extension.end_decompress_message()
+    assert extension._decompressor is not None
 
 
 def test_autobahn_copies_what_the_class_lacks_and_only_that():

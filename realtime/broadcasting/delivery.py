@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from realtime.broadcasting import live_stats, streams
 from realtime.broadcasting.streams import Entry
@@ -141,6 +141,9 @@ class Streams:
         self.read_position: Callable[[str], tuple[str, int]] = streams.position
         self.read_entries: Callable[[str, int, int], list[Entry]] = streams.entries
         self.read_replay: Callable[[str, str, int, int], streams.Replay] = streams.replay
+        # How the readers run: in Django's database thread, its connections checked (replaced
+        # if broken or too old) around each call.
+        self.in_thread: Callable[[Callable[..., Any]], Callable[..., Any]] = database_sync_to_async
         self.filled = 0  # messages delivered from the database after a gap (for tests, logs)
         self.on_detach: Callable[[Subscription], None] = lambda subscription: None
 
@@ -163,7 +166,7 @@ class Streams:
         return stream
 
     async def _load(self, stream: Stream) -> None:
-        stream.epoch, delivered = await sync_to_async(self.read_position)(stream.name)
+        stream.epoch, delivered = await self.in_thread(self.read_position)(stream.name)
         stream.delivered = delivered
         for offset in [o for o in stream.pending if o <= delivered]:
             del stream.pending[offset]
@@ -213,7 +216,7 @@ class Streams:
         subscription began; on success its covered range then starts at `after`, and what it
         already had from another worker that this one delivers later is not sent again."""
         upto = subscription.covered_from
-        replay = await sync_to_async(self.read_replay)(subscription.name, epoch, after, upto)
+        replay = await self.in_thread(self.read_replay)(subscription.name, epoch, after, upto)
         if replay.failure is None:
             replay.entries = [entry for entry in replay.entries if subscription.wants(entry)]
             subscription.covered_from = min(after, upto)
@@ -279,7 +282,7 @@ class Streams:
         filled = 0
         try:
             while stream.delivered is not None and upto > stream.delivered:
-                found = await sync_to_async(self.read_entries)(stream.name, stream.delivered, upto)
+                found = await self.in_thread(self.read_entries)(stream.name, stream.delivered, upto)
                 for entry in found:
                     stream.pending.setdefault(entry.offset, entry)
                 self.filled += len(found)

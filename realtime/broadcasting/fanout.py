@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
@@ -251,7 +251,7 @@ class Fanout:
         if not due:
             return 0
         keys = {key for _, key in due}
-        ends = await sync_to_async(lambda: {key: session_end(key) for key in keys})()
+        ends = await database_sync_to_async(lambda: {key: session_end(key) for key in keys})()
         closed = 0
         for consumer, key in due:
             if consumer not in self.keys_of:
@@ -489,8 +489,8 @@ class Fanout:
 
     async def _end_signed_in(self, consumer: Any, subscribed: list[str], gone: bool) -> None:
         if subscribed:  # else no reason to wait for the database
-            user = await sync_to_async(current_user)(consumer, gone)
-            for topic in await sync_to_async(forbidden_topics)(user, subscribed):
+            user = await database_sync_to_async(current_user)(consumer, gone)
+            for topic in await database_sync_to_async(forbidden_topics)(user, subscribed):
                 await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
         await consumer.close(code=protocol.SIGNED_OUT, reason="Signed out")
 
@@ -503,9 +503,9 @@ class Fanout:
         return len(consumers)
 
     async def _recheck(self, consumer: Any) -> None:
-        user = await sync_to_async(current_user)(consumer)
+        user = await database_sync_to_async(current_user)(consumer)
         subscribed = self._app_topics(consumer)
-        forbidden = await sync_to_async(forbidden_topics)(user, subscribed)
+        forbidden = await database_sync_to_async(forbidden_topics)(user, subscribed)
         for topic in forbidden:
             if self.streams.subscription(consumer, topic) is not None:
                 self.streams.detach(consumer, topic)
@@ -523,7 +523,7 @@ class Fanout:
         ]
         if not watching:
             return
-        hidden = await sync_to_async(no_longer_seeing)(user, watching)
+        hidden = await database_sync_to_async(no_longer_seeing)(user, watching)
         for name in hidden:
             subscription = self.streams.subscription(consumer, name)
             if subscription is not None:
@@ -555,7 +555,7 @@ class Fanout:
             return 0
         until = timezone.now() - SETTLE
         since = (self.caught_up_until or until - OVERLAP) - OVERLAP
-        last = await sync_to_async(stored.last_offsets_published)(since, until)
+        last = await database_sync_to_async(stored.last_offsets_published)(since, until)
         self.caught_up_until = until
         return self.streams.behind(last)
 

@@ -6,7 +6,7 @@ the server runs it every MAINTENANCE_INTERVAL seconds without importing the app.
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from realtime.broadcasting import live_stats
 from realtime.broadcasting.delivery import Frame
@@ -19,7 +19,7 @@ from realtime.server.metrics import child
 
 async def maintain() -> None:
     """Publish what was stored and never published, then deliver what Redis lost."""
-    await sync_to_async(republish_pending)()
+    await database_sync_to_async(republish_pending)()
     await fanout.catch_up()
 
 

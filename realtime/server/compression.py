@@ -16,9 +16,11 @@ a compressor (about 256 KiB of zlib state with the default window) and a decompr
 - An incoming compressed message inflates to at most the message size limit
   (REALTIME_WS_MAX_MESSAGE_SIZE): autobahn stops inflating at the limit and daphne's server
   closes with 1009, so a compression bomb costs at most that much output.
-- Offers that limit the server's window below zlib's 15 bits are declined (the shared frames
-  are compressed with 15); such clients get uncompressed frames, as do clients that offer
-  nothing. Browsers and the `websockets` library do not limit it.
+- Offers that limit the server's window below zlib's 15 bits are declined (a message of 16 KiB
+  or more is compressed with a 15-bit window); such clients get uncompressed frames, as do
+  clients that offer nothing. Browsers and the `websockets` library do not limit it.
+- A client that keeps its context anyway, or sends data that does not inflate, is closed with
+  1007 (autobahn's answer to a payload it cannot decompress).
 
 REALTIME_WS_COMPRESSION (default on) switches the negotiation off.
 """

@@ -101,8 +101,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         # Channels' own also leaves the consumer's groups (it has none) and runs
-        # close_old_connections in a worker thread: a thread hop per closed socket, for the
-        # connections database_sync_to_async already closes around each call.
+        # close_old_connections in a worker thread: a thread hop per closed socket. The app
+        # reaches the database only through database_sync_to_async (here and in the fan-out),
+        # which runs close_old_connections around each call itself.
         await self.disconnect(message["code"])
         raise StopConsumer()
 
