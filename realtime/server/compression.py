@@ -79,6 +79,12 @@ def deflate(payload: bytes) -> bytes:
     return data[: -len(DEFLATE_TAIL)]
 
 
+def deflates(protocol: Any, size: int) -> bool:
+    """Whether a message of `size` bytes goes to this socket deflated: the one rule for
+    broadcasts and for messages to one socket."""
+    return size >= COMPRESS_FROM and compression_of(protocol) is not None
+
+
 def frame(payload: bytes, *, binary: bool = False, compressed: bool = False) -> bytes:
     """A whole, unmasked frame (a server's), with RSV1 set when `payload` is deflated."""
     first = FIN | (BINARY if binary else TEXT) | (RSV1 if compressed else 0)
@@ -96,10 +102,11 @@ class SharedFrame:
     """One text message's frames for every socket of a worker: as it is, and deflated (built
     at the first socket that negotiated compression)."""
 
-    __slots__ = ("payload", "plain", "_deflated")
+    __slots__ = ("payload", "size", "plain", "_deflated")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
+        self.size = len(payload)
         self.plain = frame(payload)
         self._deflated: bytes | None = None
 
@@ -110,7 +117,7 @@ class SharedFrame:
 
     def send_to(self, protocol: Any) -> None:
         """Write this message to an open socket, deflated if the socket negotiated it."""
-        if len(self.payload) >= COMPRESS_FROM and compression_of(protocol) is not None:
+        if deflates(protocol, self.size):
             write_frame(protocol, self.deflated())
         else:
             write_frame(protocol, self.plain)
@@ -134,14 +141,14 @@ class CompressionWebSocketProtocol:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
+        size = len(payload)
         if (
             doNotCompress
             or fragmentSize is not None
             or sync
-            or len(payload) < COMPRESS_FROM
-            or 0 < self.maxMessagePayloadSize < len(payload)
+            or 0 < self.maxMessagePayloadSize < size
             or self.state != self.STATE_OPEN
-            or compression_of(self) is None
+            or not deflates(self, size)
         ):
             # autobahn's own checks and errors (a closed socket, a message over the limit).
             super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress=True)
