@@ -197,11 +197,22 @@ for _name in (
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
     "REALTIME_PRESENCE_TTL",
+    # Seconds between sweeps of the streams' history (docs/operations.md).
+    "REALTIME_HISTORY_SWEEP_INTERVAL",
     # The admin's live view (docs/operations.md): seconds between updates.
     "REALTIME_LIVE_STATS_INTERVAL",
     # The HTTP publish API (docs/operations.md): requests per token per window of seconds.
     "REALTIME_API_RATE_LIMIT",
     "REALTIME_API_RATE_WINDOW",
+    # Sign-in throttling (docs/security.md): failures per window, per address and per account.
+    "REALTIME_SIGNIN_WINDOW",
+    "REALTIME_SIGNIN_MAX_PER_ADDRESS",
+    "REALTIME_SIGNIN_MAX_PER_ACCOUNT",
+    # Replays per second and at once, per socket and per client address (docs/protocol.md).
+    "REALTIME_REPLAY_RATE",
+    "REALTIME_REPLAY_BURST",
+    "REALTIME_REPLAY_ADDRESS_RATE",
+    "REALTIME_REPLAY_ADDRESS_BURST",
 ):
     if os.environ.get(_name):
         globals()[_name] = envint(_name, 0)
@@ -350,6 +361,10 @@ REALTIME_WS_MAX_PER_CLIENT = envint("REALTIME_WS_MAX_PER_CLIENT", 100)
 # any client could then claim to be on https.
 if envbool("DJANGO_TRUST_PROXY_HEADERS"):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The proxies and load balancers whose X-Forwarded-For entry (plain connections, with the
+# variable above) or PROXY-protocol header (serve --proxy-protocol) names the client; any other
+# peer's forwarding headers are removed before Django sees them (docs/security.md).
+REALTIME_TRUSTED_PROXIES = envlist("REALTIME_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

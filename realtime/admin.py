@@ -213,13 +213,21 @@ class BroadcastAdmin(admin.ModelAdmin):
 
 
 class ApiTokenForm(forms.ModelForm):
-    """A new token: its name and scopes, one per line (the secret is made on save)."""
+    """A new token: its name and scopes, one per line (the secret is made on save). The scopes
+    are checked against the rights of `creator`, whom ApiTokenAdmin.get_form sets."""
 
+    creator: Any = None
     scopes_text = forms.CharField(
         label="Scopes",
         widget=forms.Textarea(attrs={"rows": 3}),
         initial=api_tokens.BROADCASTS,
-        help_text="One per line: broadcasts, or topic:PATTERN (topic:orders.*).",
+        help_text=(
+            "One per line: broadcasts, or topic:PATTERN (topic:orders.*). The token acts for "
+            "you and carries only rights you hold: broadcasts needs the permission to add "
+            "broadcasts, a topic the permission to add topic messages. It stops working for a "
+            "scope when you lose that permission or your account is deactivated or deleted. "
+            "The server's own topics (realtime.*) are never sent to."
+        ),
     )
 
     class Meta:
@@ -237,9 +245,13 @@ class ApiTokenForm(forms.ModelForm):
     def clean_scopes_text(self) -> list[str]:
         scopes = [line.strip() for line in self.cleaned_data["scopes_text"].splitlines()]
         try:
-            return api_tokens.checked_scopes([scope for scope in scopes if scope])
+            scopes = api_tokens.checked_scopes([scope for scope in scopes if scope])
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
+        beyond = api_tokens.scopes_beyond(self.creator, scopes)
+        if beyond:
+            raise forms.ValidationError(api_tokens.beyond_message(self.creator, beyond))
+        return scopes
 
 
 @admin.action(permissions=["change"], description="Revoke the selected tokens")
@@ -255,7 +267,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens of the HTTP publish API: the secret is shown once, on the page after adding."""
 
     form = ApiTokenForm
-    list_display = ("name", "prefix", "scope_list", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "prefix", "scope_list", "created_by", "created_at", "last_used_at",
+                    "revoked_at")  # fmt: skip
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix")
     actions = [revoke_tokens]
@@ -268,6 +281,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return ("name", "scopes_text") if obj is None else self.readonly_fields
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # Scopes are checked against who creates the token: making tokens is not a right of
+        # its own to broadcast.
+        return type(form.__name__, (form,), {"creator": request.user})
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return () if obj is None else self.readonly_fields

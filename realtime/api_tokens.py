@@ -7,6 +7,14 @@ are kept in clear, to tell tokens apart in the admin and in logs without reveali
 
 Scopes: "broadcasts" (send broadcasts), "topic:PATTERN" (send to topics whose name matches the
 shell-style PATTERN: "topic:orders.*", "topic:news.sports", "topic:*").
+
+A token acts for the user who created it and carries only rights that user holds: "broadcasts"
+needs the permission to add broadcasts (realtime.add_broadcast, as the admin asks), a topic
+scope the permission to add topic messages (realtime.add_topicmessage). Both are checked when
+the token is made and again at every use, on the user as the database has it then: a creator
+who loses the permission, is deactivated or deleted takes the scope from the token. Without
+that, the right to make tokens was the right to broadcast. The server's own topics
+("realtime.*": realtime.online, realtime.stats) are never published through a token.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -30,6 +39,12 @@ TOPIC = "topic:"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 USED_EVERY = timedelta(minutes=1)
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]-]{1,200}")
+# The server's own topics (realtime/views.py registers realtime.online and realtime.stats):
+# what staff see live and who is online, never written from outside.
+INTERNAL_TOPICS = "realtime."
+# The permission a scope needs of the token's creator: a broadcast is what the admin's add
+# form sends; a topic message has no admin form, so its model's add permission stands for it.
+RIGHTS = {BROADCASTS: "realtime.add_broadcast", TOPIC: "realtime.add_topicmessage"}
 
 
 def hash_of(secret: str) -> str:
@@ -47,15 +62,63 @@ def checked_scopes(scopes: list[str]) -> list[str]:
                 f"{scope!r} is not a scope: use broadcasts, or topic:PATTERN with a topic name "
                 "pattern (letters, digits, . _ : - and the wildcards * ? [])."
             )
+        if pattern is not None and is_internal(pattern):
+            raise ValueError(
+                f"{scope!r} names the server's own topics ({INTERNAL_TOPICS}*): no token may "
+                "send to them."
+            )
     return list(dict.fromkeys(scopes))
 
 
-def create(name: str, scopes: list[str], *, created_by: Any = None) -> tuple[ApiToken, str]:
-    """A new token and its secret (shown once: only its hash is stored). ValueError for a bad
-    name or scope, or a name an active token already has."""
+def is_internal(topic: str) -> bool:
+    return topic.startswith(INTERNAL_TOPICS)
+
+
+def right_for(scope: str) -> str:
+    """The permission `scope` needs of the token's creator (RIGHTS)."""
+    return RIGHTS[TOPIC] if scope.startswith(TOPIC) else RIGHTS[BROADCASTS]
+
+
+def scopes_beyond(user: Any, scopes: list[str]) -> list[str]:
+    """The scopes whose right `user` does not hold: every one for no user or an inactive one."""
+    if user is None or not user.is_active:
+        return list(scopes)
+    return [scope for scope in scopes if not user.has_perm(right_for(scope))]
+
+
+def beyond_message(user: Any, scopes: list[str]) -> str:
+    rights = ", ".join(sorted({right_for(scope) for scope in scopes}))
+    return (
+        f"{user} may not give {', '.join(scopes)}: a token carries only rights its creator "
+        f"holds, and this needs {rights}."
+    )
+
+
+def creator_now(token: ApiToken) -> Any:
+    """The token's creator as the database has it now, or None (deleted). A new object each
+    time: Django caches permissions on a user object, so a cached one keeps a revoked right."""
+    if token.created_by_id is None:
+        return None
+    return get_user_model()._default_manager.filter(pk=token.created_by_id).first()
+
+
+def creator_holds(token: ApiToken, scope: str) -> bool:
+    """Whether the token's creator still holds the right `scope` needs (checked at every use)."""
+    return not scopes_beyond(creator_now(token), [scope])
+
+
+def create(name: str, scopes: list[str], *, created_by: Any) -> tuple[ApiToken, str]:
+    """A new token acting for `created_by`, and its secret (shown once: only its hash is
+    stored). ValueError for a bad name or scope, a scope beyond the creator's rights, or a name
+    an active token already has."""
     if not NAME.fullmatch(name or ""):
         raise ValueError("A token's name is 1 to 100 letters, digits, '.', '_' or '-'.")
     scopes = checked_scopes(scopes)
+    if created_by is None:
+        raise ValueError("A token acts for a user, whose rights it carries: name its creator.")
+    beyond = scopes_beyond(created_by, scopes)
+    if beyond:
+        raise ValueError(beyond_message(created_by, beyond))
     secret = PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         name=name,

@@ -9,7 +9,8 @@ Run by every management command (and `manage.py check`), as django-cors-headers 
 - realtime.E005: "realtime" comes after "django.contrib.staticfiles" in INSTALLED_APPS;
 - realtime.E006: REALTIME_REQUIRE_TLS is not True or False;
 - realtime.E007: REALTIME_METRICS_ALLOWED_ADDRESSES holds something that is not an address or
-  network, or REALTIME_METRICS_TOKEN is set but shorter than 32 characters (guessable).
+  network, or REALTIME_METRICS_TOKEN is set but shorter than 32 characters (guessable);
+- realtime.E008: REALTIME_TRUSTED_PROXIES is not a list of addresses or networks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.core.checks import Error, register
 
 from realtime.conf import conf
+from realtime.server.client_address import TrustedProxies
 from realtime.tls.profiles import PROFILES
 
 # Each integer setting and its least allowed value.
@@ -50,6 +52,11 @@ MINIMUMS = {
     "REALTIME_WS_MAX_SUBSCRIPTIONS": 0,  # 0: no topic subscriptions
     "REALTIME_PRESENCE_TTL": 3,
     "REALTIME_RESUME_MAX_AGE": 1,
+    "REALTIME_HISTORY_SWEEP_INTERVAL": 1,
+    "REALTIME_REPLAY_RATE": 0,  # 0: no budget per socket
+    "REALTIME_REPLAY_BURST": 1,
+    "REALTIME_REPLAY_ADDRESS_RATE": 0,  # 0: no budget per address
+    "REALTIME_REPLAY_ADDRESS_BURST": 1,
     "REALTIME_GC_THRESHOLD": 0,
     "REALTIME_FANOUT_REJOIN": 1,
     "REALTIME_FANOUT_CHECK": 1,
@@ -67,6 +74,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         *check_app_order(),
         *check_switches(),
         *check_metrics_access(),
+        *check_trusted_proxies(),
     ]
 
 
@@ -192,3 +200,20 @@ def check_metrics_access() -> list[Error]:
             )
         )
     return errors
+
+
+def check_trusted_proxies() -> list[Error]:
+    proxies = conf.REALTIME_TRUSTED_PROXIES
+    try:
+        if isinstance(proxies, str):
+            raise TypeError
+        TrustedProxies(proxies)
+    except (TypeError, ValueError):
+        return [
+            Error(
+                "REALTIME_TRUSTED_PROXIES must be a list of the addresses or networks of your "
+                f"proxies or load balancers, such as ['127.0.0.1', '10.0.0.0/8'], not {proxies!r}.",
+                id="realtime.E008",
+            )
+        ]
+    return []

@@ -73,6 +73,10 @@ DEFAULTS: dict[str, Any] = {
     # GET /metrics (realtime/metrics.py): the client addresses or networks it answers, and a
     # bearer token that opens it from anywhere ("" : none does).
     "REALTIME_METRICS_ALLOWED_ADDRESSES": ["127.0.0.1/8", "::1/128"],
+    # The proxies and load balancers whose word on the client's address is believed
+    # (realtime/server/client_address.py): X-Forwarded-For on plain connections, with
+    # DJANGO_TRUST_PROXY_HEADERS; the PROXY protocol's header with serve --proxy-protocol.
+    "REALTIME_TRUSTED_PROXIES": ["127.0.0.1", "::1"],  # client_address.DEFAULT_TRUSTED_PROXIES
     "REALTIME_METRICS_TOKEN": "",
     # The admin's live view (realtime/broadcasting/live_stats.py): seconds between a worker's
     # reports to Redis and its pushes to the staff watching.
@@ -101,6 +105,17 @@ DEFAULTS: dict[str, Any] = {
     # The broadcasts' history for a resume (messages, seconds).
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,
+    # Seconds between sweeps that delete every stream's messages beyond its history (count and
+    # age above); one worker over all hosts sweeps each time (realtime/broadcasting/maintenance).
+    "REALTIME_HISTORY_SWEEP_INTERVAL": 60,
+    # Replay tokens (a position in the URL, `resume`, `subscribe` with `since`: one each, plus
+    # one per 50 rows read) per second and at once per socket, and per client address on each
+    # worker (realtime/websocket/replays.py): a replay reads up to 500 rows on the worker's one
+    # database thread. 0: no limit.
+    "REALTIME_REPLAY_RATE": 1,
+    "REALTIME_REPLAY_BURST": 20,
+    "REALTIME_REPLAY_ADDRESS_RATE": 20,
+    "REALTIME_REPLAY_ADDRESS_BURST": 300,
     "REALTIME_GC_THRESHOLD": 10_000,
     "REALTIME_FANOUT_REJOIN": default_fanout_rejoin,
     "REALTIME_FANOUT_CHECK": 5,

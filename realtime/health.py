@@ -1,5 +1,9 @@
-"""/healthz: 200 when the database, the channel layer and this worker's fan-out work, 503 with
-the reason when not.
+"""/healthz: 200 when the database, the channel layer and this worker's fan-out work, 503 when
+not, each check "ok" or "down".
+
+The reason (an exception's text, which can name internal hosts and ports) goes to the log, at
+most once a minute per check, and in the answer only to whoever may read /metrics
+(REALTIME_METRICS_ALLOWED_ADDRESSES, or its bearer token): /healthz needs no login.
 
 For load balancers and service managers. The channel layer check is a real round trip (send a
 message to a new channel and receive it), so a Redis that accepts connections but does not
@@ -10,6 +14,7 @@ check through the layer came back (realtime.broadcasting.fanout).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import redis
@@ -22,8 +27,15 @@ from django.views.decorators.cache import never_cache
 from realtime.broadcasting.fanout import failure_reason, fanout
 from realtime.broadcasting.layer import retrying
 from realtime.broadcasting.redis_client import redis_hosts, sync_client_for
+from realtime.metrics import from_allowed_address, has_token
+from realtime.quiet_logs import LOG_EVERY, OncePerInterval
+
+logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 3.0
+DOWN = "down"
+# A balancer probes every few seconds: one line per failing check a minute says it all.
+should_log = OncePerInterval(LOG_EVERY)
 
 
 def check_database() -> None:
@@ -105,6 +117,17 @@ async def run_check(check) -> str | None:
     return None
 
 
+def log_failures(results: dict[str, str | None]) -> None:
+    for name, reason in results.items():
+        if reason is not None and should_log(name):
+            logger.warning("/healthz: %s is down: %s (said once a minute)", name, reason)
+
+
+def shows_reasons(request: HttpRequest) -> bool:
+    """Whether this caller may read why a check failed: those who may read /metrics."""
+    return from_allowed_address(request) or has_token(request)
+
+
 @never_cache
 async def healthz(request: HttpRequest) -> JsonResponse:
     results = {
@@ -112,9 +135,12 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "channel_layer": await run_check(check_channel_layer),
         "fanout": fanout.problem(),
     }
+    log_failures(results)
     healthy = all(reason is None for reason in results.values())
-    body = {
-        "status": "ok" if healthy else "unavailable",
-        "checks": {name: reason or "ok" for name, reason in results.items()},
+    detailed = shows_reasons(request)
+    checks = {
+        name: "ok" if reason is None else reason if detailed else DOWN
+        for name, reason in results.items()
     }
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks}
     return JsonResponse(body, status=200 if healthy else 503)

@@ -3,7 +3,13 @@
 
 Asked with a valid token, the topic name's schema lists the registered topic patterns; asked
 without, only which characters a name has: the sockets refuse an unknown topic like a
-forbidden one so that nobody learns which topics exist, and neither does this document.
+forbidden one so that nobody learns which topics exist, and neither does this document. The
+server's own topics (realtime.*) are left out: no token may send to them.
+
+A wrong token counts against its address as a failed publish does (realtime/publish_api.py,
+the same counter). Past REALTIME_API_RATE_LIMIT failures an address gets 429 for any token
+until the window ends, a valid one too: which document comes back must not tell a guessed
+token from a wrong one, and a held-back address costs no database lookup.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
-from realtime import api_tokens
+from realtime import api_tokens, publish_api
 from realtime.broadcasting import topics
 from realtime.broadcasting.topics import MAX_EVENT_LENGTH
-from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
+from realtime.models import MAX_MESSAGE_LENGTH, ApiToken, Broadcast
 
 NO_NUL = "^[^\\u0000]*$"  # PostgreSQL cannot store NUL characters
 
@@ -87,6 +93,8 @@ def registered_topics() -> str:
     (named groups made plain: JSON Schema patterns are ECMAScript's)."""
     parts = []
     for registration in topics.registrations.values():
+        if api_tokens.is_internal(registration.pattern):
+            continue
         regex = registration.route.pattern.regex.pattern
         regex = regex.removeprefix("^").removesuffix("\\Z")
         parts.append(re.sub(r"\(\?P<\w+>", "(", regex))
@@ -155,7 +163,10 @@ def publish_operation() -> dict[str, Any]:
             },
             "400": error("Not JSON, unknown fields, or a message the server refuses."),
             "401": error("No valid, unrevoked token.", WWW_AUTHENTICATE),
-            "403": error("The token's scopes do not allow it."),
+            "403": error(
+                "The token's scopes do not allow it, its creator no longer holds the right, "
+                "or the topic is one of the server's own (realtime.*)."
+            ),
             "405": error("Only POST."),
             "413": error("The body is too large."),
             "415": error("The body is not application/json."),
@@ -164,8 +175,25 @@ def publish_operation() -> dict[str, Any]:
     }
 
 
+def token_of(request: HttpRequest) -> ApiToken | None:
+    """The request's valid token, else None; Refused (429) from an address past its failures."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None  # no token checked, nothing to count
+    failures = publish_api.failures_key(request)
+    if publish_api.at_limit(failures):
+        raise publish_api.too_many()
+    token = api_tokens.authenticate(header)
+    if token is None and publish_api.over_limit(failures):
+        raise publish_api.too_many()
+    return token
+
+
 def openapi_json(request: HttpRequest) -> JsonResponse:
-    token = api_tokens.authenticate(request.headers.get("Authorization"))
+    try:
+        token = token_of(request)
+    except publish_api.Refused as refused:
+        return publish_api.refusal(refused)
     response = JsonResponse(document(with_patterns=token is not None))
     response["Cache-Control"] = "private, no-store"
     response["Vary"] = "Authorization"

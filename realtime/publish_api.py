@@ -7,8 +7,10 @@ or a topic message, with a bearer token (realtime/api_tokens.py), and get 202 wi
 A body is a broadcast ({"message", "level"?, "audience"?}) or a topic message ({"topic",
 "event"?, "data"}), stored and published as app code's are (after commit, every worker). Each
 token may make REALTIME_API_RATE_LIMIT requests per REALTIME_API_RATE_WINDOW seconds, and each
-address as many failed ones (a wrong token). /api/openapi.json (realtime/openapi.py) describes
-every answer: errors are {"error": code, "detail": sentence}.
+address as many failed ones (a wrong token; /api/openapi.json's count too). A token does only
+what its creator may now (realtime/api_tokens.py), and never sends to the server's own
+"realtime.*" topics. /api/openapi.json (realtime/openapi.py) describes every answer: errors are
+{"error": code, "detail": sentence}.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from realtime import api_tokens, broadcast, topics
 from realtime.conf import conf
 from realtime.counters import counters_store
 from realtime.models import ApiToken
-from realtime.server.address_cap import host_key
+from realtime.server.client_address import request_client_key
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +53,17 @@ def answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = N
     return response
 
 
+def refusal(refused: Refused) -> Any:
+    body = {"error": refused.code, "detail": refused.detail}
+    return answer(refused.status, body, refused.headers)
+
+
 @csrf_exempt
 def publish(request: HttpRequest) -> JsonResponse:
     try:
         kind, pk = handle(request)
     except Refused as refused:
-        body = {"error": refused.code, "detail": refused.detail}
-        return answer(refused.status, body, refused.headers)
+        return refusal(refused)
     return answer(202, {"id": pk, "kind": kind})
 
 
@@ -80,8 +86,7 @@ def authenticated(request: HttpRequest) -> ApiToken:
     valid token."""
     token = api_tokens.authenticate(request.headers.get("Authorization"))
     if token is None:
-        failures = f"realtime:api:failures:{host_key(request.META.get('REMOTE_ADDR') or '')}"
-        if over_limit(failures):
+        if over_limit(failures_key(request)):
             raise too_many()
         raise Refused(
             401,
@@ -93,6 +98,25 @@ def authenticated(request: HttpRequest) -> ApiToken:
         raise too_many()
     api_tokens.mark_used(token)
     return token
+
+
+def failures_key(request: HttpRequest) -> str:
+    """The counter of failed requests (no or a wrong token) from the request's address."""
+    return f"realtime:api:failures:{request_client_key(request.META)}"
+
+
+def at_limit(key: str) -> bool:
+    """Whether `key` has used up REALTIME_API_RATE_LIMIT in this window, counting nothing: the
+    next over_limit() would refuse. Redis unreachable: no, as over_limit()."""
+    limit = conf.REALTIME_API_RATE_LIMIT
+    if limit <= 0:
+        return False
+    try:
+        [count] = counters_store().get([key])
+    except redis.RedisError as exc:
+        logger.warning("API rate limit: Redis did not answer (%s); not limiting.", exc)
+        return False
+    return count >= limit
 
 
 def over_limit(key: str) -> bool:
@@ -159,6 +183,7 @@ def publish_broadcast(token: ApiToken, body: dict[str, Any]) -> int:
     unknown_fields(body, BROADCAST_FIELDS)
     if not api_tokens.allows_broadcasts(token):
         raise Refused(403, "forbidden", "This token may not send broadcasts.")
+    creator_still_may(token, api_tokens.BROADCASTS)
     fields = {"level": "info", "audience": "everyone", **body}
     if not all(isinstance(fields.get(name), str) for name in BROADCAST_FIELDS):
         raise Refused(400, "invalid_body", "message, level and audience are strings.")
@@ -170,13 +195,36 @@ def publish_broadcast(token: ApiToken, body: dict[str, Any]) -> int:
     return sent.pk
 
 
+def creator_still_may(token: ApiToken, scope: str) -> None:
+    """Refuse a scope whose right the token's creator no longer holds (taken away, deactivated,
+    deleted): a token never outlives its creator's rights."""
+    if token.created_by_id is None:
+        detail = (
+            "This token acts for no user (made before tokens carried their creator's rights, "
+            "or its creator was deleted): make a new one with `manage.py apitoken create "
+            "--user NAME` or in the admin."
+        )
+        raise Refused(403, "forbidden", detail)
+    if not api_tokens.creator_holds(token, scope):
+        detail = (
+            f"The user this token acts for no longer holds {api_tokens.right_for(scope)} (or "
+            "was deactivated or deleted): a token does only what its creator may."
+        )
+        raise Refused(403, "forbidden", detail)
+
+
 def publish_topic(token: ApiToken, body: dict[str, Any]) -> int:
     unknown_fields(body, TOPIC_FIELDS)
     topic, event = body.get("topic"), body.get("event", "message")
     if not isinstance(topic, str) or not isinstance(event, str) or "data" not in body:
         raise Refused(400, "invalid_body", "topic and event are strings, and data is required.")
+    if api_tokens.is_internal(topic):
+        internal = api_tokens.INTERNAL_TOPICS
+        detail = f"Topics named {internal}* are the server's own: no token may send to them."
+        raise Refused(403, "forbidden", detail)
     if not api_tokens.allows_topic(token, topic):
         raise Refused(403, "forbidden", "This token may not send to that topic.")
+    creator_still_may(token, api_tokens.TOPIC + topic)
     try:
         stored = topics.send(topic, body["data"], event=event)
     except ValueError as exc:

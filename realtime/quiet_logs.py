@@ -12,6 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from realtime.server.client_address import request_client_key
+
 LOG_EVERY = 60.0  # seconds: one line per client address at most this often
 REMEMBERED_ADDRESSES = 10_000  # beyond this, the oldest are forgotten (memory stays bounded)
 DISALLOWED_HOST_LOGGER = "django.security.DisallowedHost"
@@ -45,7 +47,7 @@ class OncePerAddress(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         request = getattr(record, "request", None)
-        address = getattr(request, "META", {}).get("REMOTE_ADDR") or "unknown"
+        address = request_client_key(getattr(request, "META", {})) or "unknown"
         if not self.should_log(address):
             return False
         record.msg = f"{record.getMessage()[:300]} (from {address}; said once a minute per address)"

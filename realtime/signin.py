@@ -40,7 +40,8 @@ from django.template.loader import render_to_string
 
 from realtime.conf import conf
 from realtime.counters import counters_store
-from realtime.server.address_cap import host_key
+from realtime.headers import secure
+from realtime.server.client_address import request_client_key
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def increment(keys: list[str]) -> None:
 
 
 def address_key(request: HttpRequest) -> str:
-    return host_key(request.META.get("REMOTE_ADDR") or "unknown")
+    return request_client_key(request.META) or "unknown"
 
 
 def account_key(username: str) -> str:
@@ -160,7 +161,8 @@ def refused(request: HttpRequest, message: str) -> HttpResponse:
     body = render_to_string("realtime/signin_refused.html", {"message": message}, request)
     response = HttpResponse(body, status=429)
     response["Retry-After"] = str(int(conf.REALTIME_SIGNIN_WINDOW))
-    return response
+    # ThrottleMiddleware replaces the page after the header middlewares ran: add theirs.
+    return secure(response)
 
 
 def remember(request: HttpRequest, response: HttpResponse, account: str) -> None:

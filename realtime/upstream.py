@@ -184,6 +184,13 @@ def clear_option(options: Any, flag: int) -> None:
 # --- daphne's command line ------------------------------------------------------------------
 
 
+def set_logged_client(protocol: Any, client: list[Any] | None) -> None:
+    """Make daphne's own log lines for a request or socket (its access log among them) name
+    `client`, the address RealtimeServer decided on. daphne keeps the address it logs in the
+    protocol's undocumented `client_addr`, computed before the application is created."""
+    protocol.client_addr = client
+
+
 def use_server_class_under_plain_daphne(server_class: type, *, ours: str) -> bool:
     """Under the plain `daphne` command, make its command line build `server_class`.
 

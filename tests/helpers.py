@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import http.client
 import json
 import os
 import re
@@ -236,19 +238,42 @@ def run_in_shell(env: dict[str, str], code: str) -> str:
     return result.stdout
 
 
+class SourceHTTPSHandler(urllib.request.HTTPSHandler):
+    """HTTPS from a chosen local address (None: any)."""
+
+    def __init__(self, tls: ssl.SSLContext, source: str | None) -> None:
+        super().__init__(context=tls)
+        self.source = source
+
+    def https_open(self, req):
+        if self.source is None:
+            return super().https_open(req)
+        connection = functools.partial(http.client.HTTPSConnection, source_address=(self.source, 0))
+        return self.do_open(connection, req, context=self._context)
+
+
 class BrowserSession:
     """An HTTPS client with cookies that logs in and posts forms as a browser does (CSRF too)."""
 
-    def __init__(self, base_url: str, tls: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        tls: ssl.SSLContext,
+        source: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """`source`: the local address to connect from (127.0.0.x: another client on this
+        machine); `headers`: sent with every request (a client's own X-Forwarded-For, say)."""
         import http.cookiejar
         import urllib.request
 
         self.base_url = base_url
         self.cookies = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=tls),
+            SourceHTTPSHandler(tls, source),
             urllib.request.HTTPCookieProcessor(self.cookies),
         )
+        self.opener.addheaders = list((headers or {}).items())
 
     def request(self, path: str, form: dict[str, str] | None = None) -> tuple[int, str]:
         import urllib.parse
@@ -269,6 +294,19 @@ class BrowserSession:
     def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
         _, html = self.request(path)
         return self.request(path, {**fields, "csrfmiddlewaretoken": self.csrf_token(html)})
+
+    def try_login(self, username: str, password: str) -> int:
+        """One sign-in attempt: 302 on success, 200 (the form again) on a wrong password,
+        429 when throttled."""
+        _, html = self.request("/accounts/login/")
+        fields = {"username": username, "password": password}
+        fields["csrfmiddlewaretoken"] = self.csrf_token(html)
+        try:
+            status, _ = self.request("/accounts/login/", fields)
+        except urllib.error.HTTPError as error:
+            error.close()
+            return error.code
+        return 302 if "sessionid" in self.cookie_header() else status
 
     def login(self, username: str, password: str) -> None:
         status, html = self.post_form(
@@ -373,7 +411,8 @@ def healthz(port: int, tls) -> tuple[int, dict]:
         with urllib.request.urlopen(url, context=tls, timeout=15) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 # Messages the worker had to read from the database (Redis lost them, or they came out of

@@ -16,11 +16,19 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from realtime import api_tokens, counters
 from realtime.models import ApiToken, Broadcast, TopicMessage
-from tests.helpers import PYTHON, ROOT, free_port, open_on_both_workers, receive_json
+from tests.helpers import (
+    PYTHON,
+    ROOT,
+    create_user,
+    free_port,
+    open_on_both_workers,
+    receive_json,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,8 +41,15 @@ def _fresh_rate_counters():
     counters._local.counts.clear()
 
 
+def ops():
+    """The superuser tokens act for (a token carries only its creator's rights)."""
+    return get_user_model().objects.get_or_create(
+        username="ops", defaults={"is_staff": True, "is_superuser": True}
+    )[0]
+
+
 def token(*scopes: str, name: str = "svc") -> str:
-    return api_tokens.create(name, list(scopes) or ["broadcasts"])[1]
+    return api_tokens.create(name, list(scopes) or ["broadcasts"], created_by=ops())[1]
 
 
 def post(client, body, secret: str | None = None, content_type: str = "application/json"):
@@ -47,8 +62,11 @@ def post(client, body, secret: str | None = None, content_type: str = "applicati
 
 
 def test_a_token_is_printed_once_stored_hashed_listed_by_prefix_and_revoked():
-    out, err = StringIO(), StringIO()
-    call_command("apitoken", "create", "deployer", "--scope", "broadcasts", stdout=out, stderr=err)
+    out, err, user = StringIO(), StringIO(), ops().username
+    call_command(
+        "apitoken", "create", "deployer", "--user", user, "--scope", "broadcasts",
+        stdout=out, stderr=err,
+    )  # fmt: skip
     secret = out.getvalue().strip()
     assert re.fullmatch(r"rtk_[A-Za-z0-9_-]{43}", secret) and "shown only now" in err.getvalue()
     stored = ApiToken.objects.get(name="deployer")
@@ -57,23 +75,30 @@ def test_a_token_is_printed_once_stored_hashed_listed_by_prefix_and_revoked():
     listed = StringIO()
     call_command("apitoken", "list", stdout=listed)
     assert "deployer\trtk_" in listed.getvalue() and secret not in listed.getvalue()
+    assert "\tfor ops\t" in listed.getvalue()
     call_command("apitoken", "revoke", "deployer", stdout=StringIO())
     assert api_tokens.authenticate(f"Bearer {secret}") is None
     with pytest.raises(CommandError, match="No active token"):
         call_command("apitoken", "revoke", "deployer")
-    call_command("apitoken", "create", "deployer", stdout=StringIO(), stderr=StringIO())
+    call_command(
+        "apitoken", "create", "deployer", "--user", user, stdout=StringIO(), stderr=StringIO()
+    )
 
 
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["bad name!"], "name"),
-        (["svc", "--scope", "everything"], "is not a scope"),
-        (["svc", "--scope", "topic:a/b"], "is not a scope"),
+        (["bad name!", "--user", "ops"], "name"),
+        (["svc", "--user", "ops", "--scope", "everything"], "is not a scope"),
+        (["svc", "--user", "ops", "--scope", "topic:a/b"], "is not a scope"),
+        (["svc", "--user", "ops", "--scope", "topic:realtime.*"], "server's own topics"),
+        (["svc", "--user", "nobody"], "No user is named 'nobody'"),
+        (["svc"], "needs --user USERNAME"),
         ([], "needs the token's NAME"),
     ],
 )
 def test_a_bad_token_is_refused_with_the_reason(args, says):
+    ops()
     with pytest.raises(CommandError, match=says):
         call_command("apitoken", "create", *args, stdout=StringIO(), stderr=StringIO())
 
@@ -244,7 +269,8 @@ def admin_client(client, django_user_model):
 
 
 def create_token_in(server_env: dict, name: str, *scopes: str) -> str:
-    args = [PYTHON, "manage.py", "apitoken", "create", name]
+    create_user(server_env, "ops", staff=True)  # a superuser: the token acts for them
+    args = [PYTHON, "manage.py", "apitoken", "create", name, "--user", "ops"]
     for scope in scopes:
         args += ["--scope", scope]
     result = subprocess.run(args, cwd=ROOT, env=server_env, capture_output=True, text=True)

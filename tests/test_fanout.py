@@ -168,16 +168,18 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
     try:
         client = sync_client()
         client.flushdb()
-        key = presence.KEY_PREFIX
-        client.set(key + "a:1", json.dumps({"everyone": 3, "staff": 1}), ex=60)
-        client.set(key + "b:2", json.dumps({"everyone": 2, "authenticated": 2}), px=300)
+        key = presence.COUNTS_KEY
+        client.hset(key, "a:1", presence.entry({"everyone": 3, "staff": 1}, 60))
+        client.hset(key, "b:2", presence.entry({"everyone": 2, "authenticated": 2}, 0.3))
         both = presence.counts()
         asyncio.run(asyncio.sleep(0.5))  # past the second worker's expiry
         one = presence.counts()
+        fields = client.hkeys(key)
     finally:
         sync_client.cache_clear()
     assert both == {"everyone": 5, "authenticated": 2, "staff": 1}
     assert one == {"everyone": 3, "authenticated": 0, "staff": 1}
+    assert fields == [b"a:1"]  # the expired worker's field was removed
 
 
 def test_an_event_it_cannot_handle_is_dropped_and_the_fanout_keeps_working(caplog):

@@ -5,8 +5,10 @@
     host-b   the same, "host-b"
 
 and, in the test's own namespace, Debian's HAProxy running deploy/haproxy/realtime.cfg in TCP
-mode (TLS passes through to the hosts; health checks on /healthz, certificates verified).
-Clients connect to HAProxy's address only, as browsers would; the admin of host A is reached
+mode (TLS passes through to the hosts; health checks on /healthz, certificates verified; the
+PROXY protocol v2 names each client to the hosts, which run `serve --proxy-protocol`).
+Clients connect to HAProxy's address only, as browsers would, from several loopback
+addresses (127.0.0.x) where a test needs distinct clients; the admin of host A is reached
 through a second HAProxy listener that has only host A behind it.
 """
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.helpers import (
     PYTHON,
@@ -37,12 +40,15 @@ from tests.helpers import (
     SERVER_SECRET_KEY,
     BrowserSession,
     admin_send,
+    close_code,
     create_users,
     free_port,
     ids_after,
     latest_id,
+    receive_json,
     send_broadcasts,
     slot,
+    ws_connect,
 )
 from tests.netns import Host, Network, stop, wait_for_tcp
 from tests.resuming import report, start_clients, stop_clients, until_everyone_saw
@@ -52,6 +58,8 @@ pytestmark = pytest.mark.e2e
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "realtime.cfg"
 PORT = 8443
 CLIENTS = 16
+WS_CAP = 20  # REALTIME_WS_MAX_PER_CLIENT on the hosts (per worker: 80 over the 4)
+SIGNIN_LIMIT = 5  # REALTIME_SIGNIN_MAX_PER_ADDRESS on the hosts
 
 
 def postgres_binary(name: str) -> str:
@@ -103,7 +111,8 @@ class AppHost:
     def start(self) -> None:
         self.starts += 1
         args = [PYTHON, "manage.py", "serve", "--workers", "2", "--host", "0.0.0.0",
-                "--port", str(PORT), "--cert", str(self.cert), "--key", str(self.key)]  # fmt: skip
+                "--port", str(PORT), "--cert", str(self.cert), "--key", str(self.key),
+                "--proxy-protocol"]  # fmt: skip
         self.process = self.host.spawn(args, self.log, self.env, self.hostname, cwd=ROOT)
         deadline = time.monotonic() + 60
         while self.log.read_text().count(" is ready") < 2:
@@ -129,6 +138,8 @@ class Cluster:
     env: dict[str, str]  # the hosts' settings, for commands run from the test
     haproxy_log: Path
     haproxy_stats: Path  # HAProxy's admin socket
+    admin_password: str
+    network: Network
 
     def server_status(self, name: str) -> str:
         """A host's status in HAProxy's `show stat` (UP, DOWN, ...)."""
@@ -182,6 +193,10 @@ def cluster(tmp_path_factory, dev_certs, client_tls) -> Iterator[Cluster]:
                 "DATABASE_URL": f"{server}/realtime",
                 "REDIS_URL": f"redis://{data.address}:6379/0",
                 "PYTHONUNBUFFERED": "1",
+                # HAProxy reaches the hosts from the bridge's address.
+                "REALTIME_TRUSTED_PROXIES": net.subnet_address(1),
+                "REALTIME_WS_MAX_PER_CLIENT": str(WS_CAP),
+                "REALTIME_SIGNIN_MAX_PER_ADDRESS": str(SIGNIN_LIMIT),
             }  # fmt: skip
             for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
                 subprocess.run([PYTHON, "manage.py", *command], cwd=ROOT, env=env, check=True,
@@ -201,7 +216,7 @@ def cluster(tmp_path_factory, dev_certs, client_tls) -> Iterator[Cluster]:
             only_a.write_text(
                 f"global\n    stats socket {stats} level admin\n"
                 f"listen admin-a\n    bind 127.0.0.1:{admin_port}\n"
-                f"    server host-a {a.address}:{PORT}\n"
+                f"    server host-a {a.address}:{PORT} send-proxy-v2\n"
             )
             haproxy_env = {
                 **os.environ,
@@ -222,7 +237,7 @@ def cluster(tmp_path_factory, dev_certs, client_tls) -> Iterator[Cluster]:
                 admin_a = BrowserSession(f"https://localhost:{admin_port}", client_tls)
                 admin_a.login("admin", password)
                 url = f"wss://localhost:{port}/ws/"
-                result = Cluster(url, admin_a, hosts, env, haproxy_log, stats)
+                result = Cluster(url, admin_a, hosts, env, haproxy_log, stats, password, net)
                 result.wait_until_in_rotation("host-a")
                 result.wait_until_in_rotation("host-b")
                 yield result
@@ -319,3 +334,81 @@ def test_a_rolling_restart_of_both_hosts_loses_nothing(cluster, client_tls):
     clients, expected = asyncio.run(scenario())
     report("Rolling restart of both hosts", clients, expected)
     assert all(c.connections >= 2 for c in clients), "every client was moved at least once"
+
+
+# --- Behind the balancer, each client its own address (the PROXY protocol) ----------------------
+
+
+async def open_from(url: str, tls, source: str, stack: contextlib.AsyncExitStack):
+    """A socket through HAProxy from a loopback address: "welcome", or its close code."""
+    socket_ = await stack.enter_async_context(ws_connect(url, tls, local_addr=(source, 0)))
+    try:
+        return (await receive_json(socket_))["type"]
+    except ConnectionClosed:
+        return await close_code(socket_)
+
+
+def test_behind_haproxy_the_socket_cap_counts_each_client_not_the_balancer(cluster, client_tls):
+    """Ten clients with 25 sockets each: 250, over three times what four workers would hold
+    from one address. Then one client opening 100 is capped on its own."""
+    sources = [f"127.0.0.{n}" for n in range(30, 40)]
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            many = await asyncio.gather(
+                *(open_from(cluster.url, client_tls, s, stack) for s in sources * 25)
+            )
+            one = await asyncio.gather(
+                *(open_from(cluster.url, client_tls, "127.0.0.40", stack) for _ in range(100))
+            )
+            return many, one
+
+    many, one = asyncio.run(scenario())
+    assert many == ["welcome"] * 250
+    assert one.count("welcome") <= 4 * WS_CAP
+    assert set(one) == {"welcome", 1013}
+
+
+def test_behind_haproxy_one_clients_failed_signins_lock_out_only_that_client(cluster, client_tls):
+    base = cluster.url.replace("wss://", "https://").removesuffix("/ws/")
+    attacker = BrowserSession(base, client_tls, source="127.0.0.50")
+    attempts = [attacker.try_login(f"guess-{n}", "wrong") for n in range(SIGNIN_LIMIT + 1)]
+    assert attempts[-1] == 429
+    admin = BrowserSession(base, client_tls, source="127.0.0.51")
+    assert admin.try_login("admin", cluster.admin_password) == 302
+
+
+HANDSHAKE = """
+import socket, ssl, sys
+raw = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+raw.sendall(bytes.fromhex(sys.argv[3]))
+tls = ssl.create_default_context(cafile=sys.argv[4])
+try:
+    with tls.wrap_socket(raw, server_hostname="localhost") as connection:
+        # None: the peer had already reset the socket, and Python skipped the handshake.
+        print("handshake" if connection.version() else "refused")
+except (ssl.SSLError, ConnectionError) as error:
+    print("refused", type(error).__name__)
+"""
+
+
+def handshake_from(host: Host | None, target: str, header: bytes, ca: Path) -> str:
+    """A TLS handshake with a host, after `header`, from another host's namespace (None: the
+    test's own, where HAProxy is)."""
+    command = [PYTHON, "-c", HANDSHAKE, target, str(PORT), header.hex(), str(ca)]
+    if host is not None:
+        command = ["ip", "netns", "exec", host.namespace, *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout.strip()
+
+
+def test_a_host_refuses_connections_without_a_proxy_header_or_from_other_peers(cluster, dev_certs):
+    from tests.test_client_address import proxy_v2_header
+
+    host_a = cluster.hosts["host-a"]
+    target, header = host_a.host.address, proxy_v2_header("198.51.100.1")
+    # From HAProxy's address: with the header, TLS follows; without it, nothing does.
+    assert handshake_from(None, target, header, dev_certs.ca_cert) == "handshake"
+    assert handshake_from(None, target, b"", dev_certs.ca_cert).startswith("refused")
+    # From host B, which is no trusted proxy: closed whatever it claims.
+    host_b = cluster.hosts["host-b"].host
+    assert handshake_from(host_b, target, header, dev_certs.ca_cert).startswith("refused")

@@ -223,16 +223,16 @@ def test_connections_beyond_the_cap_per_address_are_closed_with_1013(cap_of_two)
     }
 
 
-def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(settings):
+def test_the_client_address_is_the_scopes_client_never_a_header(settings):
+    """The server decided the scope's client from what it trusts (test_client_address.py);
+    the limits read only that, whatever headers arrive."""
     scope = {
         "client": ("10.0.0.5", 4000),
         "headers": [(b"x-forwarded-for", b"203.0.113.9, 198.51.100.7")],
     }
-    settings.SECURE_PROXY_SSL_HEADER = None
-    assert limits.client_address(scope) == "10.0.0.5"
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    # The last entry is the one the trusted proxy added; the first is the client's word.
-    assert limits.client_address(scope) == "198.51.100.7"
+    assert limits.client_address(scope) == "10.0.0.5"
+    assert limits.client_address({"client": ("2001:db8::1", 5), "headers": []}) == "2001:db8::/64"
     assert limits.client_address({"client": None, "headers": []}) is None
 
 

@@ -563,7 +563,7 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist():
 def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
     """`serve --plain` trusts proxy headers; a proxy that appends to X-Forwarded-For (HAProxy's
     `option forwardfor`, many load balancers) keeps what the client wrote first, and daphne's
-    REMOTE_ADDR is that first entry. The address checked is the last one, the proxy's."""
+    REMOTE_ADDR would be that first entry. The address checked is the proxy's entry."""
     port = free_port()
     start(
         [PYTHON, "manage.py", "serve", "--plain", "--workers", "1", "--host", "127.0.0.1",
@@ -584,7 +584,9 @@ def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
 
     assert status("127.0.0.1, 203.0.113.9") == 403  # the client claimed loopback
     assert status("203.0.113.9") == 403
-    assert status("203.0.113.9, 127.0.0.1") == 200  # the proxy saw a local client
+    # The proxy saw a local client (127.0.0.2; 127.0.0.1 itself is the trusted proxy's address,
+    # REALTIME_TRUSTED_PROXIES, so an entry naming it is a proxy hop, not a client).
+    assert status("203.0.113.9, 127.0.0.2") == 200
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """Behind nginx: Debian's nginx runs deploy/nginx/realtime.conf (only the port, the
 certificate, the name and the workers' address changed) with the dev certificate, in front of
-`serve --plain` workers with DJANGO_TRUST_PROXY_HEADERS=1."""
+`serve --plain` workers with DJANGO_TRUST_PROXY_HEADERS=1.
+
+The shipped site appends to X-Forwarded-For, as most balancers do: the attacks of issue 25
+(a new X-Forwarded-For per attempt to escape a limit, a victim's address to lock them out) are
+made through it from several loopback addresses (127.0.0.x: distinct clients to nginx)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import ssl
 import subprocess
 import textwrap
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -20,7 +26,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.helpers import (
     PYTHON,
     ROOT,
+    BrowserSession,
+    SourceHTTPSHandler,
     close_code,
+    create_user,
     free_port,
     receive_json,
     wait_for_port,
@@ -33,6 +42,7 @@ pytestmark = pytest.mark.e2e
 SITE = ROOT / "deploy" / "nginx" / "realtime.conf"
 CAP = 2  # REALTIME_WS_MAX_PER_CLIENT for these tests
 IDLE = 4  # REALTIME_WS_IDLE_TIMEOUT for these tests
+SIGNIN_LIMIT = 4  # REALTIME_SIGNIN_MAX_PER_ADDRESS (and REALTIME_API_RATE_LIMIT) for these tests
 
 
 def site_config(port: int, workers_port: int, certs) -> str:
@@ -63,6 +73,9 @@ def behind_nginx(start, dev_certs, tmp_path_factory):
         DJANGO_TRUST_PROXY_HEADERS="1",
         REALTIME_WS_MAX_PER_CLIENT=str(CAP),
         REALTIME_WS_IDLE_TIMEOUT=str(IDLE),
+        REALTIME_SIGNIN_MAX_PER_ADDRESS=str(SIGNIN_LIMIT),
+        REALTIME_API_RATE_LIMIT=str(SIGNIN_LIMIT),
+        REALTIME_METRICS_ALLOWED_ADDRESSES="127.0.0.1/32",
     )  # fmt: skip
     work = tmp_path_factory.mktemp("nginx")
     (work / "site.conf").write_text(site_config(port, workers_port, dev_certs))
@@ -140,7 +153,8 @@ def test_the_per_address_cap_counts_the_real_client_not_nginx(behind_nginx, clie
     async def scenario():
         async with contextlib.AsyncExitStack() as stack:
             # A client cannot pick its address with a header of its own (a new one for each
-            # socket, to escape the cap): nginx replaces it with the address it sees.
+            # socket, to escape the cap): nginx appends the address it sees, and only that
+            # entry is believed.
             first = [
                 await open_from(
                     behind_nginx, client_tls, "127.0.0.2", stack,
@@ -220,3 +234,67 @@ def test_serve_plain_refuses_without_trusted_proxy_headers(server_env):
     )
     assert result.returncode != 0
     assert "--plain needs DJANGO_TRUST_PROXY_HEADERS=1" in result.stderr
+
+
+def through_nginx(port: int, tls, source: str, forwarded_for: str | None = None) -> BrowserSession:
+    """A browser at `source`, sending an X-Forwarded-For of its own when given."""
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    return BrowserSession(f"https://localhost:{port}", tls, source=source, headers=headers)
+
+
+def test_a_new_x_forwarded_for_per_attempt_does_not_escape_the_signin_throttle(
+    behind_nginx, client_tls
+):
+    attempts = [
+        through_nginx(behind_nginx, client_tls, "127.0.0.4", f"203.0.113.{n}").try_login(
+            f"nobody-{n}", "wrong"
+        )
+        for n in range(SIGNIN_LIMIT + 1)
+    ]
+    assert attempts == [200] * SIGNIN_LIMIT + [429]
+
+
+def test_a_victims_address_in_x_forwarded_for_locks_out_only_the_attacker(
+    behind_nginx, client_tls, server_env
+):
+    password = create_user(server_env, "victim", staff=False)
+    attacker = through_nginx(behind_nginx, client_tls, "127.0.0.5", forwarded_for="127.0.0.6")
+    attempts = [attacker.try_login(f"guess-{n}", "wrong") for n in range(SIGNIN_LIMIT + 1)]
+    assert attempts[-1] == 429
+    victim = through_nginx(behind_nginx, client_tls, "127.0.0.6")
+    assert victim.try_login("victim", password) == 302
+
+
+def post_with_token(port: int, tls, source: str, forwarded_for: str) -> int:
+    request = urllib.request.Request(
+        f"https://localhost:{port}/api/publish",
+        data=b'{"message": "x"}',
+        headers={"Authorization": "Bearer rtk_wrong", "Content-Type": "application/json",
+                 "X-Forwarded-For": forwarded_for},
+    )  # fmt: skip
+    opener = urllib.request.build_opener(SourceHTTPSHandler(tls, source))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+
+
+def test_a_new_x_forwarded_for_per_request_does_not_escape_the_api_failure_limit(
+    behind_nginx, client_tls
+):
+    statuses = [
+        post_with_token(behind_nginx, client_tls, "127.0.0.7", f"198.51.100.{n}")
+        for n in range(SIGNIN_LIMIT + 1)
+    ]
+    assert statuses == [401] * SIGNIN_LIMIT + [429]
+
+
+def test_metrics_are_not_opened_by_a_forged_x_forwarded_for(behind_nginx, client_tls):
+    """Allowed: 127.0.0.1 only (nginx's own address, which a client writes here in vain)."""
+    session = through_nginx(behind_nginx, client_tls, "127.0.0.8", forwarded_for="127.0.0.1")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        session.request("/metrics")
+    refused.value.close()
+    assert refused.value.code == 403

@@ -192,7 +192,11 @@ def test_with_tls_required_a_plain_socket_is_closed_with_1008(start):
 def test_with_tls_required_a_trusted_proxy_that_says_https_is_allowed(start):
     server = plain_runserver(start, DJANGO_TRUST_PROXY_HEADERS="1")
     url = f"ws://localhost:{server.port}/ws/"
-    welcome, closed = first_reply(url, additional_headers={"X-Forwarded-Proto": "https"})
+    # The page behind such a proxy is https, on the port the socket is opened on.
+    origin = f"https://localhost:{server.port}"
+    welcome, closed = first_reply(
+        url, origin=origin, additional_headers={"X-Forwarded-Proto": "https"}
+    )
     assert closed is None and welcome["secure"] is True
     assert first_reply(url, additional_headers={"X-Forwarded-Proto": "http"})[1][0] == 1008
     assert first_reply(url)[1][0] == 1008
@@ -360,3 +364,42 @@ def test_invalid_utf8_in_a_text_frame_is_closed_with_1007_and_the_server_serves_
     closed, answer = asyncio.run(scenario())
     assert closed[0] == 1007
     assert answer == {"type": "pong"}
+
+
+# --- The default origin check, with TLS required ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_origins(start, dev_certs, redis_server):
+    """`serve --workers 2` as shipped: TLS required, origins checked against ALLOWED_HOSTS."""
+    port = free_port()
+    args = [PYTHON, "manage.py", "serve", "--workers", "2", "--port", str(port),
+            "--cert", str(dev_certs.cert), "--key", str(dev_certs.key)]  # fmt: skip
+    return start(args, port, REDIS_URL=redis_server.url)
+
+
+@pytest.mark.parametrize(
+    "origin, opens",
+    [
+        ("https://localhost:{port}", True),
+        ("https://LOCALHOST:{port}", True),
+        ("http://localhost:1", False),  # another service's page on the same host
+        ("http://localhost:{port}", False),  # not https
+        ("https://localhost:1", False),  # https, but another port
+        ("https://localhost", False),  # 443: not where this socket was opened
+    ],
+)
+def test_with_tls_required_only_https_pages_on_the_sockets_port_may_open_one(
+    default_origins, client_tls, origin, opens
+):
+    port = default_origins.port
+    url = f"wss://localhost:{port}/ws/"
+
+    async def scenario():
+        try:
+            async with ws_connect(url, client_tls, origin=origin.format(port=port)) as socket_:
+                return (await receive_json(socket_))["type"]
+        except InvalidStatus as refused:
+            return refused.response.status_code
+
+    assert asyncio.run(scenario()) == ("welcome" if opens else 403)

@@ -107,6 +107,8 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
         REDIS_URL=redis.url,
         # Every soak client comes from 127.0.0.1: the per-address cap would refuse some.
         REALTIME_WS_MAX_PER_CLIENT="0",
+        # ...and its 10 reconnects a second, each resuming, are one address's replay flood.
+        REALTIME_REPLAY_ADDRESS_RATE="0",
     )
     alice = BrowserSession(f"https://localhost:{port}", client_tls)
     alice.login("alice", password)

@@ -424,3 +424,58 @@ def test_autobahn_copies_what_the_class_lacks_and_only_that():
     source = inspect.getsource(autobahn_protocol.WebSocketProtocol._connectionMade)
     assert "for configAttr in self.CONFIG_ATTRS:" in source
     assert "if not hasattr(self, configAttr):" in source
+
+
+# --- daphne's logged client address (realtime/server/daphne_server.py) ------------------------
+
+
+def test_daphne_logs_and_scopes_the_client_from_client_addr_set_before_the_application():
+    """set_logged_client: daphne computes `client_addr` before create_application, and reads
+    it again for its access log (HTTP `complete`, WebSocket events) afterwards."""
+    from daphne.http_protocol import WebRequest
+
+    http_source = inspect.getsource(WebRequest)
+    ws_source = inspect.getsource(WebSocketProtocol)
+    for source in (http_source, ws_source):
+        assert "self.client_addr = [" in source
+        assert source.index("self.client_addr = [") < source.index("create_application")
+        assert '"client": self.client_addr' in source
+    assert "tuple(self.client_addr)" in http_source
+    assert "tuple(self.client_addr)" in ws_source
+    protocol = types.SimpleNamespace(client_addr=["10.0.0.1", 5])
+    upstream.set_logged_client(protocol, ["203.0.113.9", 0])
+    assert protocol.client_addr == ["203.0.113.9", 0]
+
+
+# --- Twisted's PROXY protocol (realtime/server/proxy_protocol.py; public API) ---------------
+
+
+def test_twisted_reads_a_proxy_v2_header_and_hands_on_only_what_follows_it():
+    """proxyEndpoint's wrapper: getPeer() is the header's source once it is read; what follows
+    reaches the wrapped protocol unchanged; data that is no header closes the connection."""
+    from twisted.internet.address import IPv4Address
+    from twisted.protocols.haproxy import proxyEndpoint
+
+    from tests.test_client_address import proxy_v2_header
+
+    class Listener:
+        def listen(self, factory):
+            self.factory = factory
+
+    listener = Listener()
+    received = []
+
+    class Recorder(Protocol):
+        def dataReceived(self, data):
+            received.append((self.transport.getPeer().host, data))
+
+    proxyEndpoint(listener).listen(types.SimpleNamespace(buildProtocol=lambda a: Recorder()))
+    wrapper = listener.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
+    wrapper.makeConnection(StringTransport())
+    wrapper.dataReceived(proxy_v2_header("198.51.100.3") + b"\x16hello")
+    assert received == [("198.51.100.3", b"\x16hello")]
+    refused = listener.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
+    transport = StringTransport()
+    refused.makeConnection(transport)
+    refused.dataReceived(b"\x16\x03\x01 a TLS ClientHello, no header")
+    assert transport.disconnecting

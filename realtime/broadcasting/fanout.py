@@ -33,7 +33,6 @@ and delivered in order, once.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 import uuid
@@ -56,7 +55,13 @@ from realtime.server import metrics
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
 from realtime.server.metrics import child
 from realtime.websocket import protocol
-from realtime.websocket.sessions import LOGOUT, SESSIONS_GROUP, SignedIn, session_end
+from realtime.websocket.sessions import (
+    LOGOUT,
+    SESSIONS_GROUP,
+    SessionChecks,
+    SignedIn,
+    session_end,
+)
 
 logger = logging.getLogger("realtime.broadcasting.fanout")
 
@@ -158,9 +163,8 @@ class Fanout:
         self.probe_group = f"realtime.fanout.probe.{uuid.uuid4().hex}"
         self.probe_token = 0
         self.probe_waiter: asyncio.Future[None] | None = None
-        # Signed-in sockets by when to look at their session again: (unix time, n, consumer, key).
-        self.session_checks: list[tuple[float, int, Any, str]] = []
-        self.session_checks_made = 0
+        # Open signed-in sockets by when to look at their session again.
+        self.session_checks = SessionChecks()
 
     # --- Sockets -------------------------------------------------------------------------
 
@@ -227,8 +231,7 @@ class Fanout:
 
     def _look_at_session_by(self, consumer: Any, key: str, ends_at: float) -> None:
         when = min(ends_at, self.wall_clock() + session_check_interval())
-        self.session_checks_made += 1
-        heapq.heappush(self.session_checks, (when, self.session_checks_made, consumer, key))
+        self.session_checks.look_by(consumer, key, when)
 
     async def _end_sessions_forever(self) -> None:
         while True:
@@ -243,11 +246,7 @@ class Fanout:
         store without a sign-out); look at the others again by their end. Returns how many
         were closed."""
         now = self.wall_clock()
-        due = []
-        while self.session_checks and self.session_checks[0][0] <= now:
-            _, _, consumer, key = heapq.heappop(self.session_checks)
-            if consumer in self.keys_of:
-                due.append((consumer, key))
+        due = self.session_checks.take_due(now)
         if not due:
             return 0
         keys = {key for _, key in due}
@@ -267,6 +266,7 @@ class Fanout:
 
     def unregister(self, consumer: Any) -> None:
         self.sockets.pop(consumer, None)
+        self.session_checks.forget(consumer)  # at once: a closed socket is never looked at
         self.streams.detach_all(consumer)
         for key in self.keys_of.pop(consumer, ()):
             self.signed_in[key].discard(consumer)

@@ -1,9 +1,15 @@
 """Presence: how many clients are connected now, per audience, summed over all workers.
 
-Each worker process counts its own sockets and keeps them in Redis under a key of its own
-(`realtime:presence:<host>:<pid>`) that expires PRESENCE_TTL seconds after its last refresh,
-so the counts of a worker that died vanish on their own. Without Redis (the in-memory
-layer) only this process's counts are known.
+Each worker process counts its own sockets and keeps them in Redis as one field
+(`<host>:<pid>`) of one hash (`realtime:audiences`), stamped with when it stops counting:
+PRESENCE_TTL seconds after the worker's last refresh, so the counts of a worker that died
+are ignored, then removed, on their own. One HGETALL reads every worker's counts: no SCAN,
+so no other key in Redis (a topic's presence set, which any signed-in user can create) makes
+reading the counts slower; each broadcast reads them for its "Recipients". (Earlier versions
+kept them in keys `realtime:presence:<host>:<pid>`, found by a SCAN that also walked every
+topic's presence key. Such a key is no longer read and expires within PRESENCE_TTL; during a
+rolling upgrade the counts leave out the workers not yet replaced.) Without Redis (the
+in-memory layer) only this process's counts are known.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -22,7 +29,7 @@ from realtime.broadcasting.redis_client import async_client, sync_client
 
 logger = logging.getLogger("realtime.broadcasting.presence")
 
-KEY_PREFIX = "realtime:presence:"
+COUNTS_KEY = "realtime:audiences"  # a hash: "<host>:<pid>" -> entry()
 PRESENCE_TTL = 15  # seconds: three missed refreshes and a worker counts as gone
 REFRESH_INTERVAL = 5
 AUDIENCES = ("everyone", "authenticated", "staff")
@@ -32,8 +39,13 @@ _changed: asyncio.Event | None = None
 _refresher: asyncio.Task[None] | None = None
 
 
-def process_key() -> str:
-    return f"{KEY_PREFIX}{socket.gethostname()}:{os.getpid()}"
+def process_field() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def entry(counts: dict[str, int], ttl: float = PRESENCE_TTL) -> str:
+    """A worker's field: its counts, and the unix time after which they no longer count."""
+    return json.dumps({"counts": counts, "until": time.time() + ttl})
 
 
 def joined(audiences: Iterable[str]) -> None:
@@ -65,7 +77,7 @@ async def _refresh_forever(client: redis.asyncio.Redis) -> None:
     while True:
         _changed.clear()
         try:
-            await client.set(process_key(), json.dumps(dict(local_counts)), ex=PRESENCE_TTL)
+            await _store(client)
             failing = False
         except (redis.RedisError, OSError) as exc:
             if not failing:
@@ -78,14 +90,27 @@ async def _refresh_forever(client: redis.asyncio.Redis) -> None:
             pass
 
 
+async def _store(client: redis.asyncio.Redis) -> None:
+    """This worker's field, and the hash's expiry: when every worker has stopped, it goes."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hset(COUNTS_KEY, process_field(), entry(dict(local_counts)))
+        pipe.expire(COUNTS_KEY, PRESENCE_TTL)
+        await pipe.execute()
+
+
 def counts() -> dict[str, int]:
     """Clients connected now per audience, over all workers (this process only without Redis)."""
     client = sync_client()
     if client is None:
         return {audience: max(local_counts[audience], 0) for audience in AUDIENCES}
     totals: Counter[str] = Counter()
-    keys = list(client.scan_iter(match=KEY_PREFIX + "*", count=1000))
-    for value in client.mget(keys) if keys else []:
-        if value is not None:
-            totals.update(json.loads(value))
+    now, stale = time.time(), []
+    for field, value in client.hgetall(COUNTS_KEY).items():
+        worker = json.loads(value)
+        if worker["until"] >= now:
+            totals.update(worker["counts"])
+        else:
+            stale.append(field)
+    if stale:  # a worker that died (a restarted one has another pid, so another field)
+        client.hdel(COUNTS_KEY, *stale)
     return {audience: max(totals[audience], 0) for audience in AUDIENCES}

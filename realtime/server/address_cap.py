@@ -11,34 +11,23 @@ address.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from collections import Counter
 from typing import Any
 
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+
 from realtime.quiet_logs import LOG_EVERY, OncePerInterval
 from realtime.server import metrics
+from realtime.server.client_address import client_key
 
 logger = logging.getLogger(__name__)
 
 
 def address_key(address: Any) -> str:
     """The client's IPv4 address, or its IPv6 /64; "" for what has no host (unix sockets)."""
-    return host_key(getattr(address, "host", "") or "")
-
-
-def host_key(host: str) -> str:
-    """An IPv4 address as it is; an IPv6 one as its /64 (one host commonly has all of it)."""
-    if ":" not in host:
-        return host
-    try:
-        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return client_key(getattr(address, "host", "") or "")
 
 
 DEFAULT_PER_ADDRESS = 256
@@ -88,11 +77,16 @@ class AddressCap:
 
 
 class CapByAddress:
-    """A mixin for Twisted's WrappingFactory (the TLS factory): `cap` admits each connection."""
+    """A mixin for Twisted's WrappingFactory (the TLS factory): `cap` admits each connection,
+    when it is built, or with `admit_at_first_bytes` when its first bytes arrive (its
+    protocol must be AdmitAtFirstBytes)."""
 
     cap: AddressCap
+    admit_at_first_bytes = False
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.admit_at_first_bytes:
+            return super().buildProtocol(addr)
         key = self.cap.admit(addr)
         if key is None:
             return None  # Twisted closes the connection
@@ -106,3 +100,24 @@ class CapByAddress:
     def unregisterProtocol(self, protocol: Any) -> None:
         super().unregisterProtocol(protocol)
         self.cap.release(getattr(protocol, "address_key", None))
+
+
+class AdmitAtFirstBytes(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, admitted by its factory's cap when its first bytes arrive.
+
+    Behind a PROXY header the peer known when the connection is built is the load balancer;
+    the header has been read (and the peer become the client) by the time the first TLS bytes
+    reach this layer. Refused: the connection is aborted before TLS reads anything."""
+
+    address_key: str | None = None
+    admitted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.admitted:
+            self.admitted = True
+            key = self.factory.cap.admit(self.getPeer())
+            if key is None:
+                self.transport.abortConnection()
+                return
+            self.address_key = key
+        super().dataReceived(data)

@@ -32,6 +32,7 @@ from twisted.web import http
 from realtime.conf import conf
 from realtime.server import hooks
 from realtime.server.access_log import log_access, writes_to_stdout
+from realtime.server.client_address import configured_policy
 from realtime.server.collector import tune_for_serving
 from realtime.server.compression import CompressionWebSocketProtocol, negotiator
 from realtime.server.frame_budget import FrameBudget
@@ -41,7 +42,11 @@ from realtime.server.request_deadline import channel_with_deadline
 from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from realtime.server.unsent import UnsentCap
 from realtime.server.writethrough import WriteThroughWebSocketProtocol
-from realtime.upstream import use_server_class_under_plain_daphne, with_factory_options
+from realtime.upstream import (
+    set_logged_client,
+    use_server_class_under_plain_daphne,
+    with_factory_options,
+)
 
 GOING_AWAY = 1001  # the close code for a server that is stopping (RFC 6455)
 
@@ -115,6 +120,8 @@ class RealtimeServer(Server):
         if writes_to_stdout(self.action_logger):  # daphne's --access-log FILE keeps its own
             self.action_logger = log_access
         self.timeouts = TimeoutSchedule()
+        # Who the client is, from the transport and the proxies trusted (client_address.py).
+        self.client_policy = configured_policy()
         self._ready_callable_given = self.ready_callable
         # ready_callable runs after daphne has built its WebSocket factory, before the reactor.
         self.ready_callable = self._before_serving
@@ -215,8 +222,14 @@ class RealtimeServer(Server):
         return looping
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
-        if scope["type"] == "websocket":
-            tls = transport_tls_info(protocol.transport)
+        tls = transport_tls_info(protocol.transport)
+        # The client's address as the transport and the trusted proxies say, never as the
+        # request alone says (daphne's --proxy-headers takes the first X-Forwarded-For entry).
+        scope = self.client_policy.resolve(scope, protocol.transport.getPeer(), tls is not None)
+        set_logged_client(protocol, scope.get("client"))
+        if scope["type"] == "http":
+            scope["scheme"] = "https" if tls else "http"
+        elif scope["type"] == "websocket":
             scope["scheme"] = "wss" if tls else "ws"
             extensions = scope.setdefault("extensions", {})
             if tls:

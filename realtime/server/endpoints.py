@@ -2,6 +2,7 @@
 
     realtime:PORT:privateKey=KEY:certKey=CERT[:interface=ADDR][:backlog=N]
              [:reusePort=yes|no][:extraCertChain=FILE][:profile=intermediate|modern]
+             [:proxyProtocol=yes|no]
 
 It is the stock `ssl:` endpoint with two differences. Its TLS settings follow one of Mozilla's
 profiles (realtime/tls/profiles.py; `intermediate` unless `profile=modern`), where `ssl:` also
@@ -16,6 +17,11 @@ only serves plaintext on an inherited socket.
 
 `certKey` may hold the whole chain (leaf first, as a fullchain.pem does); the stock `ssl:`
 endpoint reads only its first certificate.
+
+`proxyProtocol=yes` (also `1`) puts a TCP load balancer's PROXY header before TLS: only peers
+in REALTIME_TRUSTED_PROXIES may connect, each must send the header, and the client address in
+it is the connection's peer from then on (realtime/server/proxy_protocol.py); the per-address
+cap then counts that address, admitted when the header has arrived.
 """
 
 from __future__ import annotations
@@ -41,15 +47,22 @@ from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from realtime.server.address_cap import AddressCap, CapByAddress, connections_per_address
+from realtime.server.address_cap import (
+    AddressCap,
+    AdmitAtFirstBytes,
+    CapByAddress,
+    connections_per_address,
+)
+from realtime.server.client_address import configured_trusted_proxies
 from realtime.server.listeners import inherited_listener
+from realtime.server.proxy_protocol import with_proxy_protocol
 from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import escape_endpoint_value
 from realtime.tls.profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
 from realtime.upstream import clear_option, set_key_exchange_groups
 
 PREFIX = "realtime"
-YES_NO = {"yes": True, "no": False}
+YES_NO = {"yes": True, "no": False, "1": True, "0": False, "true": True, "false": False}
 TWISTED_TLS_VERSIONS = {"TLSv1.2": TLSVersion.TLSv1_2, "TLSv1.3": TLSVersion.TLSv1_3}
 DRAIN = 0.5  # seconds a stopping server still serves the connections it accepted last
 
@@ -163,36 +176,31 @@ def server_tls_options(
 # --- Endpoint --------------------------------------------------------------------------------
 
 
-@implementer(IStreamServerEndpoint)
 class CappedTLSFactory(CapByAddress, WriteThroughTLSFactory):
     """The TLS wrapper, admitting at most `cap.limit` connections per client address."""
 
 
-class ReusePortTLSEndpoint:
-    """Listens for TLS on a TCP port, with SO_REUSEPORT when `reuse_port` is true."""
+class CappedAfterProxyHeaderTLSFactory(CappedTLSFactory):
+    """The same behind a PROXY header: a connection is admitted at its first bytes past the
+    header, when its peer is the client the header named, not the balancer."""
+
+    protocol = AdmitAtFirstBytes
+    admit_at_first_bytes = True
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortTCPEndpoint:
+    """Listens on a TCP port: the socket `serve`'s supervisor handed down for it, else one of
+    its own, with SO_REUSEPORT when `reuse_port` is true."""
 
     def __init__(
-        self,
-        reactor: Any,
-        port: int,
-        tls_options: CertificateOptions,
-        backlog: int = 50,
-        interface: str = "",
-        reuse_port: bool = True,
+        self, reactor: Any, port: int, backlog: int, interface: str, reuse_port: bool
     ) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.tls_options = tls_options
-        self.backlog = backlog
-        self.interface = interface
-        self.reuse_port = reuse_port
+        self.reactor, self.port, self.backlog = reactor, port, backlog
+        self.interface, self.reuse_port = interface, reuse_port
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
-        # a TLS layer that writes at once (realtime/server/writethrough.py).
-        tls_factory = CappedTLSFactory(self.tls_options, False, factory)
-        tls_factory.cap = AddressCap(connections_per_address(), "TLS")
-        adopted = adopt_inherited(self.reactor, self.port, tls_factory)
+        adopted = adopt_inherited(self.reactor, self.port, factory)
         if adopted is not None:
             return adopted
         # tcp.Port accepts a Binding in place of the port number.
@@ -202,9 +210,46 @@ class ReusePortTLSEndpoint:
         )
         # The interface is passed too: tcp.Port picks IPv6 from it, not from the Binding.
         listening = defer.execute(
-            self.reactor.listenTCP, binding, tls_factory, self.backlog, self.interface
+            self.reactor.listenTCP, binding, factory, self.backlog, self.interface
         )
         return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
+
+
+@implementer(IStreamServerEndpoint)
+class ReusePortTLSEndpoint:
+    """Listens for TLS on a TCP port, with SO_REUSEPORT when `reuse_port` is true, and after
+    a PROXY header when `proxy_protocol` is true."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        port: int,
+        tls_options: CertificateOptions,
+        backlog: int = 50,
+        interface: str = "",
+        reuse_port: bool = True,
+        proxy_protocol: bool = False,
+    ) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.tls_options = tls_options
+        self.backlog = backlog
+        self.interface = interface
+        self.reuse_port = reuse_port
+        self.proxy_protocol = proxy_protocol
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
+        # a TLS layer that writes at once (realtime/server/writethrough.py).
+        kind = CappedAfterProxyHeaderTLSFactory if self.proxy_protocol else CappedTLSFactory
+        tls_factory = kind(self.tls_options, False, factory)
+        tls_factory.cap = AddressCap(connections_per_address(), "TLS")
+        tcp: Any = ReusePortTCPEndpoint(
+            self.reactor, self.port, self.backlog, self.interface, self.reuse_port
+        )
+        if self.proxy_protocol:
+            tcp = with_proxy_protocol(tcp, configured_trusted_proxies())
+        return tcp.listen(tls_factory)
 
 
 def adopt_inherited(
@@ -291,6 +336,7 @@ class ReusePortTLSParser:
         reusePort: str = "no",
         extraCertChain: str | None = None,
         profile: str = DEFAULT_PROFILE,
+        proxyProtocol: str = "no",
     ) -> ReusePortTLSEndpoint:
         port_number = _port_number(port)
         if not privateKey or not certKey:
@@ -305,6 +351,7 @@ class ReusePortTLSParser:
             backlog=int(backlog),
             interface=interface,
             reuse_port=reuse_port,
+            proxy_protocol=_yes_no("proxyProtocol", proxyProtocol),
         )
 
 
@@ -319,6 +366,7 @@ def realtime_endpoint(
     *,
     reuse_port: bool = False,
     profile: str | None = None,
+    proxy_protocol: bool = False,
 ) -> str:
     """A `realtime:` endpoint string (pure: no file is read).
 
@@ -345,6 +393,8 @@ def realtime_endpoint(
         parts.append("reusePort=yes")
     if profile is not None:
         parts.append("profile=" + tls_profile(profile).name)
+    if proxy_protocol:
+        parts.append("proxyProtocol=yes")
     return ":".join(parts)
 
 
@@ -354,10 +404,13 @@ def reuseport_endpoint(
     key: Path | str,
     interface: str | None = None,
     profile: str | None = None,
+    proxy_protocol: bool = False,
 ) -> str:
     """A `realtime:` endpoint string with reusePort=yes (pure: no file is read).
 
     >>> reuseport_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem")
     'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:reusePort=yes'
     """
-    return realtime_endpoint(port, cert, key, interface, reuse_port=True, profile=profile)
+    return realtime_endpoint(
+        port, cert, key, interface, reuse_port=True, profile=profile, proxy_protocol=proxy_protocol
+    )

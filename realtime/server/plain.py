@@ -12,44 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IStreamServerEndpoint,
-    IStreamServerEndpointStringParser,
-)
-from twisted.internet.tcp import makeBinding
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from realtime.server.endpoints import adopt_inherited, stop_accepting_on_shutdown
+from realtime.server.endpoints import ReusePortTCPEndpoint
 from realtime.tls.devca import escape_endpoint_value
 
 PREFIX = "realtime-plain"
 
 
-@implementer(IStreamServerEndpoint)
-class PlainEndpoint:
-    """Listens for plain TCP, on the inherited socket of its slot or with SO_REUSEPORT."""
-
-    def __init__(
-        self, reactor: Any, port: int, backlog: int, interface: str, reuse_port: bool
-    ) -> None:
-        self.reactor, self.port, self.backlog = reactor, port, backlog
-        self.interface, self.reuse_port = interface, reuse_port
-
-    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        adopted = adopt_inherited(self.reactor, self.port, factory)
-        if adopted is not None:
-            return adopted
-        binding = makeBinding(
-            self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
-        )
-        listening = defer.execute(
-            self.reactor.listenTCP, binding, factory, self.backlog, self.interface
-        )
-        return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
+# Plain TCP on the inherited socket of its slot, or with SO_REUSEPORT.
+PlainEndpoint = ReusePortTCPEndpoint
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)

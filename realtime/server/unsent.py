@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from twisted.protocols.tls import TLSMemoryBIOProtocol
-
+from realtime.server.writethrough import tcp_transport_of
 from realtime.upstream import limit_write_buffer
 
 logger = logging.getLogger(__name__)
@@ -57,8 +56,7 @@ class UnsentCap:
         super().onOpen()
         if self.max_unsent > 0:
             transport = self.transport
-            tcp = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
-            limit_write_buffer(tcp, self.max_unsent)
+            limit_write_buffer(tcp_transport_of(transport), self.max_unsent)
             # Twisted's HTTPChannel registered itself when the connection was still HTTP, and
             # would only stop reading from a client that stops reading: it makes way.
             transport.unregisterProducer()

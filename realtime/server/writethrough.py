@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
 from realtime.server.closing import AppCloseWebSocketProtocol
@@ -42,6 +43,14 @@ class WriteThroughTLSFactory(TLSMemoryBIOFactory):
     protocol = TLSMemoryBIOProtocol
 
 
+def tcp_transport_of(transport: Any) -> Any:
+    """The TCP transport under a socket's protocol wrappers (TLS; the PROXY header's reader,
+    realtime/server/proxy_protocol.py): each wrapper's write passes straight down to it."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
+
+
 def write_through(transport: Any) -> set[str]:
     """Switch an open WebSocket's transport (TLS over TCP, or TCP) to writing at once.
 
@@ -49,7 +58,7 @@ def write_through(transport: Any) -> set[str]:
     {"tcp"} over plain TCP or over a TLS wrapper that buffers (daphne's stock `ssl:`)."""
     layers = set()
     tls = transport if isinstance(transport, TLSMemoryBIOProtocol) else None
-    tcp = tls.transport if tls is not None else transport
+    tcp = tcp_transport_of(transport)
     if send_when_idle(tcp):
         layers.add("tcp")
     if tls is not None and not isinstance(tls, BufferingTLSTransport):

@@ -32,7 +32,7 @@ from realtime.server import metrics
 from realtime.server.metrics import child
 from realtime.server.worker import worker_id
 from realtime.upstream import handler_name
-from realtime.websocket import protocol
+from realtime.websocket import protocol, replays
 from realtime.websocket.protocol import TRY_AGAIN_LATER
 from realtime.websocket.sessions import signed_in_session
 
@@ -62,6 +62,19 @@ def url_position(value: str) -> tuple[str, int] | None:
         return protocol.position({"epoch": epoch, "offset": int(offset)}, "invalid_resume")
     except (ValueError, protocol.ProtocolError):
         return None
+
+
+def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
+    """The socket's user as the database has it now, and whether it may subscribe to `topic`.
+
+    Not the user loaded at connect: Django caches permissions on a user object at its first
+    `has_perm`, so a right revoked since would come back at the next subscribe (and an app's
+    `authorize` may read other state cached on it). A fresh object costs one query by primary
+    key (none for an anonymous socket); a user deleted or deactivated since is anonymous."""
+    user = delivery.current_user(consumer)
+    if topic == topics.USER:
+        return user, is_authenticated(user)
+    return user, not delivery.forbidden_topics(user, [topic])
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -123,6 +136,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
+        self.replay_budget = replays.ReplayBudget(self.scope)
+        wait = self.replay_budget.take(self._replays_asked())
+        if wait > 0:
+            await self._too_many_replays(wait)
+            return
         presence.joined(self.audiences)
         self._counted = True
         signed_in = signed_in_session(self.scope)
@@ -146,6 +164,21 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         finally:
             for subscription, _ in resuming:
                 subscription.release()
+
+    def _replays_asked(self) -> int:
+        """How many replays the positions in the URL ask for (`user` only when signed in)."""
+        asked = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        own = {"user"} if self._own_stream() is not None else set()
+        return sum(key in asked for key in ("broadcasts", *own))
+
+    async def _too_many_replays(self, wait: float) -> None:
+        # Before the welcome and before any live message: the client keeps the positions it
+        # has and reconnects with them later (1013), so refusing loses it nothing.
+        seconds = replays.retry_after(wait)
+        logger.info("Refused a WebSocket's replays: too many from its address (1013).")
+        metrics.refuse("replays_per_address")
+        reason = f"Too many replays from your address: reconnect in {seconds} s"
+        await self.close(code=TRY_AGAIN_LATER, reason=reason)
 
     def _resuming(self) -> list[tuple[Subscription, tuple[str, int] | None]]:
         """The socket's streams the client asked to resume in its URL (`?broadcasts=E:N` and
@@ -240,6 +273,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         subscription = delivery.fanout.streams.subscription(self, BROADCASTS)
         if subscription is None:  # closing: its fan-out lost the layer
             return
+        if not await self._may_replay():
+            return
         subscription.hold()
         try:
             await self._replay_broadcasts(subscription, epoch, after)
@@ -255,25 +290,36 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
         count_replayed(subscription.name, len(replay.entries))
+        self.replay_budget.charge(len(replay.entries))
         live_after = max(after, upto)  # a client may hold more than this worker delivered
         await self.send(text_data=protocol.resumed(replay.epoch, live_after, len(replay.entries)))
 
     async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
         """Subscribe to a topic its pattern allows this user, from `since` when given (what
         was missed first, then live messages), else from now."""
-        name = await self._stream_allowed(topic)
-        if name is None:
+        allowed = await self._stream_allowed(topic)
+        if allowed is None:
+            return
+        name, user = allowed
+        if since is not None and not await self._may_replay(topic):
             return
         epoch, subscription = await delivery.fanout.subscribe(self, name, topic)
         try:
             await self._start(subscription, epoch, since)
             if topics.is_presence_topic(topic):
-                await self._enter_presence(subscription, topic)
+                await self._enter_presence(subscription, topic, user)
         finally:
             subscription.release()
 
-    async def _enter_presence(self, subscription: Subscription, topic: str) -> None:
-        user = self.scope.get("user")
+    async def _may_replay(self, topic: str | None = None) -> bool:
+        """Whether this socket's replay budget (and its address's) allows one more replay;
+        if not, the client is told to ask again later, and nothing changes."""
+        wait = self.replay_budget.take()
+        if wait > 0:
+            await self.send(text_data=replays.refused(wait, topic))
+        return wait == 0
+
+    async def _enter_presence(self, subscription: Subscription, topic: str, user: Any) -> None:
         if topics.presence_needs_database(topic):
             sees = await database_sync_to_async(topics.sees_presence)(user, topic)
         else:
@@ -282,24 +328,25 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if sees:
             await self.send(text_data=protocol.presence(topic, users))
 
-    async def _stream_allowed(self, topic: str) -> str | None:
-        """The stream behind `topic` if this socket may subscribe to it; else None, answered."""
-        user = self.scope.get("user")
-        if topic == topics.USER:
-            name = self._own_stream()
-        elif self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
-            delivery.fanout.streams.subscription(self, topic) is None
-        ):
+    async def _stream_allowed(self, topic: str) -> tuple[str, Any] | None:
+        """The stream behind `topic` and the socket's user as stored now, if it may subscribe
+        to it; else None, answered."""
+        if topic != topics.USER and self._too_many_subscriptions(topic):
             detail = f"At most {conf.REALTIME_WS_MAX_SUBSCRIPTIONS} topics per socket."
             await self.send(text_data=protocol.topic_error("too_many_subscriptions", topic, detail))
             return None
-        else:
-            forbidden = await database_sync_to_async(delivery.forbidden_topics)(user, [topic])
-            name = None if forbidden else topic
+        user, allowed = await database_sync_to_async(access_now)(self, topic)
+        name = (self._own_stream() if topic == topics.USER else topic) if allowed else None
         if name is None:
             detail = "This socket may not subscribe to that topic."
             await self.send(text_data=protocol.topic_error("forbidden", topic, detail))
-        return name
+            return None
+        return name, user
+
+    def _too_many_subscriptions(self, topic: str) -> bool:
+        return self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
+            delivery.fanout.streams.subscription(self, topic) is None
+        )
 
     def _app_subscriptions(self) -> int:
         subscriptions = delivery.fanout.streams.subscriptions_of(self)
@@ -323,6 +370,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
         count_replayed(subscription.name, len(replay.entries))
+        self.replay_budget.charge(len(replay.entries))
 
     def _own_stream(self) -> str | None:
         """The stream of topic "user" on this socket: its user's own; None when anonymous."""

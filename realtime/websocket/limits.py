@@ -20,10 +20,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from django.conf import settings
-
 from realtime.conf import conf
 from realtime.server import metrics
+from realtime.server.client_address import scope_client_key
 from realtime.server.frame_budget import TokenBucket
 from realtime.server.metrics import child
 from realtime.websocket import protocol
@@ -39,16 +38,9 @@ open_per_client: Counter[str] = Counter()
 
 
 def client_address(scope: dict[str, Any]) -> str | None:
-    """The client's address: the last X-Forwarded-For entry when proxy headers are trusted
-    (the one the trusted proxy added; earlier ones are the client's word), else the peer's."""
-    if getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                last = value.decode("latin1").split(",")[-1].strip()
-                if last:
-                    return last
-    client = scope.get("client")
-    return str(client[0]) if client else None
+    """The client's address bucket (IPv6: its /64), as the server decided it from the transport
+    and the trusted proxies (realtime/server/client_address.py); None without one."""
+    return scope_client_key(scope) or None
 
 
 class ConnectionCapMiddleware:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import ParseResult
+from urllib.parse import ParseResult, urlparse, urlsplit
 
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 
 from realtime.conf import conf
@@ -75,6 +75,7 @@ class TransportSchemeMiddleware:
 
 # --- Origins ---------------------------------------------------------------------------------
 
+DEFAULT_PORTS = {"https": 443, "http": 80}
 MAX_LOGGED_ORIGINS = 100  # distinct refused origins logged per process: a client picks them
 _logged_origins: set[str] = set()
 
@@ -86,8 +87,11 @@ def describe_origin(parsed: ParseResult | None) -> str:
     return repr(parsed.geturl()[:200])
 
 
-def refusal_reason(parsed: ParseResult | None, by_origin: bool) -> str:
-    """Why an origin was refused, in terms of the setting an operator would change."""
+def refusal_reason(parsed: ParseResult | None, by_origin: bool | str) -> str:
+    """Why an origin was refused, in terms of the setting an operator would change (or the
+    reason itself, when given as text)."""
+    if isinstance(by_origin, str):
+        return by_origin
     if parsed is None:
         return "browsers always send Origin; other clients must send it too"
     if parsed.hostname is None:
@@ -99,7 +103,7 @@ def refusal_reason(parsed: ParseResult | None, by_origin: bool) -> str:
     return f"host {parsed.hostname!r} is not in ALLOWED_HOSTS (DJANGO_ALLOWED_HOSTS)"
 
 
-def log_refused_origin(parsed: ParseResult | None, by_origin: bool) -> None:
+def log_refused_origin(parsed: ParseResult | None, by_origin: bool | str) -> None:
     """One WARNING per distinct origin: a wrong ALLOWED_HOSTS otherwise fails silently (403)."""
     origin = describe_origin(parsed)
     if origin in _logged_origins or len(_logged_origins) > MAX_LOGGED_ORIGINS:
@@ -130,12 +134,69 @@ class LoggingOriginValidator(OriginValidator):
         return valid
 
 
-def origin_validator(app: Any) -> LoggingOriginValidator:
+def origin_validator(app: Any) -> Any:
     """REALTIME_ALLOWED_ORIGINS when set (exact scheme, host and port); else ALLOWED_HOSTS,
-    which compares the Origin's host only, like Channels' AllowedHostsOriginValidator."""
+    which compares the Origin's host, like Channels' AllowedHostsOriginValidator, and with
+    REALTIME_REQUIRE_TLS on also its scheme (https) and port (the one the socket was opened
+    on): a page of another service on the same host (http://localhost:1) is not this site."""
     if conf.REALTIME_ALLOWED_ORIGINS:
         return LoggingOriginValidator(app, conf.REALTIME_ALLOWED_ORIGINS, by_origin=True)
-    return LoggingOriginValidator(app, allowed_hosts(), by_origin=False)
+    by_host = LoggingOriginValidator(app, allowed_hosts(), by_origin=False)
+    return SecureSameSiteOrigin(by_host)
+
+
+def host_header_port(scope: dict[str, Any]) -> int:
+    """The port the client opened the socket on, from its Host header (443 when it names
+    none: the default of wss)."""
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            port = urlsplit("//" + value.decode("latin1")).port
+            return port if port is not None else 443
+    return 443
+
+
+def origin_of(scope: dict[str, Any]) -> ParseResult | None:
+    for name, value in scope.get("headers", []):
+        if name == b"origin":
+            return urlparse(value.decode("latin1"))
+    return None
+
+
+class SecureSameSiteOrigin:
+    """With REALTIME_REQUIRE_TLS on, a WSS handshake whose Origin is not https on the port the
+    socket was opened on is refused with 403 (before the host check, which still applies).
+    No Origin at all is left to the host check, which refuses it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        # A socket not over TLS is RequireTLSMiddleware's to close, with its clearer 1008.
+        if scope.get("scheme") == "wss" and conf.REALTIME_REQUIRE_TLS:
+            reason = self.refusal(scope)
+            if reason is not None:
+                log_refused_origin(origin_of(scope), reason)
+                metrics.refuse("origin")
+                return await WebsocketDenier()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    def refusal(scope: dict[str, Any]) -> str | None:
+        try:
+            origin = origin_of(scope)
+            if origin is None or origin.hostname is None:
+                return None
+            port = origin.port if origin.port is not None else DEFAULT_PORTS.get(origin.scheme)
+        except (UnicodeDecodeError, ValueError):
+            return "the Origin header is not a valid origin"
+        if origin.scheme != "https":
+            return "with REALTIME_REQUIRE_TLS only https origins are this site"
+        if port != host_header_port(scope):
+            return (
+                "its port is not the one this socket was opened on (a page of another service "
+                "on the same host); list it in REALTIME_ALLOWED_ORIGINS to allow it"
+            )
+        return None
 
 
 def allowed_hosts() -> list[str]:

@@ -437,6 +437,28 @@ test("error forbidden for a topic: removed, onEnd, not re-sent on reconnect", ()
   assert.deepEqual(second.sentOf("subscribe").map((m) => m.topic), ["orders.42"]);
 });
 
+test("a subscribe refused for the replay budget is sent again after retry_after, same since", () => {
+  const ctx = setup();
+  const ended = [];
+  ctx.rt.subscribe("orders.42", () => {}, { onEnd: (reason) => ended.push(reason) });
+  const first = welcomed(ctx);
+  first.receive({ type: "subscribed", topic: "orders.42", epoch: "e3", offset: 6 });
+  first.receive({ type: "message", topic: "orders.42", event: "message", data: 1, offset: 7 });
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  const second = welcomed(ctx);
+  assert.equal(second.sentOf("subscribe").length, 1);
+  second.receive({ type: "error", code: "rate_limited", topic: "orders.42", detail: "later", retry_after: 2 });
+  assert.deepEqual(ended, []);
+  ctx.clock.advance(1999);
+  assert.equal(second.sentOf("subscribe").length, 1);
+  ctx.clock.advance(1);
+  const again = second.sentOf("subscribe");
+  assert.equal(again.length, 2);
+  assert.deepEqual(again[1].since, { epoch: "e3", offset: 7 });
+  assert.equal(ctx.events.error.length, 1);
+});
+
 test("unsubscribed forbidden: removed, onEnd, unsubscribed event, not re-sent; requested is only an answer", () => {
   const ctx = setup();
   const ended = [];

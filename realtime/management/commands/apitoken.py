@@ -1,10 +1,15 @@
-"""`manage.py apitoken create NAME [--scope broadcasts|topic:PATTERN ...]`, `apitoken revoke
-NAME`, `apitoken list`: tokens for the HTTP publish API (realtime/api_tokens.py)."""
+"""`manage.py apitoken create NAME --user USERNAME [--scope broadcasts|topic:PATTERN ...]`,
+`apitoken revoke NAME`, `apitoken list`: tokens for the HTTP publish API (realtime/api_tokens.py).
+
+A token acts for the user named with --user and carries only rights that user holds, then and
+at every use: shell access does not stand in for a user, or a deleted creator would leave a
+token no rights could be taken from."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from realtime import api_tokens
@@ -22,6 +27,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("name", nargs="?", help="The token's name.")
         parser.add_argument(
+            "--user",
+            metavar="USERNAME",
+            help="For create (required): the user the token acts for. It may carry only scopes "
+            "this user holds the permission for (broadcasts: realtime.add_broadcast; topic: "
+            "realtime.add_topicmessage), and stops working for one when they lose it.",
+        )
+        parser.add_argument(
             "--scope",
             action="append",
             dest="scopes",
@@ -34,13 +46,15 @@ class Command(BaseCommand):
         action = options["action"]
         if action != "list" and not options["name"]:
             raise CommandError(f"apitoken {action} needs the token's NAME.")
-        if options["scopes"] and action != "create":
-            raise CommandError("--scope goes with apitoken create only.")
+        if (options["scopes"] or options["user"]) and action != "create":
+            raise CommandError("--scope and --user go with apitoken create only.")
         getattr(self, action)(options)
 
     def create(self, options: dict[str, Any]) -> None:
+        creator = self.creator(options["user"])
+        scopes = options["scopes"] or [api_tokens.BROADCASTS]
         try:
-            token, secret = api_tokens.create(options["name"], options["scopes"] or ["broadcasts"])
+            token, secret = api_tokens.create(options["name"], scopes, created_by=creator)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.stderr.write(
@@ -49,14 +63,29 @@ class Command(BaseCommand):
         )
         self.stdout.write(secret)
 
+    def creator(self, username: str | None) -> Any:
+        if not username:
+            raise CommandError(
+                "apitoken create needs --user USERNAME: the token acts for that user and "
+                "carries only rights they hold."
+            )
+        users = get_user_model()._default_manager
+        try:
+            return users.get_by_natural_key(username)
+        except users.model.DoesNotExist:
+            raise CommandError(f"No user is named {username!r}.") from None
+
     def revoke(self, options: dict[str, Any]) -> None:
         if not api_tokens.revoke(options["name"]):
             raise CommandError(f"No active token is named {options['name']!r}.")
         self.stdout.write(f"Token {options['name']!r} revoked.")
 
     def list(self, options: dict[str, Any]) -> None:
-        for token in ApiToken.objects.order_by("name", "-created_at"):
+        for token in ApiToken.objects.select_related("created_by").order_by("name", "-created_at"):
             state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
             used = f"{token.last_used_at:%Y-%m-%d %H:%M}" if token.last_used_at else "never"
             scopes = ",".join(token.scopes)
-            self.stdout.write(f"{token.name}\t{token.prefix}…\t{scopes}\t{state}\tlast used {used}")
+            creator = token.created_by or "no user (refused)"
+            self.stdout.write(
+                f"{token.name}\t{token.prefix}…\t{scopes}\tfor {creator}\t{state}\tlast used {used}"
+            )

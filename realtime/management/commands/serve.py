@@ -1,7 +1,7 @@
 """`serve`: N daphne workers on one public TLS port, supervised, for production.
 
     python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
-        [--redirect-http 80]
+        [--redirect-http 80] [--proxy-protocol]
 
 Each worker is `python -m realtime.server -e realtime:PORT:...:reusePort=yes:profile=P
 <ASGI_APPLICATION>` (`realtime-daphne`: daphne's command line with realtime's Server): the
@@ -10,6 +10,8 @@ that the kernel spreads connections over them (realtime/server/endpoints.py), an
 channel layer between them. The supervisor opens each worker's listening sockets and keeps them
 across that worker's restarts (realtime/server/listeners.py). With --redirect-http each worker
 also answers plain HTTP on that port with a redirect to HTTPS (realtime/server/redirect.py).
+With --proxy-protocol each connection must start with a TCP load balancer's PROXY header, from
+REALTIME_TRUSTED_PROXIES only (realtime/server/proxy_protocol.py).
 realtime/server/supervisor.py restarts a worker that dies, replaces them one at a time on SIGHUP
 (to load a renewed certificate) and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
 """
@@ -77,6 +79,13 @@ class Command(BaseCommand):
             "DJANGO_TRUST_PROXY_HEADERS=1; no certificate here.",
         )
         parser.add_argument(
+            "--proxy-protocol",
+            action="store_true",
+            help="Behind a TCP load balancer that sends the PROXY protocol (HAProxy's "
+            "send-proxy-v2): take each client's address from it. Only REALTIME_TRUSTED_PROXIES "
+            "may connect; every connection must start with the header.",
+        )
+        parser.add_argument(
             "--host",
             "--bind",
             default="127.0.0.1",
@@ -129,21 +138,35 @@ class Command(BaseCommand):
         if getattr(settings, "STATIC_ROOT", None):
             call_command("collectstatic", interactive=False, verbosity=0)
         shown = f"[{host}]" if ":" in host else host
+        trusted = ", ".join(conf.REALTIME_TRUSTED_PROXIES)
         if options["plain"]:
-            # daphne takes the client's address from X-Forwarded-For (the proxy sets it).
-            endpoints = ["--proxy-headers", "-e", plain_endpoint(port, host, reuse_port=True)]
+            # No daphne --proxy-headers: it would take the first X-Forwarded-For entry, the
+            # client's own word. RealtimeServer takes the trusted proxy's (client_address.py).
+            endpoints = ["-e", plain_endpoint(port, host, reuse_port=True)]
             self._log(
                 f"Serving plain http://{shown}:{port}/ with {workers} daphne worker(s) for a "
-                "TLS-terminating proxy (X-Forwarded-* trusted)."
+                f"TLS-terminating proxy (X-Forwarded-* believed from {trusted} only)."
             )
         else:
             profile = conf.REALTIME_TLS_PROFILE
-            endpoint = reuseport_endpoint(port, cert.resolve(), key.resolve(), host, profile)
+            proxy_protocol = options["proxy_protocol"]
+            endpoint = reuseport_endpoint(
+                port, cert.resolve(), key.resolve(), host, profile, proxy_protocol=proxy_protocol
+            )
             endpoints = ["-e", endpoint]
             self._log(
                 f"Serving https://{shown}:{port}/ with {workers} daphne worker(s), "
                 f"TLS profile {profile}."
             )
+            if proxy_protocol:
+                self._log(f"PROXY protocol on: connections from {trusted} only, header first.")
+            if getattr(settings, "SECURE_PROXY_SSL_HEADER", None):
+                logger.warning(
+                    "Warning: DJANGO_TRUST_PROXY_HEADERS is set, but X-Forwarded-* headers are "
+                    "never believed on TLS connections (nothing between a TLS client and this "
+                    "server can have written them). Behind a TCP load balancer use "
+                    "--proxy-protocol; behind an HTTP proxy, --plain."
+                )
         webroot = self._acme_webroot(options["acme_webroot"], http_port)
         if http_port is not None:
             redirect = redirect_endpoint(
@@ -165,7 +188,7 @@ class Command(BaseCommand):
 
     def _check_descriptors(self, plain: bool) -> None:
         limit = raise_to_hard_limit()
-        # Behind a proxy every connection comes from the proxy: no per-address cap applies.
+        # Behind an HTTP proxy every connection comes from the proxy: no per-address TCP cap.
         warning = None if plain else too_few_for(limit, conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
         if warning:
             logger.warning("Warning: %s", warning)
@@ -184,16 +207,19 @@ class Command(BaseCommand):
         """Plain workers only make sense behind a proxy whose headers are trusted: without
         them every WebSocket would be refused as not secure (REALTIME_REQUIRE_TLS) and every
         client would share the proxy's address."""
-        for option in ("cert", "key", "redirect_http", "acme_webroot"):
+        for option in ("cert", "key", "redirect_http", "acme_webroot", "proxy_protocol"):
             if options[option]:
                 flag = "--" + option.replace("_", "-")
-                raise CommandError(f"{flag} does not go with --plain: the proxy holds TLS.")
+                raise CommandError(
+                    f"{flag} does not go with --plain: the proxy holds TLS and sends "
+                    "X-Forwarded-For."
+                )
         if getattr(settings, "SECURE_PROXY_SSL_HEADER", None) is None:
             raise CommandError(
                 "--plain needs DJANGO_TRUST_PROXY_HEADERS=1 (SECURE_PROXY_SSL_HEADER): the "
                 "workers learn from the proxy's X-Forwarded-Proto and X-Forwarded-For that "
-                "a client came over TLS, and from where. Only for workers the proxy alone "
-                "can reach (--host 127.0.0.1)."
+                "a client came over TLS, and from where (believed from REALTIME_TRUSTED_PROXIES "
+                "only). Only for workers the proxy alone can reach (--host 127.0.0.1)."
             )
 
     def _wait_for_services(self, seconds: float) -> None:

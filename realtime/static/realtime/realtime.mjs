@@ -28,7 +28,9 @@
  * A position is an epoch (`subscribed`, welcome, resumed, resume_failed) and the largest offset
  * delivered: lower offsets and repeated broadcast ids are dropped, and a topic's messages before
  * its `subscribed` too (its replay has them). `resume_failed` calls onReset; `unsubscribed`
- * forbidden and `error` about a topic call onEnd and end it. Unsubscribing "user" sends nothing.
+ * forbidden and `error` about a topic call onEnd and end it, except `rate_limited` with
+ * `retry_after` (a replay over the server's budget): the subscribe is sent again after it.
+ * Unsubscribing "user" sends nothing.
  *
  * paused: open, but `status` live: false until live: true. closed includes the wait to reconnect
  * (reconnectIn ms): full-jitter backoff, 500 ms * 2^attempt capped at 30 s, attempts reset after
@@ -394,11 +396,30 @@ export function connect(options = {}) {
   }
 
   function onError(msg) {
-    if (typeof msg.topic === "string" && subscriptions.has(msg.topic)) {
+    if (msg.code === "rate_limited" && typeof msg.retry_after === "number") {
+      // A replay over the server's budget was refused whole, nothing changed: ask again later.
+      retryLater(msg);
+      emit("error", msg);
+    } else if (typeof msg.topic === "string" && subscriptions.has(msg.topic)) {
       endSubscription(msg.topic, msg.code || "forbidden", msg.detail);
     } else {
       emit("error", msg);
     }
+  }
+
+  // A refused subscribe is sent again after `retry_after` seconds, on the same socket only
+  // (a new socket subscribes to everything anyway) and only while it is still wanted.
+  function retryLater(msg) {
+    const subscription = subscriptions.get(msg.topic);
+    if (typeof msg.topic !== "string" || !subscription) {
+      return;
+    }
+    const socket = ws;
+    clock.setTimeout(() => {
+      if (ws === socket && welcome && subscriptions.get(msg.topic) === subscription) {
+        sendSubscribe(msg.topic);
+      }
+    }, msg.retry_after * 1000);
   }
 
   function onStatus(msg) {

@@ -1,0 +1,186 @@
+"""The client's real address, decided once per request or socket by the server, from what it
+can trust; every per-address decision and log line reads the result.
+
+Where the address comes from, by how the connection arrived:
+
+- **Directly** (TLS on the `realtime:` endpoint, or plain HTTP): the TCP peer.
+- **Through a TCP load balancer speaking the PROXY protocol** (`realtime:...:proxyProtocol=yes`,
+  `serve --proxy-protocol`; HAProxy's `send-proxy-v2`): the source address in the header the
+  balancer sent first (realtime/server/proxy_protocol.py). Only a peer in REALTIME_TRUSTED_PROXIES
+  may send one; any other connection, and any connection without a header, is closed.
+- **Through an HTTP proxy on a plain connection** (`serve --plain` behind nginx) whose address
+  is in REALTIME_TRUSTED_PROXIES, with proxy headers trusted (DJANGO_TRUST_PROXY_HEADERS=1):
+  the right-most `X-Forwarded-For` entry (all header lines, in order) that is not itself a
+  trusted proxy. Entries to its left are the client's own word and never decide anything.
+
+From anyone else, and on every TLS connection (nothing between a TLS client and daphne can
+have written them), the `X-Forwarded-*` and `Forwarded` headers are removed from the request
+before the application sees it: Django's SECURE_PROXY_SSL_HEADER and anything else reading
+them only ever sees what a trusted proxy wrote.
+
+`client_key()` is the one bucket every per-address counter uses: an IPv4 address as it is, an
+IPv6 one as its /64 (one host commonly holds a whole /64).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+# Where no setting names them: a proxy on this same machine.
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")
+ENV_NAME = "REALTIME_TRUSTED_PROXIES"
+# Request headers that only a trusted proxy may write; removed from everyone else's requests.
+FORWARDED_HEADERS = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-host",
+        b"x-forwarded-scheme",
+        b"x-real-ip",
+        b"forwarded",
+    }
+)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_host(text: str) -> Address | None:
+    """An address from a peer or an X-Forwarded-For entry ("1.2.3.4", "1.2.3.4:56", "[::1]:56",
+    "fe80::1%eth0"); IPv4-mapped IPv6 as IPv4; None when it is no address."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_key(host: str) -> str:
+    """The bucket an address counts in: IPv4 as it is, IPv6 as its /64; "" for no address."""
+    address = parse_host(host) if host else None
+    if address is None:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class TrustedProxies:
+    """The addresses and networks whose forwarding headers or PROXY headers are believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = [str(entry).strip() for entry in entries if str(entry).strip()]
+        self.networks = []
+        for entry in self.entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_NAME}: {entry!r} is not an IP address or network (10.0.0.0/8, ::1)."
+                ) from None
+
+    def __contains__(self, host: object) -> bool:
+        address = parse_host(str(host)) if host else None
+        return address is not None and any(address in net for net in self.networks)
+
+    def __repr__(self) -> str:
+        return f"TrustedProxies({self.entries!r})"
+
+
+def configured_trusted_proxies() -> TrustedProxies:
+    """REALTIME_TRUSTED_PROXIES: the Django setting, or where no Django settings are configured
+    (a `realtime:` endpoint serving a bare ASGI application) the environment variable of that
+    name (comma-separated), else this machine's loopback addresses."""
+    from django.conf import settings
+
+    if settings.configured and hasattr(settings, ENV_NAME):
+        return TrustedProxies(getattr(settings, ENV_NAME))
+    if os.environ.get(ENV_NAME) is not None:
+        return TrustedProxies(os.environ[ENV_NAME].split(","))
+    return TrustedProxies(DEFAULT_TRUSTED_PROXIES)
+
+
+def forwarded_client(peer: str, forwarded_for: list[str], trusted: TrustedProxies) -> str:
+    """The right-most X-Forwarded-For hop that is not a trusted proxy, walking left from the
+    peer (itself trusted). A hop that is no address ends the walk at the last trusted one:
+    the proxy that passed it on did not write it."""
+    hops = [hop for value in forwarded_for for hop in value.split(",") if hop.strip()]
+    client = peer
+    for hop in reversed(hops):
+        address = parse_host(hop)
+        if address is None:
+            return client
+        client = str(address)
+        if client not in trusted:
+            return client
+    return client
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What the server believes about a connection's client; built once per process.
+
+    `trusted`: the proxies named. `forwarded_headers`: whether the project reads forwarding
+    headers at all (Django's SECURE_PROXY_SSL_HEADER is set: DJANGO_TRUST_PROXY_HEADERS=1).
+    """
+
+    trusted: TrustedProxies
+    forwarded_headers: bool
+
+    def believes_headers(self, peer: str, over_tls: bool) -> bool:
+        """Whether this connection's X-Forwarded-* headers were written by a trusted proxy."""
+        return self.forwarded_headers and not over_tls and peer in self.trusted
+
+    def resolve(self, scope: dict[str, Any], peer: Any, over_tls: bool) -> dict[str, Any]:
+        """The scope with the client's real address, and the forwarding headers kept only when
+        a trusted proxy wrote them. `peer` is the transport's (after any PROXY header)."""
+        host, port = str(getattr(peer, "host", "") or ""), getattr(peer, "port", 0) or 0
+        headers = scope.get("headers", [])
+        if not host:  # a Unix socket: no address to decide by
+            return {**scope, "headers": strip_forwarding(headers)}
+        if self.believes_headers(host, over_tls):
+            values = [v.decode("latin1") for n, v in headers if n == b"x-forwarded-for"]
+            client = forwarded_client(host, values, self.trusted)
+            if client != host:
+                port = 0  # the proxy's port to us says nothing of the client's
+            return {**scope, "client": [client, port]}
+        return {**scope, "client": [host, port], "headers": strip_forwarding(headers)}
+
+
+def strip_forwarding(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers without the ones only a trusted proxy may write."""
+    if not any(name in FORWARDED_HEADERS for name, _ in headers):
+        return headers
+    return [(name, value) for name, value in headers if name not in FORWARDED_HEADERS]
+
+
+def configured_policy() -> ClientPolicy:
+    """The policy from the settings (see configured_trusted_proxies)."""
+    from django.conf import settings
+
+    forwarded = settings.configured and bool(getattr(settings, "SECURE_PROXY_SSL_HEADER", None))
+    return ClientPolicy(configured_trusted_proxies(), forwarded)
+
+
+def scope_client_key(scope: dict[str, Any]) -> str:
+    """The bucket of an ASGI scope's client (RealtimeServer put the real address there);
+    "" when it has none (a Unix socket)."""
+    client = scope.get("client")
+    return client_key(str(client[0])) if client else ""
+
+
+def request_client_key(meta: dict[str, Any]) -> str:
+    """The bucket of a Django request's client, from its META (REMOTE_ADDR is the scope's
+    client under RealtimeServer); "" when it has none."""
+    return client_key(str(meta.get("REMOTE_ADDR") or ""))
