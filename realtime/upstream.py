@@ -18,6 +18,7 @@ from autobahn.websocket.compress import PerMessageDeflate
 from channels.consumer import get_handler_name
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 
 # The versions this module was written and measured against (requirements.lock pins them).
 PINNED = {
@@ -182,6 +183,22 @@ def clear_option(options: Any, flag: int) -> None:
 
 
 # --- daphne's command line ------------------------------------------------------------------
+
+
+# --- Twisted's PROXY protocol wrapper ---------------------------------------------------------
+
+# Twisted's public API is `twisted.protocols.haproxy.proxyEndpoint`, which wraps the factory
+# it is given; the `realtime:` endpoint needs the wrapper under TLS (the header comes before the
+# ClientHello) and to know the moment the header has been read, to count the connection
+# against the per-address cap then (a balancer sends it at once, before the client says
+# anything): so the wrapper classes themselves, from their private module.
+ProxyHeaderWrapper = HAProxyProtocolWrapper
+ProxyHeaderFactory = HAProxyWrappingFactory
+
+
+def proxy_header_read(wrapper: Any) -> bool:
+    """Whether a ProxyHeaderWrapper has read its connection's header (`_proxyInfo`, private)."""
+    return wrapper._proxyInfo is not None
 
 
 def set_logged_client(protocol: Any, client: list[Any] | None) -> None:

@@ -298,6 +298,20 @@ def test_the_tcp_cap_counts_the_address_in_the_proxy_header(behind_proxy_protoco
 
 
 @pytest.mark.e2e
+def test_a_connection_that_sends_only_the_header_is_counted_at_once(
+    behind_proxy_protocol, client_tls
+):
+    """A balancer sends the header as soon as its client connects: a client that then says
+    nothing still holds one of its address's connections (before the handshake deadline)."""
+    port = behind_proxy_protocol.port
+    with contextlib.ExitStack() as stack:
+        for _ in range(6 * WORKERS * TCP_CAP):
+            stack.enter_context(connected(port, proxy_v2_header("198.51.100.12")))
+        assert not tls_handshake(port, client_tls, proxy_v2_header("198.51.100.12"))
+        assert tls_handshake(port, client_tls, proxy_v2_header("198.51.100.13"))
+
+
+@pytest.mark.e2e
 def test_a_connection_without_the_header_or_from_an_untrusted_peer_is_closed(
     behind_proxy_protocol, client_tls
 ):
@@ -308,3 +322,25 @@ def test_a_connection_without_the_header_or_from_an_untrusted_peer_is_closed(
     assert not tls_handshake(port, client_tls, proxy_v2_header("127.0.0.1"), local="127.0.0.2")
     log = behind_proxy_protocol.log()
     assert "Refused a connection from 127.0.0.2" in log
+
+
+class UnixPeer:
+    host = None
+    port = None
+
+
+def test_behind_a_unix_socket_the_proxys_entry_is_believed_when_headers_are():
+    """daphne -u / --fd behind nginx: only local processes reach the socket file, as loopback."""
+    believed = ClientPolicy(TRUSTED, True).resolve(SCOPE, UnixPeer(), over_tls=False)
+    assert believed["client"] == ["198.51.100.2", 0]
+    assert (b"x-forwarded-proto", b"https") in believed["headers"]
+    ignored = ClientPolicy(TRUSTED, False).resolve(SCOPE, UnixPeer(), over_tls=False)
+    assert ignored["headers"] == [(b"host", b"localhost")]
+
+
+@pytest.mark.parametrize("host", [b"x:abc", b"localhost:99999", b"[::1"])
+def test_a_host_header_that_is_no_host_is_refused_not_a_traceback(host):
+    from realtime.websocket.middleware import SecureSameSiteOrigin
+
+    scope = {"headers": [(b"origin", b"https://localhost:8443"), (b"host", host)]}
+    assert SecureSameSiteOrigin.refusal(scope) == "the Origin or Host header is not valid"

@@ -447,35 +447,33 @@ def test_daphne_logs_and_scopes_the_client_from_client_addr_set_before_the_appli
     assert protocol.client_addr == ["203.0.113.9", 0]
 
 
-# --- Twisted's PROXY protocol (realtime/server/proxy_protocol.py; public API) ---------------
+# --- Twisted's PROXY protocol wrapper (realtime/server/proxy_protocol.py) ---------------------
 
 
 def test_twisted_reads_a_proxy_v2_header_and_hands_on_only_what_follows_it():
-    """proxyEndpoint's wrapper: getPeer() is the header's source once it is read; what follows
-    reaches the wrapped protocol unchanged; data that is no header closes the connection."""
+    """The wrapper classes realtime.upstream names: getPeer() is the header's source once it is
+    read (`_proxyInfo` set, what proxy_header_read looks at); what follows reaches the wrapped
+    protocol unchanged; data that is no header closes the connection."""
     from twisted.internet.address import IPv4Address
-    from twisted.protocols.haproxy import proxyEndpoint
 
     from tests.test_client_address import proxy_v2_header
 
-    class Listener:
-        def listen(self, factory):
-            self.factory = factory
-
-    listener = Listener()
     received = []
 
     class Recorder(Protocol):
         def dataReceived(self, data):
             received.append((self.transport.getPeer().host, data))
 
-    proxyEndpoint(listener).listen(types.SimpleNamespace(buildProtocol=lambda a: Recorder()))
-    wrapper = listener.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
+    factory = upstream.ProxyHeaderFactory(types.SimpleNamespace(buildProtocol=lambda a: Recorder()))
+    wrapper = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
+    assert isinstance(wrapper, upstream.ProxyHeaderWrapper)
     wrapper.makeConnection(StringTransport())
+    assert not upstream.proxy_header_read(wrapper)
     wrapper.dataReceived(proxy_v2_header("198.51.100.3") + b"\x16hello")
+    assert upstream.proxy_header_read(wrapper)
     assert received == [("198.51.100.3", b"\x16hello")]
-    refused = listener.factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
+    refused = factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 5))
     transport = StringTransport()
     refused.makeConnection(transport)
     refused.dataReceived(b"\x16\x03\x01 a TLS ClientHello, no header")
-    assert transport.disconnecting
+    assert transport.disconnecting and not upstream.proxy_header_read(refused)

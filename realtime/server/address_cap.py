@@ -16,8 +16,6 @@ import os
 from collections import Counter
 from typing import Any
 
-from twisted.protocols.tls import TLSMemoryBIOProtocol
-
 from realtime.quiet_logs import LOG_EVERY, OncePerInterval
 from realtime.server import metrics
 from realtime.server.client_address import client_key
@@ -77,15 +75,16 @@ class AddressCap:
 
 
 class CapByAddress:
-    """A mixin for Twisted's WrappingFactory (the TLS factory): `cap` admits each connection,
-    when it is built, or with `admit_at_first_bytes` when its first bytes arrive (its
-    protocol must be AdmitAtFirstBytes)."""
+    """A mixin for Twisted's WrappingFactory (the TLS factory, the PROXY header's): `cap`
+    admits each connection when it is built, or, with `admit_later`, its protocol does (once
+    the PROXY header has named the client: realtime/server/proxy_protocol.py) and sets the
+    `address_key` released here."""
 
     cap: AddressCap
-    admit_at_first_bytes = False
+    admit_later = False
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.admit_at_first_bytes:
+        if self.admit_later:
             return super().buildProtocol(addr)
         key = self.cap.admit(addr)
         if key is None:
@@ -100,24 +99,3 @@ class CapByAddress:
     def unregisterProtocol(self, protocol: Any) -> None:
         super().unregisterProtocol(protocol)
         self.cap.release(getattr(protocol, "address_key", None))
-
-
-class AdmitAtFirstBytes(TLSMemoryBIOProtocol):
-    """Twisted's TLS protocol, admitted by its factory's cap when its first bytes arrive.
-
-    Behind a PROXY header the peer known when the connection is built is the load balancer;
-    the header has been read (and the peer become the client) by the time the first TLS bytes
-    reach this layer. Refused: the connection is aborted before TLS reads anything."""
-
-    address_key: str | None = None
-    admitted = False
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self.admitted:
-            self.admitted = True
-            key = self.factory.cap.admit(self.getPeer())
-            if key is None:
-                self.transport.abortConnection()
-                return
-            self.address_key = key
-        super().dataReceived(data)

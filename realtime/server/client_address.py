@@ -9,7 +9,8 @@ Where the address comes from, by how the connection arrived:
   balancer sent first (realtime/server/proxy_protocol.py). Only a peer in REALTIME_TRUSTED_PROXIES
   may send one; any other connection, and any connection without a header, is closed.
 - **Through an HTTP proxy on a plain connection** (`serve --plain` behind nginx) whose address
-  is in REALTIME_TRUSTED_PROXIES, with proxy headers trusted (DJANGO_TRUST_PROXY_HEADERS=1):
+  is in REALTIME_TRUSTED_PROXIES (or on a Unix socket, which only local processes can reach),
+  with proxy headers trusted (DJANGO_TRUST_PROXY_HEADERS=1):
   the right-most `X-Forwarded-For` entry (all header lines, in order) that is not itself a
   trusted proxy. Entries to its left are the client's own word and never decide anything.
 
@@ -147,8 +148,8 @@ class ClientPolicy:
         a trusted proxy wrote them. `peer` is the transport's (after any PROXY header)."""
         host, port = str(getattr(peer, "host", "") or ""), getattr(peer, "port", 0) or 0
         headers = scope.get("headers", [])
-        if not host:  # a Unix socket: no address to decide by
-            return {**scope, "headers": strip_forwarding(headers)}
+        if not host:
+            return self._from_unix_socket(scope, headers)
         if self.believes_headers(host, over_tls):
             values = [v.decode("latin1") for n, v in headers if n == b"x-forwarded-for"]
             client = forwarded_client(host, values, self.trusted)
@@ -156,6 +157,18 @@ class ClientPolicy:
                 port = 0  # the proxy's port to us says nothing of the client's
             return {**scope, "client": [client, port]}
         return {**scope, "client": [host, port], "headers": strip_forwarding(headers)}
+
+    def _from_unix_socket(
+        self, scope: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> dict[str, Any]:
+        """A Unix socket (daphne -u, --fd) has no peer address; only local processes its file
+        lets in can connect, as on loopback: its proxy's headers are believed as a trusted
+        proxy's when the project reads them, else removed."""
+        if not self.forwarded_headers:
+            return {**scope, "headers": strip_forwarding(headers)}
+        values = [v.decode("latin1") for n, v in headers if n == b"x-forwarded-for"]
+        client = forwarded_client("", values, self.trusted)
+        return {**scope, "client": [client, 0]} if client else scope
 
 
 def strip_forwarding(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

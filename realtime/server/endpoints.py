@@ -21,7 +21,7 @@ endpoint reads only its first certificate.
 `proxyProtocol=yes` (also `1`) puts a TCP load balancer's PROXY header before TLS: only peers
 in REALTIME_TRUSTED_PROXIES may connect, each must send the header, and the client address in
 it is the connection's peer from then on (realtime/server/proxy_protocol.py); the per-address
-cap then counts that address, admitted when the header has arrived.
+cap then counts that address, from the moment the header is read.
 """
 
 from __future__ import annotations
@@ -47,15 +47,10 @@ from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from realtime.server.address_cap import (
-    AddressCap,
-    AdmitAtFirstBytes,
-    CapByAddress,
-    connections_per_address,
-)
+from realtime.server.address_cap import AddressCap, CapByAddress, connections_per_address
 from realtime.server.client_address import configured_trusted_proxies
 from realtime.server.listeners import inherited_listener
-from realtime.server.proxy_protocol import with_proxy_protocol
+from realtime.server.proxy_protocol import ProxyProtocolEndpoint
 from realtime.server.writethrough import WriteThroughTLSFactory
 from realtime.tls.devca import escape_endpoint_value
 from realtime.tls.profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
@@ -180,14 +175,6 @@ class CappedTLSFactory(CapByAddress, WriteThroughTLSFactory):
     """The TLS wrapper, admitting at most `cap.limit` connections per client address."""
 
 
-class CappedAfterProxyHeaderTLSFactory(CappedTLSFactory):
-    """The same behind a PROXY header: a connection is admitted at its first bytes past the
-    header, when its peer is the client the header named, not the balancer."""
-
-    protocol = AdmitAtFirstBytes
-    admit_at_first_bytes = True
-
-
 @implementer(IStreamServerEndpoint)
 class ReusePortTCPEndpoint:
     """Listens on a TCP port: the socket `serve`'s supervisor handed down for it, else one of
@@ -241,14 +228,16 @@ class ReusePortTLSEndpoint:
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
         # a TLS layer that writes at once (realtime/server/writethrough.py).
-        kind = CappedAfterProxyHeaderTLSFactory if self.proxy_protocol else CappedTLSFactory
-        tls_factory = kind(self.tls_options, False, factory)
-        tls_factory.cap = AddressCap(connections_per_address(), "TLS")
+        cap = AddressCap(connections_per_address(), "TLS")
         tcp: Any = ReusePortTCPEndpoint(
             self.reactor, self.port, self.backlog, self.interface, self.reuse_port
         )
         if self.proxy_protocol:
-            tcp = with_proxy_protocol(tcp, configured_trusted_proxies())
+            # The cap counts the address each PROXY header names, as soon as it is read.
+            proxied = ProxyProtocolEndpoint(tcp, configured_trusted_proxies(), cap)
+            return proxied.listen(WriteThroughTLSFactory(self.tls_options, False, factory))
+        tls_factory = CappedTLSFactory(self.tls_options, False, factory)
+        tls_factory.cap = cap
         return tcp.listen(tls_factory)
 
 

@@ -10,10 +10,13 @@ the TCP cap, the WebSocket cap, sign-in throttling, logs.
 The header is believed only from a peer in REALTIME_TRUSTED_PROXIES: a connection from anyone
 else is closed before a byte is read (otherwise any client reaching the port could name any
 address). A connection from a trusted peer that does not start with a valid header is closed
-too (Twisted's parser). Parsing is Twisted's own, public `twisted.protocols.haproxy.proxyEndpoint`;
-the layers are, outermost first: TCP, this peer check, the PROXY header, TLS, HTTP. A
-connection that sends no header at all is dropped by the HTTP layer's first-request deadline
-(REALTIME_WS_HANDSHAKE_TIMEOUT), which runs from the moment it connects.
+too (Twisted's parser, `twisted.protocols.haproxy`, whose classes realtime.upstream names). The
+layers are, outermost first: TCP, this peer check, the PROXY header, TLS, HTTP. The per-address
+cap counts a connection once its header is read (a balancer sends it at once, whatever its
+client does next). A connection that sends no header at all is dropped by the HTTP layer's
+first-request deadline (REALTIME_WS_HANDSHAKE_TIMEOUT), which runs from the moment it connects.
+Twisted's parser wants a v2 header's first 16 bytes (a v1 header's first 8) in the first read;
+balancers write the header in one piece.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.protocols.haproxy import proxyEndpoint
 
 from realtime.quiet_logs import LOG_EVERY, OncePerInterval
 from realtime.server import metrics
+from realtime.server.address_cap import AddressCap, CapByAddress
 from realtime.server.client_address import TrustedProxies
+from realtime.upstream import ProxyHeaderFactory, ProxyHeaderWrapper, proxy_header_read
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +69,40 @@ class TrustedPeersOnly(Factory):
         return prefix() if callable(prefix) else type(self.wrapped).__name__
 
 
-class TrustedPeersEndpoint:
-    """An endpoint whose factory admits only trusted peers (wraps a plain TCP endpoint)."""
+class AdmitAfterHeader(ProxyHeaderWrapper):
+    """Twisted's PROXY-header reader, counted by its factory's cap once the header is read:
+    then its peer is the client the header names, not the balancer. Refused, the connection
+    is aborted."""
 
-    def __init__(self, inner: IStreamServerEndpoint, trusted: TrustedProxies) -> None:
-        self.inner, self.trusted = inner, trusted
+    address_key: str | None = None
+    admitted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.admitted or not proxy_header_read(self) or self.transport is None:
+            return
+        self.admitted = True
+        self.address_key = self.factory.cap.admit(self.getPeer())
+        if self.address_key is None:
+            self.transport.abortConnection()
+
+
+class CappedProxyHeaderFactory(CapByAddress, ProxyHeaderFactory):
+    """Reads the PROXY header before `wrappedFactory`'s protocol (TLS), and admits at most
+    `cap.limit` connections per address the headers name (realtime/server/address_cap.py)."""
+
+    protocol = AdmitAfterHeader
+    admit_later = True
+
+
+class ProxyProtocolEndpoint:
+    """`inner` (plain TCP) with the PROXY header read first, from trusted peers only, and the
+    per-address cap applied to the address in it."""
+
+    def __init__(self, inner: IStreamServerEndpoint, trusted: TrustedProxies, cap: AddressCap):
+        self.inner, self.trusted, self.cap = inner, trusted, cap
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        return self.inner.listen(TrustedPeersOnly(factory, self.trusted))
-
-
-def with_proxy_protocol(
-    inner: IStreamServerEndpoint, trusted: TrustedProxies
-) -> IStreamServerEndpoint:
-    """`inner` (plain TCP) with the PROXY header read first, from trusted peers only."""
-    return proxyEndpoint(TrustedPeersEndpoint(inner, trusted))
+        headers = CappedProxyHeaderFactory(factory)
+        headers.cap = self.cap
+        return self.inner.listen(TrustedPeersOnly(headers, self.trusted))

@@ -137,7 +137,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()
         self.replay_budget = replays.ReplayBudget(self.scope)
-        wait = self.replay_budget.take(self._replays_asked())
+        asked = self._replays_asked()
+        # A socket that asks for no replay is never refused for its address's replays.
+        wait = self.replay_budget.take(asked) if asked else 0.0
         if wait > 0:
             await self._too_many_replays(wait)
             return

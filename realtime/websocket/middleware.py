@@ -187,11 +187,12 @@ class SecureSameSiteOrigin:
             if origin is None or origin.hostname is None:
                 return None
             port = origin.port if origin.port is not None else DEFAULT_PORTS.get(origin.scheme)
+            served = host_header_port(scope)
         except (UnicodeDecodeError, ValueError):
-            return "the Origin header is not a valid origin"
+            return "the Origin or Host header is not valid"
         if origin.scheme != "https":
             return "with REALTIME_REQUIRE_TLS only https origins are this site"
-        if port != host_header_port(scope):
+        if port != served:
             return (
                 "its port is not the one this socket was opened on (a page of another service "
                 "on the same host); list it in REALTIME_ALLOWED_ORIGINS to allow it"
