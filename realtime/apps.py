@@ -15,9 +15,13 @@ class RealtimeConfig(AppConfig):
 
     def ready(self) -> None:
         from realtime import checks  # noqa: F401 - registers the system checks
+        from realtime.conf import server_config
         from realtime.quiet_logs import quiet_disallowed_host_logs
+        from realtime.server import config
         from realtime.websocket import sessions
 
+        # The server floor reads its configuration through this, never Django's settings.
+        config.provide(server_config)
         quiet_disallowed_host_logs()
         from realtime import signin
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from django.conf import settings
 
+from realtime.server.config import ServerConfig
+
 MIB = 1024 * 1024
 
 
@@ -76,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     # The proxies and load balancers whose word on the client's address is believed
     # (realtime/server/client_address.py): X-Forwarded-For on plain connections, with
     # DJANGO_TRUST_PROXY_HEADERS; the PROXY protocol's header with serve --proxy-protocol.
-    "REALTIME_TRUSTED_PROXIES": ["127.0.0.1", "::1"],  # client_address.DEFAULT_TRUSTED_PROXIES
+    "REALTIME_TRUSTED_PROXIES": ["127.0.0.1", "::1"],
     "REALTIME_METRICS_TOKEN": "",
     # The admin's live view (realtime/broadcasting/live_stats.py): seconds between a worker's
     # reports to Redis and its pushes to the staff watching.
@@ -84,7 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,
-    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,  # address_cap.DEFAULT_PER_ADDRESS
+    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
     "REALTIME_WS_MAX_PER_CLIENT": 100,
@@ -139,3 +141,35 @@ class Conf:
 
 
 conf = Conf()
+
+
+def server_config() -> ServerConfig:
+    """What the server floor is told (realtime/server/config.py), from the settings now;
+    `RealtimeConfig.ready()` hands the floor this function."""
+    return ServerConfig(
+        max_connections_per_address=int(conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS),
+        trusted_proxies=tuple(conf.REALTIME_TRUSTED_PROXIES),
+        forwarded_headers=bool(getattr(settings, "SECURE_PROXY_SSL_HEADER", None)),
+        ws_max_message_size=conf.REALTIME_WS_MAX_MESSAGE_SIZE,
+        ws_handshake_timeout=conf.REALTIME_WS_HANDSHAKE_TIMEOUT,
+        ws_compression=conf.REALTIME_WS_COMPRESSION,
+        ws_frame_rate=conf.REALTIME_WS_FRAME_RATE,
+        ws_frame_burst=conf.REALTIME_WS_FRAME_BURST,
+        ws_max_unsent_bytes=conf.REALTIME_WS_MAX_UNSENT_BYTES,
+        http_body_min_rate=conf.REALTIME_HTTP_BODY_MIN_RATE,
+        gc_threshold=conf.REALTIME_GC_THRESHOLD,
+        allowed_hosts=tuple(settings.ALLOWED_HOSTS),
+        channel_layer=describe_channel_layer(),
+    )
+
+
+def describe_channel_layer() -> str:
+    """One line on the channel layer in use, without the Redis URL (it may hold a password)."""
+    layers = getattr(settings, "CHANNEL_LAYERS", {})
+    backend = layers.get("default", {}).get("BACKEND", "channels.layers.InMemoryChannelLayer")
+    if backend == "channels.layers.InMemoryChannelLayer":
+        return (
+            "REDIS_URL is not set: using the in-memory channel layer, so broadcasts reach "
+            "only the clients of this process. Set REDIS_URL to share them between processes."
+        )
+    return f"Channel layer: {backend}."

@@ -2,39 +2,19 @@
 
 A WebSocket to an unknown path (realtime/websocket/unknown.py) and a request with a Host header
 outside ALLOWED_HOSTS each cost an attacker one packet; unthrottled, Django logs the second
-with a traceback (0.7 KB), which fills a disk from one address. `OncePerInterval` remembers a
-bounded number of addresses, so the throttle itself cannot be grown without bound.
+with a traceback (0.7 KB), which fills a disk from one address. `OncePerInterval`
+(realtime/server/log_limits.py, which the server floor uses too) remembers a bounded number
+of addresses, so the throttle itself cannot be grown without bound.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
 from realtime.server.client_address import request_client_key
+from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
-LOG_EVERY = 60.0  # seconds: one line per client address at most this often
-REMEMBERED_ADDRESSES = 10_000  # beyond this, the oldest are forgotten (memory stays bounded)
 DISALLOWED_HOST_LOGGER = "django.security.DisallowedHost"
-
-
-class OncePerInterval:
-    """Whether to log for a key now: once per `interval` seconds per key, in bounded memory."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval, self.clock = interval, clock
-        self.last: dict[str, float] = {}
-
-    def __call__(self, key: str) -> bool:
-        now = self.clock()
-        if now - self.last.get(key, -self.interval) < self.interval:
-            return False
-        self.last.pop(key, None)
-        self.last[key] = now
-        if len(self.last) > REMEMBERED_ADDRESSES:
-            del self.last[next(iter(self.last))]
-        return True
 
 
 class OncePerAddress(logging.Filter):

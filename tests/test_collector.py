@@ -18,10 +18,9 @@ def _restore_collector():
     gc.set_threshold(*threshold)
 
 
-def test_start_up_objects_are_frozen_and_collections_are_rarer(settings):
-    settings.REALTIME_GC_THRESHOLD = 10_000
+def test_start_up_objects_are_frozen_and_collections_are_rarer():
     gc.unfreeze()
-    assert tune_for_serving()
+    assert tune_for_serving(10_000)
     # The modules, Django and the app loaded by now leave the collector's generations.
     assert gc.get_freeze_count() > 10_000
     assert gc.get_threshold() == (10_000, *OLDER_THRESHOLDS)
@@ -38,9 +37,8 @@ def cycle() -> weakref.ref:
     return weakref.ref(node)
 
 
-def test_cycles_are_still_collected_on_their_own_only_later(settings):
-    settings.REALTIME_GC_THRESHOLD = 10_000
-    tune_for_serving()
+def test_cycles_are_still_collected_on_their_own_only_later():
+    tune_for_serving(10_000)
     gc.collect()  # an empty youngest generation to count from
     freed = cycle()
     kept = [[] for _ in range(1_000)]  # past Python's 700: its collector would have run
@@ -49,10 +47,9 @@ def test_cycles_are_still_collected_on_their_own_only_later(settings):
     assert freed() is None, "never collected without an explicit gc.collect()"
 
 
-def test_zero_keeps_pythons_defaults(settings):
-    settings.REALTIME_GC_THRESHOLD = 0
+def test_zero_keeps_pythons_defaults():
     gc.unfreeze()
     before = gc.get_threshold()
-    assert not tune_for_serving()
+    assert not tune_for_serving(0)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before

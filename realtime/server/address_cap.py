@@ -12,13 +12,12 @@ address.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from typing import Any
 
-from realtime.quiet_logs import LOG_EVERY, OncePerInterval
-from realtime.server import metrics
+from realtime.server import config, metrics
 from realtime.server.client_address import client_key
+from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +27,9 @@ def address_key(address: Any) -> str:
     return client_key(getattr(address, "host", "") or "")
 
 
-DEFAULT_PER_ADDRESS = 256
-
-
 def connections_per_address() -> int:
-    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS: the setting, or where no Django settings are
-    configured (a `realtime:` endpoint serving a bare ASGI application) the environment
-    variable of that name, else the default."""
-    from django.conf import settings
-
-    if not settings.configured:
-        return int(os.environ.get("REALTIME_MAX_CONNECTIONS_PER_ADDRESS", DEFAULT_PER_ADDRESS))
-    from realtime.conf import conf
-
-    return int(conf.REALTIME_MAX_CONNECTIONS_PER_ADDRESS)
+    """REALTIME_MAX_CONNECTIONS_PER_ADDRESS, as the server floor is configured."""
+    return config.current().max_connections_per_address
 
 
 class AddressCap:

@@ -26,14 +26,13 @@ IPv6 one as its /64 (one host commonly holds a whole /64).
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-# Where no setting names them: a proxy on this same machine.
-DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")
-ENV_NAME = "REALTIME_TRUSTED_PROXIES"
+from realtime.server import config
+
+SETTING = "REALTIME_TRUSTED_PROXIES"
 # Request headers that only a trusted proxy may write; removed from everyone else's requests.
 FORWARDED_HEADERS = frozenset(
     {
@@ -88,7 +87,7 @@ class TrustedProxies:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 raise ValueError(
-                    f"{ENV_NAME}: {entry!r} is not an IP address or network (10.0.0.0/8, ::1)."
+                    f"{SETTING}: {entry!r} is not an IP address or network (10.0.0.0/8, ::1)."
                 ) from None
 
     def __contains__(self, host: object) -> bool:
@@ -97,19 +96,6 @@ class TrustedProxies:
 
     def __repr__(self) -> str:
         return f"TrustedProxies({self.entries!r})"
-
-
-def configured_trusted_proxies() -> TrustedProxies:
-    """REALTIME_TRUSTED_PROXIES: the Django setting, or where no Django settings are configured
-    (a `realtime:` endpoint serving a bare ASGI application) the environment variable of that
-    name (comma-separated), else this machine's loopback addresses."""
-    from django.conf import settings
-
-    if settings.configured and hasattr(settings, ENV_NAME):
-        return TrustedProxies(getattr(settings, ENV_NAME))
-    if os.environ.get(ENV_NAME) is not None:
-        return TrustedProxies(os.environ[ENV_NAME].split(","))
-    return TrustedProxies(DEFAULT_TRUSTED_PROXIES)
 
 
 def forwarded_client(peer: str, forwarded_for: list[str], trusted: TrustedProxies) -> str:
@@ -179,11 +165,9 @@ def strip_forwarding(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 
 def configured_policy() -> ClientPolicy:
-    """The policy from the settings (see configured_trusted_proxies)."""
-    from django.conf import settings
-
-    forwarded = settings.configured and bool(getattr(settings, "SECURE_PROXY_SSL_HEADER", None))
-    return ClientPolicy(configured_trusted_proxies(), forwarded)
+    """The policy the server floor's configuration says (realtime/server/config.py)."""
+    settings = config.current()
+    return ClientPolicy(TrustedProxies(settings.trusted_proxies), settings.forwarded_headers)
 
 
 def scope_client_key(scope: dict[str, Any]) -> str:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import gc
 import logging
 
-from realtime.conf import conf
-
 logger = logging.getLogger("realtime.server.collector")
 
 # Python's own second and third thresholds: how many collections of the generation below
@@ -36,9 +34,9 @@ logger = logging.getLogger("realtime.server.collector")
 OLDER_THRESHOLDS = (10, 10)
 
 
-def tune_for_serving() -> bool:
-    """Freeze what start-up built and raise the collection threshold; False when turned off."""
-    threshold = conf.REALTIME_GC_THRESHOLD
+def tune_for_serving(threshold: int) -> bool:
+    """Freeze what start-up built and raise the collection threshold to `threshold`
+    (REALTIME_GC_THRESHOLD); False when it is 0 (turned off)."""
     if threshold <= 0:
         return False
     gc.collect()  # whatever start-up left as garbage goes now, not into the frozen generation

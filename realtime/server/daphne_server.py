@@ -24,13 +24,11 @@ from typing import Any
 
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
-from django.conf import settings
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http
 
-from realtime.conf import conf
-from realtime.server import hooks
+from realtime.server import config, hooks
 from realtime.server.access_log import log_access, writes_to_stdout
 from realtime.server.client_address import configured_policy
 from realtime.server.collector import tune_for_serving
@@ -71,17 +69,6 @@ def capped_size(requested: int, ceiling: int) -> int:
     return ceiling if requested <= 0 else min(requested, ceiling)
 
 
-def describe_channel_layer() -> str:
-    """One line on the channel layer in use, without the Redis URL (it may hold a password)."""
-    backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
-    if backend == "channels.layers.InMemoryChannelLayer":
-        return (
-            "REDIS_URL is not set: using the in-memory channel layer, so broadcasts reach "
-            "only the clients of this process. Set REDIS_URL to share them between processes."
-        )
-    return f"Channel layer: {backend}."
-
-
 def realtime_websocket_protocol(frame_rate: float, frame_burst: int, max_unsent: int) -> type:
     """The WebSocket protocol RealtimeServer serves with: close codes as the app sends them
     (closing.py), writes through (writethrough.py), a budget for every frame (frame_budget.py),
@@ -105,13 +92,15 @@ class RealtimeServer(Server):
         # explicit --server-name is kept): it tells a scanner which CVEs to try.
         if self.server_name == "daphne":
             self.server_name = ""
+        # What the app configured (realtime/server/config.py), read once for this process.
+        self.config = cfg = config.current()
         # Plain `daphne` passes its own 1 MiB default; the project's setting is the ceiling.
-        ceiling = conf.REALTIME_WS_MAX_MESSAGE_SIZE
+        ceiling = cfg.ws_max_message_size
         self.websocket_max_message_size = capped_size(self.websocket_max_message_size, ceiling)
         self.websocket_max_frame_size = capped_size(self.websocket_max_frame_size, ceiling)
         # The handshake (daphne: 5 s under `daphne`, 5 s and 20 s under runserver) is bounded
         # by REALTIME_WS_HANDSHAKE_TIMEOUT too; daphne applies it when it builds its factory.
-        handshake = conf.REALTIME_WS_HANDSHAKE_TIMEOUT
+        handshake = cfg.ws_handshake_timeout
         self.websocket_handshake_timeout = capped_size(self.websocket_handshake_timeout, handshake)
         self.websocket_connect_timeout = capped_size(self.websocket_connect_timeout, handshake)
         # Registered before daphne's own trigger (in run()), so that the close frames go out
@@ -131,7 +120,8 @@ class RealtimeServer(Server):
         # allowNullOrigin is repeated because autobahn resets it to False on every call; the
         # origin check belongs to Channels' validator, which refuses "null" with 403.
         options: dict[str, Any] = {"failByDrop": False, "allowNullOrigin": True}
-        if conf.REALTIME_WS_COMPRESSION:
+        cfg = self.config
+        if cfg.ws_compression:
             # permessage-deflate for clients that offer it (browsers do); an incoming message
             # inflates to at most the message size limit (realtime/server/compression.py).
             options["perMessageCompressionAccept"] = negotiator(self.websocket_max_message_size)
@@ -139,23 +129,22 @@ class RealtimeServer(Server):
         # Close codes such as 1008 and 1013, and their reasons, as the application sends them;
         # once open, frames go to the socket at once (realtime/server/writethrough.py).
         protocol = realtime_websocket_protocol(
-            conf.REALTIME_WS_FRAME_RATE,
-            conf.REALTIME_WS_FRAME_BURST,
-            conf.REALTIME_WS_MAX_UNSENT_BYTES,
+            cfg.ws_frame_rate, cfg.ws_frame_burst, cfg.ws_max_unsent_bytes
         )
         # The factory's options, final now, read from the class by each connection.
         self.ws_factory.protocol = with_factory_options(protocol, self.ws_factory)
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
         # total to finish TLS and send its first request's headers (realtime/request_deadline).
-        self.http_factory.timeOut = conf.REALTIME_WS_HANDSHAKE_TIMEOUT
+        self.http_factory.timeOut = cfg.ws_handshake_timeout
         if not http.H2_ENABLED:
             self.http_factory.protocol = channel_with_deadline(
-                conf.REALTIME_WS_HANDSHAKE_TIMEOUT, conf.REALTIME_HTTP_BODY_MIN_RATE
+                cfg.ws_handshake_timeout, cfg.http_body_min_rate
             )
-        logger.info(describe_channel_layer())
+        if cfg.channel_layer:
+            logger.info(cfg.channel_layer)
         self._periodic = [self._start_periodic(w, i) for w, i in hooks.periodic.items()]
-        tune_for_serving()
+        tune_for_serving(cfg.gc_threshold)
         # Once the reactor runs, this process serves: `serve`'s supervisor may stop the one
         # it replaces (realtime/server/listeners.py).
         reactor.callWhenRunning(notify_ready)

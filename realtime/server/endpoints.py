@@ -48,7 +48,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from realtime.server.address_cap import AddressCap, CapByAddress, connections_per_address
-from realtime.server.client_address import configured_trusted_proxies
+from realtime.server.client_address import configured_policy
 from realtime.server.listeners import inherited_listener
 from realtime.server.proxy_protocol import ProxyProtocolEndpoint
 from realtime.server.writethrough import WriteThroughTLSFactory
@@ -234,7 +234,7 @@ class ReusePortTLSEndpoint:
         )
         if self.proxy_protocol:
             # The cap counts the address each PROXY header names, as soon as it is read.
-            proxied = ProxyProtocolEndpoint(tcp, configured_trusted_proxies(), cap)
+            proxied = ProxyProtocolEndpoint(tcp, configured_policy().trusted, cap)
             return proxied.listen(WriteThroughTLSFactory(self.tls_options, False, factory))
         tls_factory = CappedTLSFactory(self.tls_options, False, factory)
         tls_factory.cap = cap

@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from django.conf import settings
-from django.http.request import split_domain_port, validate_host
 from twisted.internet import defer
 from twisted.internet.interfaces import (
     IListeningPort,
@@ -54,6 +52,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from realtime.server import config
 from realtime.server.address_cap import AddressCap, connections_per_address
 from realtime.server.endpoints import adopt_inherited, stop_accepting_on_shutdown
 from realtime.server.request_deadline import DeadlineHTTPChannel
@@ -73,6 +72,27 @@ CREDENTIALS_IN_CLEAR = (
 )
 
 
+# A Host header's name (or bracketed IPv6 address) and port, as Django's own host check reads it.
+HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::([0-9]+))?")
+
+
+def allowed_domain(host_header: str, allowed_hosts: Iterable[str]) -> str | None:
+    """The Host header's domain when it is one of `allowed_hosts` (ALLOWED_HOSTS' patterns:
+    ".example.com" for the domain and its subdomains, "*" for any), else None."""
+    match = HOST.fullmatch(host_header.lower())
+    if match is None:
+        return None
+    domain = match.group(1).removesuffix(".")
+    return domain if any(same_domain(domain, p) for p in allowed_hosts) else None
+
+
+def same_domain(domain: str, pattern: str) -> bool:
+    pattern = pattern.lower()
+    if pattern.startswith("."):
+        return domain.endswith(pattern) or domain == pattern[1:]
+    return pattern in ("*", domain)
+
+
 def redirect_status(method: str) -> int:
     """301 for GET and HEAD (understood by every client); 308 keeps a POST a POST."""
     return 301 if method in ("GET", "HEAD") else 308
@@ -88,8 +108,8 @@ def redirect_location(
     >>> redirect_location("[::1]:8080", 8443, "/", ["[::1]"])
     'https://[::1]:8443/'
     """
-    domain, _ = split_domain_port(host_header or "")
-    if not domain or not validate_host(domain, list(allowed_hosts)):
+    domain = allowed_domain(host_header or "", allowed_hosts)
+    if not domain:
         return None
     if not target.startswith("/"):
         # An absolute-form request target (http://host/path) or "*": only its path counts.
@@ -133,7 +153,8 @@ class RedirectResource(Resource):
             return self.render_acme(request, self.acme_webroot)
         host = request.getHeader("host")
         target = request.uri.decode("latin-1")
-        location = redirect_location(host, self.https_port, target, settings.ALLOWED_HOSTS)
+        allowed = config.current().allowed_hosts
+        location = redirect_location(host, self.https_port, target, allowed)
         request.responseHeaders.removeHeader("server")  # no banner: Twisted sets its version
         request.setHeader("content-type", "text/plain; charset=utf-8")
         if location is None:
@@ -167,10 +188,8 @@ class RedirectResource(Resource):
 def request_limits() -> tuple[float, float]:
     """The seconds for a request's headers and the bytes a second for its body, as on HTTPS:
     REALTIME_WS_HANDSHAKE_TIMEOUT (at most IDLE_TIMEOUT) and REALTIME_HTTP_BODY_MIN_RATE."""
-    from realtime.conf import conf
-
-    timeout = min(float(conf.REALTIME_WS_HANDSHAKE_TIMEOUT), IDLE_TIMEOUT)
-    return timeout, float(conf.REALTIME_HTTP_BODY_MIN_RATE)
+    cfg = config.current()
+    return min(float(cfg.ws_handshake_timeout), IDLE_TIMEOUT), float(cfg.http_body_min_rate)
 
 
 class RedirectChannel(DeadlineHTTPChannel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from realtime.quiet_logs import LOG_EVERY, OncePerInterval
+from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 from realtime.websocket.limits import client_address
 
 logger = logging.getLogger("realtime.websocket.unknown")
