@@ -252,6 +252,17 @@ class SourceHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(connection, req, context=self._context)
 
 
+def status_from(source: str, request: urllib.request.Request, tls: ssl.SSLContext) -> int:
+    """The HTTP status of `request` sent from the local address `source` (127.0.0.x)."""
+    opener = urllib.request.build_opener(SourceHTTPSHandler(tls, source))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+
+
 class BrowserSession:
     """An HTTPS client with cookies that logs in and posts forms as a browser does (CSRF too)."""
 

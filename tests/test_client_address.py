@@ -17,7 +17,6 @@ import contextlib
 import socket
 import ssl
 import struct
-import urllib.error
 import urllib.request
 
 import pytest
@@ -32,10 +31,10 @@ from realtime.server.client_address import (
 )
 from tests.helpers import (
     PYTHON,
-    SourceHTTPSHandler,
     close_code,
     free_port,
     receive_json,
+    status_from,
     wait_until,
     ws_connect,
 )
@@ -135,14 +134,8 @@ def serve_args(port: int, certs, *extra: str) -> list[str]:
 
 
 def fetch(port: int, path: str, tls, source: str, **headers: str) -> int:
-    opener = urllib.request.build_opener(SourceHTTPSHandler(tls, source))
     request = urllib.request.Request(f"https://localhost:{port}{path}", headers=headers)
-    try:
-        with opener.open(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
+    return status_from(source, request, tls)
 
 
 async def outcome(socket_) -> str | int | None:

@@ -27,11 +27,11 @@ from tests.helpers import (
     PYTHON,
     ROOT,
     BrowserSession,
-    SourceHTTPSHandler,
     close_code,
     create_user,
     free_port,
     receive_json,
+    status_from,
     wait_for_port,
     ws_connect,
 )
@@ -272,13 +272,7 @@ def post_with_token(port: int, tls, source: str, forwarded_for: str) -> int:
         headers={"Authorization": "Bearer rtk_wrong", "Content-Type": "application/json",
                  "X-Forwarded-For": forwarded_for},
     )  # fmt: skip
-    opener = urllib.request.build_opener(SourceHTTPSHandler(tls, source))
-    try:
-        with opener.open(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        error.close()
-        return error.code
+    return status_from(source, request, tls)
 
 
 def test_a_new_x_forwarded_for_per_request_does_not_escape_the_api_failure_limit(
