@@ -17,6 +17,7 @@ import contextlib
 import socket
 import ssl
 import struct
+import time
 import urllib.request
 
 import pytest
@@ -42,6 +43,7 @@ from tests.helpers import (
 TRUSTED = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
 CAP = 2  # REALTIME_WS_MAX_PER_CLIENT in the servers below
 TCP_CAP = 4  # REALTIME_MAX_CONNECTIONS_PER_ADDRESS in the PROXY-protocol server
+HANDSHAKE = 2  # REALTIME_WS_HANDSHAKE_TIMEOUT in the PROXY-protocol server
 WORKERS = 2
 
 
@@ -233,6 +235,7 @@ def behind_proxy_protocol(start, dev_certs, redis_server):
         REALTIME_MAX_CONNECTIONS_PER_ADDRESS=str(TCP_CAP),
         REALTIME_ACCESS_LOG="1",
         REALTIME_LOG_FORMAT="json",  # the access log's client field is in the JSON line
+        REALTIME_WS_HANDSHAKE_TIMEOUT=str(HANDSHAKE),
     )
 
 
@@ -337,3 +340,24 @@ def test_a_host_header_that_is_no_host_is_refused_not_a_traceback(host):
 
     scope = {"headers": [(b"origin", b"https://localhost:8443"), (b"host", host)]}
     assert SecureSameSiteOrigin.refusal(scope) == "the Origin or Host header is not valid"
+
+
+def seconds_until_closed(raw: socket.socket, limit: float) -> float:
+    """How long the server takes to close a connection this side keeps silent."""
+    started = time.monotonic()
+    raw.settimeout(limit)
+    with contextlib.suppress(ConnectionError):
+        while raw.recv(1024):
+            pass
+    return time.monotonic() - started
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sends", [b"", "header"])
+def test_a_silent_connection_is_dropped_past_the_handshake_deadline(behind_proxy_protocol, sends):
+    """Nothing at all, or only the header: either way dropped after REALTIME_WS_HANDSHAKE_TIMEOUT
+    seconds, so neither can hold a worker's descriptors (or an address's slot) for longer."""
+    header = proxy_v2_header("198.51.100.14") if sends == "header" else None
+    with connected(behind_proxy_protocol.port, header) as raw:
+        waited = seconds_until_closed(raw, HANDSHAKE + 10)
+    assert HANDSHAKE - 0.5 <= waited < HANDSHAKE + 5
