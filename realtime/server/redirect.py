@@ -46,7 +46,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
-from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -54,7 +53,7 @@ from zope.interface import implementer
 
 from realtime.server import config
 from realtime.server.address_cap import AddressCap, connections_per_address
-from realtime.server.endpoints import adopt_inherited, stop_accepting_on_shutdown
+from realtime.server.endpoints import ReusePortTCPEndpoint
 from realtime.server.request_deadline import DeadlineHTTPChannel
 from realtime.tls.devca import escape_endpoint_value
 
@@ -254,16 +253,10 @@ class RedirectEndpoint:
         site = RedirectSite(resource, timeout=IDLE_TIMEOUT)
         site.cap = AddressCap(connections_per_address(), "redirect")
         site.request_timeout, site.body_min_rate = request_limits()
-        adopted = adopt_inherited(self.reactor, self.port, site)
-        if adopted is not None:
-            return adopted
-        binding = makeBinding(
-            self.interface, self.port, reuseAddress=True, reusePort=self.reuse_port
+        tcp = ReusePortTCPEndpoint(
+            self.reactor, self.port, self.backlog, self.interface, self.reuse_port
         )
-        listening = defer.execute(
-            self.reactor.listenTCP, binding, site, self.backlog, self.interface
-        )
-        return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
+        return tcp.listen(site)
 
 
 def _port_number(name: str, value: str, lowest: int) -> int:
