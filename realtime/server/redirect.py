@@ -146,14 +146,15 @@ class RedirectResource(Resource):
         super().__init__()
         self.https_port = https_port
         self.acme_webroot = acme_webroot
+        # Once per listener, not per request: a redirect is one cheap packet for anyone.
+        self.allowed_hosts = config.current().allowed_hosts
 
     def render(self, request: Request) -> bytes:
         if self.acme_webroot is not None and request.path.startswith(ACME_PATH):
             return self.render_acme(request, self.acme_webroot)
         host = request.getHeader("host")
         target = request.uri.decode("latin-1")
-        allowed = config.current().allowed_hosts
-        location = redirect_location(host, self.https_port, target, allowed)
+        location = redirect_location(host, self.https_port, target, self.allowed_hosts)
         request.responseHeaders.removeHeader("server")  # no banner: Twisted sets its version
         request.setHeader("content-type", "text/plain; charset=utf-8")
         if location is None:
