@@ -25,7 +25,7 @@ import redis  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from realtime.broadcasting import streams  # noqa: E402
+from realtime.messaging import streams  # noqa: E402
 from realtime.models import Topic, TopicMessage  # noqa: E402
 
 MESSAGES = 1000
@@ -69,7 +69,7 @@ def redis_streams(client: redis.Redis) -> tuple[float, float]:
 
 def layer_send() -> float:
     """One group_send from sync code, as every publish makes (async_to_sync, pooled)."""
-    from realtime.broadcasting.layer import send_to_group
+    from realtime.messaging.layer import send_to_group
 
     return per_call_ms(MESSAGES, lambda n: send_to_group("bench.topics", {"type": "x"}))
 

@@ -5,7 +5,7 @@
         .venv/bin/python -m bench.history_sweep    # an empty PostgreSQL database
 
 Fills a fresh database with 100,000 published messages in 1,000 topics (100 each), then times
-three sweeps (realtime.broadcasting.maintenance.sweep) with REALTIME_TOPIC_HISTORY_SIZE 50 and
+three sweeps (realtime.messaging.maintenance.sweep) with REALTIME_TOPIC_HISTORY_SIZE 50 and
 REALTIME_TOPIC_HISTORY_TTL 3600: half of each topic's messages published two hours ago (50,000
 rows past the age), then 30 more per topic (30,000 rows past the count), then nothing left to
 delete. Prints the time of each sweep and of its statements (median, slowest) (docs/operations.md).
@@ -37,7 +37,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from realtime.broadcasting import maintenance, streams  # noqa: E402
+from realtime.messaging import maintenance, streams  # noqa: E402
 from realtime.models import Topic, TopicMessage  # noqa: E402
 
 

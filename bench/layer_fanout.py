@@ -48,7 +48,7 @@ from channels_redis.core import RedisChannelLayer  # noqa: E402
 from channels_redis.pubsub import RedisPubSubChannelLayer  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from realtime.broadcasting.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP  # noqa: E402
+from realtime.messaging.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP  # noqa: E402
 from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
 from tests.helpers import free_port, redis_args, wait_for_port  # noqa: E402
 

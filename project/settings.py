@@ -18,7 +18,7 @@ from project.env import (
     envint,
     envlist,
 )
-from realtime.logs import logging_config
+from realtime.ops.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -66,16 +66,16 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "realtime.signin.ThrottleMiddleware",
-    "realtime.headers.SecurityHeadersMiddleware",
+    "realtime.web.signin.ThrottleMiddleware",
+    "realtime.web.headers.SecurityHeadersMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
-# Sign-in throttling (realtime/signin.py) refuses before any password is checked.
+# Sign-in throttling (realtime/web/signin.py) refuses before any password is checked.
 AUTHENTICATION_BACKENDS = [
-    "realtime.signin.ThrottleBackend",
+    "realtime.web.signin.ThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 # Password reset needs mail: its pages exist only once DJANGO_EMAIL_HOST is set.
@@ -178,7 +178,7 @@ def redis_host(url: str) -> dict[str, object]:
     return {"address": url, "socket_timeout": None}
 
 
-# Each worker's fan-out (realtime/broadcasting/fanout.py) renews its group memberships every
+# Each worker's fan-out (realtime/messaging/fanout.py) renews its group memberships every
 # REALTIME_FANOUT_REJOIN seconds, and every REALTIME_FANOUT_CHECK seconds sends itself an
 # event through the layer that must come back within REALTIME_FANOUT_CHECK_TIMEOUT seconds.
 # Set here only when given: realtime/conf.py has the defaults (the rejoin's follows the group
@@ -303,7 +303,7 @@ def redis_tls_options() -> dict[str, str]:
 
 REDIS_TLS_OPTIONS = redis_tls_options()
 if REDIS_TLS_OPTIONS:
-    # The same host dict feeds channels-redis and realtime/broadcasting/redis_client.py
+    # The same host dict feeds channels-redis and realtime/messaging/redis_client.py
     # (presence, commands).
     for _host in CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]:
         _host.update(REDIS_TLS_OPTIONS)

@@ -1,7 +1,7 @@
 """URL configuration: the admin, sign-in and the realtime app.
 
 Password reset sends mail: its pages exist only once a mail server is set (DJANGO_EMAIL_HOST),
-and its form is throttled per address (realtime/signin.py). Without one, a reset would fail
+and its form is throttled per address (realtime/web/signin.py). Without one, a reset would fail
 with a traceback after telling the user a mail was sent.
 """
 
@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from realtime.signin import ThrottledPasswordResetView
+from realtime.web.signin import ThrottledPasswordResetView
 
 accounts = [
     path("login/", auth_views.LoginView.as_view(), name="login"),

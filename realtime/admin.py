@@ -22,9 +22,11 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
-from realtime import api_tokens, broadcast, notifications
-from realtime.broadcasting import live_stats, presence
+from realtime import broadcast, notifications
+from realtime.api import tokens
+from realtime.messaging import audience_counts
 from realtime.models import ApiToken, Broadcast
+from realtime.ops import live_stats
 
 SENDER_FIELDS = ("message", "level", "audience")
 LEVEL_ICONS = {"info": "ℹ", "success": "✓", "warning": "⚠", "error": "✕"}
@@ -70,7 +72,7 @@ def preview_of(level: Any, message: Any) -> dict[str, str]:
 def connected_everyone() -> tuple[int | None, str]:
     """(clients connected now on all workers, "") or (None, why that is unknown)."""
     try:
-        return presence.counts()["everyone"], ""
+        return audience_counts.counts()["everyone"], ""
     except Exception as exc:  # noqa: BLE001 - Redis down must not stop the confirmation
         return None, str(exc)
 
@@ -184,7 +186,7 @@ class BroadcastAdmin(admin.ModelAdmin):
     def live_view(self, request: HttpRequest) -> HttpResponse:
         """Connections per host and worker, the messages of the last hour with their reach and
         latency, refused handshakes: rendered now, then kept live over the page's WebSocket
-        (realtime/broadcasting/live_stats.py, admin_live.mjs)."""
+        (realtime/ops/live_stats.py, admin_live.mjs)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         try:
@@ -206,7 +208,7 @@ class BroadcastAdmin(admin.ModelAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         try:
-            connected = presence.counts()
+            connected = audience_counts.counts()
         except Exception as exc:  # noqa: BLE001 - the list must show even when Redis is down
             connected = {"error": str(exc)}
         return super().changelist_view(request, {**(extra_context or {}), "connected": connected})
@@ -220,7 +222,7 @@ class ApiTokenForm(forms.ModelForm):
     scopes_text = forms.CharField(
         label="Scopes",
         widget=forms.Textarea(attrs={"rows": 3}),
-        initial=api_tokens.BROADCASTS,
+        initial=tokens.BROADCASTS,
         help_text=(
             "One per line: broadcasts, or topic:PATTERN (topic:orders.*). The token acts for "
             "you and carries only rights you hold: broadcasts needs the permission to add "
@@ -236,7 +238,7 @@ class ApiTokenForm(forms.ModelForm):
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
-        if not api_tokens.NAME.fullmatch(name):
+        if not tokens.NAME.fullmatch(name):
             raise forms.ValidationError("1 to 100 letters, digits, '.', '_' or '-'.")
         if ApiToken.objects.filter(name=name, revoked_at__isnull=True).exists():
             raise forms.ValidationError("An active token has this name: revoke it first.")
@@ -245,12 +247,12 @@ class ApiTokenForm(forms.ModelForm):
     def clean_scopes_text(self) -> list[str]:
         scopes = [line.strip() for line in self.cleaned_data["scopes_text"].splitlines()]
         try:
-            scopes = api_tokens.checked_scopes([scope for scope in scopes if scope])
+            scopes = tokens.checked_scopes([scope for scope in scopes if scope])
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
-        beyond = api_tokens.scopes_beyond(self.creator, scopes)
+        beyond = tokens.scopes_beyond(self.creator, scopes)
         if beyond:
-            raise forms.ValidationError(api_tokens.beyond_message(self.creator, beyond))
+            raise forms.ValidationError(tokens.beyond_message(self.creator, beyond))
         return scopes
 
 
@@ -298,7 +300,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return obj is None and super().has_change_permission(request, obj)
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
-        token, secret = api_tokens.create(
+        token, secret = tokens.create(
             form.cleaned_data["name"], form.cleaned_data["scopes_text"], created_by=request.user
         )
         obj.pk, obj.prefix, obj.scopes = token.pk, token.prefix, token.scopes

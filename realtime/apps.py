@@ -16,17 +16,17 @@ class RealtimeConfig(AppConfig):
     def ready(self) -> None:
         from realtime import checks  # noqa: F401 - registers the system checks
         from realtime.conf import server_config
-        from realtime.quiet_logs import quiet_disallowed_host_logs
+        from realtime.ops.quiet_logs import quiet_disallowed_host_logs
         from realtime.server import config
         from realtime.websocket import sessions
 
         # The server floor reads its configuration through this, never Django's settings.
         config.provide(server_config)
         quiet_disallowed_host_logs()
-        from realtime import signin
+        from realtime.web import signin
 
-        user_login_failed.connect(signin.count_failure, dispatch_uid="realtime.signin")
-        user_logged_in.connect(signin.remember_browser, dispatch_uid="realtime.signin")
+        user_login_failed.connect(signin.count_failure, dispatch_uid="realtime.web.signin")
+        user_logged_in.connect(signin.remember_browser, dispatch_uid="realtime.web.signin")
         uid = "realtime.websocket.sessions"
         user_logged_out.connect(sessions.close_sockets_of_session, dispatch_uid=uid)
         user_model = get_user_model()
@@ -39,17 +39,17 @@ class RealtimeConfig(AppConfig):
         )
         from django.contrib.auth.models import Group
 
-        from realtime.broadcasting import topics
+        from realtime.messaging import topic_rules
 
         # A custom user model without PermissionsMixin has neither field.
         user_fields = [getattr(user_model, f, None) for f in ("user_permissions", "groups")]
         throughs = [field.through for field in user_fields if field is not None]
         for through in (*throughs, Group.permissions.through):
             m2m_changed.connect(
-                topics.recheck_after_permissions_changed, sender=through, dispatch_uid=uid
+                topic_rules.recheck_after_permissions_changed, sender=through, dispatch_uid=uid
             )
         # The page's own topics first: an app's topics.py may replace them (docs/topics.md).
-        from realtime import views
+        from realtime.web import views
 
         views.register_page_topics()
         autodiscover_modules("topics")

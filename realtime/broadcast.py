@@ -4,11 +4,11 @@
     broadcast.send("Deploy at 18:00", level="warning", audience="authenticated")
 
 `send()` stores the broadcast, then, once the transaction commits, publishes it to its
-audience on every worker (realtime.broadcasting.sending).
+audience on every worker (realtime.messaging.sending).
 """
 
 from __future__ import annotations
 
-from realtime.broadcasting.sending import LayerUnavailable, audiences_for, send, send_broadcast
+from realtime.messaging.sending import LayerUnavailable, audiences_for, send, send_broadcast
 
 __all__ = ["LayerUnavailable", "audiences_for", "send", "send_broadcast"]

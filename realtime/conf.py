@@ -57,8 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_HTTP_BODY_MIN_RATE": 10_000,
     # TCP connections at once per client address (IPv6: per /64) on each worker's TLS and
     # redirect listeners (realtime/server/address_cap.py).
-    # Sign-in throttling (realtime/signin.py): failures per window, per address and per account.
-    # Response headers (realtime/headers.py); "" sends none.
+    # Sign-in throttling (realtime/web/signin.py): failures per window, per address and per account.
+    # Response headers (realtime/web/headers.py); "" sends none.
     "REALTIME_CONTENT_SECURITY_POLICY": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
@@ -68,11 +68,11 @@ DEFAULTS: dict[str, Any] = {
         "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
         "microphone=(), payment=(), usb=(), browsing-topics=()"
     ),
-    # The HTTP publish API (realtime/publish_api.py): requests per token, and failed ones per
+    # The HTTP publish API (realtime/api/publish.py): requests per token, and failed ones per
     # address, per window of seconds; 0: no limit.
     "REALTIME_API_RATE_LIMIT": 120,
     "REALTIME_API_RATE_WINDOW": 60,
-    # GET /metrics (realtime/metrics.py): the client addresses or networks it answers, and a
+    # GET /metrics (realtime/ops/metrics.py): the client addresses or networks it answers, and a
     # bearer token that opens it from anywhere ("" : none does).
     "REALTIME_METRICS_ALLOWED_ADDRESSES": ["127.0.0.1/8", "::1/128"],
     # The proxies and load balancers whose word on the client's address is believed
@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     # DJANGO_TRUST_PROXY_HEADERS; the PROXY protocol's header with serve --proxy-protocol.
     "REALTIME_TRUSTED_PROXIES": ["127.0.0.1", "::1"],
     "REALTIME_METRICS_TOKEN": "",
-    # The admin's live view (realtime/broadcasting/live_stats.py): seconds between a worker's
+    # The admin's live view (realtime/ops/live_stats.py): seconds between a worker's
     # reports to Redis and its pushes to the staff watching.
     "REALTIME_LIVE_STATS_INTERVAL": 2,
     "REALTIME_SIGNIN_WINDOW": 900,
@@ -108,12 +108,12 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,
     # Seconds between sweeps that delete every stream's messages beyond its history (count and
-    # age above); one worker over all hosts sweeps each time (realtime/broadcasting/maintenance).
+    # age above); one worker over all hosts sweeps each time (realtime/messaging/maintenance).
     "REALTIME_HISTORY_SWEEP_INTERVAL": 60,
     # Replay tokens (a position in the URL, `resume`, `subscribe` with `since`: one each, plus
     # one per 50 rows read) per second and at once per socket, and per client address on each
-    # worker (realtime/websocket/replays.py): a replay reads up to 500 rows on the worker's one
-    # database thread. 0: no limit.
+    # worker (realtime/websocket/replay_budget.py): a replay reads up to 500 rows on the
+    # worker's one database thread. 0: no limit.
     "REALTIME_REPLAY_RATE": 1,
     "REALTIME_REPLAY_BURST": 20,
     "REALTIME_REPLAY_ADDRESS_RATE": 20,

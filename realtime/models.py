@@ -3,7 +3,7 @@ the tokens of the HTTP publish API.
 
 A stream is a named sequence of messages (a topic, a user's own topic, or the broadcasts):
 `Topic` holds its epoch and last offset, `TopicMessage` its history. Offsets are given when a
-message is published, one after the other without gaps (realtime/broadcasting/streams.py).
+message is published, one after the other without gaps (realtime/messaging/streams.py).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class TopicMessage(models.Model):
 
 
 class ApiToken(models.Model):
-    """A token of the HTTP publish API (realtime/api_tokens.py): its SHA-256, never the secret."""
+    """A token of the HTTP publish API (realtime/api/tokens.py): its SHA-256, never the secret."""
 
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, help_text="Its first characters, to tell it apart.")

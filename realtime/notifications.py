@@ -20,7 +20,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from realtime.broadcasting import streams, topics
+from realtime.messaging import streams, topic_rules
 from realtime.models import Broadcast, TopicMessage
 
 EVENT = "notification"
@@ -39,7 +39,7 @@ def notify(user: Any, text: str, *, level: str = "info") -> TopicMessage:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}.")
     data = {"text": text, "level": level, "sent_at": timezone.now().isoformat()}
-    return topics.send_to_user(user, data, event=EVENT)
+    return topic_rules.send_to_user(user, data, event=EVENT)
 
 
 def recent(user: Any, limit: int = 10) -> list[dict[str, Any]]:

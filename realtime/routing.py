@@ -16,8 +16,8 @@ from channels.routing import URLRouter
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import path, re_path
 
-from realtime.broadcasting import maintenance
 from realtime.checks import check_settings
+from realtime.messaging import maintenance
 from realtime.websocket.consumer import RealtimeConsumer
 from realtime.websocket.limits import websocket_limits
 from realtime.websocket.middleware import (

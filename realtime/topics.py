@@ -16,7 +16,7 @@ offset; a subscriber that reconnects resumes from its offset and gets each messa
 
 from __future__ import annotations
 
-from realtime.broadcasting.topic_presence import presence
-from realtime.broadcasting.topics import recheck, register, send, send_to_user
+from realtime.messaging.topic_presence import presence
+from realtime.messaging.topic_rules import recheck, register, send, send_to_user
 
 __all__ = ["presence", "recheck", "register", "send", "send_to_user"]

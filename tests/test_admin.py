@@ -10,7 +10,7 @@ import asyncio
 import pytest
 import redis
 
-from realtime.broadcasting import presence
+from realtime.messaging import audience_counts
 from realtime.models import Broadcast
 from tests.helpers import (
     BrowserSession,
@@ -167,7 +167,7 @@ def test_a_broadcast_to_another_audience_is_sent_at_once(admin_client, admin_use
 
 @pytest.mark.django_db
 def test_a_broadcast_to_everyone_asks_first_with_the_clients_it_reaches(admin_client, monkeypatch):
-    monkeypatch.setattr(presence, "counts", lambda: {"everyone": 12})
+    monkeypatch.setattr(audience_counts, "counts", lambda: {"everyone": 12})
     response = post_add(admin_client, message="Deploy <at> 18:00", level="warning")
     assert response.status_code == 200
     assert not Broadcast.objects.exists()
@@ -187,7 +187,7 @@ def test_the_confirmation_says_when_the_number_of_clients_is_unknown(admin_clien
     def redis_down():
         raise redis.ConnectionError("Connection refused")
 
-    monkeypatch.setattr(presence, "counts", redis_down)
+    monkeypatch.setattr(audience_counts, "counts", redis_down)
     html = post_add(admin_client, message="Hello").content.decode()
     assert "how many are connected now is unknown (Connection refused)" in html
     assert not Broadcast.objects.exists()

@@ -1,4 +1,4 @@
-"""The HTTP publish API (realtime/publish_api.py) and its tokens (realtime/api_tokens.py):
+"""The HTTP publish API (realtime/api/publish.py) and its tokens (realtime/api/tokens.py):
 in-process for each answer, then on real servers: schemathesis against /api/openapi.json over
 TLS, and curl through TLS publishing a broadcast that sockets on both workers receive."""
 
@@ -19,8 +19,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
-from realtime import api_tokens, counters
+from realtime.api import tokens
 from realtime.models import ApiToken, Broadcast, TopicMessage
+from realtime.web import counters
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -49,7 +50,7 @@ def ops():
 
 
 def token(*scopes: str, name: str = "svc") -> str:
-    return api_tokens.create(name, list(scopes) or ["broadcasts"], created_by=ops())[1]
+    return tokens.create(name, list(scopes) or ["broadcasts"], created_by=ops())[1]
 
 
 def post(client, body, secret: str | None = None, content_type: str = "application/json"):
@@ -77,7 +78,7 @@ def test_a_token_is_printed_once_stored_hashed_listed_by_prefix_and_revoked():
     assert "deployer\trtk_" in listed.getvalue() and secret not in listed.getvalue()
     assert "\tfor ops\t" in listed.getvalue()
     call_command("apitoken", "revoke", "deployer", stdout=StringIO())
-    assert api_tokens.authenticate(f"Bearer {secret}") is None
+    assert tokens.authenticate(f"Bearer {secret}") is None
     with pytest.raises(CommandError, match="No active token"):
         call_command("apitoken", "revoke", "deployer")
     call_command(
@@ -192,7 +193,7 @@ def test_deep_or_large_bodies_get_an_answer_not_a_500(client, settings):
 def test_a_token_revoked_between_two_requests_is_refused_at_once(client):
     secret = token(name="short-lived")
     assert post(client, {"message": "one"}, secret).status_code == 202
-    api_tokens.revoke("short-lived")
+    tokens.revoke("short-lived")
     assert post(client, {"message": "two"}, secret).status_code == 401
 
 
@@ -247,7 +248,7 @@ def test_the_admin_creates_a_token_shows_it_once_and_revokes_it(admin_client):
     secret = re.search(r"rtk_[A-Za-z0-9_-]{43}", response.content.decode()).group(0)
     stored = ApiToken.objects.get(name="from-admin")
     assert stored.scopes == ["broadcasts", "topic:orders.*"]
-    assert api_tokens.authenticate(f"Bearer {secret}") == stored
+    assert tokens.authenticate(f"Bearer {secret}") == stored
     listing = admin_client.get("/admin/realtime/apitoken/", secure=True).content.decode()
     assert "from-admin" in listing and secret not in listing
     admin_client.post(
@@ -255,7 +256,7 @@ def test_the_admin_creates_a_token_shows_it_once_and_revokes_it(admin_client):
         {"action": "revoke_tokens", "_selected_action": [stored.pk]},
         secure=True,
     )
-    assert api_tokens.authenticate(f"Bearer {secret}") is None
+    assert tokens.authenticate(f"Bearer {secret}") is None
 
 
 @pytest.fixture
@@ -369,14 +370,14 @@ def test_the_rate_is_counted_in_redis_for_all_workers(start, redis_server, dev_c
 
 
 def test_last_use_is_written_at_most_once_a_minute(client):
-    """api_tokens.USED_EVERY: a second call within the minute writes nothing; past it, it does."""
+    """tokens.USED_EVERY: a second call within the minute writes nothing; past it, it does."""
     secret = token(name="busy")
     assert post(client, {"message": "one"}, secret).status_code == 202
     first = ApiToken.objects.get(name="busy").last_used_at
     assert first is not None
     assert post(client, {"message": "two"}, secret).status_code == 202
     assert ApiToken.objects.get(name="busy").last_used_at == first  # within the minute
-    past = first - api_tokens.USED_EVERY - timedelta(seconds=1)
+    past = first - tokens.USED_EVERY - timedelta(seconds=1)
     ApiToken.objects.filter(name="busy").update(last_used_at=past)  # as if a minute went by
     assert post(client, {"message": "three"}, secret).status_code == 202
     assert ApiToken.objects.get(name="busy").last_used_at > first

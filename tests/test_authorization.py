@@ -268,7 +268,7 @@ def test_the_session_key_never_reaches_the_channel_layer(monkeypatch):
 
     closed, groups = asyncio.run(scenario())
     assert closed["code"] == 4001
-    # The fan-out's own checks aside (realtime.broadcasting.fanout), the sign-out is the only event.
+    # The fan-out's own checks aside (realtime.messaging.fanout), the sign-out is the only event.
     sent = [(group, event) for group, event in sent if event["type"] != "realtime.fanout.probe"]
     assert [group for group, _ in sent] == ["realtime.sessions"]
     assert sent[0][1]["type"] == "realtime.logout"
@@ -406,7 +406,7 @@ def session_of(client: Client):
 
 
 def test_a_socket_is_closed_when_its_session_expires_and_not_before():
-    from realtime.broadcasting import fanout as delivery
+    from realtime.messaging import fanout as delivery
 
     bob = signed_in("bob")
     session = session_of(bob)
@@ -435,7 +435,7 @@ def test_a_socket_is_closed_when_its_session_expires_and_not_before():
 def test_a_session_deleted_from_the_store_closes_its_socket_by_the_next_look(settings):
     from django.contrib.sessions.models import Session
 
-    from realtime.broadcasting import fanout as delivery
+    from realtime.messaging import fanout as delivery
 
     settings.REALTIME_SESSION_CHECK = 30
     bob, carol = signed_in("bob"), signed_in("carol")

@@ -14,7 +14,7 @@ from django.db import transaction
 
 from project.asgi import application
 from realtime import broadcast
-from realtime.broadcasting import streams
+from realtime.messaging import streams
 from realtime.models import MAX_MESSAGE_LENGTH, Broadcast
 from tests.helpers import Communicator
 
@@ -173,13 +173,13 @@ def test_bad_broadcasts_are_refused_before_storing(kwargs, field):
 
 def test_the_message_is_serialized_once_for_all_sockets(monkeypatch):
     calls = []
-    real_encode = streams.protocol.encode
+    real_encode = streams.wire.encode
 
     def counting_encode(message):
         calls.append(message)
         return real_encode(message)
 
-    monkeypatch.setattr(streams.protocol, "encode", counting_encode)
+    monkeypatch.setattr(streams.wire, "encode", counting_encode)
 
     async def scenario():
         sockets = [socket_for() for _ in range(5)]

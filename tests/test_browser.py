@@ -129,7 +129,7 @@ def test_an_admin_broadcast_appears_live_and_staff_only_ones_do_not(
 
 
 def test_no_page_breaks_the_content_security_policy(browser, https_server, server_env):
-    """Every page, the admin's included, under the strict CSP (realtime/headers.py): Chromium
+    """Every page, the admin's included, under the strict CSP (realtime/web/headers.py): Chromium
     reports no violation, the page's script runs (its socket opens) and the headers are sent."""
     password = create_user(server_env, "csp-staff", staff=True)
     base = f"https://{HOST}:{https_server.port}"

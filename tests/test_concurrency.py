@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from realtime.broadcasting.streams import TOPICS_GROUP
+from realtime.messaging.streams import TOPICS_GROUP
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -70,7 +70,7 @@ print(min(m.pk for m in made), max(m.pk for m in made))
 REPUBLISH = """
 import sys
 sys.stdin.readline()  # all processes start republishing at the same moment
-from realtime.broadcasting.streams import republish_pending
+from realtime.messaging.streams import republish_pending
 total = 0
 while (n := republish_pending(grace=0)):
     total += n

@@ -1,4 +1,4 @@
-"""Unit tests of a worker's fan-out (realtime.broadcasting.fanout) and of presence, in process:
+"""Unit tests of a worker's fan-out (realtime.messaging.fanout) and of presence, in process:
 sign-outs, losing and regaining the layer, a bad event. (Delivery by offset, gaps and the
 catch-up: tests/test_streams.py.)"""
 
@@ -13,15 +13,15 @@ import redis
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from realtime.broadcasting import presence
-from realtime.broadcasting.fanout import (
+from realtime.messaging import audience_counts
+from realtime.messaging.fanout import (
     SIGN_OUT_MEMORY,
     SIGN_OUTS_REMEMBERED,
     Fanout,
     LayerLost,
 )
-from realtime.broadcasting.redis_client import sync_client
-from realtime.broadcasting.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
+from realtime.messaging.redis_client import sync_client
+from realtime.messaging.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
 from realtime.websocket.sessions import SignedIn
 
 # Registering a socket reads its streams' positions from the database.
@@ -168,12 +168,12 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
     try:
         client = sync_client()
         client.flushdb()
-        key = presence.COUNTS_KEY
-        client.hset(key, "a:1", presence.entry({"everyone": 3, "staff": 1}, 60))
-        client.hset(key, "b:2", presence.entry({"everyone": 2, "authenticated": 2}, 0.3))
-        both = presence.counts()
+        key = audience_counts.COUNTS_KEY
+        client.hset(key, "a:1", audience_counts.entry({"everyone": 3, "staff": 1}, 60))
+        client.hset(key, "b:2", audience_counts.entry({"everyone": 2, "authenticated": 2}, 0.3))
+        both = audience_counts.counts()
         asyncio.run(asyncio.sleep(0.5))  # past the second worker's expiry
-        one = presence.counts()
+        one = audience_counts.counts()
         fields = client.hkeys(key)
     finally:
         sync_client.cache_clear()
@@ -233,7 +233,7 @@ def test_a_socket_that_registers_while_the_layer_is_being_lost_is_refused():
 
 def test_healthz_checks_reuse_one_subscription_on_the_pubsub_layer(settings, redis_server):
     """A new channel per check would stay subscribed for the life of the process."""
-    from realtime.health import check_channel_layer
+    from realtime.ops.health import check_channel_layer
 
     settings.CHANNEL_LAYERS = {
         "default": {

@@ -47,7 +47,7 @@ CHECK = 1  # seconds, REALTIME_FANOUT_CHECK
 CHECK_TIMEOUT = 2  # seconds, REALTIME_FANOUT_CHECK_TIMEOUT
 ROUNDS = 3
 # Live delivery takes milliseconds; the database catch-up waits 3 s
-# (realtime.broadcasting.fanout.SETTLE).
+# (realtime.messaging.fanout.SETTLE).
 LIVE = 1.5
 LOST = "Broadcast fan-out lost the channel layer"
 REGAINED = "Broadcast fan-out has the channel layer again"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from project.asgi import application
-from realtime.websocket import protocol
+from realtime import wire
 from tests.helpers import Communicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,7 +40,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-client_types = st.sampled_from(sorted(protocol.CLIENT_TYPES)) | st.text(max_size=10)
+client_types = st.sampled_from(sorted(wire.CLIENT_TYPES)) | st.text(max_size=10)
 # Objects with a plausible "type" and random other fields reach the per-type checks.
 typed_objects = st.builds(
     lambda kind, fields: {**fields, "type": kind},
@@ -76,20 +76,20 @@ texts = (
 @given(texts)
 def test_parsing_gives_a_message_or_a_protocol_error(text):
     try:
-        message = protocol.parse_client_message(text)
-    except protocol.ProtocolError as exc:
+        message = wire.parse_client_message(text)
+    except wire.ProtocolError as exc:
         assert exc.code and exc.detail
-        json.loads(protocol.error(exc.code, exc.detail))  # the reply itself is valid JSON
+        json.loads(wire.error(exc.code, exc.detail))  # the reply itself is valid JSON
     else:
-        assert isinstance(message, dict) and message["type"] in protocol.CLIENT_TYPES
+        assert isinstance(message, dict) and message["type"] in wire.CLIENT_TYPES
 
 
 @PURE
 @given(typed_objects)
 def test_a_broadcast_request_gives_strings_or_a_protocol_error(message):
     try:
-        fields = protocol.broadcast_request(message)
-    except protocol.ProtocolError as exc:
+        fields = wire.broadcast_request(message)
+    except wire.ProtocolError as exc:
         assert exc.code == "invalid_broadcast"
     else:
         assert all(isinstance(value, str) for value in fields)

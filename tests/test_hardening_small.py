@@ -1,7 +1,7 @@
 """Three small holes, each tried as an attacker would: the sign-in 429 page without the security
-headers every other page has (realtime/signin.py, realtime/headers.py), /healthz showing the
-raw Redis error (hosts and ports) to anyone (realtime/health.py), and /api/openapi.json
-checking tokens with no limit (realtime/openapi.py). Real servers over TLS where the
+headers every other page has (realtime/web/signin.py, realtime/web/headers.py), /healthz showing the
+raw Redis error (hosts and ports) to anyone (realtime/ops/health.py), and /api/openapi.json
+checking tokens with no limit (realtime/api/openapi.py). Real servers over TLS where the
 middleware chain or the outage matters; the rate limit in process with a 2 s window."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import urllib.request
 import pytest
 from django.contrib.auth import get_user_model
 
-from realtime import api_tokens, counters, health
+from realtime.api import tokens
+from realtime.ops import health
 from realtime.server.log_limits import OncePerInterval
+from realtime.web import counters
 from tests.helpers import BrowserSession, create_user, daphne_tls_args, free_port
 
 SECURITY_HEADERS = ("Content-Security-Policy", "Permissions-Policy", "X-Frame-Options")
@@ -110,11 +112,11 @@ def test_a_failing_check_is_logged_once_a_minute_and_again_after(monkeypatch, ca
     now = [1000.0]
     monkeypatch.setattr(health, "should_log", OncePerInterval(60, clock=lambda: now[0]))
     failing = {"database": "OperationalError: db.internal:5432 refused", "fanout": None}
-    with caplog.at_level(logging.WARNING, logger="realtime.health"):
+    with caplog.at_level(logging.WARNING, logger="realtime.ops.health"):
         for step in (0, 30, 29.9, 0.2):  # the last one past the minute
             now[0] += step
             health.log_failures(failing)
-    lines = [r.getMessage() for r in caplog.records if r.name == "realtime.health"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "realtime.ops.health"]
     assert lines == ["/healthz: database is down: OperationalError: db.internal:5432 refused "
                      "(said once a minute)"] * 2  # fmt: skip
 
@@ -138,7 +140,7 @@ def openapi(client, secret: str | None = None):
 @pytest.mark.django_db(transaction=True)
 def test_openapi_limits_wrong_tokens_per_address_then_refuses_a_valid_one(client, limited):
     boss = get_user_model().objects.create_user("boss", is_staff=True, is_superuser=True)
-    secret = api_tokens.create("docs", ["topic:*"], created_by=boss)[1]
+    secret = tokens.create("docs", ["topic:*"], created_by=boss)[1]
     guesses = [openapi(client, f"rtk_guess{n}").status_code for n in range(4)]
     assert guesses == [200, 200, 200, 429]
     refused = openapi(client, secret)  # a right token from the same address, in the window

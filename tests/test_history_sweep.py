@@ -1,4 +1,4 @@
-"""The history sweep (realtime.broadcasting.maintenance): every stream's messages beyond its
+"""The history sweep (realtime.messaging.maintenance): every stream's messages beyond its
 window (count and age) are deleted, whether or not the stream publishes again; what the window
 promises stays. In process, then on `serve --workers 2` run past its interval."""
 
@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from realtime.broadcasting import maintenance, streams
+from realtime.messaging import maintenance, streams
 from realtime.models import Topic, TopicMessage
 from tests.helpers import (
     PYTHON,

@@ -1,4 +1,4 @@
-"""realtime.broadcasting.layer against a real Redis that restarts: the first send after it
+"""realtime.messaging.layer against a real Redis that restarts: the first send after it
 goes out."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import redis
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from realtime.broadcasting.layer import group_send
+from realtime.messaging.layer import group_send
 
 LAYERS = [RedisPubSubChannelLayer, RedisChannelLayer]
 
@@ -31,7 +31,7 @@ def test_a_send_right_after_a_redis_restart_goes_out(layer_class, private_redis)
         await layer.group_send("realtime.test", {"type": "warm.up"})
         server.stop()
         server.start()
-        # ...and realtime.broadcasting.layer's goes out.
+        # ...and realtime.messaging.layer's goes out.
         await group_send("realtime.test", {"type": "after.restart"}, layer)
         await layer.flush()
 

@@ -1,4 +1,4 @@
-"""The admin's live view without a browser (realtime/broadcasting/live_stats.py): what workers
+"""The admin's live view without a browser (realtime/ops/live_stats.py): what workers
 report to a real (private) Redis, how the picture sums them, the windows run past, and who may
 see it. tests/test_admin_live.py watches it update in Chromium."""
 
@@ -16,9 +16,10 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 
 from realtime import broadcast, topics
-from realtime.broadcasting import live_stats, streams
-from realtime.broadcasting import topics as registry
-from realtime.server import metrics
+from realtime.messaging import streams
+from realtime.messaging import topic_rules as registry
+from realtime.ops import live_stats
+from realtime.server import prometheus
 from tests.test_authorization import opened, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,7 +33,7 @@ def live_redis(redis_server, monkeypatch):
     monkeypatch.setattr(live_stats, "sync_client", lambda: client)
     monkeypatch.setattr(live_stats.recorder, "enabled", True)
     monkeypatch.setattr(live_stats.recorder, "reached", {})
-    metrics.take_refused()
+    prometheus.take_refused()
     yield redis_server
     client.close()
 
@@ -111,7 +112,7 @@ def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
     monkeypatch.setattr(live_stats, "HOUR", 3)
     monkeypatch.setattr(live_stats, "BUCKET", 1)
     for reason in ("origin", "origin", "size"):
-        metrics.refuse(reason)
+        prometheus.refuse(reason)
     report_as("hostA-w1", 0, live_redis.url, monkeypatch)
     assert live_stats.snapshot()["refused"] == [
         {"reason": "origin", "count": 2},
@@ -122,7 +123,7 @@ def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
 
 
 def test_refusals_a_report_could_not_write_are_written_by_the_next(live_redis, monkeypatch):
-    metrics.refuse("deadline")
+    prometheus.refuse("deadline")
     live_redis.stop()
     with pytest.raises((redis.RedisError, OSError)):
         report_as("hostA-w1", 0, live_redis.url, monkeypatch)
@@ -228,7 +229,7 @@ def test_every_key_of_the_live_view_expires_past_its_window(live_redis, settings
     broadcast.send("Counted")
     offset = streams.position(streams.BROADCASTS)[1]
     live_stats.recorder.delivered(streams.BROADCASTS, offset, 3, 0.01)
-    metrics.refuse("origin")
+    prometheus.refuse("origin")
     report_as("hostA-w1", 3, live_redis.url, monkeypatch)
     client = redis.Redis.from_url(live_redis.url)
     assert len(client.keys("realtime:live:*")) == 3  # workers, reach, refused

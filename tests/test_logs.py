@@ -1,4 +1,4 @@
-"""Logs (realtime/logs.py, realtime/server/access_log.py): one JSON object per line from every
+"""Logs (realtime/ops/logs.py, realtime/server/access_log.py): one JSON object per line from every
 logger of a real `serve --workers 2` (its supervisor, workers, Django, daphne's access log),
 client addresses shortened when asked, and readable text by default."""
 
@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from realtime.logs import JsonFormatter, MaskAddresses, logging_config, masked
+from realtime.ops.logs import JsonFormatter, MaskAddresses, logging_config, masked
 from tests.helpers import PYTHON, free_port, receive_json, ws_connect
 
 

@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 
 from realtime import admin as realtime_admin
-from realtime.broadcasting import sending
+from realtime.messaging import sending
 from realtime.models import TopicMessage
 
 USERS = "/admin/auth/user/"

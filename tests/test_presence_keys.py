@@ -1,5 +1,5 @@
-"""The audience counts (realtime.broadcasting.presence) against topic presence entries
-(realtime.broadcasting.topic_presence), on a real Redis: any signed-in user can create topic
+"""The audience counts (realtime.messaging.audience_counts) against topic presence entries
+(realtime.messaging.topic_presence), on a real Redis: any signed-in user can create topic
 presence keys, and no number of them changes what reading the counts asks of Redis."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from realtime.broadcasting import presence, topic_presence
-from realtime.broadcasting.redis_client import sync_client
+from realtime.messaging import audience_counts, topic_presence
+from realtime.messaging.redis_client import sync_client
 
 TOPIC_KEYS = 5000
 
@@ -31,7 +31,7 @@ def redis_layer(settings, redis_server):
 
 def worker_counts(client, field: str, counts: dict[str, int]) -> None:
     """A worker's counts, as its refresher stores them."""
-    client.hset(presence.COUNTS_KEY, field, presence.entry(counts))
+    client.hset(audience_counts.COUNTS_KEY, field, audience_counts.entry(counts))
 
 
 def add_topic_presence(client, count: int) -> None:
@@ -47,7 +47,7 @@ def add_topic_presence(client, count: int) -> None:
 def commands_of_counts(client) -> tuple[dict[str, int], dict[str, int]]:
     """The counts, and how many of each Redis command reading them took."""
     client.config_resetstat()
-    counts = presence.counts()
+    counts = audience_counts.counts()
     stats = client.info("commandstats")
     used = {
         name.removeprefix("cmdstat_"): value["calls"]

@@ -15,7 +15,7 @@ import pytest
 from django.http import HttpRequest
 from websockets.exceptions import InvalidStatus
 
-from realtime.quiet_logs import OncePerAddress
+from realtime.ops.quiet_logs import OncePerAddress
 from realtime.server.log_limits import OncePerInterval
 from tests.helpers import receive_json, ws_connect
 

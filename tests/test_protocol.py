@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from realtime.websocket import protocol
+from realtime import wire
 
 
 @pytest.mark.parametrize(
@@ -23,20 +23,20 @@ from realtime.websocket import protocol
     ],
 )
 def test_it_refuses_bad_messages_with_a_code(text, code):
-    with pytest.raises(protocol.ProtocolError) as info:
-        protocol.parse_client_message(text)
+    with pytest.raises(wire.ProtocolError) as info:
+        wire.parse_client_message(text)
     assert info.value.code == code
     assert info.value.detail
 
 
 def test_it_accepts_ping_with_extra_fields():
-    assert protocol.parse_client_message('{"type": "ping", "id": 3}')["type"] == "ping"
+    assert wire.parse_client_message('{"type": "ping", "id": 3}')["type"] == "ping"
 
 
 def test_welcome_says_secure_only_for_wss():
     tls = {"tls_version": "TLSv1.3", "cipher_suite": "TLS_AES_128_GCM_SHA256"}
-    secure = json.loads(protocol.welcome(scheme="wss", worker="w1", user=None, tls=tls))
-    plain = json.loads(protocol.welcome(scheme="ws", worker="w1", user="alice", tls=None))
+    secure = json.loads(wire.welcome(scheme="wss", worker="w1", user=None, tls=tls))
+    plain = json.loads(wire.welcome(scheme="ws", worker="w1", user="alice", tls=None))
     assert secure["secure"] is True
     assert secure["tls"] == {"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256"}
     assert plain["secure"] is False

@@ -1,5 +1,5 @@
 """Replays have a budget of their own, per socket and per client address (issue 25, item 6;
-realtime/websocket/replays.py): the buckets with a clock we move, the consumer in process
+realtime/websocket/replay_budget.py): the buckets with a clock we move, the consumer in process
 (resume, subscribe with since, positions in the URL), and a flood against `serve --workers 2`
 from one address while /healthz answers."""
 
@@ -17,10 +17,10 @@ from channels.layers import get_channel_layer
 
 from project.asgi import application
 from realtime import broadcast, topics
-from realtime.broadcasting import streams
-from realtime.broadcasting import topics as registry
-from realtime.websocket import replays
-from realtime.websocket.replays import AddressBuckets, ReplayBudget
+from realtime.messaging import streams
+from realtime.messaging import topic_rules as registry
+from realtime.websocket import replay_budget
+from realtime.websocket.replay_budget import AddressBuckets, ReplayBudget
 from tests.helpers import (
     PYTHON,
     Communicator,
@@ -44,7 +44,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(replays, "addresses", AddressBuckets(clock=clock))
+    monkeypatch.setattr(replay_budget, "addresses", AddressBuckets(clock=clock))
     return clock
 
 
@@ -53,7 +53,7 @@ def small_budget(settings, monkeypatch):
     """3 replays at once per socket and 4 per address, then one a second each."""
     settings.REALTIME_REPLAY_RATE, settings.REALTIME_REPLAY_BURST = 1, 3
     settings.REALTIME_REPLAY_ADDRESS_RATE, settings.REALTIME_REPLAY_ADDRESS_BURST = 1, 4
-    monkeypatch.setattr(replays, "addresses", AddressBuckets())
+    monkeypatch.setattr(replay_budget, "addresses", AddressBuckets())
 
 
 def budget(clock, address: str | None = "198.51.100.7") -> ReplayBudget:
@@ -135,23 +135,23 @@ def test_a_rate_of_zero_turns_a_bucket_off(settings, clock):
     settings.REALTIME_REPLAY_ADDRESS_RATE = 0
     mine = budget(clock)
     assert all(mine.take() == 0.0 for _ in range(1000))
-    assert replays.addresses.buckets == {}
+    assert replay_budget.addresses.buckets == {}
 
 
 def test_an_idle_address_is_forgotten_once_its_bucket_is_full_again(small_budget, clock):
     budget(clock, "198.51.100.1").take()
     budget(clock, "198.51.100.2").take()
-    assert list(replays.addresses.buckets) == ["198.51.100.1", "198.51.100.2"]
+    assert list(replay_budget.addresses.buckets) == ["198.51.100.1", "198.51.100.2"]
     clock.now += 0.9  # not yet full (one a second)
     budget(clock, "198.51.100.3").take()
-    assert len(replays.addresses.buckets) == 3
+    assert len(replay_budget.addresses.buckets) == 3
     clock.now += 0.2  # past the period: the first two are as good as new
     budget(clock, "198.51.100.3").take()
-    assert list(replays.addresses.buckets) == ["198.51.100.3"]
+    assert list(replay_budget.addresses.buckets) == ["198.51.100.3"]
 
 
 def test_memory_is_bounded_whatever_the_number_of_addresses(small_budget, clock, monkeypatch):
-    monkeypatch.setattr(replays, "addresses", AddressBuckets(most=10_000, clock=clock))
+    monkeypatch.setattr(replay_budget, "addresses", AddressBuckets(most=10_000, clock=clock))
     tracemalloc.start()
     try:
         for n in range(30_000):  # none idle: each spent one, and the clock stands still
@@ -159,7 +159,7 @@ def test_memory_is_bounded_whatever_the_number_of_addresses(small_budget, clock,
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(replays.addresses.buckets) == 10_000
+    assert len(replay_budget.addresses.buckets) == 10_000
     assert used < 5_000_000  # measured: about 2.8 MB for 10,000 addresses
 
 

@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime import broadcast
-from realtime.broadcasting import streams
+from realtime.messaging import streams
 from realtime.models import Broadcast, TopicMessage
 from tests.test_broadcast import socket_for
 

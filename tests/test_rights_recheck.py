@@ -17,8 +17,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from realtime import topics
-from realtime.broadcasting import live_stats
-from realtime.broadcasting import topics as registry
+from realtime.messaging import topic_rules as registry
+from realtime.ops import live_stats
 from realtime.websocket import consumer as consumer_module
 from realtime.websocket.consumer import access_now
 from tests.helpers import (

@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from project.asgi import application
-from realtime.broadcasting import fanout as delivery
+from realtime.messaging import fanout as delivery
 from realtime.websocket.sessions import SessionChecks
 from tests.helpers import Communicator
 

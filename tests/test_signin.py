@@ -1,4 +1,4 @@
-"""Sign-in throttling (realtime/signin.py): per address, per account, and no lockout of a
+"""Sign-in throttling (realtime/web/signin.py): per address, per account, and no lockout of a
 browser the real user signed in from. In process with small limits and a 2 s window (the
 window runs out in the tests), then against a real daphne over TLS with the defaults."""
 
@@ -11,9 +11,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from realtime import counters, signin
-from realtime.counters import LocalCounters, RedisCounters
-from realtime.signin import DEVICE_COOKIE
+from realtime.web import counters, signin
+from realtime.web.counters import LocalCounters, RedisCounters
+from realtime.web.signin import DEVICE_COOKIE
 from tests.helpers import BrowserSession, create_user
 
 PASSWORD = "correct horse battery staple"

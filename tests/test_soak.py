@@ -230,7 +230,7 @@ UPTIME_SOCKETS = 10
 BROADCAST_EVERY = 2.0 if LONG else 0.5
 SIGN_OUT_EVERY = 30.0 if LONG else 3.0
 PING_EVERY = 60.0  # under the idle timeout (300 s)
-LIVE = 3.0  # seconds: the database catch-up waits this long (realtime.broadcasting.fanout.SETTLE)
+LIVE = 3.0  # seconds: the database catch-up waits this long (realtime.messaging.fanout.SETTLE)
 
 
 async def read_broadcasts(socket_, arrivals: list[tuple[str, float]]) -> None:

@@ -1,4 +1,4 @@
-"""A worker's delivery of streams (realtime.broadcasting.delivery), without a database or a
+"""A worker's delivery of streams (realtime.messaging.delivery), without a database or a
 server: each message once per socket, in offset order, through copies, gaps, a history that
 lost some, held subscriptions and the catch-up."""
 
@@ -8,8 +8,8 @@ import asyncio
 
 from asgiref.sync import sync_to_async
 
-from realtime.broadcasting.delivery import Streams
-from realtime.broadcasting.streams import Entry, Replay
+from realtime.messaging.delivery import Streams
+from realtime.messaging.streams import Entry, Replay
 from tests.helpers import CAUGHT_UP
 
 

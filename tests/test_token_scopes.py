@@ -1,4 +1,4 @@
-"""A publish API token carries only rights its creator holds (realtime/api_tokens.py), at its
+"""A publish API token carries only rights its creator holds (realtime/api/tokens.py), at its
 creation and at every use, and never sends to the server's own topics (realtime.*).
 
 The attack this stops: a staff user allowed to make API tokens but not to send broadcasts made
@@ -20,8 +20,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 
-from realtime import api_tokens, counters
+from realtime.api import tokens
 from realtime.models import ApiToken, Broadcast, TopicMessage
+from realtime.web import counters
 from tests.helpers import PYTHON, ROOT, BrowserSession, create_user, demote, run_in_shell
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -60,13 +61,13 @@ def test_a_token_is_refused_scopes_its_creator_does_not_hold():
     tina = make_user("tina", "add_apitoken", "view_apitoken")
     for scopes, right in [(["broadcasts"], "add_broadcast"), (["topic:orders.*"], "topicmessage")]:
         with pytest.raises(ValueError, match=right):
-            api_tokens.create("svc", scopes, created_by=tina)
+            tokens.create("svc", scopes, created_by=tina)
     with pytest.raises(ValueError, match="name its creator"):
-        api_tokens.create("svc", ["broadcasts"], created_by=None)
+        tokens.create("svc", ["broadcasts"], created_by=None)
     boss = make_user("boss", superuser=True, staff=True)
     boss.is_active = False
     with pytest.raises(ValueError, match="may not give broadcasts"):
-        api_tokens.create("svc", ["broadcasts"], created_by=boss)
+        tokens.create("svc", ["broadcasts"], created_by=boss)
     assert not ApiToken.objects.exists()
 
 
@@ -105,7 +106,7 @@ def test_the_admin_refuses_a_staff_user_scopes_beyond_their_rights(client):
 @pytest.mark.parametrize("topic", INTERNAL)
 def test_no_token_sends_to_the_servers_own_topics(client, topic):
     boss = make_user("boss", superuser=True)
-    secret = api_tokens.create("all", ["broadcasts", "topic:*"], created_by=boss)[1]
+    secret = tokens.create("all", ["broadcasts", "topic:*"], created_by=boss)[1]
     response = publish(client, secret, {"topic": topic, "data": {"fake": 1}})
     assert response.status_code == 403 and "server's own" in response.json()["detail"]
     assert not TopicMessage.objects.filter(topic=topic).exists()
@@ -114,7 +115,7 @@ def test_no_token_sends_to_the_servers_own_topics(client, topic):
 
 def test_the_openapi_document_leaves_the_servers_own_topics_out(client):
     boss = make_user("boss", superuser=True)
-    secret = api_tokens.create("all", ["topic:*"], created_by=boss)[1]
+    secret = tokens.create("all", ["topic:*"], created_by=boss)[1]
     document = client.get(
         "/api/openapi.json", secure=True, HTTP_AUTHORIZATION=f"Bearer {secret}"
     ).json()
@@ -124,7 +125,7 @@ def test_the_openapi_document_leaves_the_servers_own_topics_out(client):
 
 def test_a_token_stops_where_its_creator_lost_the_right(client):
     tina = make_user("tina", "add_broadcast", "add_topicmessage")
-    secret = api_tokens.create("svc", ["broadcasts", "topic:news.*"], created_by=tina)[1]
+    secret = tokens.create("svc", ["broadcasts", "topic:news.*"], created_by=tina)[1]
     assert publish(client, secret, {"message": "one"}).status_code == 202
     assert tina.has_perm("realtime.add_broadcast")  # fills this object's permission cache
     tina.user_permissions.remove(Permission.objects.get(codename="add_broadcast"))
@@ -137,7 +138,7 @@ def test_a_token_stops_where_its_creator_lost_the_right(client):
 @pytest.mark.parametrize("gone", ["deactivated", "deleted"])
 def test_a_token_stops_when_its_creator_is_gone(client, gone):
     boss = make_user("boss", superuser=True)
-    secret = api_tokens.create("svc", ["broadcasts", "topic:*"], created_by=boss)[1]
+    secret = tokens.create("svc", ["broadcasts", "topic:*"], created_by=boss)[1]
     if gone == "deleted":
         boss.delete()
     else:

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.test import Client
 
 from realtime import broadcast, topics
-from realtime.broadcasting import fanout, streams
-from realtime.broadcasting import topics as registry
+from realtime.messaging import fanout, streams
+from realtime.messaging import topic_rules as registry
 from tests.test_authorization import opened, signed_in, socket_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

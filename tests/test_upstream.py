@@ -291,7 +291,7 @@ def test_http_channel_has_the_hooks_the_request_deadline_uses():
 
 
 def test_http_channel_refuses_headers_past_total_headers_size_as_the_size_metric_counts():
-    """The "size" refusals (realtime/server/metrics.py) are counted where the header bytes of
+    """The "size" refusals (realtime/server/prometheus.py) are counted where the header bytes of
     a request pass `totalHeadersSize`, the bound Twisted's channel answers 400 at."""
     assert HTTPChannel.totalHeadersSize == 16384
     source = inspect.getsource(HTTPChannel.lineReceived)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from realtime import broadcast, notifications, topics
-from realtime.broadcasting import streams
+from realtime.messaging import streams
 from realtime.models import Topic
 
 pytestmark = pytest.mark.django_db(transaction=True)

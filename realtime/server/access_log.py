@@ -1,7 +1,7 @@
 """daphne's access log through Python logging (logger "daphne.access"), one record per HTTP
 request and WebSocket event, with its fields (client, method, path, status, size, protocol,
 action) as `extra`: the project's LOGGING decides whether and how it is written (JSON, text,
-addresses shortened: realtime/logs.py). daphne's own `--access-log FILE` still works and
+addresses shortened: realtime/ops/logs.py). daphne's own `--access-log FILE` still works and
 replaces it. Query strings are never logged: they may carry a resume position or a token.
 """
 

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from realtime.server import config, metrics
+from realtime.server import config, prometheus
 from realtime.server.client_address import client_key
 from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
@@ -44,7 +44,7 @@ class AddressCap:
         """The key to release later, or None: refuse this connection."""
         key = address_key(address)
         if self.limit > 0 and key and self.open[key] >= self.limit:
-            metrics.refuse("per_address_cap")
+            prometheus.refuse("per_address_cap")
             if self.should_log(key):
                 logger.warning(
                     "Refused connections from %s on the %s listener: %d open already (said "

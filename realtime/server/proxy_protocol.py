@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
-from realtime.server import metrics
+from realtime.server import prometheus
 from realtime.server.address_cap import AddressCap, CapByAddress
 from realtime.server.client_address import TrustedProxies
 from realtime.server.log_limits import LOG_EVERY, OncePerInterval
@@ -48,7 +48,7 @@ class TrustedPeersOnly(Factory):
         host = str(getattr(addr, "host", "") or "")
         if host in self.trusted:
             return self.wrapped.buildProtocol(addr)
-        metrics.refuse("untrusted_proxy")
+        prometheus.refuse("untrusted_proxy")
         if self.should_log(host):
             logger.warning(
                 "Refused a connection from %s: this listener takes PROXY-protocol connections "

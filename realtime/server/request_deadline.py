@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.web.http import HTTPChannel
 
-from realtime.server import metrics
+from realtime.server import prometheus
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ class DeadlineHTTPChannel(HTTPChannel):
     def _count_size_refusal(self) -> None:
         if not self.size_counted:
             self.size_counted = True
-            metrics.refuse("size")
+            prometheus.refuse("size")
 
     def allHeadersReceived(self) -> None:
         self._lift_deadline()
         self.header_bytes = 0
         if not self.tls_counted:  # the first request: its connection's TLS is established
             self.tls_counted = True
-            metrics.count_tls_connection(self.transport)
+            prometheus.count_tls_connection(self.transport)
         super().allHeadersReceived()
         if self.length != 0 and self.body_min_rate > 0:
             length = self.length if self.length is not None else UNKNOWN_BODY_LENGTH
@@ -109,7 +109,7 @@ class DeadlineHTTPChannel(HTTPChannel):
         logger.info(
             "Dropped a connection from %s: %s within %g s", self.transport.getPeer(), what, seconds
         )
-        metrics.refuse("deadline")
+        prometheus.refuse("deadline")
         self.transport.abortConnection()
 
     def _lift_deadline(self) -> None:

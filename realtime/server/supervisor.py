@@ -17,7 +17,7 @@ worker is ready, RELOADING=1 and READY=1 around a reload, and STOPPING=1
 (realtime/server/systemd.py).
 
 The workers' Prometheus values go to one directory the supervisor makes empty at its start and
-removes at its end (realtime/server/metrics.py), so that whichever worker answers a scrape
+removes at its end (realtime/server/prometheus.py), so that whichever worker answers a scrape
 reports the whole host; a worker's open-socket gauges are dropped when it exits.
 
 SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from realtime.server import metrics, systemd
+from realtime.server import prometheus, systemd
 from realtime.server.listeners import (
     BACKLOG,
     LISTEN_FDS,
@@ -172,8 +172,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and supervise them until asked to stop; then stop them. Returns 0."""
-        self.metrics_directory = metrics.make_directory()
-        self.env[metrics.DIRECTORY_ENV] = self.metrics_directory
+        self.metrics_directory = prometheus.make_directory()
+        self.env[prometheus.DIRECTORY_ENV] = self.metrics_directory
         with self._signals():
             try:
                 for worker in self.workers:
@@ -369,7 +369,7 @@ class Supervisor:
     def _forget(self, pid: int) -> None:
         """A worker exited: its open sockets no longer count in the host's metrics."""
         if self.metrics_directory is not None:
-            metrics.forget_worker(self.metrics_directory, pid)
+            prometheus.forget_worker(self.metrics_directory, pid)
 
     # --- Stopping ----------------------------------------------------------------------------
 

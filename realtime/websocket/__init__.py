@@ -1,2 +1,2 @@
-"""The WebSocket stack behind /ws/: origin and TLS checks, limits, sessions, the consumer and
-the JSON protocol it speaks."""
+"""The WebSocket stack behind /ws/: origin and TLS checks, limits, sessions and the consumer,
+which speaks the wire format of realtime.wire."""

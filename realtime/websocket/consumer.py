@@ -1,7 +1,7 @@
 """The WebSocket consumer behind /ws/: welcome, ping, resume, topics, error replies.
 
 Authorization is per message: a socket may subscribe to a topic only when its pattern's
-`authorize` allows its user (realtime.broadcasting.topics), may only confirm the audiences it
+`authorize` allows its user (realtime.messaging.topic_rules), may only confirm the audiences it
 was given at connect, and only staff may send a broadcast.
 """
 
@@ -20,21 +20,21 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from realtime import broadcast
-from realtime.broadcasting import fanout as delivery
-from realtime.broadcasting import presence, topics
-from realtime.broadcasting.delivery import Subscription, count_replayed
-from realtime.broadcasting.sending import audiences_for
-from realtime.broadcasting.streams import BROADCASTS, user_stream
+from realtime import broadcast, wire
 from realtime.conf import conf
+from realtime.messaging import audience_counts, topic_rules
+from realtime.messaging import fanout as delivery
+from realtime.messaging.delivery import Subscription, count_replayed
+from realtime.messaging.sending import audiences_for
+from realtime.messaging.streams import BROADCASTS, user_stream
 from realtime.models import Broadcast
-from realtime.server import metrics
-from realtime.server.metrics import child
+from realtime.server import prometheus
+from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import handler_name
-from realtime.websocket import protocol, replays
-from realtime.websocket.protocol import TRY_AGAIN_LATER
+from realtime.websocket import replay_budget
 from realtime.websocket.sessions import signed_in_session
+from realtime.wire import TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.websocket.consumer")
 
@@ -59,8 +59,8 @@ def url_position(value: str) -> tuple[str, int] | None:
     """`<epoch>:<offset>` from a resume URL, as (epoch, offset), or None."""
     epoch, _, offset = value.partition(":")
     try:
-        return protocol.position({"epoch": epoch, "offset": int(offset)}, "invalid_resume")
-    except (ValueError, protocol.ProtocolError):
+        return wire.position({"epoch": epoch, "offset": int(offset)}, "invalid_resume")
+    except (ValueError, wire.ProtocolError):
         return None
 
 
@@ -72,7 +72,7 @@ def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
     `authorize` may read other state cached on it). A fresh object costs one query by primary
     key (none for an anonymous socket); a user deleted or deactivated since is anonymous."""
     user = delivery.current_user(consumer)
-    if topic == topics.USER:
+    if topic == topic_rules.USER:
         return user, is_authenticated(user)
     return user, not delivery.forbidden_topics(user, [topic])
 
@@ -90,7 +90,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         Channels' AsyncConsumer gives every socket a channel of its own on the layer (a Redis
         subscription) and waits on it and the client together, with a new task and an
         `asyncio.wait` for every message. Broadcasts and sign-outs reach this socket through
-        its worker's fan-out (realtime.broadcasting.fanout) instead, so the client is the only
+        its worker's fan-out (realtime.messaging.fanout) instead, so the client is the only
         source.
         """
         self.scope = scope
@@ -131,19 +131,19 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # again later" instead of crashing; the client reconnects with backoff and resumes,
         # so nothing is lost.
         logger.warning("Refusing a WebSocket while the channel layer fails: %s", exc)
-        metrics.refuse("layer_lost")
+        prometheus.refuse("layer_lost")
         await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:
         await self.accept()
-        self.replay_budget = replays.ReplayBudget(self.scope)
+        self.replay_budget = replay_budget.ReplayBudget(self.scope)
         asked = self._replays_asked()
         # A socket that asks for no replay is never refused for its address's replays.
         wait = self.replay_budget.take(asked) if asked else 0.0
         if wait > 0:
             await self._too_many_replays(wait)
             return
-        presence.joined(self.audiences)
+        audience_counts.joined(self.audiences)
         self._counted = True
         signed_in = signed_in_session(self.scope)
         try:
@@ -176,9 +176,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _too_many_replays(self, wait: float) -> None:
         # Before the welcome and before any live message: the client keeps the positions it
         # has and reconnects with them later (1013), so refusing loses it nothing.
-        seconds = replays.retry_after(wait)
+        seconds = replay_budget.retry_after(wait)
         logger.info("Refused a WebSocket's replays: too many from its address (1013).")
-        metrics.refuse("replays_per_address")
+        prometheus.refuse("replays_per_address")
         reason = f"Too many replays from your address: reconnect in {seconds} s"
         await self.close(code=TRY_AGAIN_LATER, reason=reason)
 
@@ -200,7 +200,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def _replay(self, subscription: Subscription, since: tuple[str, int] | None) -> None:
         if since is None:
             detail = 'A position in the URL must be "<epoch>:<offset>" from the server.'
-            await self.send(text_data=protocol.error("invalid_resume", detail))
+            await self.send(text_data=wire.error("invalid_resume", detail))
         elif subscription.name == BROADCASTS:
             await self._replay_broadcasts(subscription, *since)
         else:
@@ -209,28 +209,28 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         delivery.fanout.unregister(self)
         if getattr(self, "_counted", False):
-            presence.left(self.audiences)
+            audience_counts.left(self.audiences)
             self._counted = False
-        child(metrics.CLOSES, metrics.close_code_label(code)).inc()
+        child(prometheus.CLOSES, prometheus.close_code_label(code)).inc()
         open_sockets, self._open_sockets = getattr(self, "_open_sockets", None), None
         if open_sockets is not None:
             open_sockets.dec()
 
     def _count_open(self) -> None:
-        child(metrics.HANDSHAKES, "accepted", "").inc()
+        child(prometheus.HANDSHAKES, "accepted", "").inc()
         audience = self.audiences[-1] if self.audiences else "none"  # the widest it has
         scheme = self.scope["scheme"]
-        self._open_sockets = child(metrics.OPEN_SOCKETS, worker_id(), scheme, audience)
+        self._open_sockets = child(prometheus.OPEN_SOCKETS, worker_id(), scheme, audience)
         self._open_sockets.inc()
 
     async def send(self, text_data: Any = None, bytes_data: Any = None, close: Any = False) -> None:
         if text_data is not None:
-            child(metrics.MESSAGES, "out", protocol.type_of(text_data)).inc()
+            child(prometheus.MESSAGES, "out", wire.type_of(text_data)).inc()
         await super().send(text_data, bytes_data, close)
 
     def _welcome(self, positions: dict[str, Any]) -> str:
         user = self.scope.get("user")
-        return protocol.welcome(
+        return wire.welcome(
             scheme=self.scope["scheme"],
             worker=worker_id(),
             user=user.get_username() if user is not None and user.is_authenticated else None,
@@ -241,22 +241,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            child(metrics.MESSAGES, "in", "binary").inc()
+            child(prometheus.MESSAGES, "in", "binary").inc()
             await self.send(
-                text_data=protocol.error(
+                text_data=wire.error(
                     "binary_not_supported", "Binary frames are not accepted; send JSON text."
                 )
             )
             return
         try:
-            message = protocol.parse_client_message(text_data)
-        except protocol.ProtocolError as exc:
-            child(metrics.MESSAGES, "in", "invalid").inc()
-            await self.send(text_data=protocol.error(exc.code, exc.detail))
+            message = wire.parse_client_message(text_data)
+        except wire.ProtocolError as exc:
+            child(prometheus.MESSAGES, "in", "invalid").inc()
+            await self.send(text_data=wire.error(exc.code, exc.detail))
             return
-        child(metrics.MESSAGES, "in", message["type"]).inc()  # one of the known types
+        child(prometheus.MESSAGES, "in", message["type"]).inc()  # one of the known types
         if message["type"] == "ping":
-            await self.send(text_data=protocol.pong())
+            await self.send(text_data=wire.pong())
         elif message["type"] == "resume":
             await self._resume(*message["since"])
         elif message["type"] == "subscribe" and "topic" in message:
@@ -287,14 +287,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         upto = subscription.covered_from
         replay = await delivery.fanout.streams.history(subscription, epoch, after)
         if replay.failure:
-            await self.send(text_data=protocol.resume_failed(replay.failure, replay.epoch, upto))
+            await self.send(text_data=wire.resume_failed(replay.failure, replay.epoch, upto))
             return
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
         count_replayed(subscription.name, len(replay.entries))
         self.replay_budget.charge(len(replay.entries))
         live_after = max(after, upto)  # a client may hold more than this worker delivered
-        await self.send(text_data=protocol.resumed(replay.epoch, live_after, len(replay.entries)))
+        await self.send(text_data=wire.resumed(replay.epoch, live_after, len(replay.entries)))
 
     async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
         """Subscribe to a topic its pattern allows this user, from `since` when given (what
@@ -308,7 +308,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         epoch, subscription = await delivery.fanout.subscribe(self, name, topic)
         try:
             await self._start(subscription, epoch, since)
-            if topics.is_presence_topic(topic):
+            if topic_rules.is_presence_topic(topic):
                 await self._enter_presence(subscription, topic, user)
         finally:
             subscription.release()
@@ -318,30 +318,30 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if not, the client is told to ask again later, and nothing changes."""
         wait = self.replay_budget.take()
         if wait > 0:
-            await self.send(text_data=replays.refused(wait, topic))
+            await self.send(text_data=replay_budget.refused(wait, topic))
         return wait == 0
 
     async def _enter_presence(self, subscription: Subscription, topic: str, user: Any) -> None:
-        if topics.presence_needs_database(topic):
-            sees = await database_sync_to_async(topics.sees_presence)(user, topic)
+        if topic_rules.presence_needs_database(topic):
+            sees = await database_sync_to_async(topic_rules.sees_presence)(user, topic)
         else:
-            sees = topics.sees_presence(user, topic)
+            sees = topic_rules.sees_presence(user, topic)
         users = await delivery.fanout.presence.enter(subscription, user, sees=sees)
         if sees:
-            await self.send(text_data=protocol.presence(topic, users))
+            await self.send(text_data=wire.presence(topic, users))
 
     async def _stream_allowed(self, topic: str) -> tuple[str, Any] | None:
         """The stream behind `topic` and the socket's user as stored now, if it may subscribe
         to it; else None, answered."""
-        if topic != topics.USER and self._too_many_subscriptions(topic):
+        if topic != topic_rules.USER and self._too_many_subscriptions(topic):
             detail = f"At most {conf.REALTIME_WS_MAX_SUBSCRIPTIONS} topics per socket."
-            await self.send(text_data=protocol.topic_error("too_many_subscriptions", topic, detail))
+            await self.send(text_data=wire.topic_error("too_many_subscriptions", topic, detail))
             return None
         user, allowed = await database_sync_to_async(access_now)(self, topic)
-        name = (self._own_stream() if topic == topics.USER else topic) if allowed else None
+        name = (self._own_stream() if topic == topic_rules.USER else topic) if allowed else None
         if name is None:
             detail = "This socket may not subscribe to that topic."
-            await self.send(text_data=protocol.topic_error("forbidden", topic, detail))
+            await self.send(text_data=wire.topic_error("forbidden", topic, detail))
             return None
         return name, user
 
@@ -359,16 +359,16 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
     ) -> None:
         topic, upto = subscription.wire, subscription.covered_from
         if since is None:
-            text = protocol.topic_subscribed(topic, epoch, subscription.position)
+            text = wire.topic_subscribed(topic, epoch, subscription.position)
             await self.send(text_data=text)
             return
         replay = await delivery.fanout.streams.history(subscription, *since)
         if replay.failure:
-            text = protocol.resume_failed(replay.failure, replay.epoch, upto, topic)
+            text = wire.resume_failed(replay.failure, replay.epoch, upto, topic)
             await self.send(text_data=text)
-            await self.send(text_data=protocol.topic_subscribed(topic, replay.epoch, upto))
+            await self.send(text_data=wire.topic_subscribed(topic, replay.epoch, upto))
             return
-        await self.send(text_data=protocol.topic_subscribed(topic, replay.epoch, since[1]))
+        await self.send(text_data=wire.topic_subscribed(topic, replay.epoch, since[1]))
         for entry in replay.entries:
             await self.send(text_data=entry.frame)
         count_replayed(subscription.name, len(replay.entries))
@@ -380,34 +380,34 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         return user_stream(user.pk) if is_authenticated(user) else None
 
     async def _unsubscribe(self, topic: str) -> None:
-        name = (self._own_stream() or topic) if topic == topics.USER else topic
+        name = (self._own_stream() or topic) if topic == topic_rules.USER else topic
         delivery.fanout.streams.detach(self, name)
-        await self.send(text_data=protocol.unsubscribed(topic, "requested"))
+        await self.send(text_data=wire.unsubscribed(topic, "requested"))
 
     async def _subscribe(self, audience: str) -> None:
         """Audiences are joined at connect from the session's user; this confirms one, and
         refuses (changing nothing) any other: a client cannot add itself to a group."""
         if audience not in self.audiences:
             detail = "This socket may not receive that audience's broadcasts."
-            await self.send(text_data=protocol.error("forbidden", detail))
+            await self.send(text_data=wire.error("forbidden", detail))
             return
-        await self.send(text_data=protocol.subscribed(audience))
+        await self.send(text_data=wire.subscribed(audience))
 
     async def _broadcast(self, message: dict[str, Any]) -> None:
         user = self.scope.get("user")
         if not is_staff(user):
-            await self.send(text_data=protocol.error("forbidden", "Only staff may broadcast."))
+            await self.send(text_data=wire.error("forbidden", "Only staff may broadcast."))
             return
         try:
-            fields = protocol.broadcast_request(message)
+            fields = wire.broadcast_request(message)
             sent = await database_sync_to_async(send_as_staff)(user, *fields)
-        except protocol.ProtocolError as exc:
-            await self.send(text_data=protocol.error(exc.code, exc.detail))
+        except wire.ProtocolError as exc:
+            await self.send(text_data=wire.error(exc.code, exc.detail))
             return
         except ValidationError as exc:
-            await self.send(text_data=protocol.error("invalid_broadcast", validation_detail(exc)))
+            await self.send(text_data=wire.error("invalid_broadcast", validation_detail(exc)))
             return
         if sent is None:
-            await self.send(text_data=protocol.error("forbidden", "Only staff may broadcast."))
+            await self.send(text_data=wire.error("forbidden", "Only staff may broadcast."))
             return
-        await self.send(text_data=protocol.broadcast_sent(sent.pk))
+        await self.send(text_data=wire.broadcast_sent(sent.pk))

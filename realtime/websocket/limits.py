@@ -20,14 +20,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from realtime import wire
 from realtime.conf import conf
-from realtime.server import metrics
+from realtime.server import prometheus
 from realtime.server.client_address import scope_client_key
 from realtime.server.frame_budget import TokenBucket
-from realtime.server.metrics import child
-from realtime.websocket import protocol
+from realtime.server.prometheus import child
 from realtime.websocket.middleware import accept_then_close
-from realtime.websocket.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
+from realtime.wire import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.websocket.limits")
 
@@ -56,7 +56,7 @@ class ConnectionCapMiddleware:
             return await self.app(scope, receive, send)
         if open_per_client[address] >= limit:
             logger.warning("Refused a WebSocket from %s: %d already open (1013).", address, limit)
-            metrics.refuse("sockets_per_address")
+            prometheus.refuse("sockets_per_address")
             reason = "Too many connections from your address"
             return await accept_then_close(receive, send, TRY_AGAIN_LATER, reason)
         open_per_client[address] += 1
@@ -85,15 +85,13 @@ class RateLimitMiddleware:
                 event = await receive()
                 if event["type"] != "websocket.receive" or bucket.take():
                     return event
-                child(metrics.MESSAGES, "in", "rate_limited").inc()
+                child(prometheus.MESSAGES, "in", "rate_limited").inc()
                 if bucket.dropped > 2 * bucket.burst:
                     logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
-                child(metrics.MESSAGES, "out", "error").inc()
+                child(prometheus.MESSAGES, "out", "error").inc()
                 detail = f"Too many messages: this one was dropped. At most {rate} a second."
-                await send(
-                    {"type": "websocket.send", "text": protocol.error("rate_limited", detail)}
-                )
+                await send({"type": "websocket.send", "text": wire.error("rate_limited", detail)})
 
         return await self.app(scope, limited_receive, send)
 

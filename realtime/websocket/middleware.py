@@ -20,8 +20,8 @@ from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 
 from realtime.conf import conf
-from realtime.server import metrics
-from realtime.websocket.protocol import POLICY_VIOLATION
+from realtime.server import prometheus
+from realtime.wire import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
 
@@ -130,7 +130,7 @@ class LoggingOriginValidator(OriginValidator):
         valid = super().valid_origin(parsed_origin)
         if not valid:
             log_refused_origin(parsed_origin, self.by_origin)
-            metrics.refuse("origin")
+            prometheus.refuse("origin")
         return valid
 
 
@@ -176,7 +176,7 @@ class SecureSameSiteOrigin:
             reason = self.refusal(scope)
             if reason is not None:
                 log_refused_origin(origin_of(scope), reason)
-                metrics.refuse("origin")
+                prometheus.refuse("origin")
                 return await WebsocketDenier()(scope, receive, send)
         return await self.app(scope, receive, send)
 
@@ -241,7 +241,7 @@ class RequireTLSMiddleware:
             and scope.get("scheme") != "wss"
         ):
             logger.info("Closed a WebSocket that did not come over TLS (1008).")
-            metrics.refuse("tls_required")
+            prometheus.refuse("tls_required")
             reason = "TLS required: connect with wss://"
             return await accept_then_close(receive, send, POLICY_VIOLATION, reason)
         return await self.app(scope, receive, send)

@@ -1,5 +1,5 @@
 """`manage.py apitoken create NAME --user USERNAME [--scope broadcasts|topic:PATTERN ...]`,
-`apitoken revoke NAME`, `apitoken list`: tokens for the HTTP publish API (realtime/api_tokens.py).
+`apitoken revoke NAME`, `apitoken list`: tokens for the HTTP publish API (realtime/api/tokens.py).
 
 A token acts for the user named with --user and carries only rights that user holds, then and
 at every use: shell access does not stand in for a user, or a deleted creator would leave a
@@ -12,7 +12,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from realtime import api_tokens
+from realtime.api import tokens
 from realtime.models import ApiToken
 
 
@@ -52,9 +52,9 @@ class Command(BaseCommand):
 
     def create(self, options: dict[str, Any]) -> None:
         creator = self.creator(options["user"])
-        scopes = options["scopes"] or [api_tokens.BROADCASTS]
+        scopes = options["scopes"] or [tokens.BROADCASTS]
         try:
-            token, secret = api_tokens.create(options["name"], scopes, created_by=creator)
+            token, secret = tokens.create(options["name"], scopes, created_by=creator)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.stderr.write(
@@ -76,7 +76,7 @@ class Command(BaseCommand):
             raise CommandError(f"No user is named {username!r}.") from None
 
     def revoke(self, options: dict[str, Any]) -> None:
-        if not api_tokens.revoke(options["name"]):
+        if not tokens.revoke(options["name"]):
             raise CommandError(f"No active token is named {options['name']!r}.")
         self.stdout.write(f"Token {options['name']!r} revoked.")
 

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from realtime import broadcast
-from realtime.broadcasting import sending
+from realtime.messaging import sending
 from realtime.models import Broadcast
 
 

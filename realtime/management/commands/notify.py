@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from realtime import broadcast, notifications
-from realtime.broadcasting import sending
+from realtime.messaging import sending
 
 
 class Command(BaseCommand):

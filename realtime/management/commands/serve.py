@@ -28,11 +28,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from realtime.broadcasting.redis_client import redis_host
 from realtime.conf import conf
-from realtime.health import services_down
 from realtime.management import daphne_application
 from realtime.management.certificates import serving_certificate
+from realtime.messaging.redis_client import redis_host
+from realtime.ops.health import services_down
 from realtime.server.descriptors import raise_to_hard_limit, too_few_for
 from realtime.server.endpoints import reuseport_endpoint
 from realtime.server.listeners import open_listener

@@ -1,7 +1,7 @@
 /**
  * admin_live.mjs: the admin's live view (admin/realtime/live.html). Subscribes this page's
  * WebSocket to the staff-only topic and, on each `stats` frame, replaces the rows of every
- * table with the new picture (realtime/broadcasting/live_stats.py). Text only: nothing the
+ * table with the new picture (realtime/ops/live_stats.py). Text only: nothing the
  * server sends is read as HTML.
  */
 import { connect } from "./realtime.mjs";

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from realtime.broadcasting import streams
-from realtime.broadcasting.sending import audiences_for
+from realtime.messaging import streams
+from realtime.messaging.sending import audiences_for
 from realtime.models import Broadcast
 
 

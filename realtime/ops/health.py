@@ -8,7 +8,7 @@ most once a minute per check, and in the answer only to whoever may read /metric
 For load balancers and service managers. The channel layer check is a real round trip (send a
 message to a new channel and receive it), so a Redis that accepts connections but does not
 deliver still fails it. The fan-out check is the answering worker's own: whether its last
-check through the layer came back (realtime.broadcasting.fanout).
+check through the layer came back (realtime.messaging.fanout).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
-from realtime.broadcasting.fanout import failure_reason, fanout
-from realtime.broadcasting.layer import retrying
-from realtime.broadcasting.redis_client import redis_hosts, sync_client_for
-from realtime.metrics import from_allowed_address, has_token
+from realtime.messaging.fanout import failure_reason, fanout
+from realtime.messaging.layer import retrying
+from realtime.messaging.redis_client import redis_hosts, sync_client_for
+from realtime.ops.metrics import from_allowed_address, has_token
 from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
 logger = logging.getLogger(__name__)

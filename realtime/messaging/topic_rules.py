@@ -17,8 +17,8 @@ from typing import Any
 from django.db import transaction
 from django.urls import URLPattern, path
 
-from realtime.broadcasting import streams
-from realtime.broadcasting.layer import send_to_group
+from realtime.messaging import streams
+from realtime.messaging.layer import send_to_group
 
 logger = logging.getLogger(__name__)
 

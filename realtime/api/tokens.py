@@ -1,4 +1,4 @@
-"""Tokens for the HTTP publish API (realtime/publish_api.py): created with a name and scopes,
+"""Tokens for the HTTP publish API (realtime/api/publish.py): created with a name and scopes,
 the secret shown once, stored as a SHA-256 hash, revoked by name.
 
 A token is "rtk_" and 43 URL-safe characters: 256 random bits, far too many to guess, so a fast
@@ -39,7 +39,7 @@ TOPIC = "topic:"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 USED_EVERY = timedelta(minutes=1)
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]-]{1,200}")
-# The server's own topics (realtime/views.py registers realtime.online and realtime.stats):
+# The server's own topics (realtime/web/views.py registers realtime.online and realtime.stats):
 # what staff see live and who is online, never written from outside.
 INTERNAL_TOPICS = "realtime."
 # The permission a scope needs of the token's creator: a broadcast is what the admin's add

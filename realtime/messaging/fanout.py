@@ -2,9 +2,9 @@
 
 Fan-out. Each worker process joins the topics group once, with one channel of its own, instead
 of every socket joining groups. A message of any stream (the broadcasts, a user's topic, an
-app's topic: realtime.broadcasting.streams) therefore arrives at a worker once (one Redis
+app's topic: realtime.messaging.streams) therefore arrives at a worker once (one Redis
 message per worker on the pub/sub layer) and is written to each socket that subscribes to its
-stream from here (realtime.broadcasting.delivery): framed once (autobahn's prepared message) and
+stream from here (realtime.messaging.delivery): framed once (autobahn's prepared message) and
 written straight to each daphne WebSocket, without waking a consumer task per socket. Sockets
 served by another ASGI server (no `realtime.websocket` scope extension, e.g. in tests or under
 uvicorn) get the text through their consumer's `send()`.
@@ -46,15 +46,15 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from realtime.broadcasting import streams as stored
-from realtime.broadcasting import topics
-from realtime.broadcasting.delivery import Frame, Streams, Subscription, spawn
-from realtime.broadcasting.topic_presence import CHANGED, Presence
+from realtime import wire
 from realtime.conf import conf
-from realtime.server import metrics
+from realtime.messaging import streams as stored
+from realtime.messaging import topic_rules
+from realtime.messaging.delivery import Frame, Streams, Subscription, spawn
+from realtime.messaging.topic_presence import CHANGED, Presence
+from realtime.server import prometheus
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
-from realtime.server.metrics import child
-from realtime.websocket import protocol
+from realtime.server.prometheus import child
 from realtime.websocket.sessions import (
     LOGOUT,
     SESSIONS_GROUP,
@@ -63,10 +63,10 @@ from realtime.websocket.sessions import (
     session_end,
 )
 
-logger = logging.getLogger("realtime.broadcasting.fanout")
+logger = logging.getLogger("realtime.messaging.fanout")
 
 SETTLE = timedelta(seconds=3)  # live delivery normally takes milliseconds; under load, ~1 s
-MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.broadcasting.maintenance)
+MAINTENANCE_INTERVAL = 2.0  # seconds between catch-ups (realtime.messaging.maintenance)
 # How far before the last catch-up's end the next one looks again: a message is stamped when
 # its publisher's transaction starts, and may commit a little later, on another host's clock.
 OVERLAP = timedelta(seconds=30)
@@ -197,7 +197,7 @@ class Fanout:
         self.sockets[consumer] = Recipient(consumer)
         positions: Positions = {
             "broadcasts": self._attach(broadcasts, consumer, "", frozenset(audiences)),
-            "user_topic": None if user is None else self._attach(user, consumer, topics.USER),
+            "user_topic": None if user is None else self._attach(user, consumer, topic_rules.USER),
         }
         if signed_in is not None:
             self.keys_of[consumer] = keys = signed_in.registry_keys()
@@ -205,7 +205,7 @@ class Fanout:
                 self.signed_in.setdefault(key, set()).add(consumer)
             if self._signed_out_since(keys, connected_at.timestamp()):
                 self.unregister(consumer)
-                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
+                spawn(consumer.close(code=wire.SIGNED_OUT, reason="Signed out"))
             elif signed_in.key:
                 self._look_at_session_by(consumer, signed_in.key, signed_in.ends_at)
         return positions
@@ -258,7 +258,7 @@ class Fanout:
             ends_at = ends[key]
             if ends_at is None or ends_at <= now:
                 self.unregister(consumer)
-                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Session ended"))
+                spawn(consumer.close(code=wire.SIGNED_OUT, reason="Session ended"))
                 closed += 1
             else:
                 self._look_at_session_by(consumer, key, ends_at)
@@ -409,11 +409,11 @@ class Fanout:
             self.lost = reason
             return
         self.lost, self.lost_since = reason, time.monotonic()
-        metrics.LAYER_LOSSES.inc()
+        prometheus.LAYER_LOSSES.inc()
         if self.joined is not None:
             self.joined.clear()
         closed = self.close_signed_in()
-        self.tell_everyone(protocol.status(live=False, reason=PAUSED_REASON))
+        self.tell_everyone(wire.status(live=False, reason=PAUSED_REASON))
         logger.error(
             "Broadcast fan-out lost the channel layer (%s); closed %d signed-in socket(s) so "
             "that they reconnect, and refusing new sockets until it is back",
@@ -429,17 +429,17 @@ class Fanout:
             time.monotonic() - self.lost_since,
         )
         self.lost = None
-        metrics.LAYER_RECONNECTS.inc()
+        prometheus.LAYER_RECONNECTS.inc()
         if self.joined is not None:
             self.joined.set()
-        self.tell_everyone(protocol.status(live=True))
+        self.tell_everyone(wire.status(live=True))
 
     def close_signed_in(self) -> int:
         """Close every signed-in socket with 1013: it reconnects once the layer is back."""
         consumers = list(self.keys_of)
         for consumer in consumers:
             self.unregister(consumer)
-            spawn(consumer.close(code=protocol.TRY_AGAIN_LATER, reason=LOST_REASON))
+            spawn(consumer.close(code=wire.TRY_AGAIN_LATER, reason=LOST_REASON))
         return len(consumers)
 
     def tell_everyone(self, text: str) -> None:
@@ -449,7 +449,7 @@ class Fanout:
         recipients = list(self.sockets.values())
         for recipient in recipients:
             recipient.push(frame)
-        child(metrics.MESSAGES, "out", protocol.type_of(text)).inc(len(recipients))
+        child(prometheus.MESSAGES, "out", wire.type_of(text)).inc(len(recipients))
 
     def problem(self) -> str | None:
         """Why this worker's fan-out cannot deliver now (for /healthz), or None."""
@@ -465,7 +465,7 @@ class Fanout:
             self.sign_out(event["signed_in"])
         elif kind == CHANGED:
             self.presence.changed(event["topic"])
-        elif kind == topics.RECHECK:
+        elif kind == topic_rules.RECHECK:
             self.recheck(event["user"])
         elif kind == PROBE:
             self._probe_returned(event)
@@ -491,8 +491,8 @@ class Fanout:
         if subscribed:  # else no reason to wait for the database
             user = await database_sync_to_async(current_user)(consumer, gone)
             for topic in await database_sync_to_async(forbidden_topics)(user, subscribed):
-                await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
-        await consumer.close(code=protocol.SIGNED_OUT, reason="Signed out")
+                await consumer.send(text_data=wire.unsubscribed(topic, "forbidden"))
+        await consumer.close(code=wire.SIGNED_OUT, reason="Signed out")
 
     def recheck(self, user_pk: str) -> int:
         """Check the topic subscriptions of a user's sockets again; end those no longer
@@ -509,7 +509,7 @@ class Fanout:
         for topic in forbidden:
             if self.streams.subscription(consumer, topic) is not None:
                 self.streams.detach(consumer, topic)
-                await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
+                await consumer.send(text_data=wire.unsubscribed(topic, "forbidden"))
         await self._recheck_presence(consumer, user, [t for t in subscribed if t not in forbidden])
 
     async def _recheck_presence(self, consumer: Any, user: Any, names: list[str]) -> None:
@@ -518,7 +518,7 @@ class Fanout:
         watching = [
             name
             for name in names
-            if topics.presence_needs_database(name)
+            if topic_rules.presence_needs_database(name)
             and getattr(self.streams.subscription(consumer, name), "presence", False)
         ]
         if not watching:
@@ -577,7 +577,7 @@ def forbidden_topics(user: Any, names: list[str]) -> list[str]:
     forbidden = []
     for name in names:
         try:
-            allowed = topics.allowed(user, name)
+            allowed = topic_rules.allowed(user, name)
         except Exception:  # noqa: BLE001 - an app's check that fails allows nothing
             logger.exception("authorize() of topic %s failed; ending the subscription", name)
             allowed = False
@@ -588,7 +588,7 @@ def forbidden_topics(user: Any, names: list[str]) -> list[str]:
 
 def no_longer_seeing(user: Any, names: list[str]) -> list[str]:
     """The presence topics of `names` whose `presence` function no longer allows `user`."""
-    return [name for name in names if not topics.sees_presence(user, name)]
+    return [name for name in names if not topic_rules.sees_presence(user, name)]
 
 
 fanout = Fanout()

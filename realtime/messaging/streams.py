@@ -5,7 +5,7 @@ transaction; once that commits, `publish()` gives it the stream's next offset (i
 transaction of its own that locks the stream's `Topic` row, so offsets follow commit order
 with no gap), builds its frame once, and hands it to the channel layer's topics group, which
 every worker joins. A worker delivers a stream's messages to its sockets in offset order, and
-fills any gap it sees from here (realtime.broadcasting.delivery), so a message Redis loses
+fills any gap it sees from here (realtime.messaging.delivery), so a message Redis loses
 costs latency, not the message. Names starting with "$" are the app's own streams: the
 broadcasts, and each user's topic.
 
@@ -29,13 +29,13 @@ from django.db import transaction
 from django.db.models import F, Max, Q, QuerySet
 from django.utils import timezone
 
-from realtime.broadcasting import presence
-from realtime.broadcasting.layer import send_to_group
+from realtime import wire
 from realtime.conf import conf
+from realtime.messaging import audience_counts
+from realtime.messaging.layer import send_to_group
 from realtime.models import Broadcast, Topic, TopicMessage
-from realtime.websocket import protocol
 
-logger = logging.getLogger("realtime.broadcasting.streams")
+logger = logging.getLogger("realtime.messaging.streams")
 
 TOPICS_GROUP = "realtime.topics"  # every worker's fan-out is a member: a name on the wire
 TOPIC_EVENT = "realtime.topic"
@@ -43,7 +43,7 @@ BROADCASTS = "$broadcasts"
 PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
 # Messages past a stream's window are deleted every this many offsets (a resume checks the
 # window itself, so a few kept longer are never replayed): a busy stream stays near its window
-# between sweeps. The history sweep (realtime.broadcasting.maintenance) bounds every stream,
+# between sweeps. The history sweep (realtime.messaging.maintenance) bounds every stream,
 # whether or not it publishes again.
 PRUNE_EVERY = 16
 MAX_DATA_DEPTH = 64  # lists and objects in a message's data
@@ -148,9 +148,9 @@ def check_text(text: str, what: str) -> None:
 def frame_for(message: TopicMessage, offset: int) -> str:
     """The text every subscriber receives for this message."""
     if message.topic == BROADCASTS:
-        return protocol.encode({**message.data, "offset": offset})
+        return wire.encode({**message.data, "offset": offset})
     topic = "user" if message.topic.startswith("$user.") else message.topic
-    return protocol.encode(
+    return wire.encode(
         {
             "type": "message",
             "topic": topic,
@@ -222,7 +222,7 @@ def _forget_beyond_window(name: str, offset: int, now: datetime) -> None:
 def _record_broadcast(message: TopicMessage, when: datetime) -> None:
     """The admin's "Published at" and "Recipients" (its audience's sockets at that moment)."""
     try:
-        recipients = presence.counts()[message.audience]
+        recipients = audience_counts.counts()[message.audience]
     except (redis.RedisError, OSError):
         recipients = None
     Broadcast.objects.filter(pk=message.broadcast_id).update(
@@ -237,7 +237,7 @@ def live_event(message: TopicMessage) -> dict[str, Any]:
         "offset": message.offset,
         "text": message.frame,
         "audience": message.audience,
-        "published": time.time(),  # for the delivery latency (realtime/server/metrics.py)
+        "published": time.time(),  # for the delivery latency (realtime/server/prometheus.py)
     }
 
 
@@ -254,7 +254,7 @@ def republish_pending(grace: float = 5.0) -> int:
     return published
 
 
-# --- Forgetting: the history sweep (realtime.broadcasting.maintenance runs it) -----------------
+# --- Forgetting: the history sweep (realtime.messaging.maintenance runs it) -----------------
 
 # Rows one statement of the sweep deletes at most. bench/history_sweep.py (100,000 rows in 1,000
 # topics, a 2-core machine shared with other runs): a statement took a median of 4-14 ms and at

@@ -39,15 +39,15 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 from realtime.conf import conf
-from realtime.counters import counters_store
-from realtime.headers import secure
 from realtime.server.client_address import request_client_key
+from realtime.web.counters import counters_store
+from realtime.web.headers import secure
 
 logger = logging.getLogger(__name__)
 
 DEVICE_COOKIE = "realtime_signin"
 DEVICE_DAYS = 90
-DEVICE_SALT = "realtime.signin.device"
+DEVICE_SALT = "realtime.web.signin.device"
 REMEMBERED_ACCOUNTS = 5  # per browser
 
 

@@ -27,16 +27,17 @@ import redis
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from realtime.broadcasting import live_stats, streams
-from realtime.broadcasting.delivery import Frame
-from realtime.broadcasting.fanout import MAINTENANCE_INTERVAL, OVERLAP, fanout
-from realtime.broadcasting.redis_client import async_client, redis_host
-from realtime.broadcasting.streams import republish_pending
 from realtime.conf import conf
-from realtime.server import hooks, metrics
-from realtime.server.metrics import child
+from realtime.messaging import streams
+from realtime.messaging.delivery import Frame
+from realtime.messaging.fanout import MAINTENANCE_INTERVAL, OVERLAP, fanout
+from realtime.messaging.redis_client import async_client, redis_host
+from realtime.messaging.streams import republish_pending
+from realtime.ops import live_stats
+from realtime.server import hooks, prometheus
+from realtime.server.prometheus import child
 
-logger = logging.getLogger("realtime.broadcasting.maintenance")
+logger = logging.getLogger("realtime.messaging.maintenance")
 
 SWEEP_KEY = "realtime:history:sweeping"  # held by the worker that sweeps this interval
 Batch = TypeVar("Batch")
@@ -50,7 +51,7 @@ async def maintain() -> None:
 
 async def report_live_stats() -> None:
     """Write this worker's part of the admin's live view to Redis, then push the whole view to
-    its sockets that watch it (realtime/broadcasting/live_stats.py)."""
+    its sockets that watch it (realtime/ops/live_stats.py)."""
     if not await live_stats.report(len(fanout.sockets)):
         return
     watchers = list(fanout.streams.subscribers(live_stats.TOPIC))
@@ -58,7 +59,7 @@ async def report_live_stats() -> None:
         frame = Frame(await live_stats.stats_frame())
         for subscription in watchers:
             subscription.tell(frame)
-        child(metrics.MESSAGES, "out", "stats").inc(len(watchers))
+        child(prometheus.MESSAGES, "out", "stats").inc(len(watchers))
 
 
 # --- The history sweep ------------------------------------------------------------------------

@@ -23,17 +23,17 @@ from typing import Any
 
 import redis
 
-from realtime.broadcasting import topics
-from realtime.broadcasting.delivery import Frame, Subscription, spawn
-from realtime.broadcasting.layer import group_send
-from realtime.broadcasting.redis_client import async_client, sync_client
-from realtime.broadcasting.streams import TOPICS_GROUP
+from realtime import wire
 from realtime.conf import conf
-from realtime.server import metrics
-from realtime.server.metrics import child
-from realtime.websocket import protocol
+from realtime.messaging import topic_rules
+from realtime.messaging.delivery import Frame, Subscription, spawn
+from realtime.messaging.layer import group_send
+from realtime.messaging.redis_client import async_client, sync_client
+from realtime.messaging.streams import TOPICS_GROUP
+from realtime.server import prometheus
+from realtime.server.prometheus import child
 
-logger = logging.getLogger("realtime.broadcasting.topic_presence")
+logger = logging.getLogger("realtime.messaging.topic_presence")
 
 KEY_PREFIX = "realtime:presence:topic:"
 CHANGED = "realtime.presence"  # the channel layer event: a presence topic changed
@@ -47,11 +47,11 @@ def ttl() -> float:
 def presence(topic: str) -> list[dict[str, Any]]:
     """Who is connected to presence topic `topic` now, over every worker: each user once, as
     {"id": ..., "username": ...}. Raises ValueError for a topic that is not a presence one."""
-    if not topics.is_presence_topic(topic):
+    if not topic_rules.is_presence_topic(topic):
         raise ValueError(f"{topic!r} is not a registered presence topic (presence=True)")
     client = sync_client()
     if client is None:
-        from realtime.broadcasting.fanout import fanout
+        from realtime.messaging.fanout import fanout
 
         return list(fanout.presence.local_users(topic).values())
     members = client.zrangebyscore(KEY_PREFIX + topic, time.time(), "+inf")
@@ -175,13 +175,13 @@ class Presence:
         changes = [("join", now[pk]) for pk in now.keys() - before.keys()]
         changes += [("leave", before[pk]) for pk in before.keys() - now.keys()]
         for kind, user in changes:
-            frame = Frame(protocol.presence_change(kind, topic, user))
+            frame = Frame(wire.presence_change(kind, topic, user))
             told = 0
             for subscription in self._subscribers(topic):
                 if subscription.presence:
                     subscription.tell(frame)
                     told += 1
-            child(metrics.MESSAGES, "out", kind).inc(told)
+            child(prometheus.MESSAGES, "out", kind).inc(told)
 
     def _subscribers(self, topic: str) -> list[Subscription]:
         return list(self.subscriptions(topic)) if self.subscriptions else []

@@ -2,7 +2,7 @@
 per line, and client addresses shortened where a setting says so.
 
     # settings.py (imports nothing of Django: safe at the top of a settings module)
-    from realtime.logs import logging_config
+    from realtime.ops.logs import logging_config
     LOGGING = logging_config(os.environ.get("REALTIME_LOG_FORMAT", "text"), access_log=True)
 
 JSON lines carry time (UTC, ISO 8601), level, logger, worker (realtime.server.worker), event

@@ -87,7 +87,7 @@ def close_code_label(code: Any) -> str:
     return "other"
 
 
-# Refusals since the app last took them (its live view, realtime/broadcasting/live_stats.py).
+# Refusals since the app last took them (its live view, realtime/ops/live_stats.py).
 refused_since: CounterOf[str] = CounterOf()
 
 

@@ -36,16 +36,16 @@ import redis
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from realtime.broadcasting import topics
-from realtime.broadcasting.redis_client import async_client, sync_client
-from realtime.broadcasting.streams import BROADCASTS
+from realtime import wire
 from realtime.conf import conf
+from realtime.messaging import topic_rules
+from realtime.messaging.redis_client import async_client, sync_client
+from realtime.messaging.streams import BROADCASTS
 from realtime.models import TopicMessage
-from realtime.server import metrics
+from realtime.server import prometheus
 from realtime.server.worker import worker_id
-from realtime.websocket import protocol
 
-logger = logging.getLogger("realtime.broadcasting.live_stats")
+logger = logging.getLogger("realtime.ops.live_stats")
 
 TOPIC = "realtime.stats"
 WORKERS_KEY = "realtime:live:workers"
@@ -109,7 +109,7 @@ async def report(sockets: int) -> bool:
 
 
 async def stats_frame() -> str:
-    return protocol.stats(TOPIC, await sync_to_async(snapshot)())
+    return wire.stats(TOPIC, await sync_to_async(snapshot)())
 
 
 async def write_report(client: Any, sockets: int) -> None:
@@ -124,7 +124,7 @@ async def write_report(client: Any, sockets: int) -> None:
         if latency >= 0:
             pipeline.hset(key, f"latency:{worker}", f"{latency:.6f}")
         pipeline.expire(key, HOUR + BUCKET)
-    refused = metrics.take_refused()
+    refused = prometheus.take_refused()
     if refused:
         key = f"{REFUSED_KEY}{int(time.time() // BUCKET)}"
         for reason, count in refused.items():
@@ -133,7 +133,7 @@ async def write_report(client: Any, sockets: int) -> None:
     try:
         await pipeline.execute()
     except BaseException:
-        metrics.give_back_refused(refused)  # counted at the next report instead
+        prometheus.give_back_refused(refused)  # counted at the next report instead
         raise
 
 
@@ -203,7 +203,7 @@ def described(row: TopicMessage, counts: dict[str, str]) -> dict[str, Any]:
     if row.topic.startswith(USER_PREFIX):
         user = row.topic.removeprefix(USER_PREFIX)
         return {**entry, "kind": "user", "what": f"event {row.event}", "to": f"user #{user}"}
-    found = topics.match(row.topic)
+    found = topic_rules.match(row.topic)
     pattern = found[0].pattern if found is not None else "(no longer registered)"
     return {**entry, "kind": "topic", "what": f"event {row.event}", "to": pattern}
 

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 
 import redis
 
-from realtime.broadcasting.redis_client import async_client, sync_client
+from realtime.messaging.redis_client import async_client, sync_client
 
-logger = logging.getLogger("realtime.broadcasting.presence")
+logger = logging.getLogger("realtime.messaging.audience_counts")
 
 COUNTS_KEY = "realtime:audiences"  # a hash: "<host>:<pid>" -> entry()
 PRESENCE_TTL = 15  # seconds: three missed refreshes and a worker counts as gone

@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 document of the HTTP publish API (realtime/publish_api.py), served at
+"""The OpenAPI 3.1 document of the HTTP publish API (realtime/api/publish.py), served at
 /api/openapi.json; the suite runs schemathesis against it on a real server (tests/test_api.py).
 
 Asked with a valid token, the topic name's schema lists the registered topic patterns; asked
@@ -6,7 +6,7 @@ without, only which characters a name has: the sockets refuse an unknown topic l
 forbidden one so that nobody learns which topics exist, and neither does this document. The
 server's own topics (realtime.*) are left out: no token may send to them.
 
-A wrong token counts against its address as a failed publish does (realtime/publish_api.py,
+A wrong token counts against its address as a failed publish does (realtime/api/publish.py,
 the same counter). Past REALTIME_API_RATE_LIMIT failures an address gets 429 for any token
 until the window ends, a valid one too: which document comes back must not tell a guessed
 token from a wrong one, and a held-back address costs no database lookup.
@@ -20,9 +20,9 @@ from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 
-from realtime import api_tokens, publish_api
-from realtime.broadcasting import topics
-from realtime.broadcasting.topics import MAX_EVENT_LENGTH
+from realtime.api import publish, tokens
+from realtime.messaging import topic_rules
+from realtime.messaging.topic_rules import MAX_EVENT_LENGTH
 from realtime.models import MAX_MESSAGE_LENGTH, ApiToken, Broadcast
 
 NO_NUL = "^[^\\u0000]*$"  # PostgreSQL cannot store NUL characters
@@ -92,8 +92,8 @@ def registered_topics() -> str:
     """One regular expression for every registered topic pattern, from Django's own
     (named groups made plain: JSON Schema patterns are ECMAScript's)."""
     parts = []
-    for registration in topics.registrations.values():
-        if api_tokens.is_internal(registration.pattern):
+    for registration in topic_rules.registrations.values():
+        if tokens.is_internal(registration.pattern):
             continue
         regex = registration.route.pattern.regex.pattern
         regex = regex.removeprefix("^").removesuffix("\\Z")
@@ -180,20 +180,20 @@ def token_of(request: HttpRequest) -> ApiToken | None:
     header = request.headers.get("Authorization")
     if header is None:
         return None  # no token checked, nothing to count
-    failures = publish_api.failures_key(request)
-    if publish_api.at_limit(failures):
-        raise publish_api.too_many()
-    token = api_tokens.authenticate(header)
-    if token is None and publish_api.over_limit(failures):
-        raise publish_api.too_many()
+    failures = publish.failures_key(request)
+    if publish.at_limit(failures):
+        raise publish.too_many()
+    token = tokens.authenticate(header)
+    if token is None and publish.over_limit(failures):
+        raise publish.too_many()
     return token
 
 
 def openapi_json(request: HttpRequest) -> JsonResponse:
     try:
         token = token_of(request)
-    except publish_api.Refused as refused:
-        return publish_api.refusal(refused)
+    except publish.Refused as refused:
+        return publish.refusal(refused)
     response = JsonResponse(document(with_patterns=token is not None))
     response["Cache-Control"] = "private, no-store"
     response["Vary"] = "Authorization"

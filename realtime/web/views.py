@@ -9,8 +9,9 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from realtime import notifications
-from realtime.broadcasting import live_stats, topics
-from realtime.broadcasting.replay import broadcasts_position, recent_for
+from realtime.messaging import topic_rules
+from realtime.messaging.replay import broadcasts_position, recent_for
+from realtime.ops import live_stats
 
 RECENT_BROADCASTS = 5
 RECENT_NOTIFICATIONS = 10
@@ -27,9 +28,9 @@ def is_active_staff(user: Any) -> bool:
 
 
 def register_page_topics() -> None:
-    topics.register(ONLINE_TOPIC, authorize=is_signed_in, presence=is_active_staff)
-    # The admin's live view (realtime/broadcasting/live_stats.py): who may open its page.
-    topics.register(live_stats.TOPIC, authorize=may_watch_live_stats)
+    topic_rules.register(ONLINE_TOPIC, authorize=is_signed_in, presence=is_active_staff)
+    # The admin's live view (realtime/ops/live_stats.py): who may open its page.
+    topic_rules.register(live_stats.TOPIC, authorize=may_watch_live_stats)
 
 
 def may_watch_live_stats(user: Any) -> bool:

@@ -2,7 +2,7 @@
 (through the public realtime.broadcast).
 
 `send()` stores the broadcast and its message on the broadcast stream; once the transaction
-commits, the stream publishes it with its offset (realtime.broadcasting.streams): serialized
+commits, the stream publishes it with its offset (realtime.messaging.streams): serialized
 once, one event on the channel layer whatever the number of workers and sockets, and written
 by every worker to each of its sockets in the broadcast's audience.
 """
@@ -16,8 +16,8 @@ import redis
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from realtime.broadcasting import presence, streams
-from realtime.broadcasting.redis_client import redis_host
+from realtime.messaging import audience_counts, streams
+from realtime.messaging.redis_client import redis_host
 from realtime.models import Broadcast
 
 logger = logging.getLogger("realtime.broadcast")
@@ -84,6 +84,6 @@ def check_layer_reaches_other_processes() -> None:
             "as the servers') and try again."
         )
     try:
-        presence.counts()
+        audience_counts.counts()
     except (redis.RedisError, OSError) as exc:
         raise LayerUnavailable(f"Cannot reach Redis (REDIS_URL): {exc}") from None

@@ -34,10 +34,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from realtime import wire
 from realtime.conf import conf
 from realtime.server.client_address import scope_client_key
 from realtime.server.frame_budget import TokenBucket
-from realtime.websocket import protocol
 
 # Bounds the worker's memory: 10,000 buckets took 2.8 MB (tracemalloc; test_replay_budget).
 # Past it the least recently used address starts again from a full bucket.
@@ -159,4 +159,4 @@ def refused(wait: float, topic: str | None = None) -> str:
     if topic is not None:
         message["topic"] = topic
     message.update(detail=detail, retry_after=seconds)
-    return protocol.encode(message)
+    return wire.encode(message)

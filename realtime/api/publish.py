@@ -1,5 +1,5 @@
 """POST /api/publish: other services (a Go worker, a cron script with curl) send a broadcast
-or a topic message, with a bearer token (realtime/api_tokens.py), and get 202 with its id.
+or a topic message, with a bearer token (realtime/api/tokens.py), and get 202 with its id.
 
     curl --cacert ca.pem -H "Authorization: Bearer rtk_..." -H "Content-Type: application/json" \\
          -d '{"message": "Deploy at 18:00", "level": "warning"}' https://host/api/publish
@@ -8,8 +8,8 @@ A body is a broadcast ({"message", "level"?, "audience"?}) or a topic message ({
 "event"?, "data"}), stored and published as app code's are (after commit, every worker). Each
 token may make REALTIME_API_RATE_LIMIT requests per REALTIME_API_RATE_WINDOW seconds, and each
 address as many failed ones (a wrong token; /api/openapi.json's count too). A token does only
-what its creator may now (realtime/api_tokens.py), and never sends to the server's own
-"realtime.*" topics. /api/openapi.json (realtime/openapi.py) describes every answer: errors are
+what its creator may now (realtime/api/tokens.py), and never sends to the server's own
+"realtime.*" topics. /api/openapi.json (realtime/api/openapi.py) describes every answer: errors are
 {"error": code, "detail": sentence}.
 """
 
@@ -24,11 +24,12 @@ from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from realtime import api_tokens, broadcast, topics
+from realtime import broadcast, topics
+from realtime.api import tokens
 from realtime.conf import conf
-from realtime.counters import counters_store
 from realtime.models import ApiToken
 from realtime.server.client_address import request_client_key
+from realtime.web.counters import counters_store
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def authenticated(request: HttpRequest) -> ApiToken:
     """The request's valid token, within its rate. Only failed requests count against their
     address: wrong tokens from anyone (or from a balancer's one address) never hold back a
     valid token."""
-    token = api_tokens.authenticate(request.headers.get("Authorization"))
+    token = tokens.authenticate(request.headers.get("Authorization"))
     if token is None:
         if over_limit(failures_key(request)):
             raise too_many()
@@ -96,7 +97,7 @@ def authenticated(request: HttpRequest) -> ApiToken:
         )
     if over_limit(f"realtime:api:token:{token.token_hash[:32]}"):
         raise too_many()
-    api_tokens.mark_used(token)
+    tokens.mark_used(token)
     return token
 
 
@@ -181,9 +182,9 @@ def unknown_fields(body: dict[str, Any], known: set[str]) -> None:
 
 def publish_broadcast(token: ApiToken, body: dict[str, Any]) -> int:
     unknown_fields(body, BROADCAST_FIELDS)
-    if not api_tokens.allows_broadcasts(token):
+    if not tokens.allows_broadcasts(token):
         raise Refused(403, "forbidden", "This token may not send broadcasts.")
-    creator_still_may(token, api_tokens.BROADCASTS)
+    creator_still_may(token, tokens.BROADCASTS)
     fields = {"level": "info", "audience": "everyone", **body}
     if not all(isinstance(fields.get(name), str) for name in BROADCAST_FIELDS):
         raise Refused(400, "invalid_body", "message, level and audience are strings.")
@@ -205,9 +206,9 @@ def creator_still_may(token: ApiToken, scope: str) -> None:
             "--user NAME` or in the admin."
         )
         raise Refused(403, "forbidden", detail)
-    if not api_tokens.creator_holds(token, scope):
+    if not tokens.creator_holds(token, scope):
         detail = (
-            f"The user this token acts for no longer holds {api_tokens.right_for(scope)} (or "
+            f"The user this token acts for no longer holds {tokens.right_for(scope)} (or "
             "was deactivated or deleted): a token does only what its creator may."
         )
         raise Refused(403, "forbidden", detail)
@@ -218,13 +219,13 @@ def publish_topic(token: ApiToken, body: dict[str, Any]) -> int:
     topic, event = body.get("topic"), body.get("event", "message")
     if not isinstance(topic, str) or not isinstance(event, str) or "data" not in body:
         raise Refused(400, "invalid_body", "topic and event are strings, and data is required.")
-    if api_tokens.is_internal(topic):
-        internal = api_tokens.INTERNAL_TOPICS
+    if tokens.is_internal(topic):
+        internal = tokens.INTERNAL_TOPICS
         detail = f"Topics named {internal}* are the server's own: no token may send to them."
         raise Refused(403, "forbidden", detail)
-    if not api_tokens.allows_topic(token, topic):
+    if not tokens.allows_topic(token, topic):
         raise Refused(403, "forbidden", "This token may not send to that topic.")
-    creator_still_may(token, api_tokens.TOPIC + topic)
+    creator_still_may(token, tokens.TOPIC + topic)
     try:
         stored = topics.send(topic, body["data"], event=event)
     except ValueError as exc:

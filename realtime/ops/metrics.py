@@ -1,4 +1,4 @@
-"""GET /metrics: the host's Prometheus metrics (realtime/server/metrics.py), for a scraper.
+"""GET /metrics: the host's Prometheus metrics (realtime/server/prometheus.py), for a scraper.
 
 Answered only to a client address in REALTIME_METRICS_ALLOWED_ADDRESSES (addresses or
 networks; default: loopback) or to a request with `Authorization: Bearer
@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 
 from realtime.conf import conf
 from realtime.server.client_address import parse_host
-from realtime.server.metrics import CONTENT_TYPE, exposition
+from realtime.server.prometheus import CONTENT_TYPE, exposition
 
 BEARER = "Bearer "
 
