@@ -2,28 +2,15 @@
 
 A replay (a position in the socket's URL, a `resume`, a `subscribe` with `since`) reads up to
 REALTIME_RESUME_MAX_COUNT broadcasts or REALTIME_TOPIC_HISTORY_SIZE topic messages on the
-worker's one database thread and writes them all to the socket. The message rate alone let an
-anonymous client repeat them as fast as it reconnects, or unsubscribes and subscribes again:
-8 connections reconnecting with a 500-broadcast position in their URL made one worker's
-/healthz answer in 516 ms (median; 123 ms for the same reconnects without a position, 80 ms
-with this budget at 2 a second; a throwaway flood client against `serve --workers 1` on 2
-cores). So replays have two token buckets of their own:
-
-- each socket's: REALTIME_REPLAY_RATE a second, up to REALTIME_REPLAY_BURST at once;
-- each client address's on this worker (IPv6: its /64), shared by all its sockets:
-  REALTIME_REPLAY_ADDRESS_RATE a second, up to REALTIME_REPLAY_ADDRESS_BURST.
-
-A replay needs a token from both; one refused is not made at all and the client is told when
-to ask again (docs/protocol.md, "Replays"). What it read is charged after it, one more token per
-ROWS_PER_TOKEN rows (a bucket may go that far into debt): an up-to-date page reconnecting
-costs one token, a replay of 500 broadcasts eleven. So a crowd behind one address (a NAT, a
-balancer without the PROXY protocol) reconnecting after a restart, whose replays are mostly
-empty, gets through; a client asking for old history again and again does not. The defaults
-never refuse a page that reconnects and resumes its broadcasts, its user's topic and a handful
-of topics. An address's bucket is
-forgotten once it has filled up again (it is then the same as a new one), and at most
-ADDRESSES_REMEMBERED are kept, so memory stays bounded whatever the number of addresses. A
-rate of 0 turns a bucket off.
+worker's one database thread; the message rate alone let a client repeat them as fast as it
+reconnects (docs/security.md has what that did to a worker). So replays take tokens from two
+buckets: each socket's (REALTIME_REPLAY_RATE, REALTIME_REPLAY_BURST) and each client
+address's on this worker, IPv6 by /64 (REALTIME_REPLAY_ADDRESS_RATE, _BURST). One refused is
+not made and the client is told when to ask again (docs/protocol.md, "Replays"). What it read
+is charged after it, one token per ROWS_PER_TOKEN rows, so a crowd behind one address
+reconnecting with mostly empty replays gets through and a client asking for old history again
+and again does not. An address's bucket is forgotten once full again, and at most
+ADDRESSES_REMEMBERED are kept: memory stays bounded. A rate of 0 turns a bucket off.
 """
 
 from __future__ import annotations
