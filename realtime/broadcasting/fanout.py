@@ -43,12 +43,12 @@ from typing import Any
 
 import redis
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime.broadcasting import streams as stored
 from realtime.broadcasting import topics
 from realtime.broadcasting.delivery import Frame, Streams, Subscription, spawn
+from realtime.broadcasting.layer import channel_layer
 from realtime.broadcasting.topic_presence import CHANGED, Presence
 from realtime.conf import conf
 from realtime.server import metrics
@@ -285,7 +285,7 @@ class Fanout:
             self.task.add_done_callback(self._stopped)
 
     async def _run(self) -> None:
-        layer = get_channel_layer()
+        layer = channel_layer()
         channel = await self._open_channel(layer)
         receiving = asyncio.ensure_future(self._receive_forever(layer, channel))
         keeping = asyncio.ensure_future(self._keep_joined(layer, channel))
