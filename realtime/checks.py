@@ -10,7 +10,10 @@ Run by every management command (and `manage.py check`), as django-cors-headers 
 - realtime.E006: REALTIME_REQUIRE_TLS is not True or False;
 - realtime.E007: REALTIME_METRICS_ALLOWED_ADDRESSES holds something that is not an address or
   network, or REALTIME_METRICS_TOKEN is set but shorter than 32 characters (guessable);
-- realtime.E008: REALTIME_TRUSTED_PROXIES is not a list of addresses or networks.
+- realtime.E008: REALTIME_TRUSTED_PROXIES is not a list of addresses or networks;
+- realtime.W001 (a warning): the project sets no CHANNEL_LAYERS, so the app uses the in-memory
+  layer, which a broadcast from another process (`manage.py broadcast`) cannot reach. Setting
+  CHANNEL_LAYERS, to the in-memory layer too, says that this is meant.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import ipaddress
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
-from realtime.conf import conf
+from realtime.conf import channel_layer_config, channel_layers_unset, conf
 from realtime.server.client_address import TrustedProxies
 from realtime.tls.profiles import PROFILES
 
@@ -65,7 +68,7 @@ MINIMUMS = {
 
 
 @register()
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return [
         *check_numbers(),
         *check_tls_profile(),
@@ -75,6 +78,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         *check_switches(),
         *check_metrics_access(),
         *check_trusted_proxies(),
+        *check_channel_layers_set(),
     ]
 
 
@@ -128,7 +132,7 @@ def check_origins() -> list[Error]:
 
 
 def check_fanout_rejoin() -> list[Error]:
-    config = settings.CHANNEL_LAYERS.get("default", {})
+    config = channel_layer_config()
     if not config.get("BACKEND", "").startswith("channels_redis.core."):
         return []
     expiry = config.get("CONFIG", {}).get("group_expiry", 86400)
@@ -217,3 +221,21 @@ def check_trusted_proxies() -> list[Error]:
             )
         ]
     return []
+
+
+def check_channel_layers_set() -> list[Warning]:
+    if not channel_layers_unset():
+        return []
+    return [
+        Warning(
+            "CHANNEL_LAYERS is not set: realtime uses the in-memory channel layer, which works "
+            "within one process: `manage.py broadcast` and `notify` (other processes) cannot "
+            "reach the connected sockets, and `serve` runs one worker only.",
+            hint=(
+                "Set CHANNEL_LAYERS to a Redis layer (docs/existing-project.md), or to "
+                '{"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}} if one '
+                "process is what you mean."
+            ),
+            id="realtime.W001",
+        )
+    ]

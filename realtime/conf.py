@@ -4,6 +4,10 @@ A project sets only what it wants to change, in its Django settings; `conf.NAME`
 project's value when there is one, else the default here, at the moment it is asked (so tests
 may override settings). realtime/checks.py turns a wrong value into a system check error that
 names the setting (realtime.E001, ...). README.md's settings table says what each one does.
+
+The optional settings of Django and Channels that the app reads (CHANNEL_LAYERS,
+ASGI_APPLICATION, BASE_DIR: a project may lack each) are read here too, with their defaults
+in OPTIONAL_SETTINGS, so that no command dies of a setting the docs call optional.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ MIB = 1024 * 1024
 
 def default_cert_dir() -> Path:
     """certs/ beside the project (BASE_DIR, as startproject defines it), else the cwd."""
-    return Path(getattr(settings, "BASE_DIR", Path.cwd())) / "certs"
+    return Path(conf.BASE_DIR) / "certs"
 
 
 def default_require_tls() -> bool:
@@ -30,13 +34,22 @@ def default_require_tls() -> bool:
 
 def default_fanout_rejoin() -> int:
     """600 s, or half the core layer's group_expiry when that is shorter."""
-    config = settings.CHANNEL_LAYERS.get("default", {}) if _has("CHANNEL_LAYERS") else {}
-    expiry = config.get("CONFIG", {}).get("group_expiry", 86400)
+    expiry = channel_layer_config().get("CONFIG", {}).get("group_expiry", 86400)
     return min(600, max(int(expiry) // 2, 1))
 
 
-def _has(name: str) -> bool:
-    return hasattr(settings, name)
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+# Django's and Channels' settings that a project may leave out, and what the app takes then.
+OPTIONAL_SETTINGS: dict[str, Any] = {
+    # Channels' own in-memory layer: it works within one process only, so a broadcast from
+    # another one (`manage.py broadcast`) cannot reach the sockets (realtime.W001 says so).
+    "CHANNEL_LAYERS": {"default": {"BACKEND": IN_MEMORY_LAYER}},
+    # The management commands that start daphne say to set it when it is missing.
+    "ASGI_APPLICATION": "",
+    # startproject defines it; without it, the directory the command runs in.
+    "BASE_DIR": Path.cwd,
+}
 
 
 # Values, or callables that compute the default from other settings when it is asked for.
@@ -128,19 +141,33 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_UNKNOWN = object()
+
+
 class Conf:
     """The realtime settings as attributes: the project's value, else the default."""
 
     def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
+        default = DEFAULTS.get(name, OPTIONAL_SETTINGS.get(name, _UNKNOWN))
+        if default is _UNKNOWN:
             raise AttributeError(f"{name} is not a realtime setting")
         if hasattr(settings, name):
             return getattr(settings, name)
-        default = DEFAULTS[name]
         return default() if callable(default) else default
 
 
 conf = Conf()
+
+
+def channel_layer_config() -> dict[str, Any]:
+    """The default channel layer's configuration the app uses: the project's, else the
+    in-memory layer's (also when CHANNEL_LAYERS names no "default", where Channels has none)."""
+    return conf.CHANNEL_LAYERS.get("default", {"BACKEND": IN_MEMORY_LAYER})
+
+
+def channel_layers_unset() -> bool:
+    """True when the project has no CHANNEL_LAYERS: the app then uses the in-memory layer."""
+    return not hasattr(settings, "CHANNEL_LAYERS")
 
 
 def server_config() -> ServerConfig:
@@ -165,9 +192,14 @@ def server_config() -> ServerConfig:
 
 def describe_channel_layer() -> str:
     """One line on the channel layer in use, without the Redis URL (it may hold a password)."""
-    layers = getattr(settings, "CHANNEL_LAYERS", {})
-    backend = layers.get("default", {}).get("BACKEND", "channels.layers.InMemoryChannelLayer")
-    if backend == "channels.layers.InMemoryChannelLayer":
+    backend = channel_layer_config()["BACKEND"]
+    if channel_layers_unset():
+        return (
+            "CHANNEL_LAYERS is not set: using the in-memory channel layer, so broadcasts reach "
+            "only the clients of this process. Set CHANNEL_LAYERS to a Redis layer to share "
+            "them between processes."
+        )
+    if backend == IN_MEMORY_LAYER:
         return (
             "REDIS_URL is not set: using the in-memory channel layer, so broadcasts reach "
             "only the clients of this process. Set REDIS_URL to share them between processes."

@@ -3,12 +3,18 @@ system check error that names the setting and stops management commands."""
 
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
-from django.core.management import call_command
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
 
 from realtime.checks import check_settings
-from realtime.conf import DEFAULTS, conf
+from realtime.conf import DEFAULTS, conf, describe_channel_layer
+from realtime.management import daphne_application
+from realtime.messaging.layer import channel_layer
+from realtime.messaging.redis_client import redis_hosts
 
 
 def ids(errors) -> list[str]:
@@ -102,3 +108,32 @@ def test_a_wrong_value_stops_management_commands(settings):
     settings.REALTIME_WS_BURST = -1
     with pytest.raises(SystemCheckError, match=r"realtime.E001.*REALTIME_WS_BURST"):
         call_command("check")
+
+
+def test_without_channel_layers_the_app_uses_the_in_memory_layer_and_warns(settings):
+    del settings.CHANNEL_LAYERS
+    assert get_channel_layer() is None  # Channels alone has no layer then
+    assert isinstance(channel_layer(), InMemoryChannelLayer)
+    assert redis_hosts() == []
+    assert conf.REALTIME_FANOUT_REJOIN == 600
+    assert describe_channel_layer().startswith("CHANNEL_LAYERS is not set")
+    assert ids(check_settings()) == ["realtime.W001"]
+    errors = StringIO()
+    call_command("check", stderr=errors)  # a warning, not an error: every command runs
+    assert "realtime.W001" in errors.getvalue() and "manage.py broadcast" in errors.getvalue()
+
+
+def test_an_in_memory_layer_set_on_purpose_is_no_warning(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert check_settings() == []
+    assert channel_layer() is get_channel_layer()
+
+
+def test_without_base_dir_or_asgi_application_the_defaults_hold(settings, tmp_path, monkeypatch):
+    for name in ("BASE_DIR", "ASGI_APPLICATION", "REALTIME_CERT_DIR"):
+        if hasattr(settings, name):
+            delattr(settings, name)
+    monkeypatch.chdir(tmp_path)
+    assert tmp_path / "certs" == conf.REALTIME_CERT_DIR
+    with pytest.raises(CommandError, match="Set ASGI_APPLICATION"):
+        daphne_application()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.core.management import CommandError
+
+from realtime.conf import conf
 
 
 def daphne_application() -> str:
     """The project's ASGI application as daphne names it: ASGI_APPLICATION "mysite.asgi.application"
     is "mysite.asgi:application"."""
-    dotted = getattr(settings, "ASGI_APPLICATION", "")
+    dotted = conf.ASGI_APPLICATION
     module, _, attribute = dotted.rpartition(".")
     if not module:
         raise CommandError(

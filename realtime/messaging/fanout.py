@@ -43,7 +43,6 @@ from typing import Any
 
 import redis
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime import wire
@@ -51,6 +50,7 @@ from realtime.conf import conf
 from realtime.messaging import streams as stored
 from realtime.messaging import topic_rules
 from realtime.messaging.delivery import Frame, Streams, Subscription, spawn
+from realtime.messaging.layer import channel_layer
 from realtime.messaging.topic_presence import CHANGED, Presence
 from realtime.server import prometheus
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
@@ -285,7 +285,7 @@ class Fanout:
             self.task.add_done_callback(self._stopped)
 
     async def _run(self) -> None:
-        layer = get_channel_layer()
+        layer = channel_layer()
         channel = await self._open_channel(layer)
         receiving = asyncio.ensure_future(self._receive_forever(layer, channel))
         keeping = asyncio.ensure_future(self._keep_joined(layer, channel))

@@ -13,7 +13,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
-from django.conf import settings
+
+from realtime.conf import channel_layer_config
 
 # Commands outside the layer are short; a dead Redis must not hang an admin page or a worker.
 TIMEOUT = 5.0
@@ -21,7 +22,7 @@ TIMEOUT = 5.0
 
 def redis_hosts() -> list[dict[str, Any]]:
     """Every Redis host (shard) of the default channel layer; [] for the in-memory layer."""
-    config = settings.CHANNEL_LAYERS["default"]
+    config = channel_layer_config()
     if not config["BACKEND"].startswith("channels_redis."):
         return []
     return [dict(host) for host in config["CONFIG"]["hosts"]]

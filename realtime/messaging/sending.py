@@ -80,8 +80,8 @@ def check_layer_reaches_other_processes() -> None:
     if redis_host() is None:
         raise LayerUnavailable(
             "The channel layer is the in-memory one, which only works inside one process, so "
-            "a broadcast from here cannot reach the server processes. Set REDIS_URL (the same "
-            "as the servers') and try again."
+            "a broadcast from here cannot reach the server processes. Set REDIS_URL (your own "
+            "project: CHANNEL_LAYERS to a Redis layer), the same as the servers', and try again."
         )
     try:
         audience_counts.counts()

@@ -19,13 +19,12 @@ import uuid
 
 import redis
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
 from realtime.messaging.fanout import failure_reason, fanout
-from realtime.messaging.layer import retrying
+from realtime.messaging.layer import channel_layer, retrying
 from realtime.messaging.redis_client import redis_hosts, sync_client_for
 from realtime.ops.metrics import from_allowed_address, has_token
 from realtime.server.log_limits import LOG_EVERY, OncePerInterval
@@ -79,7 +78,7 @@ class ChannelCheck:
 
     async def run(self) -> None:
         async with self.lock:
-            layer = get_channel_layer()
+            layer = channel_layer()
             if self.channel is None:
                 self.channel = await layer.new_channel("healthz.")
             token = uuid.uuid4().hex

@@ -10,7 +10,6 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management import BaseCommand, CommandError, CommandParser
 
 from realtime.conf import conf
@@ -76,6 +75,6 @@ class Command(BaseCommand):
             "Serve it with `manage.py runserver --tls`, or with daphne from the project root:"
         )
         endpoint = shlex.quote(realtime_endpoint(8443, paths.cert, paths.key))
-        has_application = getattr(settings, "ASGI_APPLICATION", "")
+        has_application = conf.ASGI_APPLICATION
         application = daphne_application() if has_application else "<ASGI_APPLICATION>"
         self.stdout.write(f"  daphne -e {endpoint} {application}")

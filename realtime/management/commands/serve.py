@@ -179,7 +179,7 @@ class Command(BaseCommand):
         supervisor = Supervisor(
             [*WORKER_COMMAND, *endpoints, daphne_application()],
             workers,
-            cwd=getattr(settings, "BASE_DIR", None) or Path.cwd(),
+            cwd=conf.BASE_DIR or Path.cwd(),
             grace=options["grace"],
             log=self._log,
             listen_on=[(host, each) for each in ports],
