@@ -9,7 +9,6 @@ Import this after `get_asgi_application()`: the consumer touches models.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from channels.routing import URLRouter
@@ -18,6 +17,7 @@ from django.urls import path, re_path
 
 from realtime.checks import check_settings
 from realtime.messaging import maintenance
+from realtime.upstream import started_by_daphne_cli
 from realtime.websocket.consumer import RealtimeConsumer
 from realtime.websocket.limits import websocket_limits
 from realtime.websocket.middleware import (
@@ -45,7 +45,7 @@ def refuse_wrong_settings() -> None:
 def websocket_application() -> Any:
     """/ws/ behind the checks (docs/security.md), cheapest refusals first: origin (403), TLS
     (1008), the per-client limits; then the session's user, read once."""
-    if "daphne.cli" in sys.modules:
+    if started_by_daphne_cli():
         # Started as plain `daphne ...`: daphne's own Server does not tell whether a WebSocket
         # came over TLS, so its command line builds realtime's Server instead (a no-op under
         # `realtime-daphne`, which builds it anyway: realtime/server/cli.py).

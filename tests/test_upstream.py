@@ -1,19 +1,27 @@
-"""The contract with upstream internals (realtime/upstream.py): the pinned versions, and that
+"""The contract with upstream internals (realtime/upstream/): the pinned versions, and that
 every private attribute and undocumented behaviour relied on is there and does what realtime
-expects. Also the undocumented hooks of daphne's and Channels' classes that realtime subclasses
-(RealtimeServer, the WebSocket protocol, the consumer, runserver). An upgrade that changes any
-of them fails here, by name."""
+expects. Also the undocumented hooks of Twisted's, daphne's and Channels' classes that realtime
+subclasses (RealtimeServer, the WebSocket protocol, the HTTP channel, the consumer, the origin
+validator, runserver), with their signatures. An upgrade that changes any of them fails here,
+by name."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import inspect
+import re
 import socket
+import subprocess
 import sys
+import textwrap
+import time
 import types
 import zlib
 from importlib.metadata import version
 
 import pytest
+from asgiref.sync import async_to_sync
 from autobahn.exception import PayloadCorruptError
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflate
@@ -477,3 +485,439 @@ def test_twisted_reads_a_proxy_v2_header_and_hands_on_only_what_follows_it():
     refused.makeConnection(transport)
     refused.dataReceived(b"\x16\x03\x01 a TLS ClientHello, no header")
     assert transport.disconnecting and not upstream.proxy_header_read(refused)
+
+
+# --- the package: every name, and no Django for the server floor ------------------------------
+
+
+def test_the_server_floor_gets_realtime_upstream_without_django():
+    """django_side (Channels, daphne's runserver) is imported at the first use of its names."""
+    code = (
+        "import sys, realtime.upstream, realtime.server.daphne_server\n"
+        "assert 'django' not in sys.modules, 'django imported'\n"
+        "assert realtime.upstream.handler_name({'type': 'a.b'}) == 'a_b'\n"
+        "assert 'django' in sys.modules\n"
+    )
+    from tests.helpers import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_name_of_realtime_upstream_is_there():
+    for name in upstream.__all__:
+        assert getattr(upstream, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        upstream.nothing  # noqa: B018
+
+
+def test_no_module_outside_upstream_reaches_into_sys_modules_or_a_private_module():
+    """The rule the package exists for, where a search can tell: `sys.modules` tricks and
+    imports from upstream's private modules (`package._module`) stay in realtime/upstream."""
+    from tests.helpers import ROOT
+
+    private_import = re.compile(r"^\s*(from|import) [\w.]*\._\w+", re.MULTILINE)
+    for path in (ROOT / "realtime").rglob("*.py"):
+        if "upstream" in path.relative_to(ROOT / "realtime").parts:
+            continue
+        source = path.read_text()
+        assert "sys.modules" not in source, path
+        assert not private_import.search(source), path
+
+
+# --- daphne's WebSocketProtocol and autobahn's (realtime/upstream/websocket.py) ----------------
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def test_the_websocket_protocol_is_daphnes_with_the_hooks_realtime_overrides():
+    from realtime.server.closing import AppCloseWebSocketProtocol
+    from realtime.server.compression import CompressionWebSocketProtocol
+
+    assert upstream.WebSocketProtocol is WebSocketProtocol
+    assert issubclass(WebSocketProtocol, WebSocketServerProtocol)
+    expected = {
+        "handle_reply": ["self", "message"],
+        "sendMessage": ["self", "payload", "isBinary", "fragmentSize", "sync", "doNotCompress"],
+        "sendCloseFrame": ["self", "code", "reasonUtf8", "isReply"],
+        "check_timeouts": ["self"],
+    }
+    assert set(upstream.WEBSOCKET_PROTOCOL_HOOKS) == set(expected)
+    for name, names in expected.items():
+        assert parameters(getattr(WebSocketProtocol, name)) == names, name
+    ours = {
+        "handle_reply": AppCloseWebSocketProtocol.handle_reply,
+        "sendMessage": CompressionWebSocketProtocol.sendMessage,
+    }
+    for name, method in ours.items():
+        assert parameters(method) == expected[name], name
+
+
+def test_daphnes_server_hands_each_reply_to_the_protocols_handle_reply():
+    """closing.py sees every ASGI message the application sends to its socket there."""
+    received = []
+
+    class Protocol:
+        def handle_reply(self, message):
+            received.append(message)
+
+    protocol = Protocol()
+    server = Server(application=None, endpoints=["tcp:0"])
+    server.connections = {protocol: {}}
+    message = {"type": "websocket.close", "code": 1013, "reason": "later"}
+    asyncio.run(server.handle_reply(protocol, message))
+    assert received == [message]
+
+
+def test_encode_truncate_cuts_utf8_at_a_character_boundary():
+    assert upstream.encode_truncate("é" * 100, 123) == "é".encode() * 61
+    assert upstream.encode_truncate("bye", 123) == b"bye"
+
+
+class RecordingWebSocket(WebSocketProtocol):
+    """daphne's protocol with no transport: it records the ping or close daphne sends."""
+
+    def __init__(self, opened_ago: float, pinged_ago: float, timeout: float) -> None:
+        self.server = types.SimpleNamespace(
+            websocket_timeout=timeout, websocket_connect_timeout=5, ping_interval=20.0
+        )
+        self.state = self.STATE_OPEN
+        now = time.time()
+        self.socket_opened, self.last_ping = now - opened_ago, now - pinged_ago
+        self.sent: list[str] = []
+
+    def _sendAutoPing(self) -> None:
+        self.sent.append("ping")
+
+    def serverClose(self, code: int | None = None) -> None:
+        self.sent.append("close")
+
+
+@pytest.mark.parametrize(
+    ("opened_ago", "pinged_ago", "timeout", "sent"),
+    [
+        (30.0, 10.0, -1, []),  # the next ping in 10 s
+        (30.0, 21.0, -1, ["ping"]),  # past ping_interval since the last ping
+        (30.0, 10.0, 25.0, ["close"]),  # open longer than websocket_timeout
+        (30.0, 10.0, 40.0, []),
+    ],
+)
+def test_daphne_checks_an_open_socket_when_next_check_due_says(
+    opened_ago, pinged_ago, timeout, sent
+):
+    """next_check_due reads `last_ping` and `socket_opened` as daphne's check_timeouts() does:
+    it finds something to do exactly when that time has passed."""
+    protocol = RecordingWebSocket(opened_ago, pinged_ago, timeout)
+    due = upstream.next_check_due(protocol, 20.0, timeout)
+    assert (due < time.time()) == bool(sent)
+    protocol.check_timeouts()
+    assert protocol.sent == sent
+    if sent == ["ping"]:  # daphne stamps the ping: the next is ping_interval away
+        assert upstream.next_check_due(protocol, 20.0, timeout) > time.time() + 19
+
+
+def test_daphne_stamps_last_ping_at_connect_and_at_each_message():
+    for method, stamps in (("onConnect", 2), ("onMessage", 1)):
+        source = inspect.getsource(getattr(WebSocketProtocol, method))
+        assert source.count("= time.time()") == stamps, method
+        assert "self.last_ping = time.time()" in source, method
+    assert "self.socket_opened = time.time()" in inspect.getsource(WebSocketProtocol.onConnect)
+
+
+# --- daphne's Server (realtime/upstream/server.py) ---------------------------------------------
+
+
+def test_realtime_server_overrides_daphnes_hooks_with_their_signatures():
+    from realtime.server.daphne_server import RealtimeServer
+
+    assert upstream.Server is Server and issubclass(RealtimeServer, Server)
+    expected = {
+        "protocol_connected": ["self", "protocol"],
+        "timeout_checker": ["self"],
+        "create_application": ["self", "protocol", "scope"],
+    }
+    assert set(upstream.SERVER_HOOKS) == set(expected)
+    for name, names in expected.items():
+        assert parameters(getattr(Server, name)) == names, name
+        assert parameters(getattr(RealtimeServer, name)) == names, name
+
+
+def test_daphnes_sweep_checks_every_connection_every_two_seconds():
+    source = inspect.getsource(Server.timeout_checker)
+    assert "for protocol in list(self.connections.keys()):" in source
+    assert "protocol.check_timeouts()" in source
+    assert "reactor.callLater(2, self.timeout_checker)" in source
+    assert upstream.TIMEOUT_SWEEP_INTERVAL == 2.0
+    assert "reactor.callLater(2, self.timeout_checker)" in inspect.getsource(Server.run)
+
+
+def test_call_before_serving_runs_first_then_the_ready_callable_given():
+    calls = []
+    server = Server(application=None, endpoints=["tcp:0"], ready_callable=lambda: calls.append(2))
+    upstream.call_before_serving(server, lambda: calls.append(1))
+    server.ready_callable()
+    assert calls == [1, 2]
+    alone = Server(application=None, endpoints=["tcp:0"])
+    upstream.call_before_serving(alone, lambda: calls.append(3))
+    alone.ready_callable()
+    assert calls == [1, 2, 3]
+    assert "if self.ready_callable:" in inspect.getsource(Server.run)
+
+
+def test_replace_protocols_makes_daphnes_factories_build_them():
+    """As Server.run() builds them: HTTPFactory takes any callable as its protocol, and puts
+    its reactor's callLater on what it builds (the request deadline's timer)."""
+    from daphne.http_protocol import HTTPFactory
+    from daphne.ws_protocol import WebSocketFactory
+
+    from realtime.server.request_deadline import DeadlineHTTPChannel, channel_with_deadline
+
+    server = Server(application=None, endpoints=["tcp:0"])
+    server.http_factory = HTTPFactory(server)
+    server.ws_factory = WebSocketFactory(server, server="Daphne")
+    ws_class = type("Ours", (WebSocketProtocol,), {})
+    upstream.replace_protocols(server, ws=ws_class, http=channel_with_deadline(3.0))
+    assert isinstance(server.ws_factory.buildProtocol(None), ws_class)
+    channel = server.http_factory.buildProtocol(None)
+    assert isinstance(channel, DeadlineHTTPChannel) and channel.first_request_timeout == 3.0
+    assert channel.callLater == server.http_factory.reactor.callLater
+    upstream.replace_protocols(server, ws=WebSocketProtocol)  # http None: left as it is
+    assert isinstance(server.http_factory.buildProtocol(None), DeadlineHTTPChannel)
+
+
+def test_the_access_log_stream_is_the_generators():
+    from daphne.access import AccessLogGenerator
+
+    assert upstream.access_log_stream(AccessLogGenerator(sys.stderr)) is sys.stderr
+
+
+def test_only_daphnes_command_line_imports_daphne_cli(monkeypatch):
+    """started_by_daphne_cli: daphne's server, protocols and runserver never import it."""
+    from tests.helpers import ROOT
+
+    code = (
+        "import sys, daphne.server, daphne.ws_protocol, daphne.http_protocol, daphne.access\n"
+        "from realtime.upstream import started_by_daphne_cli\n"
+        "assert not started_by_daphne_cli()\n"
+        "import daphne.cli\n"
+        "assert started_by_daphne_cli()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- Twisted's HTTPChannel (realtime/upstream/http_channel.py) --------------------------------
+
+
+def test_the_request_deadline_overrides_twisteds_channel_with_its_signatures():
+    from realtime.server.request_deadline import DeadlineHTTPChannel
+
+    assert upstream.HTTPChannel is HTTPChannel and issubclass(DeadlineHTTPChannel, HTTPChannel)
+    for name in upstream.HTTP_CHANNEL_HOOKS:
+        assert name in vars(DeadlineHTTPChannel), name
+        assert parameters(getattr(DeadlineHTTPChannel, name)) == parameters(
+            getattr(HTTPChannel, name)
+        ), name
+    for name in upstream.HTTP_CHANNEL_ATTRIBUTES:
+        assert hasattr(HTTPChannel(), name), name
+
+
+class RecordingChannel(HTTPChannel):
+    """Twisted's channel recording the hooks DeadlineHTTPChannel overrides, as called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def lineReceived(self, line):
+        self.calls.append(("line", line))
+        return super().lineReceived(line)
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        self.calls.append(("headers", self.length))
+
+    def allContentReceived(self):
+        self.calls.append(("content",))
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        self.calls.append(("done", len(self.requests)))
+
+
+def finishing_request(channel, queued):
+    from twisted.web.http import Request
+
+    class Finished(Request):
+        def process(self):
+            self.finish()
+
+    return Finished(channel, queued)
+
+
+def open_channel(channel_class=RecordingChannel):
+    channel = channel_class()
+    channel.requestFactory = finishing_request
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_twisted_calls_the_channel_hooks_in_the_order_the_deadline_relies_on():
+    channel, transport = open_channel()
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"0\r\n\r\n")
+    assert channel.calls == [
+        ("line", b"POST / HTTP/1.1"),
+        ("line", b"Host: x"),
+        ("line", b"Content-Length: 5"),
+        ("line", b""),
+        ("headers", 5),
+        ("content",),
+        ("done", 0),
+        ("line", b"GET / HTTP/1.1"),
+        ("line", b"Host: x"),
+        ("line", b"Transfer-Encoding: chunked"),
+        ("line", b""),
+        ("headers", None),  # chunked: no length
+        ("content",),
+        ("done", 0),
+    ]
+    assert transport.value().count(b"HTTP/1.1 200") == 2
+
+
+def test_twisted_answers_400_where_the_header_line_sizes_pass_total_headers_size():
+    """DeadlineHTTPChannel counts a "size" refusal where this count passes the bound."""
+    channel, transport = open_channel(HTTPChannel)
+    counted = 0
+    lines = [b"GET / HTTP/1.1", *[b"X-Filler: " + b"a" * 90 for _ in range(200)]]
+    for line in lines:
+        counted += upstream.header_line_size(line)
+        channel.dataReceived(line + b"\r\n")
+        refused = transport.value().startswith(b"HTTP/1.1 400")
+        assert refused == (counted > HTTPChannel.totalHeadersSize), counted
+        if refused:
+            break
+    assert refused
+
+
+def test_an_http_channel_registers_itself_as_its_transports_producer():
+    """release_from_http_channel undoes that once daphne gave the connection to a WebSocket."""
+    channel, transport = open_channel(HTTPChannel)
+    assert transport.producer is channel and transport.streaming
+    upstream.release_from_http_channel(transport)
+    assert transport.producer is None
+
+
+def test_daphne_hands_an_upgraded_connection_over_where_transport_owner_looks():
+    from daphne.http_protocol import WebRequest
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+    source = inspect.getsource(WebRequest.process)
+    assert "transport.wrappedProtocol = protocol" in source
+    assert "transport.protocol = protocol" in source
+    channel = HTTPChannel()
+    assert upstream.transport_owner(StringTransport(), channel) is channel
+    other = Protocol()
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), other)  # what TLS is, to daphne
+    assert upstream.transport_owner(wrapper, channel) is other
+    assert upstream.transport_owner(types.SimpleNamespace(protocol=other), channel) is other
+
+
+# --- Channels and daphne's runserver (realtime/upstream/django_side.py) -----------------------
+
+
+def test_the_consumer_overrides_channels_hooks_with_their_signatures():
+    from channels.generic.websocket import AsyncWebsocketConsumer
+
+    from realtime.websocket.consumer import RealtimeConsumer
+
+    assert upstream.AsyncWebsocketConsumer is AsyncWebsocketConsumer
+    assert issubclass(RealtimeConsumer, AsyncWebsocketConsumer)
+    expected = {
+        "__call__": ["self", "scope", "receive", "send"],
+        "dispatch": ["self", "message"],
+        "websocket_disconnect": ["self", "message"],
+    }
+    assert set(upstream.CONSUMER_HOOKS) == set(expected)
+    for name, names in expected.items():
+        assert parameters(getattr(AsyncWebsocketConsumer, name)) == names, name
+        assert parameters(getattr(RealtimeConsumer, name)) == names, name
+
+
+def test_a_channels_consumer_sends_through_the_base_send_it_is_given():
+    sent = []
+
+    async def record(message):
+        sent.append(message)
+
+    consumer = upstream.AsyncWebsocketConsumer()
+    consumer.base_send = record
+    asyncio.run(consumer.send(text_data="hello"))
+    assert sent == [{"type": "websocket.send", "text": "hello"}]
+
+
+@pytest.mark.django_db  # Channels closes old database connections before the app runs
+def test_channels_origin_validator_decides_through_valid_origin():
+    """LoggingOriginValidator overrides it: Channels' __call__ passes the parsed Origin, or
+    None without one, and answers 403 (a close before accept) when it returns False."""
+    from channels.security.websocket import OriginValidator
+
+    from realtime.websocket.middleware import LoggingOriginValidator
+
+    assert upstream.OriginValidator is OriginValidator
+    assert issubclass(LoggingOriginValidator, OriginValidator)
+    assert list(upstream.ORIGIN_VALIDATOR_HOOKS) == ["valid_origin"]
+    assert parameters(OriginValidator.valid_origin) == ["self", "parsed_origin"]
+    assert parameters(LoggingOriginValidator.valid_origin) == ["self", "parsed_origin"]
+    seen, sent = [], []
+
+    class Recording(OriginValidator):
+        def valid_origin(self, parsed_origin):
+            seen.append(parsed_origin and parsed_origin.netloc)
+            return parsed_origin is not None
+
+    async def app(scope, receive, send):
+        sent.append("app")
+
+    async def send(message):
+        sent.append(message["type"])
+
+    messages = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1006}]
+
+    async def receive():
+        return messages.pop(0)
+
+    validator = async_to_sync(Recording(app, ["*"]))  # Channels' denier hops to a thread
+    validator({"type": "websocket", "headers": [(b"origin", b"https://a.example")]}, receive, send)
+    validator({"type": "websocket", "headers": []}, receive, send)
+    assert seen == ["a.example", None]
+    assert sent == ["app", "websocket.close"]
+
+
+def test_daphnes_runserver_builds_server_cls_with_keywords_only():
+    """runserver --tls puts a builder taking **kwargs in `server_cls`."""
+    from realtime.management.commands.runserver import Command
+
+    assert upstream.DaphneRunserverCommand is DaphneRunserver
+    assert issubclass(Command, DaphneRunserver)
+    assert list(upstream.RUNSERVER_HOOKS) == ["server_cls"]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(DaphneRunserver.inner_run)))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "server_cls"
+    ]
+    assert len(calls) == 1 and not calls[0].args
+    assert {"application", "endpoints"} <= {keyword.arg for keyword in calls[0].keywords}

@@ -13,6 +13,8 @@ from typing import Any
 
 from daphne.access import AccessLogGenerator
 
+from realtime.upstream import access_log_stream
+
 logger = logging.getLogger("daphne.access")
 
 
@@ -21,7 +23,9 @@ def writes_to_stdout(action_logger: Any) -> bool:
     sets up at verbosity 1, query strings included), which this module replaces."""
     if action_logger is None:
         return True
-    return isinstance(action_logger, AccessLogGenerator) and action_logger.stream is sys.stdout
+    if not isinstance(action_logger, AccessLogGenerator):
+        return False
+    return access_log_stream(action_logger) is sys.stdout
 
 
 def log_access(protocol: str, action: str, details: dict[str, Any]) -> None:

@@ -5,14 +5,15 @@ refuses every code but 1000 and 3000-4999 (so 1008, 1011 or 1013 from the applic
 the connection handler, and the client sees 1011) and drops the `reason`. This protocol sends
 the close frame itself for any code a server may send (RFC 6455 section 7.4), with the reason
 truncated to the 123 bytes a close frame holds. RealtimeServer installs it on its factory.
+It overrides daphne's undocumented `handle_reply` and calls autobahn's internal
+`sendCloseFrame` (realtime.upstream's WEBSOCKET_PROTOCOL_HOOKS).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from autobahn.util import encode_truncate
-from daphne.ws_protocol import WebSocketProtocol
+from realtime.upstream import WebSocketProtocol, encode_truncate
 
 MAX_REASON_BYTES = 123
 

@@ -127,7 +127,8 @@ class CompressionWebSocketProtocol:
     """A mixin for daphne's WebSocketProtocol: a message the app sends to this one socket is
     deflated as broadcasts are (`deflate`) when it is large enough and compression was
     negotiated; anything else goes through autobahn uncompressed. So autobahn never builds a
-    compressor, and its decompressor lives for one incoming message at a time."""
+    compressor, and its decompressor lives for one incoming message at a time. `sendMessage`
+    overrides autobahn's with its signature (realtime.upstream's WEBSOCKET_PROTOCOL_HOOKS)."""
 
     def onOpen(self) -> None:
         hold_no_state_between_messages(self)

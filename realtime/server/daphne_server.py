@@ -10,6 +10,10 @@ by `realtime-daphne` (realtime/server/cli.py), and by plain `daphne` through
 Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
 something due, not every connection every 2 s (realtime/server/timeouts.py).
 
+The daphne hooks it overrides and takes over (`ready_callable`, the factories' protocols, the
+timeout sweep, the logged client address) are daphne's undocumented internals: all through
+realtime.upstream.
+
 It also enforces the project's message size limit (REALTIME_WS_MAX_MESSAGE_SIZE) as a ceiling,
 and makes daphne answer an oversized message with close code 1009: autobahn's default
 `failByDrop` drops the TCP connection instead, which a client sees as 1006.
@@ -22,8 +26,6 @@ import logging
 import time
 from typing import Any
 
-from daphne.server import Server
-from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http
@@ -41,6 +43,10 @@ from realtime.server.timeouts import SWEEP_INTERVAL, TimeoutSchedule
 from realtime.server.unsent import UnsentCap
 from realtime.server.writethrough import WriteThroughWebSocketProtocol
 from realtime.upstream import (
+    Server,
+    WebSocketProtocol,
+    call_before_serving,
+    replace_protocols,
     set_logged_client,
     use_server_class_under_plain_daphne,
     with_factory_options,
@@ -111,9 +117,8 @@ class RealtimeServer(Server):
         self.timeouts = TimeoutSchedule()
         # Who the client is, from the transport and the proxies trusted (client_address.py).
         self.client_policy = configured_policy()
-        self._ready_callable_given = self.ready_callable
-        # ready_callable runs after daphne has built its WebSocket factory, before the reactor.
-        self.ready_callable = self._before_serving
+        # Once daphne has built its factories, before it listens (realtime.upstream).
+        call_before_serving(self, self._before_serving)
 
     def _before_serving(self) -> None:
         # Send a close frame (1009, 1002, ...) on protocol errors instead of dropping TCP.
@@ -131,16 +136,15 @@ class RealtimeServer(Server):
         protocol = realtime_websocket_protocol(
             cfg.ws_frame_rate, cfg.ws_frame_burst, cfg.ws_max_unsent_bytes
         )
-        # The factory's options, final now, read from the class by each connection.
-        self.ws_factory.protocol = with_factory_options(protocol, self.ws_factory)
         # A connection gets REALTIME_WS_HANDSHAKE_TIMEOUT seconds of silence (Twisted's HTTP idle
         # timer, 60 s by default; off while a request is handled or upgraded) and as many in
         # total to finish TLS and send its first request's headers (realtime/request_deadline).
         self.http_factory.timeOut = cfg.ws_handshake_timeout
+        deadline = None
         if not http.H2_ENABLED:
-            self.http_factory.protocol = channel_with_deadline(
-                cfg.ws_handshake_timeout, cfg.http_body_min_rate
-            )
+            deadline = channel_with_deadline(cfg.ws_handshake_timeout, cfg.http_body_min_rate)
+        # The factory's options, final now, read from the class by each connection.
+        replace_protocols(self, ws=with_factory_options(protocol, self.ws_factory), http=deadline)
         if cfg.channel_layer:
             logger.info(cfg.channel_layer)
         self._periodic = [self._start_periodic(w, i) for w, i in hooks.periodic.items()]
@@ -148,8 +152,6 @@ class RealtimeServer(Server):
         # Once the reactor runs, this process serves: `serve`'s supervisor may stop the one
         # it replaces (realtime/server/listeners.py).
         reactor.callWhenRunning(notify_ready)
-        if self._ready_callable_given:
-            self._ready_callable_given()
 
     def protocol_connected(self, protocol: Any) -> None:
         super().protocol_connected(protocol)

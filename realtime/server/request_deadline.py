@@ -16,6 +16,8 @@ response: a client that slow would not read one either).
 RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not available,
 as with this project's requirements. With HTTP/2 installed (the `http2` extra), Twisted picks
 the protocol per connection and the stock one stays: only the idle timer applies then.
+The channel's methods it overrides are Twisted's undocumented hooks (realtime.upstream's
+HTTP_CHANNEL_HOOKS).
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from twisted.web.http import HTTPChannel
-
 from realtime.server import prometheus
+from realtime.upstream import HTTPChannel, header_line_size, transport_owner
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class DeadlineHTTPChannel(HTTPChannel):
         self._arm(self.first_request_timeout, "no complete request headers")
 
     def lineReceived(self, line: bytes) -> None:
-        self.header_bytes += len(line)
+        self.header_bytes += header_line_size(line)
         if self.header_bytes > self.totalHeadersSize:  # Twisted answers 400
             self._count_size_refusal()
         super().lineReceived(line)
@@ -94,8 +95,7 @@ class DeadlineHTTPChannel(HTTPChannel):
         transport = self.transport
         if transport is None:
             return False
-        owner = getattr(transport, "wrappedProtocol", getattr(transport, "protocol", self))
-        return owner is self
+        return transport_owner(transport, self) is self
 
     def _arm(self, seconds: float, what: str) -> None:
         self._lift_deadline()

@@ -17,6 +17,8 @@ happens: at the first sweep once it is due. A message from the client moves `las
 the connection back for the new one.
 
 The heap holds weak references: a connection that closed is not kept alive until its turn.
+`check_timeouts()`, `last_ping` and `socket_opened` are daphne's undocumented internals: read
+through realtime.upstream (WEBSOCKET_PROTOCOL_HOOKS, next_check_due).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import weakref
 from collections.abc import Container
 from typing import Any
 
-from daphne.ws_protocol import WebSocketProtocol
+from realtime.upstream import TIMEOUT_SWEEP_INTERVAL, WebSocketProtocol, next_check_due
 
-SWEEP_INTERVAL = 2.0  # daphne's own period for timeout_checker
+SWEEP_INTERVAL = TIMEOUT_SWEEP_INTERVAL  # daphne's own period for timeout_checker
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,4 @@ def next_look(protocol: Any, now: float, ping_interval: float, timeout: float) -
     the next sweep (`now`) for anything else."""
     if not isinstance(protocol, WebSocketProtocol) or protocol.state != protocol.STATE_OPEN:
         return now
-    when = protocol.last_ping + ping_interval
-    if timeout >= 0:
-        when = min(when, protocol.socket_opened + timeout)
-    return max(when, now)
+    return max(next_check_due(protocol, ping_interval, timeout), now)

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from realtime.server.writethrough import tcp_transport_of
-from realtime.upstream import limit_write_buffer
+from realtime.upstream import limit_write_buffer, release_from_http_channel
 
 logger = logging.getLogger(__name__)
 
@@ -59,5 +59,5 @@ class UnsentCap:
             limit_write_buffer(tcp_transport_of(transport), self.max_unsent)
             # Twisted's HTTPChannel registered itself when the connection was still HTTP, and
             # would only stop reading from a client that stops reading: it makes way.
-            transport.unregisterProducer()
+            release_from_http_channel(transport)
             self.registerProducer(DropWhenBacklogged(self, self.max_unsent), True)

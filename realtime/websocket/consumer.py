@@ -14,7 +14,6 @@ from urllib.parse import parse_qs
 import redis
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError
@@ -31,7 +30,7 @@ from realtime.models import Broadcast
 from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
-from realtime.upstream import handler_name
+from realtime.upstream import AsyncWebsocketConsumer, handler_name
 from realtime.websocket import replay_budget
 from realtime.websocket.sessions import signed_in_session
 from realtime.wire import TRY_AGAIN_LATER

@@ -16,11 +16,12 @@ import logging
 from typing import Any
 from urllib.parse import ParseResult, urlparse, urlsplit
 
-from channels.security.websocket import OriginValidator, WebsocketDenier
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 
 from realtime.conf import conf
 from realtime.server import prometheus
+from realtime.upstream import OriginValidator
 from realtime.wire import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
@@ -120,7 +121,8 @@ def log_refused_origin(parsed: ParseResult | None, by_origin: bool | str) -> Non
 
 
 class LoggingOriginValidator(OriginValidator):
-    """Channels' OriginValidator (403 before the consumer runs) that says why it refused."""
+    """Channels' OriginValidator (403 before the consumer runs) that says why it refused.
+    `valid_origin` is not in Channels' docs (realtime.upstream's ORIGIN_VALIDATOR_HOOKS)."""
 
     def __init__(self, application: Any, allowed_origins: list[str], *, by_origin: bool) -> None:
         super().__init__(application, allowed_origins)

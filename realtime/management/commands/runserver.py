@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from daphne.management.commands.runserver import Command as DaphneRunserverCommand
 from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
@@ -21,6 +20,7 @@ from realtime.management.certificates import serving_certificate
 from realtime.server.daphne_server import RealtimeServer
 from realtime.server.endpoints import realtime_endpoint
 from realtime.server.redirect import redirect_endpoint
+from realtime.upstream import DaphneRunserverCommand
 
 
 class Command(DaphneRunserverCommand):
