@@ -23,8 +23,9 @@ from django.utils import timezone
 from realtime import broadcast, wire
 from realtime.conf import conf
 from realtime.messaging import audience_counts, topic_rules
-from realtime.messaging import fanout as delivery
 from realtime.messaging.delivery import Subscription, count_replayed
+from realtime.messaging.fanout import fanout
+from realtime.messaging.rechecks import current_user, forbidden_topics
 from realtime.messaging.sending import audiences_for
 from realtime.messaging.streams import BROADCASTS, user_stream
 from realtime.models import Broadcast
@@ -71,10 +72,10 @@ def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
     `has_perm`, so a right revoked since would come back at the next subscribe (and an app's
     `authorize` may read other state cached on it). A fresh object costs one query by primary
     key (none for an anonymous socket); a user deleted or deactivated since is anonymous."""
-    user = delivery.current_user(consumer)
+    user = current_user(consumer)
     if topic == topic_rules.USER:
         return user, is_authenticated(user)
-    return user, not delivery.forbidden_topics(user, [topic])
+    return user, not forbidden_topics(user, [topic])
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -147,9 +148,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self._counted = True
         signed_in = signed_in_session(self.scope)
         try:
-            positions = await delivery.fanout.register(
-                self, self.audiences, self.connected_at, signed_in
-            )
+            positions = await fanout.register(self, self.audiences, self.connected_at, signed_in)
         except (redis.RedisError, OSError, TimeoutError, DatabaseError) as exc:
             await self._try_again_later(exc)
             return
@@ -192,7 +191,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             names["user"] = own
         resuming = []
         for key, name in names.items():
-            subscription = delivery.fanout.streams.subscription(self, name)
+            subscription = fanout.streams.subscription(self, name)
             if key in asked and subscription is not None:
                 resuming.append((subscription, url_position(asked[key][-1])))
         return resuming
@@ -207,7 +206,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._start(subscription, "", since)
 
     async def disconnect(self, code: int) -> None:
-        delivery.fanout.unregister(self)
+        fanout.unregister(self)
         if getattr(self, "_counted", False):
             audience_counts.left(self.audiences)
             self._counted = False
@@ -272,7 +271,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
         ones began, then `resumed`; live ones wait meanwhile. (Those that arrived between the
         welcome and this message came first: a client resumes in its URL to avoid that.)"""
-        subscription = delivery.fanout.streams.subscription(self, BROADCASTS)
+        subscription = fanout.streams.subscription(self, BROADCASTS)
         if subscription is None:  # closing: its fan-out lost the layer
             return
         if not await self._may_replay():
@@ -285,7 +284,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _replay_broadcasts(self, subscription: Subscription, epoch: str, after: int) -> None:
         upto = subscription.covered_from
-        replay = await delivery.fanout.streams.history(subscription, epoch, after)
+        replay = await fanout.streams.history(subscription, epoch, after)
         if replay.failure:
             await self.send(text_data=wire.resume_failed(replay.failure, replay.epoch, upto))
             return
@@ -305,7 +304,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         name, user = allowed
         if since is not None and not await self._may_replay(topic):
             return
-        epoch, subscription = await delivery.fanout.subscribe(self, name, topic)
+        epoch, subscription = await fanout.subscribe(self, name, topic)
         try:
             await self._start(subscription, epoch, since)
             if topic_rules.is_presence_topic(topic):
@@ -326,7 +325,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             sees = await database_sync_to_async(topic_rules.sees_presence)(user, topic)
         else:
             sees = topic_rules.sees_presence(user, topic)
-        users = await delivery.fanout.presence.enter(subscription, user, sees=sees)
+        users = await fanout.presence.enter(subscription, user, sees=sees)
         if sees:
             await self.send(text_data=wire.presence(topic, users))
 
@@ -347,11 +346,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     def _too_many_subscriptions(self, topic: str) -> bool:
         return self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
-            delivery.fanout.streams.subscription(self, topic) is None
+            fanout.streams.subscription(self, topic) is None
         )
 
     def _app_subscriptions(self) -> int:
-        subscriptions = delivery.fanout.streams.subscriptions_of(self)
+        subscriptions = fanout.streams.subscriptions_of(self)
         return sum(not s.name.startswith("$") for s in subscriptions)
 
     async def _start(
@@ -362,7 +361,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             text = wire.topic_subscribed(topic, epoch, subscription.position)
             await self.send(text_data=text)
             return
-        replay = await delivery.fanout.streams.history(subscription, *since)
+        replay = await fanout.streams.history(subscription, *since)
         if replay.failure:
             text = wire.resume_failed(replay.failure, replay.epoch, upto, topic)
             await self.send(text_data=text)
@@ -381,7 +380,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _unsubscribe(self, topic: str) -> None:
         name = (self._own_stream() or topic) if topic == topic_rules.USER else topic
-        delivery.fanout.streams.detach(self, name)
+        fanout.streams.detach(self, name)
         await self.send(text_data=wire.unsubscribed(topic, "requested"))
 
     async def _subscribe(self, audience: str) -> None:
