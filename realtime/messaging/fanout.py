@@ -27,7 +27,7 @@ from realtime.messaging.layer_link import PROBE, LayerLink
 from realtime.messaging.rechecks import Rechecks
 from realtime.messaging.sign_outs import SignOuts
 from realtime.messaging.topic_presence import CHANGED, Presence
-from realtime.server import prometheus
+from realtime.ops import metrics
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
 from realtime.server.prometheus import child
 from realtime.websocket.sessions import LOGOUT, SignedIn
@@ -161,7 +161,7 @@ class Fanout:
         recipients = list(self.sockets.values())
         for recipient in recipients:
             recipient.push(frame)
-        child(prometheus.MESSAGES, "out", wire.type_of(text)).inc(len(recipients))
+        child(metrics.MESSAGES, "out", wire.type_of(text)).inc(len(recipients))
 
     def problem(self) -> str | None:
         """Why this worker's fan-out cannot deliver now (for /healthz), or None."""

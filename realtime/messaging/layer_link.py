@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 
 from realtime.conf import conf
 from realtime.messaging.streams import TOPICS_GROUP
-from realtime.server import prometheus
+from realtime.ops import metrics
 from realtime.websocket.sessions import SESSIONS_GROUP
 
 # The fan-out's log, as operators know it (docs/reliability.md), whichever part of it writes.
@@ -249,7 +249,7 @@ class LayerLink:
             self.lost = reason
             return
         self.lost, self.lost_since = reason, time.monotonic()
-        prometheus.LAYER_LOSSES.inc()
+        metrics.LAYER_LOSSES.inc()
         if self.joined is not None:
             self.joined.clear()
         closed = self.listener.layer_lost()
@@ -268,7 +268,7 @@ class LayerLink:
             time.monotonic() - self.lost_since,
         )
         self.lost = None
-        prometheus.LAYER_RECONNECTS.inc()
+        metrics.LAYER_RECONNECTS.inc()
         if self.joined is not None:
             self.joined.set()
         self.listener.layer_regained()

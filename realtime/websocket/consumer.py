@@ -29,6 +29,7 @@ from realtime.messaging.rechecks import current_user, forbidden_topics
 from realtime.messaging.sending import audiences_for
 from realtime.messaging.streams import BROADCASTS, user_stream
 from realtime.models import Broadcast
+from realtime.ops import metrics
 from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
@@ -210,7 +211,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_counted", False):
             audience_counts.left(self.audiences)
             self._counted = False
-        child(prometheus.CLOSES, prometheus.close_code_label(code)).inc()
+        child(metrics.CLOSES, metrics.close_code_label(code)).inc()
         open_sockets, self._open_sockets = getattr(self, "_open_sockets", None), None
         if open_sockets is not None:
             open_sockets.dec()
@@ -219,12 +220,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         child(prometheus.HANDSHAKES, "accepted", "").inc()
         audience = self.audiences[-1] if self.audiences else "none"  # the widest it has
         scheme = self.scope["scheme"]
-        self._open_sockets = child(prometheus.OPEN_SOCKETS, worker_id(), scheme, audience)
+        self._open_sockets = child(metrics.OPEN_SOCKETS, worker_id(), scheme, audience)
         self._open_sockets.inc()
 
     async def send(self, text_data: Any = None, bytes_data: Any = None, close: Any = False) -> None:
         if text_data is not None:
-            child(prometheus.MESSAGES, "out", wire.type_of(text_data)).inc()
+            child(metrics.MESSAGES, "out", wire.type_of(text_data)).inc()
         await super().send(text_data, bytes_data, close)
 
     def _welcome(self, positions: dict[str, Any]) -> str:
@@ -240,7 +241,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            child(prometheus.MESSAGES, "in", "binary").inc()
+            child(metrics.MESSAGES, "in", "binary").inc()
             await self.send(
                 text_data=wire.error(
                     "binary_not_supported", "Binary frames are not accepted; send JSON text."
@@ -250,10 +251,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             message = wire.parse_client_message(text_data)
         except wire.ProtocolError as exc:
-            child(prometheus.MESSAGES, "in", "invalid").inc()
+            child(metrics.MESSAGES, "in", "invalid").inc()
             await self.send(text_data=wire.error(exc.code, exc.detail))
             return
-        child(prometheus.MESSAGES, "in", message["type"]).inc()  # one of the known types
+        child(metrics.MESSAGES, "in", message["type"]).inc()  # one of the known types
         if message["type"] == "ping":
             await self.send(text_data=wire.pong())
         elif message["type"] == "resume":
