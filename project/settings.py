@@ -178,7 +178,7 @@ def redis_host(url: str) -> dict[str, object]:
     return {"address": url, "socket_timeout": None}
 
 
-# Each worker's fan-out (realtime/messaging/fanout.py) renews its group memberships every
+# Each worker's fan-out (realtime/messaging/layer_link.py) renews its group memberships every
 # REALTIME_FANOUT_REJOIN seconds, and every REALTIME_FANOUT_CHECK seconds sends itself an
 # event through the layer that must come back within REALTIME_FANOUT_CHECK_TIMEOUT seconds.
 # Set here only when given: realtime/conf.py has the defaults (the rejoin's follows the group

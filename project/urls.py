@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from realtime.web.signin import ThrottledPasswordResetView
+from realtime.web.password_reset import ThrottledPasswordResetView
 
 accounts = [
     path("login/", auth_views.LoginView.as_view(), name="login"),

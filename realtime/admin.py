@@ -1,6 +1,6 @@
 """The Django admin: sending a broadcast (a confirmation first when it goes to everyone), the
-list of what was sent to whom, the publish API's tokens (the secret shown once), and a "Send a
-notification" action on users."""
+list of what was sent to whom, and the publish API's tokens (the secret shown once). The users'
+"Send a notification" action is realtime/admin_notify.py's, installed from here."""
 
 from __future__ import annotations
 
@@ -9,20 +9,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.exceptions import NotRegistered
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.core.signals import request_started
-from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
-from realtime import broadcast, notifications
+from realtime import admin_notify, broadcast
 from realtime.api import tokens
 from realtime.messaging import audience_counts
 from realtime.models import ApiToken, Broadcast
@@ -320,70 +315,5 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return response
 
 
-class NotificationForm(forms.Form):
-    required_css_class = "required"  # the admin's bold labels for required fields
-
-    text = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}),
-        max_length=notifications.MAX_LENGTH,
-        help_text=f"At most {notifications.MAX_LENGTH} characters.",
-    )
-    level = forms.ChoiceField(
-        choices=[(level, Broadcast.Level(level).label) for level in notifications.LEVELS],
-        initial=Broadcast.Level.INFO.value,
-    )
-
-
-@admin.action(permissions=["change"], description="Send a notification")
-def send_notification(
-    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Model]
-) -> HttpResponse | None:
-    """Ask for the text and level on a page of its own, then notify each selected user."""
-    form = NotificationForm(request.POST if "apply" in request.POST else None)
-    users = list(queryset)
-    if form.is_valid():
-        text, level = form.cleaned_data["text"], form.cleaned_data["level"]
-        with transaction.atomic():  # all of them or, if one fails, none
-            for user in users:
-                notifications.notify(user, text, level=level)
-        modeladmin.message_user(
-            request, f"Sent a notification to {len(users)} user(s).", messages.SUCCESS
-        )
-        return None
-    context = {
-        **modeladmin.admin_site.each_context(request),
-        "opts": modeladmin.opts,
-        "title": "Send a notification",
-        "form": form,
-        "users": users,
-        "action_checkbox_name": ACTION_CHECKBOX_NAME,
-        "media": modeladmin.media + form.media,
-    }
-    return TemplateResponse(request, "admin/realtime/send_notification.html", context)
-
-
-def add_action_to_user_admin(action: Any) -> None:
-    """Offer `action` on the admin registered for the user model, next to its own actions."""
-    try:
-        user_admin = admin.site.get_model_admin(get_user_model())
-    except NotRegistered:
-        return
-    if user_admin.actions is None:  # that admin turned actions off
-        return
-    # By name: a second import of this module makes a new function, the same action.
-    if action.__name__ in {getattr(known, "__name__", known) for known in user_admin.actions}:
-        return
-    # On this instance, as a new list: the class's own actions stay as they are.
-    user_admin.actions = [*user_admin.actions, action]
-
-
-def offer_send_notification(**_: Any) -> None:
-    # Once, at the first request, when every app's admin module is loaded: realtime comes before
-    # django.contrib.auth in INSTALLED_APPS (its runserver must win), and a project may register
-    # (or replace) its user admin in any app, after this module.
-    request_started.disconnect(dispatch_uid=OFFER_UID)
-    add_action_to_user_admin(send_notification)
-
-
-OFFER_UID = "realtime.admin.offer_send_notification"
-request_started.connect(offer_send_notification, dispatch_uid=OFFER_UID)
+# Django autodiscovers admin.py only: the users' notification action is installed from here.
+admin_notify.offer_on_first_request()

@@ -49,7 +49,7 @@ class RealtimeConfig(AppConfig):
                 topic_rules.recheck_after_permissions_changed, sender=through, dispatch_uid=uid
             )
         # The page's own topics first: an app's topics.py may replace them (docs/topics.md).
-        from realtime.web import views
+        from realtime.web.page_topics import register_page_topics
 
-        views.register_page_topics()
+        register_page_topics()
         autodiscover_modules("topics")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from realtime.web.signin import ThrottledPasswordResetView
+from realtime.web.password_reset import ThrottledPasswordResetView
 
 urlpatterns = [
     path("reset/", ThrottledPasswordResetView.as_view(), name="password_reset"),

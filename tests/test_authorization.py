@@ -406,7 +406,7 @@ def session_of(client: Client):
 
 
 def test_a_socket_is_closed_when_its_session_expires_and_not_before():
-    from realtime.messaging import fanout as delivery
+    from realtime.messaging.fanout import fanout
 
     bob = signed_in("bob")
     session = session_of(bob)
@@ -415,13 +415,13 @@ def test_a_socket_is_closed_when_its_session_expires_and_not_before():
     now = [time.time()]
 
     async def scenario():
-        delivery.fanout.wall_clock = lambda: now[0]
+        fanout.sign_outs.wall_clock = lambda: now[0]
         socket_ = await opened(bob)
         assert await ask(socket_, {"type": "ping"}) == ALIVE  # registered by now
         now[0] += 59  # not yet: nothing is due
-        early = await delivery.fanout.end_sessions()
+        early = await fanout.sign_outs.end_sessions()
         now[0] += 2  # past the session's end
-        closed = await delivery.fanout.end_sessions()
+        closed = await fanout.sign_outs.end_sessions()
         result = early, closed, await closed_or_alive(socket_)
         await socket_.disconnect()  # as the client's side does: its presence ends
         return result
@@ -429,30 +429,30 @@ def test_a_socket_is_closed_when_its_session_expires_and_not_before():
     try:
         assert asyncio.run(scenario()) == (0, 1, SESSION_ENDED)
     finally:
-        delivery.fanout.wall_clock = time.time
+        fanout.sign_outs.wall_clock = time.time
 
 
 def test_a_session_deleted_from_the_store_closes_its_socket_by_the_next_look(settings):
     from django.contrib.sessions.models import Session
 
-    from realtime.messaging import fanout as delivery
+    from realtime.messaging.fanout import fanout
 
     settings.REALTIME_SESSION_CHECK = 30
     bob, carol = signed_in("bob"), signed_in("carol")
     now = [time.time()]
 
     async def scenario():
-        delivery.fanout.wall_clock = lambda: now[0]
+        fanout.sign_outs.wall_clock = lambda: now[0]
         bobs, carols = await opened(bob), await opened(carol)
         for socket_ in (bobs, carols):
             assert await ask(socket_, {"type": "ping"}) == ALIVE  # registered by now
         key = bob.cookies["sessionid"].value
         await sync_to_async(Session.objects.filter(session_key=key).delete)()
         now[0] += 31  # the session check interval: both are looked at, one is gone
-        closed = await delivery.fanout.end_sessions()
+        closed = await fanout.sign_outs.end_sessions()
         result = closed, await closed_or_alive(bobs), await closed_or_alive(carols)
         now[0] += 31  # carol's is looked at again, and is still there
-        result = (*result, await delivery.fanout.end_sessions())
+        result = (*result, await fanout.sign_outs.end_sessions())
         for socket_ in (bobs, carols):
             await socket_.disconnect()
         return result
@@ -460,7 +460,7 @@ def test_a_session_deleted_from_the_store_closes_its_socket_by_the_next_look(set
     try:
         assert asyncio.run(scenario()) == (1, SESSION_ENDED, ALIVE, 0)
     finally:
-        delivery.fanout.wall_clock = time.time
+        fanout.sign_outs.wall_clock = time.time
 
 
 def test_an_expiring_session_closes_its_socket_in_real_time(settings):

@@ -14,13 +14,10 @@ from channels.layers import get_channel_layer
 from django.utils import timezone
 
 from realtime.messaging import audience_counts
-from realtime.messaging.fanout import (
-    SIGN_OUT_MEMORY,
-    SIGN_OUTS_REMEMBERED,
-    Fanout,
-    LayerLost,
-)
+from realtime.messaging.fanout import Fanout
+from realtime.messaging.layer_link import LayerLost
 from realtime.messaging.redis_client import sync_client
+from realtime.messaging.sign_outs import SIGN_OUT_MEMORY, SIGN_OUTS_REMEMBERED
 from realtime.messaging.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
 from realtime.websocket.sessions import SignedIn
 
@@ -63,10 +60,10 @@ def test_a_sign_out_closes_the_sockets_of_that_session_or_user_only():
         await fan.register(a2, ["everyone"], now, SignedIn("s2", "7"))
         await fan.register(b, ["everyone"], now, SignedIn("s3", "8"))
         await fan.register(anonymous, ["everyone"], now)
-        by_session = fan.sign_out("session:s1")
-        by_user = fan.sign_out("user:7")
+        by_session = fan.sign_outs.sign_out("session:s1")
+        by_user = fan.sign_outs.sign_out("user:7")
         await settle()
-        fan.task.cancel()
+        fan.link.task.cancel()
         return by_session, by_user, [c.closed for c in (a1, a2, b, anonymous)]
 
     by_session, by_user, closed = asyncio.run(scenario())
@@ -86,8 +83,8 @@ def test_a_sign_out_between_a_sockets_welcome_and_its_registration_still_closes_
         session_raced, user_raced = FakeConsumer(), FakeConsumer()
         fresh, other = FakeConsumer(), FakeConsumer()
         # Handled while these sockets, connected just before, were still registering:
-        fan.sign_out("session:s1")  # a sign-out
-        fan.sign_out("user:9")  # an access change (demotion, new password, ...)
+        fan.sign_outs.sign_out("session:s1")  # a sign-out
+        fan.sign_outs.sign_out("user:9")  # an access change (demotion, new password, ...)
         await fan.register(session_raced, ["everyone"], before, SignedIn("s1", "7"))
         await fan.register(user_raced, ["everyone"], before, SignedIn("s3", "9"))
         # Connected after the access change: it read the new access, and stays.
@@ -95,7 +92,7 @@ def test_a_sign_out_between_a_sockets_welcome_and_its_registration_still_closes_
         await fan.register(fresh, ["everyone"], later, SignedIn("s4", "9"))
         await fan.register(other, ["everyone"], before, SignedIn("s2", "8"))
         await settle()
-        fan.task.cancel()
+        fan.link.task.cancel()
         return [c.closed for c in (session_raced, user_raced, fresh, other)]
 
     assert asyncio.run(scenario()) == [[4001], [4001], [], []]
@@ -104,14 +101,14 @@ def test_a_sign_out_between_a_sockets_welcome_and_its_registration_still_closes_
 def test_sign_outs_are_forgotten_after_their_memory_and_kept_bounded():
     fan = Fanout()
     now = [1000.0]
-    fan.wall_clock = lambda: now[0]
-    fan.sign_out("session:old")
+    fan.sign_outs.wall_clock = lambda: now[0]
+    fan.sign_outs.sign_out("session:old")
     now[0] += SIGN_OUT_MEMORY + 1
-    fan.sign_out("session:new")
-    assert list(fan.recent_sign_outs) == ["session:new"]
+    fan.sign_outs.sign_out("session:new")
+    assert list(fan.sign_outs.recent_sign_outs) == ["session:new"]
     for n in range(SIGN_OUTS_REMEMBERED + 10):
-        fan.sign_out(f"user:{n}")
-    assert len(fan.recent_sign_outs) == SIGN_OUTS_REMEMBERED
+        fan.sign_outs.sign_out(f"user:{n}")
+    assert len(fan.sign_outs.recent_sign_outs) == SIGN_OUTS_REMEMBERED
 
 
 def test_losing_the_layer_closes_signed_in_sockets_refuses_new_ones_and_recovers(settings):
@@ -143,7 +140,7 @@ def test_losing_the_layer_closes_signed_in_sockets_refuses_new_ones_and_recovers
             await asyncio.sleep(0.1)
         await fan.register(FakeConsumer(), ["everyone"], now)  # accepted again
         await settle()
-        fan.task.cancel()
+        fan.link.task.cancel()
         return problem, signed_in.closed, anonymous.closed, anonymous.told
 
     problem, signed_in_closed, anonymous_closed, told = asyncio.run(scenario())
@@ -199,7 +196,7 @@ def test_an_event_it_cannot_handle_is_dropped_and_the_fanout_keeps_working(caplo
                 break
             await asyncio.sleep(0.02)
         problem = fan.problem()
-        fan.task.cancel()
+        fan.link.task.cancel()
         return consumer.sent, problem
 
     sent, problem = asyncio.run(scenario())
@@ -212,21 +209,21 @@ def test_a_socket_that_registers_while_the_layer_is_being_lost_is_refused():
     async def scenario():
         fan = Fanout()
         await fan.register(FakeConsumer(), ["everyone"], timezone.now())
-        while fan.probe_waiter is None or not fan.probe_waiter.done():
+        while fan.link.probe_waiter is None or not fan.link.probe_waiter.done():
             await asyncio.sleep(0.01)  # the first check is over; the next is 5 s away
         await asyncio.sleep(0)
-        fan.joined.clear()  # as before the groups are joined
+        fan.link.joined.clear()  # as before the groups are joined
         late = FakeConsumer()
         registering = asyncio.ensure_future(
             fan.register(late, ["everyone"], timezone.now(), SignedIn("s1", "7"))
         )
         await settle()  # it waits for the groups...
-        fan.joined.set()  # ...which are joined...
-        fan._lose("gone")  # ...and the layer is lost before it runs again
+        fan.link.joined.set()  # ...which are joined...
+        fan.link.lose("gone")  # ...and the layer is lost before it runs again
         with pytest.raises(LayerLost):
             await registering
-        fan.task.cancel()
-        return fan.keys_of
+        fan.link.task.cancel()
+        return fan.sign_outs.keys_of
 
     assert asyncio.run(scenario()) == {}
 

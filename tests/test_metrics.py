@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from realtime.checks import check_metrics_access
-from realtime.server import prometheus  # defines the metrics in REGISTRY
+from realtime.ops import metrics  # defines the metrics in REGISTRY (the server floor's too)
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -557,7 +557,8 @@ def test_the_grafana_dashboard_queries_only_metrics_that_exist():
     }
     assert queried <= exported, queried - exported
     families = {name.removesuffix("_total").removesuffix("_bucket") for name in queried}
-    assert len(families) >= 9  # every metric of realtime/server/prometheus.py has a panel
+    # Every metric (realtime/ops/metrics.py, realtime/server/prometheus.py) has a panel.
+    assert len(families) >= 9
 
 
 def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
@@ -595,4 +596,4 @@ def test_behind_a_proxy_the_address_is_the_one_the_proxy_added(start):
      (65535, "other"), (None, "other")],
 )  # fmt: skip
 def test_close_codes_a_client_chooses_cannot_make_series_of_their_own(code, label):
-    assert prometheus.close_code_label(code) == label
+    assert metrics.close_code_label(code) == label

@@ -10,7 +10,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 
-from realtime import admin as realtime_admin
+from realtime import admin_notify
 from realtime.messaging import sending
 from realtime.models import TopicMessage
 
@@ -185,8 +185,8 @@ def test_the_action_joins_the_user_admin_a_project_registers_and_keeps_its_actio
     project_admin = ProjectUserAdmin(get_user_model(), admin.site)
     monkeypatch.setitem(admin.site._registry, get_user_model(), project_admin)
     for _ in range(2):  # as when this module is imported again: once all the same
-        realtime_admin.add_action_to_user_admin(realtime_admin.send_notification)
-    assert project_admin.actions == [own_action, realtime_admin.send_notification]
+        admin_notify.add_action_to_user_admin(admin_notify.send_notification)
+    assert project_admin.actions == [own_action, admin_notify.send_notification]
     assert ProjectUserAdmin.actions == [own_action]
 
 
@@ -196,5 +196,5 @@ def test_a_user_admin_without_actions_stays_without(monkeypatch):
 
     no_actions = NoActions(get_user_model(), admin.site)
     monkeypatch.setitem(admin.site._registry, get_user_model(), no_actions)
-    realtime_admin.add_action_to_user_admin(realtime_admin.send_notification)
+    admin_notify.add_action_to_user_admin(admin_notify.send_notification)
     assert no_actions.actions is None

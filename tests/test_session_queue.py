@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from project.asgi import application
-from realtime.messaging import fanout as delivery
+from realtime.messaging.fanout import fanout
 from realtime.websocket.sessions import SessionChecks
 from tests.helpers import Communicator
 
@@ -70,13 +70,13 @@ def test_connect_close_cycles_of_a_signed_in_socket_leave_the_queue_no_larger_th
         largest = 0
         for _ in range(CYCLES):
             communicator = await opened(alice_cookie)
-            largest = max(largest, len(delivery.fanout.session_checks))
+            largest = max(largest, len(fanout.sign_outs.session_checks))
             await communicator.disconnect()
         await asyncio.sleep(0)
-        with_three = len(delivery.fanout.session_checks)
+        with_three = len(fanout.sign_outs.session_checks)
         for communicator in staying:
             await communicator.disconnect()
         await asyncio.sleep(0)
-        return largest, with_three, len(delivery.fanout.session_checks)
+        return largest, with_three, len(fanout.sign_outs.session_checks)
 
     assert asyncio.run(scenario()) == (4, 3, 0)

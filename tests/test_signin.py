@@ -1,6 +1,7 @@
-"""Sign-in throttling (realtime/web/signin.py): per address, per account, and no lockout of a
-browser the real user signed in from. In process with small limits and a 2 s window (the
-window runs out in the tests), then against a real daphne over TLS with the defaults."""
+"""Sign-in throttling (realtime/web/signin_throttle.py, signin.py, password_reset.py): per
+address, per account, and no lockout of a browser the real user signed in from. In process
+with small limits and a 2 s window (the window runs out in the tests), then against a real
+daphne over TLS with the defaults."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from realtime.web import counters, signin
+from realtime.web import counters, signin_throttle
 from realtime.web.counters import LocalCounters, RedisCounters
-from realtime.web.signin import DEVICE_COOKIE
+from realtime.web.signin_throttle import DEVICE_COOKIE
 from tests.helpers import BrowserSession, create_user
 
 PASSWORD = "correct horse battery staple"
@@ -149,13 +150,13 @@ def test_a_redis_that_does_not_answer_does_not_refuse_sign_ins(limits, settings)
 
     broken = RedisCounters(redis.Redis(port=1, socket_connect_timeout=1))
     settings.REALTIME_SIGNIN_MAX_PER_ACCOUNT = 1
-    original = signin.counters_store
-    signin.counters_store = lambda: broken
+    original = signin_throttle.counters_store
+    signin_throttle.counters_store = lambda: broken
     try:
         sign_in(Client(), "boss", "guess", "198.51.100.9")
         assert signed_in(sign_in(Client(), "boss", PASSWORD, "198.51.100.9"))
     finally:
-        signin.counters_store = original
+        signin_throttle.counters_store = original
 
 
 # --- Against a real server --------------------------------------------------------------------

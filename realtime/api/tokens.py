@@ -39,8 +39,8 @@ TOPIC = "topic:"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 USED_EVERY = timedelta(minutes=1)
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9_.:*?\[\]-]{1,200}")
-# The server's own topics (realtime/web/views.py registers realtime.online and realtime.stats):
-# what staff see live and who is online, never written from outside.
+# The server's own topics (realtime/web/page_topics.py registers realtime.online and
+# realtime.stats): what staff see live and who is online, never written from outside.
 INTERNAL_TOPICS = "realtime."
 # The permission a scope needs of the token's creator: a broadcast is what the admin's add
 # form sends; a topic message has no admin form, so its model's add permission stands for it.

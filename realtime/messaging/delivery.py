@@ -27,8 +27,7 @@ from channels.db import database_sync_to_async
 
 from realtime.messaging import streams
 from realtime.messaging.streams import Entry
-from realtime.ops import live_stats
-from realtime.server import prometheus
+from realtime.ops import live_stats, metrics
 from realtime.server.prometheus import child
 
 logger = logging.getLogger("realtime.messaging.delivery")
@@ -330,19 +329,19 @@ def kind_of(name: str) -> str:
 def count_delivered(name: str, entry: Entry, told: int) -> None:
     """Count one message's deliveries on this worker (once per message, not per socket)."""
     kind = kind_of(name)
-    child(prometheus.DELIVERIES, kind).inc(told)
-    child(prometheus.MESSAGES, "out", "broadcast" if kind == "broadcast" else "message").inc(told)
+    child(metrics.DELIVERIES, kind).inc(told)
+    child(metrics.MESSAGES, "out", "broadcast" if kind == "broadcast" else "message").inc(told)
     if not told:
         return  # no socket of this worker had it: no latency to speak of
     latency = None
     if entry.published:
         latency = max(0.0, time.time() - entry.published)
-        child(prometheus.DELIVERY_LATENCY, kind).observe(latency)
+        child(metrics.DELIVERY_LATENCY, kind).observe(latency)
     else:
-        child(prometheus.CATCH_UP_DELIVERIES, kind).inc(told)
+        child(metrics.CATCH_UP_DELIVERIES, kind).inc(told)
     live_stats.recorder.delivered(name, entry.offset, told, latency)
 
 
 def count_replayed(name: str, count: int) -> None:
     """Count the messages of a resume's replay (their frames are counted as they are sent)."""
-    child(prometheus.DELIVERIES, kind_of(name)).inc(count)
+    child(metrics.DELIVERIES, kind_of(name)).inc(count)

@@ -33,8 +33,8 @@ from realtime.messaging.delivery import Frame
 from realtime.messaging.fanout import MAINTENANCE_INTERVAL, OVERLAP, fanout
 from realtime.messaging.redis_client import async_client, redis_host
 from realtime.messaging.streams import republish_pending
-from realtime.ops import live_stats
-from realtime.server import hooks, prometheus
+from realtime.ops import live_stats, metrics
+from realtime.server import hooks
 from realtime.server.prometheus import child
 
 logger = logging.getLogger("realtime.messaging.maintenance")
@@ -59,7 +59,7 @@ async def report_live_stats() -> None:
         frame = Frame(await live_stats.stats_frame())
         for subscription in watchers:
             subscription.tell(frame)
-        child(prometheus.MESSAGES, "out", "stats").inc(len(watchers))
+        child(metrics.MESSAGES, "out", "stats").inc(len(watchers))
 
 
 # --- The history sweep ------------------------------------------------------------------------

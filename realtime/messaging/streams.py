@@ -237,7 +237,7 @@ def live_event(message: TopicMessage) -> dict[str, Any]:
         "offset": message.offset,
         "text": message.frame,
         "audience": message.audience,
-        "published": time.time(),  # for the delivery latency (realtime/server/prometheus.py)
+        "published": time.time(),  # for the delivery latency (realtime/ops/metrics.py)
     }
 
 

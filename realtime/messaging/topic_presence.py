@@ -30,7 +30,7 @@ from realtime.messaging.delivery import Frame, Subscription, spawn
 from realtime.messaging.layer import group_send
 from realtime.messaging.redis_client import async_client, sync_client
 from realtime.messaging.streams import TOPICS_GROUP
-from realtime.server import prometheus
+from realtime.ops import metrics
 from realtime.server.prometheus import child
 
 logger = logging.getLogger("realtime.messaging.topic_presence")
@@ -181,7 +181,7 @@ class Presence:
                 if subscription.presence:
                     subscription.tell(frame)
                     told += 1
-            child(prometheus.MESSAGES, "out", kind).inc(told)
+            child(metrics.MESSAGES, "out", kind).inc(told)
 
     def _subscribers(self, topic: str) -> list[Subscription]:
         return list(self.subscriptions(topic)) if self.subscriptions else []

@@ -23,8 +23,9 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
-from realtime.messaging.fanout import failure_reason, fanout
+from realtime.messaging.fanout import fanout
 from realtime.messaging.layer import channel_layer, retrying
+from realtime.messaging.layer_link import failure_reason
 from realtime.messaging.redis_client import redis_hosts, sync_client_for
 from realtime.ops.metrics import from_allowed_address, has_token
 from realtime.server.log_limits import LOG_EVERY, OncePerInterval

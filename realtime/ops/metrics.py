@@ -1,7 +1,16 @@
-"""GET /metrics: the host's Prometheus metrics (realtime/server/prometheus.py), for a scraper.
+"""The app's Prometheus metrics, and GET /metrics, which serves them with the server floor's
+(realtime/server/prometheus.py: its own counters and the whole host's exposition).
 
-Answered only to a client address in REALTIME_METRICS_ALLOWED_ADDRESSES (addresses or
-networks; default: loopback) or to a request with `Authorization: Bearer
+The metrics: sockets open by audience, closes, messages in and out, deliveries, the catch-up's
+deliveries, the delivery latency, and the fan-out's losses and regains of the channel layer.
+Deliveries are counted once per message and worker (with how many sockets it reached), not
+once per socket: the fan-out's per-socket path stays as it was measured (docs/benchmarks.md).
+The delivery latency is from the publish (the sender's clock) to the end of a worker's writes
+of that message to its sockets, once per message and worker, so it is the latency of the last
+socket there.
+
+/metrics is answered only to a client address in REALTIME_METRICS_ALLOWED_ADDRESSES
+(addresses or networks; default: loopback) or to a request with `Authorization: Bearer
 <REALTIME_METRICS_TOKEN>` (unset: no token opens it). Anyone else gets 403 and nothing about
 what is counted. The address is the client's as the server decided it
 (realtime/server/client_address.py: the peer, the PROXY header's source, or the X-Forwarded-For
@@ -16,12 +25,58 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
+from prometheus_client import Counter, Gauge, Histogram
 
 from realtime.conf import conf
 from realtime.server.client_address import parse_host
 from realtime.server.prometheus import CONTENT_TYPE, exposition
 
 BEARER = "Bearer "
+
+OPEN_SOCKETS = Gauge(
+    "realtime_open_sockets",
+    "WebSockets open now, by worker, scheme (wss or ws) and highest audience.",
+    ["worker", "scheme", "audience"],
+    multiprocess_mode="livesum",
+)
+CLOSES = Counter("realtime_closes", "WebSockets closed, by close code.", ["code"])
+MESSAGES = Counter(
+    "realtime_messages",
+    "WebSocket messages, in (from clients) and out (to clients), by their type.",
+    ["direction", "type"],
+)
+DELIVERIES = Counter(
+    "realtime_deliveries",
+    "Broadcasts and topic messages written to sockets (live, replayed or from the catch-up).",
+    ["kind"],
+)
+CATCH_UP_DELIVERIES = Counter(
+    "realtime_catchup_deliveries",
+    "Deliveries of messages a worker read from the database because the channel layer did not "
+    "bring them (a gap in offsets, or the periodic catch-up).",
+    ["kind"],
+)
+DELIVERY_LATENCY = Histogram(
+    "realtime_delivery_latency_seconds",
+    "From a message's publish to the end of a worker's writes of it to its sockets.",
+    ["kind"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LAYER_LOSSES = Counter(
+    "realtime_channel_layer_losses", "Times a worker's fan-out lost the channel layer."
+)
+LAYER_RECONNECTS = Counter(
+    "realtime_channel_layer_reconnects",
+    "Times a worker's fan-out heard the channel layer again after losing it.",
+)
+
+
+def close_code_label(code: Any) -> str:
+    """A close code as a label: the standard ones and 4000-4009 (the app's) as they are, any
+    other a client sends as "other", so that it cannot make thousands of series."""
+    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4009):
+        return str(code)
+    return "other"
 
 
 @require_GET

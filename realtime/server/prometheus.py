@@ -1,4 +1,5 @@
-"""Prometheus metrics (prometheus_client): their definitions, and the whole host's exposition.
+"""Prometheus metrics (prometheus_client): what the server floor counts, and the whole host's
+exposition.
 
 `serve` runs several worker processes; a scrape reaches whichever one the kernel hands it to,
 and must still see the whole host. So the supervisor gives every worker one private directory
@@ -8,11 +9,9 @@ worker exits the supervisor removes its live gauges (`forget_worker`); its count
 total never goes down because a worker was replaced. A single process (runserver, plain
 daphne, the tests) without that directory uses prometheus_client's default registry.
 
-Every name starts with `realtime_`. Deliveries are counted once per message and worker (with
-how many sockets it reached), not once per socket: the fan-out's per-socket path stays as it
-was measured (docs/benchmarks.md). The delivery latency is from the publish (the sender's
-clock) to the end of a worker's writes of that message to its sockets, once per message and
-worker, so it is the latency of the last socket there.
+The floor counts handshakes (refused here, accepted by the app) and TLS connections; the app's
+own metrics (sockets, messages, deliveries, the channel layer) are defined in
+realtime/ops/metrics.py. Every name starts with `realtime_`.
 """
 
 from __future__ import annotations
@@ -24,67 +23,23 @@ from functools import cache
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, multiprocess
 from twisted.internet.interfaces import ISSLTransport
 
 DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
-OPEN_SOCKETS = Gauge(
-    "realtime_open_sockets",
-    "WebSockets open now, by worker, scheme (wss or ws) and highest audience.",
-    ["worker", "scheme", "audience"],
-    multiprocess_mode="livesum",
-)
 HANDSHAKES = Counter(
     "realtime_handshakes",
     "WebSocket handshakes: accepted, or refused with the reason (origin, tls_required, "
     "per_address_cap, rate, size, deadline, layer_lost).",
     ["outcome", "reason"],
 )
-CLOSES = Counter("realtime_closes", "WebSockets closed, by close code.", ["code"])
-MESSAGES = Counter(
-    "realtime_messages",
-    "WebSocket messages, in (from clients) and out (to clients), by their type.",
-    ["direction", "type"],
-)
-DELIVERIES = Counter(
-    "realtime_deliveries",
-    "Broadcasts and topic messages written to sockets (live, replayed or from the catch-up).",
-    ["kind"],
-)
-CATCH_UP_DELIVERIES = Counter(
-    "realtime_catchup_deliveries",
-    "Deliveries of messages a worker read from the database because the channel layer did not "
-    "bring them (a gap in offsets, or the periodic catch-up).",
-    ["kind"],
-)
-DELIVERY_LATENCY = Histogram(
-    "realtime_delivery_latency_seconds",
-    "From a message's publish to the end of a worker's writes of it to its sockets.",
-    ["kind"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-LAYER_LOSSES = Counter(
-    "realtime_channel_layer_losses", "Times a worker's fan-out lost the channel layer."
-)
-LAYER_RECONNECTS = Counter(
-    "realtime_channel_layer_reconnects",
-    "Times a worker's fan-out heard the channel layer again after losing it.",
-)
 TLS_CONNECTIONS = Counter(
     "realtime_tls_connections",
     "New TLS connections, by protocol version and key-exchange group.",
     ["version", "group"],
 )
-
-
-def close_code_label(code: Any) -> str:
-    """A close code as a label: the standard ones and 4000-4009 (the app's) as they are, any
-    other a client sends as "other", so that it cannot make thousands of series."""
-    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4009):
-        return str(code)
-    return "other"
 
 
 # Refusals since the app last took them (its live view, realtime/ops/live_stats.py).

@@ -1,7 +1,7 @@
 """Counters with a window, shared by every worker and host on the channel layer's Redis (INCR
 is atomic, so parallel requests are each counted), or in process memory with the in-memory
-layer (one process). Sign-in throttling (realtime/web/signin.py) and the publish API's rate
-limits (realtime/api/publish.py) count with them.
+layer (one process). Sign-in throttling (realtime/web/signin_throttle.py) and the publish
+API's rate limits (realtime/api/publish.py) count with them.
 """
 
 from __future__ import annotations

@@ -9,35 +9,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from realtime import notifications
-from realtime.messaging import topic_rules
 from realtime.messaging.replay import broadcasts_position, recent_for
-from realtime.ops import live_stats
+from realtime.web.page_topics import ONLINE_TOPIC, is_active_staff, is_signed_in
 
 RECENT_BROADCASTS = 5
 RECENT_NOTIFICATIONS = 10
-# Every signed-in page joins it; only staff are told who is there ("Who's online").
-ONLINE_TOPIC = "realtime.online"
-
-
-def is_signed_in(user: Any) -> bool:
-    return bool(user.is_authenticated)
-
-
-def is_active_staff(user: Any) -> bool:
-    return bool(user.is_authenticated and user.is_active and user.is_staff)
-
-
-def register_page_topics() -> None:
-    topic_rules.register(ONLINE_TOPIC, authorize=is_signed_in, presence=is_active_staff)
-    # The admin's live view (realtime/ops/live_stats.py): who may open its page.
-    topic_rules.register(live_stats.TOPIC, authorize=may_watch_live_stats)
-
-
-def may_watch_live_stats(user: Any) -> bool:
-    """As the admin's view permission on broadcasts (view or change)."""
-    return is_active_staff(user) and (
-        user.has_perm("realtime.view_broadcast") or user.has_perm("realtime.change_broadcast")
-    )
 
 
 def shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -22,11 +22,13 @@ from django.utils import timezone
 from realtime import broadcast, wire
 from realtime.conf import conf
 from realtime.messaging import audience_counts, topic_rules
-from realtime.messaging import fanout as delivery
 from realtime.messaging.delivery import Subscription, count_replayed
+from realtime.messaging.fanout import fanout
+from realtime.messaging.rechecks import current_user, forbidden_topics
 from realtime.messaging.sending import audiences_for
 from realtime.messaging.streams import BROADCASTS, user_stream
 from realtime.models import Broadcast
+from realtime.ops import metrics
 from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
@@ -70,10 +72,10 @@ def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
     `has_perm`, so a right revoked since would come back at the next subscribe (and an app's
     `authorize` may read other state cached on it). A fresh object costs one query by primary
     key (none for an anonymous socket); a user deleted or deactivated since is anonymous."""
-    user = delivery.current_user(consumer)
+    user = current_user(consumer)
     if topic == topic_rules.USER:
         return user, is_authenticated(user)
-    return user, not delivery.forbidden_topics(user, [topic])
+    return user, not forbidden_topics(user, [topic])
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -146,9 +148,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         self._counted = True
         signed_in = signed_in_session(self.scope)
         try:
-            positions = await delivery.fanout.register(
-                self, self.audiences, self.connected_at, signed_in
-            )
+            positions = await fanout.register(self, self.audiences, self.connected_at, signed_in)
         except (redis.RedisError, OSError, TimeoutError, DatabaseError) as exc:
             await self._try_again_later(exc)
             return
@@ -191,7 +191,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             names["user"] = own
         resuming = []
         for key, name in names.items():
-            subscription = delivery.fanout.streams.subscription(self, name)
+            subscription = fanout.streams.subscription(self, name)
             if key in asked and subscription is not None:
                 resuming.append((subscription, url_position(asked[key][-1])))
         return resuming
@@ -206,11 +206,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._start(subscription, "", since)
 
     async def disconnect(self, code: int) -> None:
-        delivery.fanout.unregister(self)
+        fanout.unregister(self)
         if getattr(self, "_counted", False):
             audience_counts.left(self.audiences)
             self._counted = False
-        child(prometheus.CLOSES, prometheus.close_code_label(code)).inc()
+        child(metrics.CLOSES, metrics.close_code_label(code)).inc()
         open_sockets, self._open_sockets = getattr(self, "_open_sockets", None), None
         if open_sockets is not None:
             open_sockets.dec()
@@ -219,12 +219,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         child(prometheus.HANDSHAKES, "accepted", "").inc()
         audience = self.audiences[-1] if self.audiences else "none"  # the widest it has
         scheme = self.scope["scheme"]
-        self._open_sockets = child(prometheus.OPEN_SOCKETS, worker_id(), scheme, audience)
+        self._open_sockets = child(metrics.OPEN_SOCKETS, worker_id(), scheme, audience)
         self._open_sockets.inc()
 
     async def send(self, text_data: Any = None, bytes_data: Any = None, close: Any = False) -> None:
         if text_data is not None:
-            child(prometheus.MESSAGES, "out", wire.type_of(text_data)).inc()
+            child(metrics.MESSAGES, "out", wire.type_of(text_data)).inc()
         await super().send(text_data, bytes_data, close)
 
     def _welcome(self, positions: dict[str, Any]) -> str:
@@ -240,7 +240,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
-            child(prometheus.MESSAGES, "in", "binary").inc()
+            child(metrics.MESSAGES, "in", "binary").inc()
             await self.send(
                 text_data=wire.error(
                     "binary_not_supported", "Binary frames are not accepted; send JSON text."
@@ -250,10 +250,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         try:
             message = wire.parse_client_message(text_data)
         except wire.ProtocolError as exc:
-            child(prometheus.MESSAGES, "in", "invalid").inc()
+            child(metrics.MESSAGES, "in", "invalid").inc()
             await self.send(text_data=wire.error(exc.code, exc.detail))
             return
-        child(prometheus.MESSAGES, "in", message["type"]).inc()  # one of the known types
+        child(metrics.MESSAGES, "in", message["type"]).inc()  # one of the known types
         if message["type"] == "ping":
             await self.send(text_data=wire.pong())
         elif message["type"] == "resume":
@@ -271,7 +271,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
         ones began, then `resumed`; live ones wait meanwhile. (Those that arrived between the
         welcome and this message came first: a client resumes in its URL to avoid that.)"""
-        subscription = delivery.fanout.streams.subscription(self, BROADCASTS)
+        subscription = fanout.streams.subscription(self, BROADCASTS)
         if subscription is None:  # closing: its fan-out lost the layer
             return
         if not await self._may_replay():
@@ -284,7 +284,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _replay_broadcasts(self, subscription: Subscription, epoch: str, after: int) -> None:
         upto = subscription.covered_from
-        replay = await delivery.fanout.streams.history(subscription, epoch, after)
+        replay = await fanout.streams.history(subscription, epoch, after)
         if replay.failure:
             await self.send(text_data=wire.resume_failed(replay.failure, replay.epoch, upto))
             return
@@ -304,7 +304,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         name, user = allowed
         if since is not None and not await self._may_replay(topic):
             return
-        epoch, subscription = await delivery.fanout.subscribe(self, name, topic)
+        epoch, subscription = await fanout.subscribe(self, name, topic)
         try:
             await self._start(subscription, epoch, since)
             if topic_rules.is_presence_topic(topic):
@@ -325,7 +325,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             sees = await database_sync_to_async(topic_rules.sees_presence)(user, topic)
         else:
             sees = topic_rules.sees_presence(user, topic)
-        users = await delivery.fanout.presence.enter(subscription, user, sees=sees)
+        users = await fanout.presence.enter(subscription, user, sees=sees)
         if sees:
             await self.send(text_data=wire.presence(topic, users))
 
@@ -346,11 +346,11 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     def _too_many_subscriptions(self, topic: str) -> bool:
         return self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
-            delivery.fanout.streams.subscription(self, topic) is None
+            fanout.streams.subscription(self, topic) is None
         )
 
     def _app_subscriptions(self) -> int:
-        subscriptions = delivery.fanout.streams.subscriptions_of(self)
+        subscriptions = fanout.streams.subscriptions_of(self)
         return sum(not s.name.startswith("$") for s in subscriptions)
 
     async def _start(
@@ -361,7 +361,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             text = wire.topic_subscribed(topic, epoch, subscription.position)
             await self.send(text_data=text)
             return
-        replay = await delivery.fanout.streams.history(subscription, *since)
+        replay = await fanout.streams.history(subscription, *since)
         if replay.failure:
             text = wire.resume_failed(replay.failure, replay.epoch, upto, topic)
             await self.send(text_data=text)
@@ -380,7 +380,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
 
     async def _unsubscribe(self, topic: str) -> None:
         name = (self._own_stream() or topic) if topic == topic_rules.USER else topic
-        delivery.fanout.streams.detach(self, name)
+        fanout.streams.detach(self, name)
         await self.send(text_data=wire.unsubscribed(topic, "requested"))
 
     async def _subscribe(self, audience: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from realtime import wire
 from realtime.conf import conf
+from realtime.ops import metrics
 from realtime.server import prometheus
 from realtime.server.client_address import scope_client_key
 from realtime.server.frame_budget import TokenBucket
@@ -85,11 +86,11 @@ class RateLimitMiddleware:
                 event = await receive()
                 if event["type"] != "websocket.receive" or bucket.take():
                     return event
-                child(prometheus.MESSAGES, "in", "rate_limited").inc()
+                child(metrics.MESSAGES, "in", "rate_limited").inc()
                 if bucket.dropped > 2 * bucket.burst:
                     logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
-                child(prometheus.MESSAGES, "out", "error").inc()
+                child(metrics.MESSAGES, "out", "error").inc()
                 detail = f"Too many messages: this one was dropped. At most {rate} a second."
                 await send({"type": "websocket.send", "text": wire.error("rate_limited", detail)})
 

@@ -8,7 +8,7 @@ without a thread hop when there is no session to look up.
 Channels reads the session's user once, when a socket opens, so a socket would stay signed in
 after its session signed out. Django's `user_logged_out` signal therefore sends one
 `realtime.logout` event to the group every worker's fan-out joins
-(realtime.messaging.fanout), naming the session by a hash of its key (the key itself is a
+(realtime.messaging.sign_outs), naming the session by a hash of its key (the key itself is a
 credential and never goes to the channel layer); each worker closes its sockets of that session
 with 4001. The page's client reconnects and is then anonymous.
 
@@ -121,7 +121,7 @@ def signed_in_session(scope: dict[str, Any]) -> SignedIn | None:
 
 class SessionChecks:
     """The open signed-in sockets of a worker, each with its session's key and when to look at
-    the session again (the fan-out's queue: realtime.messaging.fanout).
+    the session again (the fan-out's queue: realtime.messaging.sign_outs).
 
     A socket leaves the moment it closes (forget()), so the queue never holds more than the
     worker's open signed-in sockets: a client reconnecting in a loop cannot grow it (a heap
