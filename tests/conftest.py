@@ -21,6 +21,7 @@ from tests.helpers import (
     ROOT,
     SERVER_SECRET_KEY,
     TEST_DATABASE_URL,
+    ManualClock,
     RestartableRedis,
     ServerProcess,
     daphne_tls_args,
@@ -59,6 +60,17 @@ def _close_connections_of_sync_to_async_thread() -> Iterator[None]:
     """
     yield
     asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture
+def counters_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """The clock of the in-process counters (realtime/counters.py: sign-in throttling, API
+    rate limits), moved on by the test: `counters_clock.advance(window)` runs past a window."""
+    from realtime import counters
+
+    clock = ManualClock()
+    monkeypatch.setattr(counters._local, "clock", clock)
+    return clock
 
 
 @pytest.fixture(scope="session")

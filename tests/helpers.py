@@ -348,12 +348,27 @@ async def drain(socket_, timeout: float = 1.5) -> list[dict]:
             return messages
 
 
-def wait_until(condition, what: str, timeout: float = 30) -> None:
+def wait_until(condition, what: str, timeout: float = 30, every: float = 0.2) -> None:
+    """Poll `condition` until it holds; fail naming `what` past `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class ManualClock:
+    """A clock the test moves on (`advance`): code that takes a clock runs past its window
+    at once."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
