@@ -32,6 +32,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from websockets.asyncio.client import ClientConnection, connect
 
+from realtime.broadcasting.presence import COUNTS_KEY
 from realtime.tls.devca import DevCertPaths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,6 +448,14 @@ CAUGHT_UP = re.compile(
     r"never reached this worker through the channel layer( in order)?; delivered them from the "
     r"database to [1-9]"
 )
+
+
+def clients_in_presence(client) -> int:
+    """The connected clients the workers' presence in Redis counts now (what a broadcast says
+    it reaches): a test polls it instead of guessing when presence has been written."""
+    workers = [json.loads(value) for value in client.hgetall(COUNTS_KEY).values()]
+    now = time.time()
+    return sum(w["counts"].get("everyone", 0) for w in workers if w["until"] >= now)
 
 
 async def wait_until_async(condition, timeout: float, what: str) -> None:
