@@ -23,6 +23,7 @@ from realtime.broadcasting.fanout import (
 from realtime.broadcasting.redis_client import sync_client
 from realtime.broadcasting.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
 from realtime.websocket.sessions import SignedIn
+from tests.helpers import wait_until
 
 # Registering a socket reads its streams' positions from the database.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -172,7 +173,7 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
         client.hset(key, "a:1", presence.entry({"everyone": 3, "staff": 1}, 60))
         client.hset(key, "b:2", presence.entry({"everyone": 2, "authenticated": 2}, 0.3))
         both = presence.counts()
-        asyncio.run(asyncio.sleep(0.5))  # past the second worker's expiry
+        wait_until(lambda: presence.counts()["everyone"] == 3, "b:2's expiry", 0.3 + 1, 0.05)
         one = presence.counts()
         fields = client.hkeys(key)
     finally:
