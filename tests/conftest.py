@@ -5,12 +5,15 @@ tests/helpers.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 from tests.helpers import (
@@ -18,6 +21,7 @@ from tests.helpers import (
     ROOT,
     SERVER_SECRET_KEY,
     TEST_DATABASE_URL,
+    ManualClock,
     RestartableRedis,
     ServerProcess,
     daphne_tls_args,
@@ -44,6 +48,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _close_connections_of_sync_to_async_thread() -> Iterator[None]:
+    """Close the database connections a test opened in asgiref's one thread for sync code.
+
+    `sync_to_async` called under `asyncio.run` runs in that thread, which outlives the test;
+    unlike database_sync_to_async it never closes its connection, and an open one keeps
+    PostgreSQL from dropping the test database at the end of the run.
+    """
+    yield
+    asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture
+def counters_clock(monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """The clock of the in-process counters (realtime/counters.py: sign-in throttling, API
+    rate limits), moved on by the test: `counters_clock.advance(window)` runs past a window."""
+    from realtime.web import counters
+
+    clock = ManualClock()
+    monkeypatch.setattr(counters._local, "clock", clock)
+    return clock
 
 
 @pytest.fixture(scope="session")

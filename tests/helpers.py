@@ -32,6 +32,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from websockets.asyncio.client import ClientConnection, connect
 
+from realtime.messaging.audience_counts import COUNTS_KEY
 from realtime.tls.devca import DevCertPaths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,12 +349,27 @@ async def drain(socket_, timeout: float = 1.5) -> list[dict]:
             return messages
 
 
-def wait_until(condition, what: str, timeout: float = 30) -> None:
+def wait_until(condition, what: str, timeout: float = 30, every: float = 0.2) -> None:
+    """Poll `condition` until it holds; fail naming `what` past `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class ManualClock:
+    """A clock the test moves on (`advance`): code that takes a clock runs past its window
+    at once."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def logged_in(port: int, tls, username: str, users: dict) -> BrowserSession:
@@ -432,6 +448,14 @@ CAUGHT_UP = re.compile(
     r"never reached this worker through the channel layer( in order)?; delivered them from the "
     r"database to [1-9]"
 )
+
+
+def clients_in_presence(client) -> int:
+    """The connected clients the workers' presence in Redis counts now (what a broadcast says
+    it reaches): a test polls it instead of guessing when presence has been written."""
+    workers = [json.loads(value) for value in client.hgetall(COUNTS_KEY).values()]
+    now = time.time()
+    return sum(w["counts"].get("everyone", 0) for w in workers if w["until"] >= now)
 
 
 async def wait_until_async(condition, timeout: float, what: str) -> None:

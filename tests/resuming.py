@@ -139,8 +139,8 @@ class ResumingClient:
 async def start_clients(url: str, tls, count: int) -> tuple[list[ResumingClient], list]:
     clients = [ResumingClient(url, tls) for _ in range(count)]
     tasks = [asyncio.create_task(client.run()) for client in clients]
-    await until(lambda: all(c.connections for c in clients), 20, "every client connected")
-    await asyncio.sleep(0.3)  # resumes answered
+    # Welcomed: the server registered the socket before it sent the welcome and its position.
+    await until(lambda: all(c.position for c in clients), 20, "every client welcomed")
     return clients, tasks
 
 

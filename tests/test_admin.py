@@ -14,11 +14,13 @@ from realtime.messaging import audience_counts
 from realtime.models import Broadcast
 from tests.helpers import (
     BrowserSession,
+    clients_in_presence,
     create_user,
     daphne_tls_args,
     drain,
     free_port,
     receive_json,
+    wait_until_async,
     ws_connect,
 )
 
@@ -80,22 +82,24 @@ def test_admin_broadcasts_reach_each_audience_and_nobody_else(site, client_tls):
     assert staff == ["to staff", "to authenticated", "to everyone", "to everyone"]
 
 
-def test_the_admin_list_shows_sender_and_recipients_and_presence(site, client_tls):
+def test_the_admin_list_shows_sender_and_recipients_and_presence(site, client_tls, redis_server):
     server, _ = site
     alice = session_for(site, client_tls, "alice")
     url = f"wss://localhost:{server.port}/ws/"
+    counted = redis.Redis.from_url(redis_server.url)
 
     async def scenario():
         async with ws_connect(url, client_tls) as one, ws_connect(url, client_tls) as two:
             await receive_json(one)
             await receive_json(two)
-            await asyncio.sleep(0.5)  # presence is written to Redis within 0.2 s of a change
+            await wait_until_async(lambda: clients_in_presence(counted) == 2, 10, "presence")
             asked = await asyncio.to_thread(admin_send, alice, "counted", "everyone", False)
             html = await asyncio.to_thread(admin_send, alice, "counted", "everyone")
             await drain(one, 0.5)
             return asked, html
 
     asked, html = asyncio.run(scenario())
+    counted.close()
     assert "This broadcast will reach every connected client: 2 now." in asked
     status, listing = alice.request("/admin/realtime/broadcast/")
     assert status == 200

@@ -7,15 +7,18 @@ import json
 import subprocess
 
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 
 from realtime.models import Broadcast
 from tests.helpers import (
     PYTHON,
     ROOT,
+    clients_in_presence,
     daphne_tls_args,
     free_port,
     receive_json,
+    wait_until_async,
     ws_connect,
 )
 
@@ -67,16 +70,18 @@ def test_it_reaches_the_server_processes_through_redis(
 ):
     env = {**server_env, "REDIS_URL": redis_server.url}
     url = f"wss://localhost:{daphne_redis.port}/ws/"
+    counted = redis.Redis.from_url(redis_server.url)
 
     async def scenario():
         async with ws_connect(url, client_tls) as socket_:
             await receive_json(socket_)
-            await asyncio.sleep(0.5)  # let presence reach Redis
+            await wait_until_async(lambda: clients_in_presence(counted) == 1, 10, "presence")
             first = await asyncio.to_thread(manage_broadcast, env, "first", "--level", "error")
             second = await asyncio.to_thread(manage_broadcast, env, "second")
             return first, second, [await receive_json(socket_) for _ in range(2)]
 
     first, second, received = asyncio.run(scenario())
+    counted.close()
     assert first.returncode == 0, first.stderr
     assert "sent to everyone (1 connected client(s) at that moment)" in first.stdout
     assert [m["message"] for m in received] == ["first", "second"]

@@ -69,8 +69,9 @@ print(min(m.pk for m in made), max(m.pk for m in made))
 
 REPUBLISH = """
 import sys
-sys.stdin.readline()  # all processes start republishing at the same moment
 from realtime.messaging.streams import republish_pending
+print("ready", flush=True)
+sys.stdin.readline()  # all processes start republishing at the same moment
 total = 0
 while (n := republish_pending(grace=0)):
     total += n
@@ -89,7 +90,9 @@ def test_stored_messages_published_by_four_processes_at_once_go_out_once_each_in
         channel = await layer.new_channel()
         await layer.group_add(TOPICS_GROUP, channel)
         workers = [shell(env, REPUBLISH, stdin=subprocess.PIPE) for _ in range(PROCESSES)]
-        await asyncio.sleep(3)  # every process has imported Django and waits on stdin
+        for worker in workers:  # every process has imported Django and waits on stdin
+            ready = await asyncio.to_thread(worker.stdout.readline)
+            assert ready == "ready\n", ready + worker.stderr.read()[-3000:]
         for worker in workers:
             worker.stdin.write("go\n")
             worker.stdin.flush()

@@ -20,6 +20,7 @@ from realtime.messaging.redis_client import sync_client
 from realtime.messaging.sign_outs import SIGN_OUT_MEMORY, SIGN_OUTS_REMEMBERED
 from realtime.messaging.streams import BROADCASTS, TOPIC_EVENT, TOPICS_GROUP
 from realtime.websocket.sessions import SignedIn
+from tests.helpers import wait_until
 
 # Registering a socket reads its streams' positions from the database.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -169,7 +170,7 @@ def test_presence_sums_every_workers_counts_and_forgets_an_expired_one(settings,
         client.hset(key, "a:1", audience_counts.entry({"everyone": 3, "staff": 1}, 60))
         client.hset(key, "b:2", audience_counts.entry({"everyone": 2, "authenticated": 2}, 0.3))
         both = audience_counts.counts()
-        asyncio.run(asyncio.sleep(0.5))  # past the second worker's expiry
+        wait_until(lambda: audience_counts.counts()["everyone"] == 3, "b:2's expiry", 0.3 + 1, 0.05)
         one = audience_counts.counts()
         fields = client.hkeys(key)
     finally:

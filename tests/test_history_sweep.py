@@ -141,14 +141,19 @@ def test_one_worker_sweeps_per_interval_and_a_worker_without_redis_always_does(
 
     async def turns():
         one, two = maintenance.Sweeper(), maintenance.Sweeper()
-        first = [await one.my_turn(), await two.my_turn(), await one.my_turn()]
-        await asyncio.sleep(1.0)  # past the interval: the lock is free again
-        second = [await two.my_turn(), await one.my_turn()]
+        loop = asyncio.get_running_loop()
+        first, taken = [await one.my_turn(), await two.my_turn(), await one.my_turn()], loop.time()
+        while not await two.my_turn():  # free again once most of the interval has passed
+            await asyncio.sleep(0.02)
+        waited = loop.time() - taken
+        second = [True, await one.my_turn()]
         for sweeper in (one, two):
             await sweeper.client.aclose()
-        return first, second
+        return first, second, waited
 
-    assert asyncio.run(turns()) == ([True, False, False], [True, False])
+    first, second, waited = asyncio.run(turns())
+    assert (first, second) == ([True, False, False], [True, False])
+    assert 0.8 <= waited < 5  # the lock lasts most of the interval (0.9 s), then frees itself
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     assert asyncio.run(maintenance.Sweeper().my_turn()) is True
 

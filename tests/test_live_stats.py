@@ -20,6 +20,7 @@ from realtime.messaging import streams
 from realtime.messaging import topic_rules as registry
 from realtime.ops import live_stats
 from realtime.server import prometheus
+from tests.helpers import wait_until
 from tests.test_authorization import opened, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,12 +72,16 @@ def test_a_workers_entry_goes_three_intervals_after_its_last_report(
         ("hostA-w2", 2),
     ]
     assert [h["sockets"] for h in picture["hosts"]] == [7]
-    time.sleep(2)
-    report_as("hostA-w2", 3, live_redis.url, monkeypatch)  # w1 was killed: it stops reporting
-    time.sleep(2.5)  # past w1's 3 intervals (+1 s)
-    assert [(w["worker"], w["sockets"]) for w in live_stats.snapshot()["workers"]] == [
-        ("hostA-w2", 3)
-    ]
+    reported = time.monotonic()
+
+    def only_w2_is_left() -> bool:
+        report_as("hostA-w2", 3, live_redis.url, monkeypatch)  # w1 was killed: it stops reporting
+        return [(w["worker"], w["sockets"]) for w in live_stats.snapshot()["workers"]] == [
+            ("hostA-w2", 3)
+        ]
+
+    wait_until(only_w2_is_left, "w1's entry to go", timeout=3 + 1.5, every=0.1)
+    assert time.monotonic() - reported > 3 - 0.2  # not before its 3 intervals
 
 
 def test_a_messages_reach_sums_the_workers_and_its_latency_is_the_slowest(live_redis, monkeypatch):
@@ -109,7 +114,7 @@ def test_a_users_message_shows_to_whom_and_a_topics_not_its_data(live_redis):
 
 
 def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
-    monkeypatch.setattr(live_stats, "HOUR", 3)
+    monkeypatch.setattr(live_stats, "HOUR", 2)
     monkeypatch.setattr(live_stats, "BUCKET", 1)
     for reason in ("origin", "origin", "size"):
         prometheus.refuse(reason)
@@ -118,8 +123,7 @@ def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
         {"reason": "origin", "count": 2},
         {"reason": "size", "count": 1},
     ]
-    time.sleep(3.5)  # past the window
-    assert live_stats.snapshot()["refused"] == []
+    wait_until(lambda: live_stats.snapshot()["refused"] == [], "the refusals to leave", 2 + 1.5)
 
 
 def test_refusals_a_report_could_not_write_are_written_by_the_next(live_redis, monkeypatch):
@@ -171,8 +175,7 @@ def test_messages_show_for_the_window_only(live_redis, monkeypatch):
     monkeypatch.setattr(live_stats, "HOUR", 2)
     broadcast.send("Soon gone")
     assert [m["what"] for m in live_stats.snapshot()["messages"]] == ["Soon gone"]
-    time.sleep(2.5)  # past the window
-    assert live_stats.snapshot()["messages"] == []
+    wait_until(lambda: live_stats.snapshot()["messages"] == [], "the message to leave", 2 + 1.5)
 
 
 @pytest.mark.parametrize("how", ["own permission", "group", "group's permission"])
@@ -233,6 +236,6 @@ def test_every_key_of_the_live_view_expires_past_its_window(live_redis, settings
     report_as("hostA-w1", 3, live_redis.url, monkeypatch)
     client = redis.Redis.from_url(live_redis.url)
     assert len(client.keys("realtime:live:*")) == 3  # workers, reach, refused
-    time.sleep(4.5)  # past the workers' 3 intervals (+1 s) and the window and its bucket
-    assert client.keys("realtime:live:*") == []
+    # the workers' 3 intervals (+1 s), the window and its bucket: 4 s at most
+    wait_until(lambda: client.keys("realtime:live:*") == [], "every key to expire", 4 + 1.5)
     client.close()

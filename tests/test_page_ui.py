@@ -245,7 +245,7 @@ def test_a_notification_reaches_its_user_live_once_and_stays_listed(
 
     page.reload()
     expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=15_000)
-    time.sleep(1)
+    time.sleep(1)  # nothing may come again on reconnecting: a copy would have arrived by now
     texts = items.all_inner_texts()
     assert len(texts) == 2 and "Your export is ready" in texts[0], texts
     context.close()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,11 +28,13 @@ from realtime.tls.devca import DevCertPaths, ensure_dev_certificate
 from tests.helpers import (
     PYTHON,
     ROOT,
+    clients_in_presence,
     daphne_tls_args,
     free_port,
     receive_json,
     redis_args,
     wait_for_port,
+    wait_until_async,
     ws_connect,
 )
 
@@ -134,16 +137,18 @@ def test_a_broadcast_over_rediss_reaches_a_wss_client(
     redis_env = {k: env[k] for k in ("REDIS_URL", "REDIS_CA_FILE")}
     port = free_port()
     server = start(daphne_tls_args(port, dev_certs), port, **redis_env)
+    counted = redis.Redis.from_url(env["REDIS_URL"], ssl_ca_certs=env["REDIS_CA_FILE"])
 
     async def scenario():
         async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
             await receive_json(socket_)
-            await asyncio.sleep(0.5)  # let presence reach Redis
+            await wait_until_async(lambda: clients_in_presence(counted) == 1, 10, "presence")
             sent = await asyncio.to_thread(manage, env, "broadcast", "over TLS to Redis")
             assert sent.returncode == 0, sent.stderr
             return sent, await receive_json(socket_)
 
     sent, received = asyncio.run(scenario())
+    counted.close()
     assert received["type"] == "broadcast" and received["message"] == "over TLS to Redis"
     assert "(1 connected client(s) at that moment)" in sent.stdout
     log = server.log()

@@ -206,7 +206,7 @@ def kinds(answers: list[dict]) -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_resumes_from_one_address_are_refused_past_the_budget_then_come_back(small_budget):
+def test_resumes_from_one_address_are_refused_past_the_budget_then_come_back(small_budget, clock):
     broadcast.send("One to replay")
 
     async def scenario():
@@ -217,7 +217,7 @@ def test_resumes_from_one_address_are_refused_past_the_budget_then_come_back(sma
         firsts = [await resume(first, before) for _ in range(4)]
         seconds = [await resume(second, before) for _ in range(2)]
         elsewhere = await resume(other, before)
-        await asyncio.sleep(seconds[-1]["retry_after"])  # past the period
+        clock.now += seconds[-1]["retry_after"]  # past the period
         again = await resume(second, before)
         for socket_ in (first, second, other):
             await socket_.disconnect()
@@ -239,7 +239,7 @@ def test_resumes_from_one_address_are_refused_past_the_budget_then_come_back(sma
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_subscribe_with_since_over_the_budget_is_refused_whole(small_budget, _topic):
+def test_a_subscribe_with_since_over_the_budget_is_refused_whole(small_budget, clock, _topic):
     async def scenario():
         socket_, _ = await opened_from("198.51.100.7")
         await socket_.send_json_to({"type": "subscribe", "topic": "news"})
@@ -254,7 +254,7 @@ def test_a_subscribe_with_since_over_the_budget_is_refused_whole(small_budget, _
         refused = await socket_.receive_json_from()
         await sync_to_async(topics.send)("news", {"n": 1})
         nothing = await socket_.receive_nothing(0.5)  # not subscribed: nothing changed
-        await asyncio.sleep(refused["retry_after"])
+        clock.now += refused["retry_after"]
         await socket_.send_json_to({"type": "subscribe", "topic": "news", "since": since})
         subscribed, replayed = await socket_.receive_json_from(), await socket_.receive_json_from()
         await socket_.disconnect()
@@ -269,7 +269,7 @@ def test_a_subscribe_with_since_over_the_budget_is_refused_whole(small_budget, _
 
 
 @pytest.mark.django_db(transaction=True)
-def test_positions_in_the_url_over_the_address_budget_close_before_the_welcome(small_budget):
+def test_positions_in_the_url_over_the_address_budget_close_before_the_welcome(small_budget, clock):
     position = streams.position(streams.BROADCASTS)
     query = f"broadcasts={position[0]}:{position[1]}"
 
@@ -281,7 +281,7 @@ def test_positions_in_the_url_over_the_address_budget_close_before_the_welcome(s
             first = await socket_.receive_output()
             answers.append(first.get("code") or json.loads(first["text"])["type"])
             await socket_.disconnect()
-        await asyncio.sleep(1.0)  # past the period: one more
+        clock.now += 1.0  # past the period: one more
         socket_ = socket_from("198.51.100.7", query)
         assert (await socket_.connect())[0]
         later = await socket_.receive_json_from()

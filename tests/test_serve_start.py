@@ -44,6 +44,15 @@ def test_a_database_that_does_not_answer_stops_serve_too(server_env):
     assert "Not starting: the database (OperationalError" in result.stderr
 
 
+def read_until(process: subprocess.Popen[str], text: str, lines: list[str]) -> None:
+    """Read the process's output into `lines`, up to the line that says `text`."""
+    while True:
+        lines.append(line := process.stdout.readline())
+        assert line, "".join(lines)  # the output ended first
+        if text in line:
+            return
+
+
 def test_told_to_wait_it_starts_once_redis_answers(server_env, private_redis):
     redis = private_redis()
     redis.stop()  # its port is known: it will start there a moment after serve
@@ -57,14 +66,15 @@ def test_told_to_wait_it_starts_once_redis_answers(server_env, private_redis):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
     try:
-        time.sleep(3)
-        assert process.poll() is None, process.stdout.read()
+        read_until(process, "Waiting up to 30 s for Redis", lines)  # a first check failed
+        assert process.poll() is None, "".join(lines)
         redis.start()
         wait_for_port(port, process, 30)
     finally:
         process.terminate()
-        output = process.communicate(timeout=30)[0]
+        output = "".join(lines) + process.communicate(timeout=30)[0]
     assert "Waiting up to 30 s for Redis (ConnectionError" in output
     assert "Serving https://" in output
 
