@@ -27,8 +27,8 @@ from django.views.decorators.cache import never_cache
 from realtime.broadcasting.fanout import failure_reason, fanout
 from realtime.broadcasting.layer import retrying
 from realtime.broadcasting.redis_client import redis_hosts, sync_client_for
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 from realtime.metrics import from_allowed_address, has_token
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
 logger = logging.getLogger(__name__)
 

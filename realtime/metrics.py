@@ -17,8 +17,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
+from realtime.common.addresses import parse_host
 from realtime.conf import conf
-from realtime.server.client_address import parse_host
 from realtime.server.metrics import CONTENT_TYPE, exposition
 
 BEARER = "Bearer "

@@ -25,10 +25,10 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from realtime import api_tokens, broadcast, topics
+from realtime.common.addresses import request_client_key
 from realtime.conf import conf
 from realtime.counters import counters_store
 from realtime.models import ApiToken
-from realtime.server.client_address import request_client_key
 
 logger = logging.getLogger(__name__)
 

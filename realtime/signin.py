@@ -38,10 +38,10 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
+from realtime.common.addresses import request_client_key
 from realtime.conf import conf
 from realtime.counters import counters_store
 from realtime.headers import secure
-from realtime.server.client_address import request_client_key
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from realtime import api_tokens, counters, health
-from realtime.server.log_limits import OncePerInterval
+from realtime.common.rates import OncePerInterval
 from tests.helpers import BrowserSession, create_user, daphne_tls_args, free_port
 
 SECURITY_HEADERS = ("Content-Security-Policy", "Permissions-Policy", "X-Frame-Options")

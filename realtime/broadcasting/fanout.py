@@ -50,6 +50,7 @@ from realtime.broadcasting import streams as stored
 from realtime.broadcasting import topics
 from realtime.broadcasting.delivery import Frame, Streams, Subscription, spawn
 from realtime.broadcasting.topic_presence import CHANGED, Presence
+from realtime.common import close_codes
 from realtime.conf import conf
 from realtime.server import metrics
 from realtime.server.frames import EXTENSION as FRAMES_EXTENSION
@@ -205,7 +206,7 @@ class Fanout:
                 self.signed_in.setdefault(key, set()).add(consumer)
             if self._signed_out_since(keys, connected_at.timestamp()):
                 self.unregister(consumer)
-                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Signed out"))
+                spawn(consumer.close(code=close_codes.SIGNED_OUT, reason="Signed out"))
             elif signed_in.key:
                 self._look_at_session_by(consumer, signed_in.key, signed_in.ends_at)
         return positions
@@ -258,7 +259,7 @@ class Fanout:
             ends_at = ends[key]
             if ends_at is None or ends_at <= now:
                 self.unregister(consumer)
-                spawn(consumer.close(code=protocol.SIGNED_OUT, reason="Session ended"))
+                spawn(consumer.close(code=close_codes.SIGNED_OUT, reason="Session ended"))
                 closed += 1
             else:
                 self._look_at_session_by(consumer, key, ends_at)
@@ -439,7 +440,7 @@ class Fanout:
         consumers = list(self.keys_of)
         for consumer in consumers:
             self.unregister(consumer)
-            spawn(consumer.close(code=protocol.TRY_AGAIN_LATER, reason=LOST_REASON))
+            spawn(consumer.close(code=close_codes.TRY_AGAIN_LATER, reason=LOST_REASON))
         return len(consumers)
 
     def tell_everyone(self, text: str) -> None:
@@ -492,7 +493,7 @@ class Fanout:
             user = await database_sync_to_async(current_user)(consumer, gone)
             for topic in await database_sync_to_async(forbidden_topics)(user, subscribed):
                 await consumer.send(text_data=protocol.unsubscribed(topic, "forbidden"))
-        await consumer.close(code=protocol.SIGNED_OUT, reason="Signed out")
+        await consumer.close(code=close_codes.SIGNED_OUT, reason="Signed out")
 
     def recheck(self, user_pk: str) -> int:
         """Check the topic subscriptions of a user's sockets again; end those no longer

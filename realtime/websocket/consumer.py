@@ -26,6 +26,7 @@ from realtime.broadcasting import presence, topics
 from realtime.broadcasting.delivery import Subscription, count_replayed
 from realtime.broadcasting.sending import audiences_for
 from realtime.broadcasting.streams import BROADCASTS, user_stream
+from realtime.common.close_codes import TRY_AGAIN_LATER
 from realtime.conf import conf
 from realtime.models import Broadcast
 from realtime.server import metrics
@@ -33,7 +34,6 @@ from realtime.server.metrics import child
 from realtime.server.worker import worker_id
 from realtime.upstream import handler_name
 from realtime.websocket import protocol, replays
-from realtime.websocket.protocol import TRY_AGAIN_LATER
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")

@@ -20,14 +20,14 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from realtime.common.addresses import scope_client_key
+from realtime.common.close_codes import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
+from realtime.common.rates import TokenBucket
 from realtime.conf import conf
 from realtime.server import metrics
-from realtime.server.client_address import scope_client_key
-from realtime.server.frame_budget import TokenBucket
 from realtime.server.metrics import child
 from realtime.websocket import protocol
 from realtime.websocket.middleware import accept_then_close
-from realtime.websocket.protocol import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.websocket.limits")
 

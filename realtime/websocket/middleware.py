@@ -19,9 +19,9 @@ from urllib.parse import ParseResult, urlparse, urlsplit
 from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 
+from realtime.common.close_codes import POLICY_VIOLATION
 from realtime.conf import conf
 from realtime.server import metrics
-from realtime.websocket.protocol import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
 
