@@ -21,6 +21,7 @@ import logging
 
 from realtime.common.close_codes import POLICY_VIOLATION
 from realtime.common.rates import TokenBucket
+from realtime.server.config import SERVER_DEFAULTS
 
 TOO_MANY_FRAMES = b"Too many frames"
 
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 class FrameBudget:
     """A mixin for daphne's WebSocketProtocol; RealtimeServer sets the rate and burst."""
 
-    frame_rate: float = 200.0  # 0: no frame budget
-    frame_burst: int = 400
+    frame_rate: float = float(SERVER_DEFAULTS.ws_frame_rate)  # 0: no frame budget
+    frame_burst: int = SERVER_DEFAULTS.ws_frame_burst
     _frames: TokenBucket | None = None
     _frames_in_message = 0
 
