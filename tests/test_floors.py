@@ -66,25 +66,26 @@ def test_the_server_and_tls_floors_import_nothing_of_the_app():
     assert len(imported) >= 15
 
 
-@pytest.mark.parametrize("module", ["realtime.conf", "realtime.routing", "django.conf"])
-def test_the_blocker_does_block(module):
-    """The same check fails for a floor module that imports the app, or Django."""
-    floor_module = f'exec("import {module}", {{"__name__": "realtime.server.example"}})\n'
-    code = BLOCKER.replace("import realtime.server, realtime.tls, realtime.common", floor_module)
+def refused_import(module: str, importer: str) -> str:
+    """The blocker's error when a module named `importer` imports `module`."""
+    code = f'exec("import {module}", {{"__name__": "{importer}"}})\n'
+    code = BLOCKER.replace("import realtime.server, realtime.tls, realtime.common", code)
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
-    assert "the server floor imported the app" in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("module", ["realtime.conf", "realtime.routing", "django.conf"])
+def test_the_blocker_does_block(module):
+    """The same check fails for a floor module that imports the app, or Django."""
+    error = refused_import(module, "realtime.server.example")
+    assert "the server floor imported the app" in error
 
 
 @pytest.mark.parametrize("module", ["realtime.server.config", "realtime.tls", "django.conf"])
 def test_the_blocker_keeps_common_below_both_floors(module):
     """realtime.common may not import the server floor, TLS, or Django either."""
-    common_module = f'exec("import {module}", {{"__name__": "realtime.common.example"}})\n'
-    code = BLOCKER.replace("import realtime.server, realtime.tls, realtime.common", common_module)
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode != 0
-    assert "realtime.common imported more than itself" in result.stderr
+    error = refused_import(module, "realtime.common.example")
+    assert "realtime.common imported more than itself" in error
