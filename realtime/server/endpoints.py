@@ -22,6 +22,10 @@ endpoint reads only its first certificate.
 in REALTIME_TRUSTED_PROXIES may connect, each must send the header, and the client address in
 it is the connection's peer from then on (realtime/server/proxy_protocol.py); the per-address
 cap then counts that address, from the moment the header is read.
+
+The TCP part of the syntax (PORT, interface, backlog, reusePort) is read and checked once, by
+`EndpointParser`, and served by `ReusePortTCPEndpoint`, for `realtime-redirect:`
+(realtime/server/redirect.py) and `realtime-plain:` (realtime/server/plain.py) as for this one.
 """
 
 from __future__ import annotations
@@ -176,16 +180,26 @@ class CappedTLSFactory(CapByAddress, WriteThroughTLSFactory):
     """The TLS wrapper, admitting at most `cap.limit` connections per client address."""
 
 
+@dataclass(frozen=True)
+class TCPOptions:
+    """What every realtime endpoint string says of its TCP port: `PORT[:interface=ADDR]
+    [:backlog=N][:reusePort=yes|no]`."""
+
+    port: int
+    interface: str = ""
+    backlog: int = 50
+    reuse_port: bool = False
+
+
 @implementer(IStreamServerEndpoint)
 class ReusePortTCPEndpoint:
     """Listens on a TCP port: the socket `serve`'s supervisor handed down for it, else one of
     its own, with SO_REUSEPORT when `reuse_port` is true."""
 
-    def __init__(
-        self, reactor: Any, port: int, backlog: int, interface: str, reuse_port: bool
-    ) -> None:
-        self.reactor, self.port, self.backlog = reactor, port, backlog
-        self.interface, self.reuse_port = interface, reuse_port
+    def __init__(self, reactor: Any, tcp: TCPOptions) -> None:
+        self.reactor, self.tcp_options = reactor, tcp
+        self.port, self.backlog = tcp.port, tcp.backlog
+        self.interface, self.reuse_port = tcp.interface, tcp.reuse_port
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         adopted = adopt_inherited(self.reactor, self.port, factory)
@@ -204,9 +218,7 @@ class ReusePortTCPEndpoint:
 
     def tcp(self) -> ReusePortTCPEndpoint:
         """This endpoint's TCP port alone, for a wrapper that listens on it (PROXY headers)."""
-        return ReusePortTCPEndpoint(
-            self.reactor, self.port, self.backlog, self.interface, self.reuse_port
-        )
+        return ReusePortTCPEndpoint(self.reactor, self.tcp_options)
 
 
 class ReusePortTLSEndpoint(ReusePortTCPEndpoint):
@@ -216,14 +228,11 @@ class ReusePortTLSEndpoint(ReusePortTCPEndpoint):
     def __init__(
         self,
         reactor: Any,
-        port: int,
+        tcp: TCPOptions,
         tls_options: CertificateOptions,
-        backlog: int = 50,
-        interface: str = "",
-        reuse_port: bool = True,
         proxy_protocol: bool = False,
     ) -> None:
-        super().__init__(reactor, port, backlog, interface, reuse_port)
+        super().__init__(reactor, tcp)
         self.tls_options = tls_options
         self.proxy_protocol = proxy_protocol
 
@@ -305,17 +314,6 @@ def yes_no(prefix: str, name: str, value: str) -> bool:
         raise ValueError(f"{prefix}: {name} must be yes or no, not {value!r}.") from None
 
 
-@dataclass(frozen=True)
-class TCPOptions:
-    """What every realtime endpoint string says of its TCP port: `PORT[:interface=ADDR]
-    [:backlog=N][:reusePort=yes|no]`."""
-
-    port: int
-    interface: str
-    backlog: int
-    reuse_port: bool
-
-
 @implementer(IPlugin, IStreamServerEndpointStringParser)
 class EndpointParser:
     """The string parser of realtime's endpoints: the TCP options they share, checked here,
@@ -369,15 +367,9 @@ class ReusePortTLSParser(EndpointParser):
     ) -> ReusePortTLSEndpoint:
         if not privateKey or not certKey:
             raise ValueError(f"{PREFIX}: both privateKey=FILE and certKey=FILE are required.")
-        return ReusePortTLSEndpoint(
-            reactor,
-            tcp.port,
-            server_tls_options(certKey, privateKey, extraCertChain, profile),
-            backlog=tcp.backlog,
-            interface=tcp.interface,
-            reuse_port=tcp.reuse_port,
-            proxy_protocol=yes_no(PREFIX, "proxyProtocol", proxyProtocol),
-        )
+        tls_options = server_tls_options(certKey, privateKey, extraCertChain, profile)
+        proxy_protocol = yes_no(PREFIX, "proxyProtocol", proxyProtocol)
+        return ReusePortTLSEndpoint(reactor, tcp, tls_options, proxy_protocol)
 
 
 parser = ReusePortTLSParser()

@@ -26,7 +26,7 @@ class PlainParser(EndpointParser):
     prefix = PREFIX
 
     def endpoint(self, reactor: Any, tcp: TCPOptions) -> PlainEndpoint:
-        return PlainEndpoint(reactor, tcp.port, tcp.backlog, tcp.interface, tcp.reuse_port)
+        return PlainEndpoint(reactor, tcp)
 
 
 parser = PlainParser()

@@ -227,16 +227,9 @@ class RedirectEndpoint(ReusePortTCPEndpoint):
     """Listens for plain HTTP on a TCP port with a redirect-only site (see the module doc)."""
 
     def __init__(
-        self,
-        reactor: Any,
-        port: int,
-        https_port: int,
-        backlog: int = 50,
-        interface: str = "",
-        reuse_port: bool = False,
-        acme_webroot: Path | None = None,
+        self, reactor: Any, tcp: TCPOptions, https_port: int, acme_webroot: Path | None = None
     ) -> None:
-        super().__init__(reactor, port, backlog, interface, reuse_port)
+        super().__init__(reactor, tcp)
         self.https_port = https_port
         self.acme_webroot = acme_webroot
 
@@ -255,26 +248,15 @@ class RedirectParser(EndpointParser):
     prefix = PREFIX
 
     def endpoint(
-        self,
-        reactor: Any,
-        tcp: TCPOptions,
-        httpsPort: str | None = None,
-        acmeWebroot: str | None = None,
+        self, reactor: Any, tcp: TCPOptions, httpsPort: str | None = None, acmeWebroot: str = ""
     ) -> RedirectEndpoint:
         if httpsPort is None:
             raise ValueError(f"{PREFIX}: httpsPort=PORT (where HTTPS is served) is required.")
         webroot = Path(acmeWebroot) if acmeWebroot else None
         if webroot is not None and not webroot.is_dir():
             raise ValueError(f"{PREFIX}: acmeWebroot {acmeWebroot!r} is not a directory.")
-        return RedirectEndpoint(
-            reactor,
-            tcp.port,
-            port_number(PREFIX, "httpsPort", httpsPort, lowest=1),
-            backlog=tcp.backlog,
-            interface=tcp.interface,
-            reuse_port=tcp.reuse_port,
-            acme_webroot=webroot,
-        )
+        https_port = port_number(PREFIX, "httpsPort", httpsPort, lowest=1)
+        return RedirectEndpoint(reactor, tcp, https_port, webroot)
 
 
 parser = RedirectParser()
