@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
-from realtime.server.config import ServerConfig
+from realtime.server.config import SERVER_DEFAULTS, ServerConfig
 
 MIB = 1024 * 1024
 
@@ -53,21 +53,21 @@ OPTIONAL_SETTINGS: dict[str, Any] = {
 
 
 # Values, or callables that compute the default from other settings when it is asked for.
+# What the server floor uses has its default in its ServerConfig (SERVER_DEFAULTS), read here.
 DEFAULTS: dict[str, Any] = {
-    # Incoming WebSocket messages are small JSON objects: 64 KiB leaves room and bounds memory.
-    "REALTIME_WS_MAX_MESSAGE_SIZE": 64 * 1024,
+    "REALTIME_WS_MAX_MESSAGE_SIZE": SERVER_DEFAULTS.ws_max_message_size,
     "REALTIME_WS_RATE": 10,
     "REALTIME_WS_BURST": 20,
     # Every frame, control frames and fragments included (realtime/server/frame_budget.py).
-    "REALTIME_WS_FRAME_RATE": 200,
-    "REALTIME_WS_FRAME_BURST": 400,
+    "REALTIME_WS_FRAME_RATE": SERVER_DEFAULTS.ws_frame_rate,
+    "REALTIME_WS_FRAME_BURST": SERVER_DEFAULTS.ws_frame_burst,
     # permessage-deflate for clients that offer it, without context takeover
     # (realtime/server/compression.py).
-    "REALTIME_WS_COMPRESSION": True,
+    "REALTIME_WS_COMPRESSION": SERVER_DEFAULTS.ws_compression,
     # A socket whose client stops reading is dropped past this (realtime/server/unsent.py).
-    "REALTIME_WS_MAX_UNSENT_BYTES": 1024 * 1024,
+    "REALTIME_WS_MAX_UNSENT_BYTES": SERVER_DEFAULTS.ws_max_unsent_bytes,
     # Request bodies arrive at least this fast on average (realtime/server/request_deadline.py).
-    "REALTIME_HTTP_BODY_MIN_RATE": 10_000,
+    "REALTIME_HTTP_BODY_MIN_RATE": SERVER_DEFAULTS.http_body_min_rate,
     # TCP connections at once per client address (IPv6: per /64) on each worker's TLS and
     # redirect listeners (realtime/server/address_cap.py).
     # Sign-in throttling (realtime/web/signin.py): failures per window, per address and per account.
@@ -91,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
     # The proxies and load balancers whose word on the client's address is believed
     # (realtime/server/client_address.py): X-Forwarded-For on plain connections, with
     # DJANGO_TRUST_PROXY_HEADERS; the PROXY protocol's header with serve --proxy-protocol.
-    "REALTIME_TRUSTED_PROXIES": ["127.0.0.1", "::1"],
+    "REALTIME_TRUSTED_PROXIES": list(SERVER_DEFAULTS.trusted_proxies),
     "REALTIME_METRICS_TOKEN": "",
     # The admin's live view (realtime/ops/live_stats.py): seconds between a worker's
     # reports to Redis and its pushes to the staff watching.
@@ -99,9 +99,9 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_SIGNIN_WINDOW": 900,
     "REALTIME_SIGNIN_MAX_PER_ADDRESS": 20,
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,
-    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": 256,
+    "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": SERVER_DEFAULTS.max_connections_per_address,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
-    "REALTIME_WS_HANDSHAKE_TIMEOUT": 10,
+    "REALTIME_WS_HANDSHAKE_TIMEOUT": SERVER_DEFAULTS.ws_handshake_timeout,
     "REALTIME_WS_MAX_PER_CLIENT": 100,
     "REALTIME_ALLOWED_ORIGINS": [],
     "REALTIME_REQUIRE_TLS": default_require_tls,
@@ -131,7 +131,7 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_REPLAY_BURST": 20,
     "REALTIME_REPLAY_ADDRESS_RATE": 20,
     "REALTIME_REPLAY_ADDRESS_BURST": 300,
-    "REALTIME_GC_THRESHOLD": 10_000,
+    "REALTIME_GC_THRESHOLD": SERVER_DEFAULTS.gc_threshold,
     "REALTIME_FANOUT_REJOIN": default_fanout_rejoin,
     "REALTIME_FANOUT_CHECK": 5,
     # A signed-in socket's session is looked at by its end, and at least this often (seconds):

@@ -10,12 +10,6 @@ from typing import Any
 
 PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
 
-# The close codes this project sends (docs/protocol.md).
-GOING_AWAY = 1001  # the worker is stopping (SIGTERM, a rolling restart)
-POLICY_VIOLATION = 1008  # TLS required, or the client kept flooding
-TRY_AGAIN_LATER = 1013  # too many sockets from one address, or the channel layer is down
-IDLE_TIMEOUT = 4000  # application range: the client may reconnect at once (not "going away")
-SIGNED_OUT = 4001  # the session signed out: reconnect, now anonymous
 CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast"})
 
 

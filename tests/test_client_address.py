@@ -24,12 +24,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.server.client_address import (
-    ClientPolicy,
-    TrustedProxies,
-    client_key,
-    forwarded_client,
-)
+from realtime.common.addresses import client_key
+from realtime.server.client_address import ClientPolicy, TrustedProxies, forwarded_client
 from tests.helpers import (
     PYTHON,
     close_code,

@@ -103,6 +103,37 @@ def test_reuse_port_takes_yes_or_no(dev_certs: DevCertPaths):
         parse(description + ":reusePort=maybe")
 
 
+@pytest.fixture
+def every_endpoint(dev_certs: DevCertPaths) -> dict[str, str]:
+    """Each realtime endpoint's string with its required options, the TCP ones left to add."""
+    return {
+        "realtime": f"realtime:{{}}:privateKey={dev_certs.key}:certKey={dev_certs.cert}",
+        "realtime-redirect": "realtime-redirect:{}:httpsPort=8443",
+        "realtime-plain": "realtime-plain:{}",
+    }
+
+
+@pytest.mark.parametrize("prefix", ["realtime", "realtime-redirect", "realtime-plain"])
+def test_every_endpoint_reads_the_tcp_options_alike(every_endpoint, prefix):
+    endpoint, reactor = parse(
+        every_endpoint[prefix].format(0) + ":interface=127.0.0.1:backlog=7:reusePort=yes"
+    )
+    endpoint.listen(Factory())
+    [(binding, _, backlog, interface)] = reactor.tcpServers
+    assert (backlog, interface) == (7, "127.0.0.1")
+    port = tcp.Port(binding, Factory(), reactor=reactor)
+    with port.createInternetSocket() as sock:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+
+
+@pytest.mark.parametrize("prefix", ["realtime", "realtime-redirect", "realtime-plain"])
+def test_every_endpoint_refuses_a_bad_port_or_reuse_port_in_the_same_words(every_endpoint, prefix):
+    with pytest.raises(ValueError, match=f"^{prefix}: the port must be a number from 0 to 65535"):
+        parse(every_endpoint[prefix].format("http"))
+    with pytest.raises(ValueError, match=f"^{prefix}: reusePort must be yes or no, not 'maybe'"):
+        parse(every_endpoint[prefix].format(0) + ":reusePort=maybe")
+
+
 def test_the_key_and_certificate_options_are_required(dev_certs: DevCertPaths):
     with pytest.raises(ValueError, match="both privateKey=FILE and certKey=FILE are required"):
         parse(f"realtime:8443:certKey={dev_certs.cert}")

@@ -16,8 +16,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from realtime.api import tokens
+from realtime.common.rates import OncePerInterval
 from realtime.ops import health
-from realtime.server.log_limits import OncePerInterval
 from realtime.web import counters
 from tests.helpers import BrowserSession, create_user, daphne_tls_args, free_port
 

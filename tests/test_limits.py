@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from realtime.common.rates import TokenBucket
 from realtime.server.closing import sendable
-from realtime.server.frame_budget import TokenBucket
 from realtime.websocket import limits
 from tests.helpers import Communicator
 

@@ -15,8 +15,8 @@ import pytest
 from django.http import HttpRequest
 from websockets.exceptions import InvalidStatus
 
+from realtime.common.rates import OncePerInterval
 from realtime.ops.quiet_logs import OncePerAddress
-from realtime.server.log_limits import OncePerInterval
 from tests.helpers import receive_json, ws_connect
 
 LINE = "Refused a WebSocket to '/nope/' from 127.0.0.1: no such endpoint"

@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from realtime.common.endpoint_strings import escape_endpoint_value
 from realtime.tls.devca import (
     DEFAULT_HOSTS,
     DevCertError,
     DevCertPaths,
     DevCertResult,
     ensure_dev_certificate,
-    escape_endpoint_value,
     leaf_names,
     ssl_endpoint,
     trust_instructions,

@@ -26,9 +26,9 @@ from django.views.decorators.csrf import csrf_exempt
 
 from realtime import broadcast, topics
 from realtime.api import tokens
+from realtime.common.addresses import request_client_key
 from realtime.conf import conf
 from realtime.models import ApiToken
-from realtime.server.client_address import request_client_key
 from realtime.web.counters import counters_store
 
 logger = logging.getLogger(__name__)

@@ -1,12 +1,14 @@
 """The certificate `runserver --tls` and `serve` serve: --cert and --key, or the dev one.
 
-Both commands take the same options and answer mistakes the same way, before anything starts:
+Both commands take the same options (`add_certificate_options`: --cert, --key and
+--redirect-http) and answer mistakes the same way, before anything starts:
 both files or neither, files that exist, a key that belongs to the certificate and a valid
 REALTIME_TLS_PROFILE (checked by loading them as each server process will).
 """
 
 from __future__ import annotations
 
+from argparse import ArgumentParser
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,20 @@ from django.core.management import CommandError
 from realtime.conf import conf
 from realtime.server.endpoints import server_tls_options
 from realtime.tls.devca import DevCertError, certificate_names, ensure_dev_certificate
+
+
+def add_certificate_options(parser: ArgumentParser, only_with: str = "") -> None:
+    """--cert, --key and --redirect-http; `only_with` starts their help ("With --tls: ")."""
+    parser.add_argument(
+        "--cert", help=f"{only_with}PEM certificate, optionally followed by its chain."
+    )
+    parser.add_argument("--key", help=f"{only_with}PEM private key of --cert.")
+    parser.add_argument(
+        "--redirect-http",
+        type=int,
+        metavar="PORT",
+        help=f"{only_with}Also listen for plain HTTP on PORT (e.g. 80) and redirect it to HTTPS.",
+    )
 
 
 def serving_certificate(

@@ -21,6 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from realtime import wire
+from realtime.common import close_codes
 from realtime.conf import conf
 from realtime.messaging.delivery import Streams, spawn
 from realtime.messaging.layer_link import check_interval
@@ -68,7 +69,7 @@ class SignOuts:
             self.signed_in.setdefault(key, set()).add(consumer)
         if self._signed_out_since(keys, connected_at.timestamp()):
             self.unregister(consumer)
-            spawn(consumer.close(code=wire.SIGNED_OUT, reason="Signed out"))
+            spawn(consumer.close(code=close_codes.SIGNED_OUT, reason="Signed out"))
         elif signed_in.key:
             self._look_at_session_by(consumer, signed_in.key, signed_in.ends_at)
 
@@ -99,7 +100,7 @@ class SignOuts:
             user = await database_sync_to_async(current_user)(consumer, gone)
             for topic in await database_sync_to_async(forbidden_topics)(user, subscribed):
                 await consumer.send(text_data=wire.unsubscribed(topic, "forbidden"))
-        await consumer.close(code=wire.SIGNED_OUT, reason="Signed out")
+        await consumer.close(code=close_codes.SIGNED_OUT, reason="Signed out")
 
     def _remember_sign_out(self, key: str) -> None:
         now = self.wall_clock()
@@ -123,7 +124,7 @@ class SignOuts:
         consumers = list(self.keys_of)
         for consumer in consumers:
             self.unregister(consumer)
-            spawn(consumer.close(code=wire.TRY_AGAIN_LATER, reason=LOST_REASON))
+            spawn(consumer.close(code=close_codes.TRY_AGAIN_LATER, reason=LOST_REASON))
         return len(consumers)
 
     # --- Sessions that end ---------------------------------------------------------------
@@ -157,7 +158,7 @@ class SignOuts:
             ends_at = ends[key]
             if ends_at is None or ends_at <= now:
                 self.unregister(consumer)
-                spawn(consumer.close(code=wire.SIGNED_OUT, reason="Session ended"))
+                spawn(consumer.close(code=close_codes.SIGNED_OUT, reason="Session ended"))
                 closed += 1
             else:
                 self._look_at_session_by(consumer, key, ends_at)

@@ -23,12 +23,12 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 from realtime.messaging.fanout import fanout
 from realtime.messaging.layer import channel_layer, retrying
 from realtime.messaging.layer_link import failure_reason
 from realtime.messaging.redis_client import redis_hosts, sync_client_for
 from realtime.ops.metrics import from_allowed_address, has_token
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
 logger = logging.getLogger(__name__)
 

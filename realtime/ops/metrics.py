@@ -27,8 +27,8 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import Counter, Gauge, Histogram
 
+from realtime.common.addresses import parse_host
 from realtime.conf import conf
-from realtime.server.client_address import parse_host
 from realtime.server.prometheus import CONTENT_TYPE, exposition
 
 BEARER = "Bearer "

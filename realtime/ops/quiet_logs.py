@@ -3,7 +3,7 @@
 A WebSocket to an unknown path (realtime/websocket/unknown.py) and a request with a Host header
 outside ALLOWED_HOSTS each cost an attacker one packet; unthrottled, Django logs the second
 with a traceback (0.7 KB), which fills a disk from one address. `OncePerInterval`
-(realtime/server/log_limits.py, which the server floor uses too) remembers a bounded number
+(realtime/common/rates.py, which the server floor uses too) remembers a bounded number
 of addresses, so the throttle itself cannot be grown without bound.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from realtime.server.client_address import request_client_key
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
+from realtime.common.addresses import request_client_key
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 
 DISALLOWED_HOST_LOGGER = "django.security.DisallowedHost"
 

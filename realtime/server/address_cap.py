@@ -15,9 +15,9 @@ import logging
 from collections import Counter
 from typing import Any
 
+from realtime.common.addresses import client_key
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 from realtime.server import config, prometheus
-from realtime.server.client_address import client_key
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Defaults for a process with no app; realtime/conf.py holds the app's (the same values).
-DEFAULT_TRUSTED_PROXIES = ("127.0.0.1", "::1")
-DEFAULT_PER_ADDRESS = 256
-
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Every value the server floor uses, with its default. Names follow the REALTIME_*
-    settings they come from (README's table)."""
+    settings they come from (README's table); realtime/conf.py takes these defaults from here
+    (`SERVER_DEFAULTS`), so each is written once."""
 
-    max_connections_per_address: int = DEFAULT_PER_ADDRESS
-    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
+    max_connections_per_address: int = 256
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     forwarded_headers: bool = False  # Django's SECURE_PROXY_SSL_HEADER is set
+    # Incoming WebSocket messages are small JSON objects: 64 KiB leaves room and bounds memory.
     ws_max_message_size: int = 64 * 1024
     ws_handshake_timeout: int = 10
     ws_compression: bool = True
@@ -39,9 +37,12 @@ class ServerConfig:
     channel_layer: str = ""  # one line on the channel layer, said when a worker starts
 
 
+SERVER_DEFAULTS = ServerConfig()
+
+
 def from_environment() -> ServerConfig:
     """The defaults, with the two an operator may need without an app from the environment."""
-    config = ServerConfig()
+    config = SERVER_DEFAULTS
     per_address = os.environ.get("REALTIME_MAX_CONNECTIONS_PER_ADDRESS")
     proxies = os.environ.get("REALTIME_TRUSTED_PROXIES")
     return ServerConfig(

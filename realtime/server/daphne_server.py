@@ -30,6 +30,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http
 
+from realtime.common.close_codes import GOING_AWAY
 from realtime.server import config, hooks
 from realtime.server.access_log import log_access, writes_to_stdout
 from realtime.server.client_address import configured_policy
@@ -51,8 +52,6 @@ from realtime.upstream import (
     use_server_class_under_plain_daphne,
     with_factory_options,
 )
-
-GOING_AWAY = 1001  # the close code for a server that is stopping (RFC 6455)
 
 logger = logging.getLogger("realtime.server.daphne_server")
 

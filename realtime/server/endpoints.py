@@ -22,11 +22,16 @@ endpoint reads only its first certificate.
 in REALTIME_TRUSTED_PROXIES may connect, each must send the header, and the client address in
 it is the connection's peer from then on (realtime/server/proxy_protocol.py); the per-address
 cap then counts that address, from the moment the header is read.
+
+The TCP part of the syntax (PORT, interface, backlog, reusePort) is read and checked once, by
+`EndpointParser`, and served by `ReusePortTCPEndpoint`, for `realtime-redirect:`
+(realtime/server/redirect.py) and `realtime-plain:` (realtime/server/plain.py) as for this one.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +52,12 @@ from twisted.internet.tcp import makeBinding
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from realtime.common.endpoint_strings import endpoint_string
 from realtime.server.address_cap import AddressCap, CapByAddress, connections_per_address
 from realtime.server.client_address import configured_policy
 from realtime.server.listeners import inherited_listener
 from realtime.server.proxy_protocol import ProxyProtocolEndpoint
 from realtime.server.writethrough import WriteThroughTLSFactory
-from realtime.tls.devca import escape_endpoint_value
 from realtime.tls.profiles import DEFAULT_PROFILE, TLSProfile, tls_profile
 from realtime.upstream import clear_option, set_key_exchange_groups
 
@@ -175,16 +180,26 @@ class CappedTLSFactory(CapByAddress, WriteThroughTLSFactory):
     """The TLS wrapper, admitting at most `cap.limit` connections per client address."""
 
 
+@dataclass(frozen=True)
+class TCPOptions:
+    """What every realtime endpoint string says of its TCP port: `PORT[:interface=ADDR]
+    [:backlog=N][:reusePort=yes|no]`."""
+
+    port: int
+    interface: str = ""
+    backlog: int = 50
+    reuse_port: bool = False
+
+
 @implementer(IStreamServerEndpoint)
 class ReusePortTCPEndpoint:
     """Listens on a TCP port: the socket `serve`'s supervisor handed down for it, else one of
     its own, with SO_REUSEPORT when `reuse_port` is true."""
 
-    def __init__(
-        self, reactor: Any, port: int, backlog: int, interface: str, reuse_port: bool
-    ) -> None:
-        self.reactor, self.port, self.backlog = reactor, port, backlog
-        self.interface, self.reuse_port = interface, reuse_port
+    def __init__(self, reactor: Any, tcp: TCPOptions) -> None:
+        self.reactor, self.tcp_options = reactor, tcp
+        self.port, self.backlog = tcp.port, tcp.backlog
+        self.interface, self.reuse_port = tcp.interface, tcp.reuse_port
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         adopted = adopt_inherited(self.reactor, self.port, factory)
@@ -201,44 +216,37 @@ class ReusePortTCPEndpoint:
         )
         return listening.addCallback(stop_accepting_on_shutdown, self.reactor)
 
+    def tcp(self) -> ReusePortTCPEndpoint:
+        """This endpoint's TCP port alone, for a wrapper that listens on it (PROXY headers)."""
+        return ReusePortTCPEndpoint(self.reactor, self.tcp_options)
 
-@implementer(IStreamServerEndpoint)
-class ReusePortTLSEndpoint:
+
+class ReusePortTLSEndpoint(ReusePortTCPEndpoint):
     """Listens for TLS on a TCP port, with SO_REUSEPORT when `reuse_port` is true, and after
     a PROXY header when `proxy_protocol` is true."""
 
     def __init__(
         self,
         reactor: Any,
-        port: int,
+        tcp: TCPOptions,
         tls_options: CertificateOptions,
-        backlog: int = 50,
-        interface: str = "",
-        reuse_port: bool = True,
         proxy_protocol: bool = False,
     ) -> None:
-        self.reactor = reactor
-        self.port = port
+        super().__init__(reactor, tcp)
         self.tls_options = tls_options
-        self.backlog = backlog
-        self.interface = interface
-        self.reuse_port = reuse_port
         self.proxy_protocol = proxy_protocol
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         # What listenSSL does with a port number (TLS in memory over a plain TCP port), with
         # a TLS layer that writes at once (realtime/server/writethrough.py).
         cap = AddressCap(connections_per_address(), "TLS")
-        tcp: Any = ReusePortTCPEndpoint(
-            self.reactor, self.port, self.backlog, self.interface, self.reuse_port
-        )
         if self.proxy_protocol:
             # The cap counts the address each PROXY header names, as soon as it is read.
-            proxied = ProxyProtocolEndpoint(tcp, configured_policy().trusted, cap)
+            proxied = ProxyProtocolEndpoint(self.tcp(), configured_policy().trusted, cap)
             return proxied.listen(WriteThroughTLSFactory(self.tls_options, False, factory))
         tls_factory = CappedTLSFactory(self.tls_options, False, factory)
         tls_factory.cap = cap
-        return tcp.listen(tls_factory)
+        return super().listen(tls_factory)
 
 
 def adopt_inherited(
@@ -286,62 +294,82 @@ def stop_accepting_on_shutdown(
     return port
 
 
-def _port_number(value: str) -> int:
+def port_number(prefix: str, name: str, value: str, lowest: int = 0) -> int:
+    """`value` as a port from `lowest` to 65535, or a ValueError naming the endpoint's option."""
     try:
         port = int(value)
     except ValueError:
         port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PREFIX}: the port must be a number from 0 to 65535, not {value!r}.")
+    if not lowest <= port <= 65535:
+        raise ValueError(
+            f"{prefix}: {name} must be a number from {lowest} to 65535, not {value!r}."
+        )
     return port
 
 
-def _yes_no(name: str, value: str) -> bool:
+def yes_no(prefix: str, name: str, value: str) -> bool:
     try:
         return YES_NO[value.lower()]
     except KeyError:
-        raise ValueError(f"{PREFIX}: {name} must be yes or no, not {value!r}.") from None
+        raise ValueError(f"{prefix}: {name} must be yes or no, not {value!r}.") from None
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
-class ReusePortTLSParser:
-    """Parses `realtime:PORT:privateKey=KEY:certKey=CERT[:...]` (see the module docstring)."""
+class EndpointParser:
+    """The string parser of realtime's endpoints: the TCP options they share, checked here,
+    then the endpoint's own options, which `endpoint()` takes (as keyword arguments)."""
 
-    prefix = PREFIX
+    prefix: str
 
-    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> ReusePortTLSEndpoint:
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
         # The catch-all signature is the one zope.interface accepts for the interface method.
         return self._parse(reactor, *args, **kwargs)
 
-    # The option names are camelCase, as in Twisted's own ssl: endpoint.
+    # The option names are camelCase, as in Twisted's own endpoints.
     def _parse(
         self,
         reactor: Any,
         port: str,
-        privateKey: str | None = None,
-        certKey: str | None = None,
+        *,
         interface: str = "",
         backlog: str = "50",
         reusePort: str = "no",
+        **options: str,
+    ) -> Any:
+        reuse_port = yes_no(self.prefix, "reusePort", reusePort)
+        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError(
+                f"{self.prefix}: reusePort=yes needs SO_REUSEPORT, which is missing here."
+            )
+        tcp = TCPOptions(
+            port_number(self.prefix, "the port", port), interface, int(backlog), reuse_port
+        )
+        return self.endpoint(reactor, tcp, **options)
+
+    def endpoint(self, reactor: Any, tcp: TCPOptions, **options: str) -> IStreamServerEndpoint:
+        raise NotImplementedError
+
+
+class ReusePortTLSParser(EndpointParser):
+    """Parses `realtime:PORT:privateKey=KEY:certKey=CERT[:...]` (see the module docstring)."""
+
+    prefix = PREFIX
+
+    def endpoint(
+        self,
+        reactor: Any,
+        tcp: TCPOptions,
+        privateKey: str | None = None,
+        certKey: str | None = None,
         extraCertChain: str | None = None,
         profile: str = DEFAULT_PROFILE,
         proxyProtocol: str = "no",
     ) -> ReusePortTLSEndpoint:
-        port_number = _port_number(port)
         if not privateKey or not certKey:
             raise ValueError(f"{PREFIX}: both privateKey=FILE and certKey=FILE are required.")
-        reuse_port = _yes_no("reusePort", reusePort)
-        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
-            raise ValueError(f"{PREFIX}: reusePort=yes needs SO_REUSEPORT, which is missing here.")
-        return ReusePortTLSEndpoint(
-            reactor,
-            port_number,
-            server_tls_options(certKey, privateKey, extraCertChain, profile),
-            backlog=int(backlog),
-            interface=interface,
-            reuse_port=reuse_port,
-            proxy_protocol=_yes_no("proxyProtocol", proxyProtocol),
-        )
+        tls_options = server_tls_options(certKey, privateKey, extraCertChain, profile)
+        proxy_protocol = yes_no(PREFIX, "proxyProtocol", proxyProtocol)
+        return ReusePortTLSEndpoint(reactor, tcp, tls_options, proxy_protocol)
 
 
 parser = ReusePortTLSParser()
@@ -362,29 +390,20 @@ def realtime_endpoint(
     >>> realtime_endpoint(8443, "certs/localhost.pem", "certs/localhost-key.pem", profile="modern")
     'realtime:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem:profile=modern'
 
-    Paths and the interface are escaped as in `realtime.tls.devca.ssl_endpoint`; an IPv6 interface
+    Paths and the interface are escaped (realtime/common/endpoint_strings.py); an IPv6 interface
     may be given as "::1" or "[::1]". Without `profile` the endpoint's default (intermediate)
     applies. Pass it to `daphne -e`.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}.")
-    parts = [
+    return endpoint_string(
         PREFIX,
-        str(port),
-        "privateKey=" + escape_endpoint_value(str(key)),
-        "certKey=" + escape_endpoint_value(str(cert)),
-    ]
-    if interface:
-        if interface.startswith("[") and interface.endswith("]"):
-            interface = interface[1:-1]
-        parts.append("interface=" + escape_endpoint_value(interface))
-    if reuse_port:
-        parts.append("reusePort=yes")
-    if profile is not None:
-        parts.append("profile=" + tls_profile(profile).name)
-    if proxy_protocol:
-        parts.append("proxyProtocol=yes")
-    return ":".join(parts)
+        port,
+        privateKey=key,
+        certKey=cert,
+        interface=interface,
+        reusePort=reuse_port,
+        profile=None if profile is None else tls_profile(profile).name,
+        proxyProtocol=proxy_protocol,
+    )
 
 
 def reuseport_endpoint(

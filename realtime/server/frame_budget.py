@@ -18,42 +18,21 @@ few seconds. Only autobahn's documented callbacks (IWebSocketChannel) are overri
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
-POLICY_VIOLATION = 1008
+from realtime.common.close_codes import POLICY_VIOLATION
+from realtime.common.rates import TokenBucket
+from realtime.server.config import SERVER_DEFAULTS
+
 TOO_MANY_FRAMES = b"Too many frames"
 
 logger = logging.getLogger(__name__)
 
 
-class TokenBucket:
-    """`rate` tokens a second up to `burst`; counts takes refused since it was last full."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.tokens = float(burst)
-        self.updated = clock()
-        self.dropped = 0
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= self.burst:
-            self.dropped = 0  # a full bucket means the client paused: forgive
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self.dropped += 1
-        return False
-
-
 class FrameBudget:
     """A mixin for daphne's WebSocketProtocol; RealtimeServer sets the rate and burst."""
 
-    frame_rate: float = 200.0  # 0: no frame budget
-    frame_burst: int = 400
+    frame_rate: float = float(SERVER_DEFAULTS.ws_frame_rate)  # 0: no frame budget
+    frame_burst: int = SERVER_DEFAULTS.ws_frame_burst
     _frames: TokenBucket | None = None
     _frames_in_message = 0
 

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IStreamServerEndpointStringParser
-from twisted.plugin import IPlugin
-from zope.interface import implementer
-
-from realtime.server.endpoints import ReusePortTCPEndpoint
-from realtime.tls.devca import escape_endpoint_value
+from realtime.common.endpoint_strings import endpoint_string
+from realtime.server.endpoints import EndpointParser, ReusePortTCPEndpoint, TCPOptions
 
 PREFIX = "realtime-plain"
 
@@ -26,28 +22,11 @@ PREFIX = "realtime-plain"
 PlainEndpoint = ReusePortTCPEndpoint
 
 
-@implementer(IPlugin, IStreamServerEndpointStringParser)
-class PlainParser:
+class PlainParser(EndpointParser):
     prefix = PREFIX
 
-    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> PlainEndpoint:
-        return self._parse(reactor, *args, **kwargs)
-
-    def _parse(
-        self,
-        reactor: Any,
-        port: str,
-        interface: str = "",
-        backlog: str = "50",
-        reusePort: str = "no",
-    ) -> PlainEndpoint:
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{PREFIX}: the port must be a number from 0 to 65535, not {port!r}.")
-        if reusePort.lower() not in ("yes", "no"):
-            raise ValueError(f"{PREFIX}: reusePort must be yes or no, not {reusePort!r}.")
-        return PlainEndpoint(
-            reactor, int(port), int(backlog), interface, reusePort.lower() == "yes"
-        )
+    def endpoint(self, reactor: Any, tcp: TCPOptions) -> PlainEndpoint:
+        return PlainEndpoint(reactor, tcp)
 
 
 parser = PlainParser()
@@ -59,9 +38,4 @@ def plain_endpoint(port: int, interface: str | None = None, *, reuse_port: bool 
     >>> plain_endpoint(8000, "127.0.0.1", reuse_port=True)
     'realtime-plain:8000:interface=127.0.0.1:reusePort=yes'
     """
-    parts = [PREFIX, str(port)]
-    if interface:
-        parts.append("interface=" + escape_endpoint_value(interface.strip("[]")))
-    if reuse_port:
-        parts.append("reusePort=yes")
-    return ":".join(parts)
+    return endpoint_string(PREFIX, port, interface=interface, reusePort=reuse_port)

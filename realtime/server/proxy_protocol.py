@@ -28,10 +28,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 from realtime.server import prometheus
 from realtime.server.address_cap import AddressCap, CapByAddress
 from realtime.server.client_address import TrustedProxies
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
 from realtime.upstream import ProxyHeaderFactory, ProxyHeaderWrapper, proxy_header_read
 
 logger = logging.getLogger(__name__)

@@ -33,29 +33,26 @@ REALTIME_MAX_CONNECTIONS_PER_ADDRESS connections at once (realtime/server/addres
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IListeningPort,
-    IProtocolFactory,
-    IStreamServerEndpoint,
-    IStreamServerEndpointStringParser,
-)
-from twisted.plugin import IPlugin
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
+from realtime.common.endpoint_strings import endpoint_string
 from realtime.server import config
 from realtime.server.address_cap import AddressCap, connections_per_address
-from realtime.server.endpoints import ReusePortTCPEndpoint
+from realtime.server.endpoints import (
+    EndpointParser,
+    ReusePortTCPEndpoint,
+    TCPOptions,
+    port_number,
+)
 from realtime.server.request_deadline import DeadlineHTTPChannel
-from realtime.tls.devca import escape_endpoint_value
 
 PREFIX = "realtime-redirect"
 HTTPS_PORT = 443
@@ -226,26 +223,14 @@ class RedirectSite(Site):
         return channel
 
 
-@implementer(IStreamServerEndpoint)
-class RedirectEndpoint:
+class RedirectEndpoint(ReusePortTCPEndpoint):
     """Listens for plain HTTP on a TCP port with a redirect-only site (see the module doc)."""
 
     def __init__(
-        self,
-        reactor: Any,
-        port: int,
-        https_port: int,
-        backlog: int = 50,
-        interface: str = "",
-        reuse_port: bool = False,
-        acme_webroot: Path | None = None,
+        self, reactor: Any, tcp: TCPOptions, https_port: int, acme_webroot: Path | None = None
     ) -> None:
-        self.reactor = reactor
-        self.port = port
+        super().__init__(reactor, tcp)
         self.https_port = https_port
-        self.backlog = backlog
-        self.interface = interface
-        self.reuse_port = reuse_port
         self.acme_webroot = acme_webroot
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
@@ -254,62 +239,24 @@ class RedirectEndpoint:
         site = RedirectSite(resource, timeout=IDLE_TIMEOUT)
         site.cap = AddressCap(connections_per_address(), "redirect")
         site.request_timeout, site.body_min_rate = request_limits()
-        tcp = ReusePortTCPEndpoint(
-            self.reactor, self.port, self.backlog, self.interface, self.reuse_port
-        )
-        return tcp.listen(site)
+        return super().listen(site)
 
 
-def _port_number(name: str, value: str, lowest: int) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not lowest <= port <= 65535:
-        raise ValueError(
-            f"{PREFIX}: {name} must be a number from {lowest} to 65535, not {value!r}."
-        )
-    return port
-
-
-@implementer(IPlugin, IStreamServerEndpointStringParser)
-class RedirectParser:
+class RedirectParser(EndpointParser):
     """Parses `realtime-redirect:PORT:httpsPort=TLSPORT[:...]` (see the module docstring)."""
 
     prefix = PREFIX
 
-    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> RedirectEndpoint:
-        return self._parse(reactor, *args, **kwargs)
-
-    def _parse(
-        self,
-        reactor: Any,
-        port: str,
-        httpsPort: str | None = None,
-        interface: str = "",
-        backlog: str = "50",
-        reusePort: str = "no",
-        acmeWebroot: str | None = None,
+    def endpoint(
+        self, reactor: Any, tcp: TCPOptions, httpsPort: str | None = None, acmeWebroot: str = ""
     ) -> RedirectEndpoint:
         if httpsPort is None:
             raise ValueError(f"{PREFIX}: httpsPort=PORT (where HTTPS is served) is required.")
-        if reusePort.lower() not in ("yes", "no"):
-            raise ValueError(f"{PREFIX}: reusePort must be yes or no, not {reusePort!r}.")
-        reuse_port = reusePort.lower() == "yes"
-        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
-            raise ValueError(f"{PREFIX}: reusePort=yes needs SO_REUSEPORT, which is missing here.")
         webroot = Path(acmeWebroot) if acmeWebroot else None
         if webroot is not None and not webroot.is_dir():
             raise ValueError(f"{PREFIX}: acmeWebroot {acmeWebroot!r} is not a directory.")
-        return RedirectEndpoint(
-            reactor,
-            _port_number("the port", port, 0),
-            _port_number("httpsPort", httpsPort, 1),
-            backlog=int(backlog),
-            interface=interface,
-            reuse_port=reuse_port,
-            acme_webroot=webroot,
-        )
+        https_port = port_number(PREFIX, "httpsPort", httpsPort, lowest=1)
+        return RedirectEndpoint(reactor, tcp, https_port, webroot)
 
 
 parser = RedirectParser()
@@ -330,11 +277,11 @@ def redirect_endpoint(
 
     An IPv6 interface may be given as "::" or "[::]"; it is escaped for the endpoint syntax.
     """
-    parts = [PREFIX, str(port), f"httpsPort={https_port}"]
-    if interface:
-        parts.append("interface=" + escape_endpoint_value(interface.strip("[]")))
-    if reuse_port:
-        parts.append("reusePort=yes")
-    if acme_webroot:
-        parts.append("acmeWebroot=" + escape_endpoint_value(str(acme_webroot)))
-    return ":".join(parts)
+    return endpoint_string(
+        PREFIX,
+        port,
+        httpsPort=https_port,
+        interface=interface,
+        reusePort=reuse_port,
+        acmeWebroot=acme_webroot,
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from realtime.server.config import SERVER_DEFAULTS
 from realtime.server.writethrough import tcp_transport_of
 from realtime.upstream import limit_write_buffer, release_from_http_channel
 
@@ -50,7 +51,7 @@ class DropWhenBacklogged:
 class UnsentCap:
     """A mixin for daphne's WebSocketProtocol; RealtimeServer sets `max_unsent`."""
 
-    max_unsent: int = 1024 * 1024  # 0: no cap
+    max_unsent: int = SERVER_DEFAULTS.ws_max_unsent_bytes  # 0: no cap
 
     def onOpen(self) -> None:
         super().onOpen()

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from realtime.common.endpoint_strings import endpoint_string
+
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 RENEW_BEFORE = timedelta(days=30)
 LEAF_VALIDITY = timedelta(days=365)
@@ -435,33 +437,17 @@ def ensure_dev_certificate(
 # --- Serving and trusting --------------------------------------------------------------------
 
 
-def escape_endpoint_value(value: str) -> str:
-    """Escape `\\`, `:` and `=` with a backslash for a Twisted endpoint description."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
 def ssl_endpoint(port: int, cert: Path, key: Path, interface: str | None = None) -> str:
     """A Twisted/daphne TLS server endpoint string (pure: no file is read).
 
     >>> ssl_endpoint(8443, Path("certs/localhost.pem"), Path("certs/localhost-key.pem"))
     'ssl:8443:privateKey=certs/localhost-key.pem:certKey=certs/localhost.pem'
 
-    Paths and the interface are escaped (`escape_endpoint_value`); an IPv6 interface may be
-    given as "::1" or "[::1]" and becomes `interface=\\:\\:1`. Pass it to `daphne -e`.
+    Paths and the interface are escaped (realtime/common/endpoint_strings.py); an IPv6
+    interface may be given as "::1" or "[::1]" and becomes `interface=\\:\\:1`. Pass it to
+    `daphne -e`.
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}.")
-    parts = [
-        "ssl",
-        str(port),
-        "privateKey=" + escape_endpoint_value(str(key)),
-        "certKey=" + escape_endpoint_value(str(cert)),
-    ]
-    if interface:
-        if interface.startswith("[") and interface.endswith("]"):
-            interface = interface[1:-1]
-        parts.append("interface=" + escape_endpoint_value(interface))
-    return ":".join(parts)
+    return endpoint_string("ssl", port, privateKey=key, certKey=cert, interface=interface)
 
 
 def trust_instructions(ca_cert: Path) -> str:

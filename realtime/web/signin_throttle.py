@@ -32,8 +32,8 @@ import redis
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
 
+from realtime.common.addresses import request_client_key
 from realtime.conf import conf
-from realtime.server.client_address import request_client_key
 from realtime.web.counters import counters_store
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from realtime import broadcast, wire
+from realtime.common.close_codes import TRY_AGAIN_LATER
 from realtime.conf import conf
 from realtime.messaging import audience_counts, topic_rules
 from realtime.messaging.delivery import Subscription, count_replayed
@@ -35,7 +36,6 @@ from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
 from realtime.websocket import replay_budget
 from realtime.websocket.sessions import signed_in_session
-from realtime.wire import TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.websocket.consumer")
 

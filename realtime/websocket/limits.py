@@ -21,14 +21,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from realtime import wire
+from realtime.common.addresses import scope_client_key
+from realtime.common.close_codes import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
+from realtime.common.rates import TokenBucket
 from realtime.conf import conf
 from realtime.ops import metrics
 from realtime.server import prometheus
-from realtime.server.client_address import scope_client_key
-from realtime.server.frame_budget import TokenBucket
 from realtime.server.prometheus import child
 from realtime.websocket.middleware import accept_then_close
-from realtime.wire import IDLE_TIMEOUT, POLICY_VIOLATION, TRY_AGAIN_LATER
 
 logger = logging.getLogger("realtime.websocket.limits")
 

@@ -19,10 +19,10 @@ from urllib.parse import ParseResult, urlparse, urlsplit
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 
+from realtime.common.close_codes import POLICY_VIOLATION
 from realtime.conf import conf
 from realtime.server import prometheus
 from realtime.upstream import OriginValidator
-from realtime.wire import POLICY_VIOLATION
 
 logger = logging.getLogger("realtime.websocket.middleware")
 

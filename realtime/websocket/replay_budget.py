@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from realtime import wire
+from realtime.common.addresses import scope_client_key
+from realtime.common.rates import TokenBucket
 from realtime.conf import conf
-from realtime.server.client_address import scope_client_key
-from realtime.server.frame_budget import TokenBucket
 
 # Bounds the worker's memory: 10,000 buckets took 2.8 MB (tracemalloc; test_replay_budget).
 # Past it the least recently used address starts again from a full bucket.

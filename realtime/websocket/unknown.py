@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from realtime.server.log_limits import LOG_EVERY, OncePerInterval
+from realtime.common.close_codes import POLICY_VIOLATION
+from realtime.common.rates import LOG_EVERY, OncePerInterval
 from realtime.websocket.limits import client_address
 
 logger = logging.getLogger("realtime.websocket.unknown")
@@ -29,4 +30,4 @@ async def refuse_unknown_path(scope: dict[str, Any], receive: Any, send: Any) ->
             scope.get("path", "")[:200],
             address,
         )
-    await send({"type": "websocket.close", "code": 1008})
+    await send({"type": "websocket.close", "code": POLICY_VIOLATION})

@@ -16,7 +16,7 @@ from django.core.management import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from realtime.conf import conf
-from realtime.management.certificates import serving_certificate
+from realtime.management.certificates import add_certificate_options, serving_certificate
 from realtime.server.daphne_server import RealtimeServer
 from realtime.server.endpoints import realtime_endpoint
 from realtime.server.redirect import redirect_endpoint
@@ -37,14 +37,7 @@ class Command(DaphneRunserverCommand):
             action="store_true",
             help="Serve HTTPS and WSS. Uses certs/localhost.pem, created by devcert if missing.",
         )
-        parser.add_argument("--cert", help="PEM certificate (chain) to serve instead.")
-        parser.add_argument("--key", help="PEM private key of --cert.")
-        parser.add_argument(
-            "--redirect-http",
-            type=int,
-            metavar="PORT",
-            help="With --tls: also listen for plain HTTP on PORT and redirect it to HTTPS.",
-        )
+        add_certificate_options(parser, only_with="With --tls: ")
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.tls_files: tuple[Path, Path] | None = None

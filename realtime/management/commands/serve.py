@@ -30,7 +30,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from realtime.conf import conf
 from realtime.management import daphne_application
-from realtime.management.certificates import serving_certificate
+from realtime.management.certificates import add_certificate_options, serving_certificate
 from realtime.messaging.redis_client import redis_host
 from realtime.ops.health import services_down
 from realtime.server.descriptors import raise_to_hard_limit, too_few_for
@@ -91,14 +91,7 @@ class Command(BaseCommand):
             default="127.0.0.1",
             help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all IPv4, :: for IPv6).",
         )
-        parser.add_argument("--cert", help="PEM certificate, optionally followed by its chain.")
-        parser.add_argument("--key", help="PEM private key of --cert.")
-        parser.add_argument(
-            "--redirect-http",
-            type=int,
-            metavar="PORT",
-            help="Also listen for plain HTTP on PORT (e.g. 80) and redirect it to HTTPS.",
-        )
+        add_certificate_options(parser)
         parser.add_argument(
             "--acme-webroot",
             metavar="DIR",
