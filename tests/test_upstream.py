@@ -498,6 +498,10 @@ def test_the_server_floor_gets_realtime_upstream_without_django():
         "assert realtime.upstream.handler_name({'type': 'a.b'}) == 'a_b'\n"
         "assert 'django' in sys.modules\n"
     )
+    assert_runs_in_a_fresh_interpreter(code)
+
+
+def assert_runs_in_a_fresh_interpreter(code: str) -> None:
     from tests.helpers import ROOT
 
     result = subprocess.run(
@@ -697,8 +701,6 @@ def test_the_access_log_stream_is_the_generators():
 
 def test_only_daphnes_command_line_imports_daphne_cli(monkeypatch):
     """started_by_daphne_cli: daphne's server, protocols and runserver never import it."""
-    from tests.helpers import ROOT
-
     code = (
         "import sys, daphne.server, daphne.ws_protocol, daphne.http_protocol, daphne.access\n"
         "from realtime.upstream import started_by_daphne_cli\n"
@@ -706,10 +708,7 @@ def test_only_daphnes_command_line_imports_daphne_cli(monkeypatch):
         "import daphne.cli\n"
         "assert started_by_daphne_cli()\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
+    assert_runs_in_a_fresh_interpreter(code)
 
 
 # --- Twisted's HTTPChannel (realtime/upstream/http_channel.py) --------------------------------
