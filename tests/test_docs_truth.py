@@ -162,3 +162,19 @@ def test_a_range_of_checks_in_the_docs_is_every_error_check():
     assert ranges, "the docs give the range of the checks somewhere"
     for first, last in ranges:
         assert (f"realtime.{first}", f"realtime.{last}") == (errors[0], errors[-1])
+
+
+# --- Names --------------------------------------------------------------------------------
+
+
+def test_no_two_modules_or_packages_of_realtime_share_a_name():
+    """Management commands aside (Django names them by what a user types)."""
+    seen: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).parts
+        if parts[0] == "migrations" or parts[:2] == ("management", "commands"):
+            continue
+        name = path.parent.name if path.name == "__init__.py" else path.stem
+        if name != "__main__":
+            seen.setdefault(name, []).append(path.relative_to(ROOT).as_posix())
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

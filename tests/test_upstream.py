@@ -531,7 +531,7 @@ def test_no_module_outside_upstream_reaches_into_sys_modules_or_a_private_module
         assert not private_import.search(source), path
 
 
-# --- daphne's WebSocketProtocol and autobahn's (realtime/upstream/websocket.py) ----------------
+# --- daphne's WebSocketProtocol and autobahn's (realtime/upstream/websocket_protocol.py) ----------
 
 
 def parameters(function) -> list[str]:
@@ -632,7 +632,7 @@ def test_daphne_stamps_last_ping_at_connect_and_at_each_message():
     assert "self.socket_opened = time.time()" in inspect.getsource(WebSocketProtocol.onConnect)
 
 
-# --- daphne's Server (realtime/upstream/server.py) ---------------------------------------------
+# --- daphne's Server (realtime/upstream/daphne_hooks.py) ------------------------------------------
 
 
 def test_realtime_server_overrides_daphnes_hooks_with_their_signatures():

@@ -36,16 +36,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from realtime.upstream.http_channel import (
-    HTTP_CHANNEL_ATTRIBUTES,
-    HTTP_CHANNEL_HOOKS,
-    HTTPChannel,
-    header_line_size,
-    release_from_http_channel,
-    transport_owner,
-)
-from realtime.upstream.openssl import clear_option, set_key_exchange_groups
-from realtime.upstream.server import (
+from realtime.upstream.daphne_hooks import (
     SERVER_HOOKS,
     TIMEOUT_SWEEP_INTERVAL,
     Server,
@@ -56,6 +47,15 @@ from realtime.upstream.server import (
     started_by_daphne_cli,
     use_server_class_under_plain_daphne,
 )
+from realtime.upstream.http_channel import (
+    HTTP_CHANNEL_ATTRIBUTES,
+    HTTP_CHANNEL_HOOKS,
+    HTTPChannel,
+    header_line_size,
+    release_from_http_channel,
+    transport_owner,
+)
+from realtime.upstream.openssl import clear_option, set_key_exchange_groups
 from realtime.upstream.tcp import (
     TCP_STATE,
     ProxyHeaderFactory,
@@ -64,7 +64,7 @@ from realtime.upstream.tcp import (
     proxy_header_read,
     send_when_idle,
 )
-from realtime.upstream.websocket import (
+from realtime.upstream.websocket_protocol import (
     WEBSOCKET_PROTOCOL_HOOKS,
     MessageAtATimeDeflate,
     WebSocketProtocol,
