@@ -1,1 +1,3 @@
-"""realtime: HTTPS pages, WSS consumers and broadcasts over one TLS endpoint."""
+"""realtime: HTTPS pages, WSS sockets and broadcasts over one TLS endpoint. The public entry
+points: realtime.routing.websocket_application(), realtime.broadcast, realtime.topics and
+realtime.notifications (the README maps the rest)."""

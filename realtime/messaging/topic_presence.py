@@ -25,10 +25,9 @@ import redis
 
 from realtime import wire
 from realtime.conf import conf
-from realtime.messaging import topic_rules
 from realtime.messaging.delivery import Frame, Subscription, spawn
 from realtime.messaging.layer import group_send
-from realtime.messaging.redis_client import async_client, sync_client
+from realtime.messaging.redis_client import async_client
 from realtime.messaging.streams import TOPICS_GROUP
 from realtime.ops import metrics
 from realtime.server.prometheus import child
@@ -42,20 +41,6 @@ Users = dict[str, dict[str, Any]]  # str(pk) -> {"id": pk, "username": ...}
 
 def ttl() -> float:
     return float(conf.REALTIME_PRESENCE_TTL)
-
-
-def presence(topic: str) -> list[dict[str, Any]]:
-    """Who is connected to presence topic `topic` now, over every worker: each user once, as
-    {"id": ..., "username": ...}. Raises ValueError for a topic that is not a presence one."""
-    if not topic_rules.is_presence_topic(topic):
-        raise ValueError(f"{topic!r} is not a registered presence topic (presence=True)")
-    client = sync_client()
-    if client is None:
-        from realtime.messaging.fanout import fanout
-
-        return list(fanout.presence.local_users(topic).values())
-    members = client.zrangebyscore(KEY_PREFIX + topic, time.time(), "+inf")
-    return list(users_of(members).values())
 
 
 def member(worker: str, user: dict[str, Any]) -> str:
