@@ -521,6 +521,24 @@ def test_a_presence_function_counts_every_subscriber_but_tells_only_those_it_all
     assert sorted(u["username"] for u in listed) == ["alice", "bob", "carol"]
 
 
+async def presence_hidden_from(username: str, topic: str, within: float = 5.0) -> None:
+    """Wait until the fan-out's recheck (a task of its own) has stopped telling `username`'s
+    sockets who comes and goes on `topic`."""
+    deadline = time.monotonic() + within
+
+    def hidden() -> bool:
+        subscriptions = [
+            fanout.fanout.streams.subscription(consumer, topic)
+            for consumer in fanout.fanout.sockets
+            if consumer.scope["user"].username == username
+        ]
+        return bool(subscriptions) and not any(s.presence for s in subscriptions if s)
+
+    while not hidden():
+        assert time.monotonic() < deadline, f"{username} still hears presence on {topic}"
+        await asyncio.sleep(0.02)
+
+
 def test_a_recheck_stops_telling_who_is_there_to_a_subscriber_no_longer_allowed():
     register_lobby()
     watcher_client, third = signed_in("alice"), signed_in("carol")
@@ -532,7 +550,7 @@ def test_a_recheck_stops_telling_who_is_there_to_a_subscriber_no_longer_allowed(
         WATCHERS.discard("alice")
         alice = await sync_to_async(get_user_model().objects.get)(username="alice")
         await sync_to_async(topics.recheck)(alice)
-        await asyncio.sleep(0.5)
+        await presence_hidden_from("alice", "lobby")
         other = await opened(third)
         await subscribe(other, "lobby")
         quiet = await watcher.receive_nothing(1)
