@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from realtime.server import prometheus
+from realtime.server.config import SERVER_DEFAULTS
 from realtime.upstream import HTTPChannel, header_line_size, transport_owner
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ UNKNOWN_BODY_LENGTH = 1024 * 1024  # a chunked body is given the time of 1 MiB
 class DeadlineHTTPChannel(HTTPChannel):
     """Twisted's HTTP/1.1 channel, aborted if a request's headers or body are late."""
 
-    first_request_timeout = 10.0
-    body_min_rate = 10_000.0  # bytes a second; 0: no body deadline
+    first_request_timeout = float(SERVER_DEFAULTS.ws_handshake_timeout)
+    body_min_rate = float(SERVER_DEFAULTS.http_body_min_rate)  # bytes a second; 0: no deadline
     deadline = None
     header_bytes = 0  # of the request being received (the metrics' "size" refusals)
     size_counted = False  # once per connection, however its headers overflow
