@@ -33,7 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from realtime import wire
@@ -109,7 +109,7 @@ async def report(sockets: int) -> bool:
 
 
 async def stats_frame() -> str:
-    return wire.stats(TOPIC, await sync_to_async(snapshot)())
+    return wire.stats(TOPIC, await database_sync_to_async(snapshot)())
 
 
 async def write_report(client: Any, sockets: int) -> None:
