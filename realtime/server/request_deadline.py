@@ -1,23 +1,13 @@
 """Total deadlines for each request's headers and body, not only an idle timer.
 
-Twisted's HTTP channel only has an idle timer (RealtimeServer sets it to
-REALTIME_WS_HANDSHAKE_TIMEOUT): every byte received starts it again, so a client trickling its
-request a byte at a time ("slowloris") holds the connection for as long as it likes, and many
-such clients hold many. DeadlineHTTPChannel gives each connection that many seconds in total,
-from the moment it is accepted, to finish TLS and send every header of its first request. A
-body must then arrive at REALTIME_HTTP_BODY_MIN_RATE bytes a second on average: its deadline
-is the same seconds plus its Content-Length at that rate (a chunked body is given 1 MiB's
-time); a body trickled a byte every 2 s against `Content-Length: 100000` held a connection
-for ever before. Each later request on a kept-alive connection gets the header deadline
-again once the previous response is done. A WebSocket the request opens takes the
-connection over and has its own limits. A connection past a deadline is aborted (no
-response: a client that slow would not read one either).
-
-RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not available,
-as with this project's requirements. With HTTP/2 installed (the `http2` extra), Twisted picks
-the protocol per connection and the stock one stays: only the idle timer applies then.
-The channel's methods it overrides are Twisted's undocumented hooks (realtime.upstream's
-HTTP_CHANNEL_HOOKS).
+Twisted's HTTP channel only has an idle timer, which every byte received starts again, so a
+client trickling its request ("slowloris") holds the connection as long as it likes.
+DeadlineHTTPChannel gives each request REALTIME_WS_HANDSHAKE_TIMEOUT seconds in total for its
+headers (the first from the moment the connection is accepted, TLS included), and its body that
+plus its length at REALTIME_HTTP_BODY_MIN_RATE bytes a second; past a deadline the connection is
+aborted. RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not
+installed. It overrides Twisted's undocumented hooks (realtime.upstream's HTTP_CHANNEL_HOOKS).
+Why, and what it bounds: docs/security.md ("Descriptors", "Limits").
 """
 
 from __future__ import annotations
