@@ -170,7 +170,9 @@ class RealtimeServer(Server):
             # sendCloseFrame: autobahn's public sendClose() refuses codes other than 1000 and
             # 3000-4999 (daphne sends its 1011 the same way).
             protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
-        logger.info("Closing %d WebSocket(s) with 1001 before shutting down", len(sockets))
+        logger.info(
+            "Closing %d WebSocket(s) with %d before shutting down", len(sockets), GOING_AWAY
+        )
         deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT
 
         def wait(done: defer.Deferred[None]) -> None:

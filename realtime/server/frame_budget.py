@@ -39,7 +39,11 @@ class FrameBudget:
         if self._frames.take():
             return True
         if self._frames.dropped == 1 and self.state == self.STATE_OPEN:
-            logger.warning("Closed a WebSocket from %s sending too many frames (1008).", self.peer)
+            logger.warning(
+                "Closed a WebSocket from %s sending too many frames (%d).",
+                self.peer,
+                POLICY_VIOLATION,
+            )
             self.sendCloseFrame(code=POLICY_VIOLATION, reasonUtf8=TOO_MANY_FRAMES)
         return False
 
