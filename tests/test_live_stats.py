@@ -5,6 +5,7 @@ see it. tests/test_admin_live.py watches it update in Chromium."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -94,6 +95,15 @@ def test_a_messages_reach_sums_the_workers_and_its_latency_is_the_slowest(live_r
     [message] = live_stats.snapshot()["messages"]
     assert message["kind"] == "broadcast" and message["what"] == sent.message
     assert (message["sockets"], message["latency_ms"], message["to"]) == (7, 25.0, "Everyone")
+
+
+def test_the_stats_frame_a_watching_socket_gets_carries_the_picture(live_redis, monkeypatch):
+    broadcast.send("Seen from a worker")
+    report_as("hostA-w1", 2, live_redis.url, monkeypatch)
+    frame = json.loads(asyncio.run(live_stats.stats_frame()))  # as the worker's loop builds it
+    assert (frame["type"], frame["topic"]) == ("stats", live_stats.TOPIC)
+    assert [m["what"] for m in frame["data"]["messages"]] == ["Seen from a worker"]
+    assert [w["sockets"] for w in frame["data"]["workers"]] == [2]
 
 
 def test_a_users_message_shows_to_whom_and_a_topics_not_its_data(live_redis):

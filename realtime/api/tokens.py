@@ -1,20 +1,12 @@
 """Tokens for the HTTP publish API (realtime/api/publish.py): created with a name and scopes,
 the secret shown once, stored as a SHA-256 hash, revoked by name.
 
-A token is "rtk_" and 43 URL-safe characters: 256 random bits, far too many to guess, so a fast
-hash is enough (a password hash would only slow every request down). Its first 12 characters
-are kept in clear, to tell tokens apart in the admin and in logs without revealing them.
-
-Scopes: "broadcasts" (send broadcasts), "topic:PATTERN" (send to topics whose name matches the
-shell-style PATTERN: "topic:orders.*", "topic:news.sports", "topic:*").
-
-A token acts for the user who created it and carries only rights that user holds: "broadcasts"
-needs the permission to add broadcasts (realtime.add_broadcast, as the admin asks), a topic
-scope the permission to add topic messages (realtime.add_topicmessage). Both are checked when
-the token is made and again at every use, on the user as the database has it then: a creator
-who loses the permission, is deactivated or deleted takes the scope from the token. Without
-that, the right to make tokens was the right to broadcast. The server's own topics
-("realtime.*": realtime.online, realtime.stats) are never published through a token.
+A token is "rtk_" and 256 random bits, so a fast hash is enough; its first 12 characters are
+kept in clear to tell tokens apart. Scopes: "broadcasts" and "topic:PATTERN" (shell-style). A
+token acts for the user who created it and carries only rights that user holds, checked when it
+is made and again at every use on the user as the database has it then (else the right to make
+tokens would be the right to broadcast); the server's own "realtime.*" topics take no token.
+What each scope needs, and the API around it: docs/operations.md ("HTTP publish API").
 """
 
 from __future__ import annotations

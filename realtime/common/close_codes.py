@@ -6,6 +6,7 @@ both import them from here, as Starlette's `status` module holds its codes.
 
 from __future__ import annotations
 
+NORMAL_CLOSURE = 1000  # what a close without a code means (ASGI's default)
 GOING_AWAY = 1001  # the worker is stopping (SIGTERM, a rolling restart)
 POLICY_VIOLATION = 1008  # TLS required, an unknown path, or the client kept flooding
 TRY_AGAIN_LATER = 1013  # too many sockets from one address, or the channel layer is down

@@ -1,18 +1,11 @@
 """Delivering streams to this worker's sockets: every message once, in offset order.
 
-A worker keeps, for each stream one of its sockets subscribes to (the broadcasts, a user's
-topic, an app's topic), the offset it has delivered up to. A live message with the next offset
-goes to every subscription at once (its frame built once); one that arrives ahead of a gap
-waits while the gap is filled from the database (streams.entries); one at or below the
-delivered offset is a copy and is dropped. Each subscription also keeps its own position, so a
-socket that joined later, or resumed, never gets a message twice.
-
-A subscription may "hold" its live messages for a moment (while its history is read for a
-resume): they are queued and written after the replay, so the socket sees offsets in order.
-
-A client may resume from a position this worker has not delivered yet (it had them from
-another worker, which heard them first or filled a gap sooner): its subscription then skips
-the live messages up to that position instead of sending them a second time.
+A worker keeps, for each stream its sockets subscribe to, the offset it has delivered up to:
+the next live message goes to every subscription at once (its frame built once), one ahead of
+a gap waits while the gap is read from the database (streams.entries), a copy is dropped. Each
+subscription keeps its own position too, so a socket that joined later, or resumed (even past
+what this worker delivered), never gets a message twice; while its history is replayed it
+"holds" its live messages and writes them after. The guarantees, and why: docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -2,16 +2,12 @@
 the history sweep.
 
 Registered with the server floor (realtime.server.hooks) by `websocket_application()`, so that
-the server runs it every MAINTENANCE_INTERVAL seconds without importing the app.
-
-The history sweep deletes, every REALTIME_HISTORY_SWEEP_INTERVAL seconds, each stream's
-messages older than its window's age and beyond its newest window.count (topics and users'
-streams: REALTIME_TOPIC_HISTORY_TTL and _SIZE; the broadcasts: REALTIME_RESUME_MAX_AGE and
-_COUNT), whether or not the stream publishes again. One worker over all hosts sweeps in each
-interval (the first to take a short Redis lock); without Redis, or when Redis fails, a worker
-sweeps anyway: every delete is idempotent. Each statement deletes at most
-streams.SWEEP_BATCH rows, and each batch is a separate trip to the database thread, so other
-database work (handshakes, /healthz) goes in between.
+the server runs it every MAINTENANCE_INTERVAL seconds without importing the app. The sweep
+runs every REALTIME_HISTORY_SWEEP_INTERVAL seconds on one worker over all hosts (a short Redis
+lock; any worker without Redis, every delete being idempotent), deleting streams.SWEEP_BATCH
+rows per trip to the database thread so that other database work goes in between. What each
+does, and why: docs/reliability.md ("The mechanisms"), docs/operations.md ("History in the
+database").
 """
 
 from __future__ import annotations

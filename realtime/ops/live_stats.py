@@ -1,24 +1,12 @@
 """What the admin's live view shows (realtime/admin.py, "Live"), gathered from every worker of
 every host through Redis, and pushed to the staff sockets that watch it.
 
-Every REALTIME_LIVE_STATS_INTERVAL seconds each worker (realtime.server.hooks) writes to Redis,
-in one pipeline:
-
-- its entry in the hash `realtime:live:workers` (host, worker, pid, open sockets, when): an
-  entry older than three intervals is a worker that died, and is left out and removed;
-- for the newest messages it delivered since (at most MESSAGES_SHOWN, what the view can show),
-  how many of its sockets each reached and the latency from publish to its last socket write
-  (`realtime:live:reach:<stream>:<offset>`, a hash of `sockets` and one `latency:<worker>` per
-  worker), kept an hour;
-- the handshakes it refused, by reason, in a hash per minute (`realtime:live:refused:<minute>`),
-  kept an hour (the view sums the last 60).
-
-Then, if any of its sockets subscribes to the staff-only topic `realtime.stats`, it reads the
-whole picture (`snapshot()`: the workers, the messages of the last hour from the database with
-their reach, the refusals of the last hour) and writes it to them as one `stats` frame.
-Messages to one user show to whom, not what; topic messages show the topic's registered
-pattern and their event, not the topic's name or data (names may carry identifiers, and staff
-may not be allowed that topic).
+Every REALTIME_LIVE_STATS_INTERVAL seconds each worker (realtime.server.hooks) writes its part
+to Redis in one pipeline (`write_report`): its open sockets, what each message it delivered
+reached and how late, the handshakes it refused. A worker with sockets on the staff-only topic
+`realtime.stats` then reads the whole picture (`snapshot()`) and sends it to them as one
+`stats` frame. Messages to one user show to whom, not what; topic messages show the pattern
+they were registered with, not the topic's name. What the view shows: docs/operations.md.
 """
 
 from __future__ import annotations
@@ -33,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from realtime import wire
@@ -109,7 +97,7 @@ async def report(sockets: int) -> bool:
 
 
 async def stats_frame() -> str:
-    return wire.stats(TOPIC, await sync_to_async(snapshot)())
+    return wire.stats(TOPIC, await database_sync_to_async(snapshot)())
 
 
 async def write_report(client: Any, sockets: int) -> None:

@@ -1,20 +1,13 @@
 """The app's Prometheus metrics, and GET /metrics, which serves them with the server floor's
 (realtime/server/prometheus.py: its own counters and the whole host's exposition).
 
-The metrics: sockets open by audience, closes, messages in and out, deliveries, the catch-up's
-deliveries, the delivery latency, and the fan-out's losses and regains of the channel layer.
-Deliveries are counted once per message and worker (with how many sockets it reached), not
-once per socket: the fan-out's per-socket path stays as it was measured (docs/benchmarks.md).
-The delivery latency is from the publish (the sender's clock) to the end of a worker's writes
-of that message to its sockets, once per message and worker, so it is the latency of the last
-socket there.
-
-/metrics is answered only to a client address in REALTIME_METRICS_ALLOWED_ADDRESSES
-(addresses or networks; default: loopback) or to a request with `Authorization: Bearer
-<REALTIME_METRICS_TOKEN>` (unset: no token opens it). Anyone else gets 403 and nothing about
-what is counted. The address is the client's as the server decided it
-(realtime/server/client_address.py: the peer, the PROXY header's source, or the X-Forwarded-For
-entry a trusted proxy wrote), never what a client wrote itself.
+The metrics: sockets open by audience, closes, messages in and out, deliveries and the
+catch-up's, the delivery latency, the fan-out's losses and regains of the channel layer.
+Deliveries and their latency are counted once per message and worker, not once per socket, so
+the fan-out's per-socket path costs nothing more. /metrics answers only a client address in
+REALTIME_METRICS_ALLOWED_ADDRESSES (the address as the server decided it,
+realtime/server/client_address.py) or the bearer REALTIME_METRICS_TOKEN; anyone else gets 403.
+Each metric, and how to scrape it: docs/operations.md ("Metrics").
 """
 
 from __future__ import annotations

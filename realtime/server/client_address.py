@@ -1,26 +1,13 @@
 """The client's real address, decided once per request or socket by the server, from what it
 can trust; every per-address decision and log line reads the result.
 
-Where the address comes from, by how the connection arrived:
-
-- **Directly** (TLS on the `realtime:` endpoint, or plain HTTP): the TCP peer.
-- **Through a TCP load balancer speaking the PROXY protocol** (`realtime:...:proxyProtocol=yes`,
-  `serve --proxy-protocol`; HAProxy's `send-proxy-v2`): the source address in the header the
-  balancer sent first (realtime/server/proxy_protocol.py). Only a peer in REALTIME_TRUSTED_PROXIES
-  may send one; any other connection, and any connection without a header, is closed.
-- **Through an HTTP proxy on a plain connection** (`serve --plain` behind nginx) whose address
-  is in REALTIME_TRUSTED_PROXIES (or on a Unix socket, which only local processes can reach),
-  with proxy headers trusted (DJANGO_TRUST_PROXY_HEADERS=1):
-  the right-most `X-Forwarded-For` entry (all header lines, in order) that is not itself a
-  trusted proxy. Entries to its left are the client's own word and never decide anything.
-
-From anyone else, and on every TLS connection (nothing between a TLS client and daphne can
-have written them), the `X-Forwarded-*` and `Forwarded` headers are removed from the request
-before the application sees it: Django's SECURE_PROXY_SSL_HEADER and anything else reading
-them only ever sees what a trusted proxy wrote.
-
-Every per-address counter then buckets that address by `client_key()`
-(realtime/common/addresses.py).
+Directly (TLS or plain), it is the TCP peer; through a TCP load balancer, the source in its
+PROXY header (realtime/server/proxy_protocol.py); through an HTTP proxy in
+REALTIME_TRUSTED_PROXIES (or on a Unix socket) with proxy headers trusted, the right-most
+`X-Forwarded-For` entry that is not itself a trusted proxy. From anyone else, and on every TLS
+connection, the forwarding headers are removed before the application sees them. Counters
+bucket the address by `client_key()` (realtime/common/addresses.py). The rules, and why:
+docs/security.md ("The client's address").
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from realtime.common.close_codes import NORMAL_CLOSURE
 from realtime.upstream import WebSocketProtocol, encode_truncate
 
 MAX_REASON_BYTES = 123
@@ -27,7 +28,7 @@ def sendable(code: Any) -> bool:
 
 class AppCloseWebSocketProtocol(WebSocketProtocol):
     def handle_reply(self, message: dict[str, Any]) -> None:
-        code = message.get("code") or 1000
+        code = message.get("code") or NORMAL_CLOSURE
         if (
             message.get("type") == "websocket.close"
             and self.state != self.STATE_CONNECTING  # before accept: daphne answers 403

@@ -1,28 +1,13 @@
 """permessage-deflate (RFC 7692): every message compressed on its own, broadcasts once per worker.
 
-A browser offers permessage-deflate on every WebSocket it opens. Compressing the usual way keeps
-a compressor (about 256 KiB of zlib state with the default window) and a decompressor (about
-40 KiB) per socket for the socket's life, and compresses each broadcast once per socket. Here:
-
-- No context is carried from one message to the next in either direction: the server compresses
-  each message on its own, and asks the client to do the same (`client_no_context_takeover`,
-  which RFC 7692 lets a server ask of any offer). So a message's compressed bytes do not depend
-  on the socket: a broadcast is deflated once per worker and the same frame is written to every
-  socket that negotiated it (`SharedFrame`). A message to one socket is deflated the same way
-  (`CompressionWebSocketProtocol`), so a socket never holds a compressor, and its decompressor
-  lives for one incoming message (realtime.upstream's `MessageAtATimeDeflate`).
-- Messages under COMPRESS_FROM bytes go out as they are: deflate saves little or adds bytes
-  there, and RFC 7692 lets every message choose (the RSV1 bit).
-- An incoming compressed message inflates to at most the message size limit
-  (REALTIME_WS_MAX_MESSAGE_SIZE): autobahn stops inflating at the limit and daphne's server
-  closes with 1009, so a compression bomb costs at most that much output.
-- Offers that limit the server's window below zlib's 15 bits are declined (a message of 16 KiB
-  or more is compressed with a 15-bit window); such clients get uncompressed frames, as do
-  clients that offer nothing. Browsers and the `websockets` library do not limit it.
-- A client that keeps its context anyway, or sends data that does not inflate, is closed with
-  1007 (autobahn's answer to a payload it cannot decompress).
-
-REALTIME_WS_COMPRESSION (default on) switches the negotiation off.
+No context is carried from one message to the next in either direction (the server asks for
+`client_no_context_takeover`), so a message's compressed bytes do not depend on the socket: a
+broadcast is deflated once per worker and the same frame (`SharedFrame`) goes to every socket
+that negotiated it, and no socket keeps zlib state between messages (an incoming one inflates
+through realtime.upstream's `MessageAtATimeDeflate`, up to REALTIME_WS_MAX_MESSAGE_SIZE).
+Messages under COMPRESS_FROM bytes go out as they are; offers that limit the server's window
+are declined; REALTIME_WS_COMPRESSION switches it off. The protocol: docs/protocol.md; the
+limits on incoming data: docs/security.md; what it saves and costs: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,13 @@
 """realtime's daphne Server: WebSocket scopes that say whether they came over TLS.
 
-daphne 4.2 leaves `scheme` out of the WebSocket scope, and the ASGI default is "ws" even on a
-TLS connection. This Server looks at the transport the socket really arrived on and sets
-`scheme` ("wss" or "ws") and, over TLS, the ASGI TLS extension (`extensions.tls`) with the
-negotiated version and cipher. It is used by `runserver` (with or without --tls), by `serve`,
-by `realtime-daphne` (realtime/server/cli.py), and by plain `daphne` through
-`install_into_daphne_cli()`, called by `realtime.routing.websocket_application()`.
-
-Its timeout sweep (keep-alive pings, connection timeouts) visits only the connections with
-something due, not every connection every 2 s (realtime/server/timeouts.py).
-
-The daphne hooks it overrides and takes over (`ready_callable`, the factories' protocols, the
-timeout sweep, the logged client address) are daphne's undocumented internals: all through
+daphne 4.2 leaves `scheme` out of the WebSocket scope (the ASGI default is "ws", even over
+TLS). This Server sets `scheme` from the transport the socket arrived on and, over TLS, the
+ASGI TLS extension (docs/tls.md). It also caps the message size at
+REALTIME_WS_MAX_MESSAGE_SIZE and answers an oversized message with 1009 rather than a dropped
+connection, and its timeout sweep visits only the connections with something due
+(realtime/server/timeouts.py). `runserver`, `serve`, `realtime-daphne` and plain `daphne` (through
+`install_into_daphne_cli()`) use it; the daphne internals it overrides go through
 realtime.upstream.
-
-It also enforces the project's message size limit (REALTIME_WS_MAX_MESSAGE_SIZE) as a ceiling,
-and makes daphne answer an oversized message with close code 1009: autobahn's default
-`failByDrop` drops the TCP connection instead, which a client sees as 1006.
 """
 
 from __future__ import annotations
@@ -179,7 +170,9 @@ class RealtimeServer(Server):
             # sendCloseFrame: autobahn's public sendClose() refuses codes other than 1000 and
             # 3000-4999 (daphne sends its 1011 the same way).
             protocol.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
-        logger.info("Closing %d WebSocket(s) with 1001 before shutting down", len(sockets))
+        logger.info(
+            "Closing %d WebSocket(s) with %d before shutting down", len(sockets), GOING_AWAY
+        )
         deadline = time.monotonic() + SHUTDOWN_CLOSE_WAIT
 
         def wait(done: defer.Deferred[None]) -> None:

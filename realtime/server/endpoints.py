@@ -4,28 +4,13 @@
              [:reusePort=yes|no][:extraCertChain=FILE][:profile=intermediate|modern]
              [:proxyProtocol=yes|no]
 
-It is the stock `ssl:` endpoint with two differences. Its TLS settings follow one of Mozilla's
-profiles (realtime/tls/profiles.py; `intermediate` unless `profile=modern`), where `ssl:` also
-accepts CBC and CCM cipher suites and the X448 and P-521 curves. And `reusePort=yes` sets
-SO_REUSEPORT on the listening socket: several daphne processes of the same user can then bind
-the same port and the Linux kernel spreads new connections over them. `manage.py serve` starts
-its workers with it (each adopts the listening socket its supervisor opened for it, see
-realtime/server/listeners.py) and `runserver --tls` serves through it; plain `daphne -e
-realtime:...` works too: installed, or run from the project root, where
-twisted/plugins/realtime_endpoints.py registers this parser. daphne's `--fd` cannot do this: it
-only serves plaintext on an inherited socket.
-
-`certKey` may hold the whole chain (leaf first, as a fullchain.pem does); the stock `ssl:`
-endpoint reads only its first certificate.
-
-`proxyProtocol=yes` (also `1`) puts a TCP load balancer's PROXY header before TLS: only peers
-in REALTIME_TRUSTED_PROXIES may connect, each must send the header, and the client address in
-it is the connection's peer from then on (realtime/server/proxy_protocol.py); the per-address
-cap then counts that address, from the moment the header is read.
-
-The TCP part of the syntax (PORT, interface, backlog, reusePort) is read and checked once, by
-`EndpointParser`, and served by `ReusePortTCPEndpoint`, for `realtime-redirect:`
-(realtime/server/redirect.py) and `realtime-plain:` (realtime/server/plain.py) as for this one.
+The stock `ssl:` endpoint, but with one of Mozilla's TLS profiles (realtime/tls/profiles.py),
+the whole chain read from `certKey`, SO_REUSEPORT with `reusePort=yes` (so `serve`'s workers
+share the port, adopting the sockets realtime/server/listeners.py opened), and a load balancer's
+PROXY header with `proxyProtocol=yes` (realtime/server/proxy_protocol.py). `EndpointParser` reads
+the TCP part once for this endpoint, `realtime-redirect:` and `realtime-plain:`. The syntax and
+why: docs/tls.md ("Endpoint strings"), docs/deployment.md ("Plain daphne with the `realtime:`
+endpoint", "How the workers share the port").
 """
 
 from __future__ import annotations

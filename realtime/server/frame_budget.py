@@ -1,18 +1,13 @@
 """Every frame a client sends costs it a token: control frames and empty fragments included.
 
-The message rate limit (realtime/websocket/limits.py) sees application messages only. Pings,
-pongs and zero-length continuation frames never reach it, yet each costs the worker a parse
-and, for a ping, a pong: 16 sockets sending them held two workers near a full core and a fresh
-client waited 2.8 s for its welcome. Here each ping, pong and fragment after a message's first
-frame (autobahn's `onMessageFrameBegin`; the first is the message rate's to count) takes a
-token from a bucket of REALTIME_WS_FRAME_RATE a second up to
-REALTIME_WS_FRAME_BURST; the first frame without one closes the socket with 1008 ("Too many
-frames") and no more pongs are sent. A client that never answers the close is dropped after
-autobahn's close handshake timeout, so a flood costs at most that long.
-
-The defaults leave room for honest clients: the message limit allows 10 a second (20 at once)
-and a 64 KiB message fragmented into 4 KiB frames is 16 frames; keep-alive pings are one every
-few seconds. Only autobahn's documented callbacks (IWebSocketChannel) are overridden.
+The message rate limit (realtime/websocket/limits.py) sees application messages only, yet
+pings, pongs and empty continuation frames each cost the worker a parse (and a ping a pong).
+Here each ping, pong and fragment after a message's first frame (autobahn's
+`onMessageFrameBegin`; the first is the message rate's to count) takes a token from a bucket of
+REALTIME_WS_FRAME_RATE a second up to REALTIME_WS_FRAME_BURST; the first frame without one
+closes the socket with 1008 ("Too many frames") and gets no pong. Only autobahn's documented
+callbacks (IWebSocketChannel) are overridden. What a flood cost, and why the defaults leave
+room for honest clients: docs/security.md ("Limits").
 """
 
 from __future__ import annotations
@@ -44,7 +39,11 @@ class FrameBudget:
         if self._frames.take():
             return True
         if self._frames.dropped == 1 and self.state == self.STATE_OPEN:
-            logger.warning("Closed a WebSocket from %s sending too many frames (1008).", self.peer)
+            logger.warning(
+                "Closed a WebSocket from %s sending too many frames (%d).",
+                self.peer,
+                POLICY_VIOLATION,
+            )
             self.sendCloseFrame(code=POLICY_VIOLATION, reasonUtf8=TOO_MANY_FRAMES)
         return False
 

@@ -1,22 +1,12 @@
 """Listening sockets that outlive a worker: `serve`'s supervisor opens them, its workers adopt them.
 
-Each worker slot of `manage.py serve` (w1, w2, ...) has one listening socket per port, bound
-with SO_REUSEPORT, so that the kernel spreads new connections over the slots. The supervisor
-opens these sockets and keeps them; each process of a slot inherits them and serves them (the
-`realtime:` and `realtime-redirect:` endpoints adopt an inherited socket instead of binding).
-
-Why: Linux resets the connections waiting in a listening socket's accept queue when the socket
-closes (unless the sysctl net.ipv4.tcp_migrate_req is 1). If each worker bound its own socket,
-a rolling restart (SIGHUP) would reset whatever reached the old process's queue between its last
-accept and its close. With the slot's socket held by the supervisor, the old and the new process
-of a slot share one queue: the old one stops accepting, the new one goes on, nothing is reset.
-
-Two environment variables hand this to a worker process:
-
-    REALTIME_LISTEN_FDS=8443:5,8080:6   port:descriptor of each inherited listening socket
-    REALTIME_READY_FD=7                 a pipe to write "ready" to once the worker serves
-
-Standard library only: realtime/server/supervisor.py imports it.
+Each worker slot of `manage.py serve` has one listening socket per port, bound with
+SO_REUSEPORT; the supervisor keeps them, and every process of the slot inherits and serves them,
+so a rolling restart resets no queued connection (Linux resets a closing socket's accept queue).
+Two environment variables hand them to a worker: REALTIME_LISTEN_FDS (port:descriptor of each
+socket, e.g. `8443:5,8080:6`) and REALTIME_READY_FD (a pipe to write "ready" to once it serves).
+Why, and the trade-offs: docs/deployment.md ("How the workers share the port"). Standard library
+only: realtime/server/supervisor.py imports it.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """Prometheus metrics (prometheus_client): what the server floor counts, and the whole host's
 exposition.
 
-`serve` runs several worker processes; a scrape reaches whichever one the kernel hands it to,
-and must still see the whole host. So the supervisor gives every worker one private directory
-(prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR, made empty at each start),
-each worker writes its values to its own files there, and `exposition()` sums them all. When a
-worker exits the supervisor removes its live gauges (`forget_worker`); its counters stay, so a
-total never goes down because a worker was replaced. A single process (runserver, plain
-daphne, the tests) without that directory uses prometheus_client's default registry.
-
-The floor counts handshakes (refused here, accepted by the app) and TLS connections; the app's
-own metrics (sockets, messages, deliveries, the channel layer) are defined in
-realtime/ops/metrics.py. Every name starts with `realtime_`.
+A scrape reaches whichever of `serve`'s workers the kernel hands it to and must still see the
+whole host, so the supervisor gives every worker one private directory (prometheus_client's
+multiprocess mode, PROMETHEUS_MULTIPROC_DIR) and `exposition()` sums it; `forget_worker` drops
+an exited worker's live gauges, its counters stay. A single process without that directory uses
+the default registry. The floor counts handshakes (refused here, accepted by the app) and TLS
+connections; the app's own metrics are in realtime/ops/metrics.py. Every name starts with
+`realtime_`. docs/operations.md ("Metrics").
 """
 
 from __future__ import annotations

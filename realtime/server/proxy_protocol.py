@@ -1,22 +1,13 @@
 """The PROXY protocol (v1 and v2) on the `realtime:` endpoint, for TCP load balancers.
 
-A TCP balancer (HAProxy in `mode tcp`, nginx's stream module, the cloud network balancers)
-passes TLS through untouched, so every connection reaches daphne from the balancer's address,
-and every per-address limit would count all users as one. With `proxyProtocol=yes`
-(`serve --proxy-protocol`) the balancer writes a header first (HAProxy: `send-proxy-v2`) naming
-the client's address, and the connection's peer becomes that address for everything above:
-the TCP cap, the WebSocket cap, sign-in throttling, logs.
-
-The header is believed only from a peer in REALTIME_TRUSTED_PROXIES: a connection from anyone
-else is closed before a byte is read (otherwise any client reaching the port could name any
-address). A connection from a trusted peer that does not start with a valid header is closed
-too (Twisted's parser, `twisted.protocols.haproxy`, whose classes realtime.upstream names). The
-layers are, outermost first: TCP, this peer check, the PROXY header, TLS, HTTP. The per-address
-cap counts a connection once its header is read (a balancer sends it at once, whatever its
-client does next). A connection that sends no header at all is dropped by the HTTP layer's
-first-request deadline (REALTIME_WS_HANDSHAKE_TIMEOUT), which runs from the moment it connects.
-Twisted's parser wants a v2 header's first 16 bytes (a v1 header's first 8) in the first read;
-balancers write the header in one piece.
+A TCP balancer passes TLS through, so every connection reaches daphne from its address and
+every per-address limit would count all users as one. With `proxyProtocol=yes` (`serve
+--proxy-protocol`) the balancer's header comes first, and its client address becomes the
+connection's peer for everything above (the caps, sign-in throttling, logs). The header is
+believed only from a peer in REALTIME_TRUSTED_PROXIES (anyone else is closed before a byte is
+read), and a trusted peer's connection without a valid one is closed too (Twisted's parser,
+`twisted.protocols.haproxy`, whose classes realtime.upstream names). The layers and their
+order, and why: docs/deployment.md ("More than one machine").
 """
 
 from __future__ import annotations

@@ -3,31 +3,12 @@
     realtime-redirect:PORT:httpsPort=TLSPORT[:interface=ADDR][:backlog=N][:reusePort=yes|no]
                       [:acmeWebroot=DIR]
 
-Given to daphne beside its TLS endpoint (`serve --redirect-http 80`, `runserver --tls
---redirect-http PORT`, or a second `-e` of plain daphne), it listens for plain HTTP and answers
-every request, whatever its path or method, with a redirect to
-https://<host>:<TLSPORT><path> (the port left out when it is 443): 301 for GET and HEAD, 308
-otherwise so that a client repeats a POST as a POST. A Host that is not in ALLOWED_HOSTS gets
-400, as Django would answer it.
-
-It never serves the application: `listen()` ignores the factory daphne hands it (daphne gives
-every endpoint its own HTTP and WebSocket factory) and listens with a tiny Twisted web site
-instead. So no page, static file or WebSocket is ever served over the plain port, and the
-redirect does not depend on the application's middleware. With reusePort=yes every worker of
-`serve` listens on it (on the socket its supervisor opened), like on the TLS port. HSTS is not
-sent here: browsers ignore it over plain HTTP (RFC 6797, 8.1); the HTTPS responses carry it.
-
-With acmeWebroot=DIR (`serve --acme-webroot DIR`) one thing is served rather than redirected:
-`/.well-known/acme-challenge/<token>` from DIR/.well-known/acme-challenge/, where
-`certbot certonly --webroot -w DIR` writes its tokens, so Let's Encrypt's HTTP-01 check passes
-while the service holds port 80. A token is base64url characters only (RFC 8555, 8.3): any
-other name, `../` included, is 404 without touching the file system beyond that directory.
-
-Each connection has REALTIME_WS_HANDSHAKE_TIMEOUT seconds (10 at most) in total for its
-request's headers, and its body must come at REALTIME_HTTP_BODY_MIN_RATE
-(realtime/server/request_deadline.py), not only Twisted's idle timer, which a byte every few
-seconds kept going for ever; and one client address holds at most
-REALTIME_MAX_CONNECTIONS_PER_ADDRESS connections at once (realtime/server/address_cap.py).
+Every request gets a redirect to https://<host>:<TLSPORT><path> (301 for GET and HEAD, 308
+otherwise; 400 for a Host not in ALLOWED_HOSTS), except Let's Encrypt's HTTP-01 challenges,
+served from acmeWebroot when it is given. `listen()` ignores the factory daphne hands it and
+serves a tiny Twisted web site instead, so nothing of the application is ever served in
+plaintext. Its connections have the request deadlines and the per-address cap of the TLS port.
+How to use it, and why: docs/deployment.md ("Plain HTTP on port 80"); the limits: docs/security.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
 """Total deadlines for each request's headers and body, not only an idle timer.
 
-Twisted's HTTP channel only has an idle timer (RealtimeServer sets it to
-REALTIME_WS_HANDSHAKE_TIMEOUT): every byte received starts it again, so a client trickling its
-request a byte at a time ("slowloris") holds the connection for as long as it likes, and many
-such clients hold many. DeadlineHTTPChannel gives each connection that many seconds in total,
-from the moment it is accepted, to finish TLS and send every header of its first request. A
-body must then arrive at REALTIME_HTTP_BODY_MIN_RATE bytes a second on average: its deadline
-is the same seconds plus its Content-Length at that rate (a chunked body is given 1 MiB's
-time); a body trickled a byte every 2 s against `Content-Length: 100000` held a connection
-for ever before. Each later request on a kept-alive connection gets the header deadline
-again once the previous response is done. A WebSocket the request opens takes the
-connection over and has its own limits. A connection past a deadline is aborted (no
-response: a client that slow would not read one either).
-
-RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not available,
-as with this project's requirements. With HTTP/2 installed (the `http2` extra), Twisted picks
-the protocol per connection and the stock one stays: only the idle timer applies then.
-The channel's methods it overrides are Twisted's undocumented hooks (realtime.upstream's
-HTTP_CHANNEL_HOOKS).
+Twisted's HTTP channel only has an idle timer, which every byte received starts again, so a
+client trickling its request ("slowloris") holds the connection as long as it likes.
+DeadlineHTTPChannel gives each request REALTIME_WS_HANDSHAKE_TIMEOUT seconds in total for its
+headers (the first from the moment the connection is accepted, TLS included), and its body that
+plus its length at REALTIME_HTTP_BODY_MIN_RATE bytes a second; past a deadline the connection is
+aborted. RealtimeServer installs it as daphne's HTTP protocol when Twisted's HTTP/2 is not
+installed. It overrides Twisted's undocumented hooks (realtime.upstream's HTTP_CHANNEL_HOOKS).
+Why, and what it bounds: docs/security.md ("Descriptors", "Limits").
 """
 
 from __future__ import annotations
@@ -27,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from realtime.server import prometheus
+from realtime.server.config import SERVER_DEFAULTS
 from realtime.upstream import HTTPChannel, header_line_size, transport_owner
 
 logger = logging.getLogger(__name__)
@@ -38,8 +29,8 @@ UNKNOWN_BODY_LENGTH = 1024 * 1024  # a chunked body is given the time of 1 MiB
 class DeadlineHTTPChannel(HTTPChannel):
     """Twisted's HTTP/1.1 channel, aborted if a request's headers or body are late."""
 
-    first_request_timeout = 10.0
-    body_min_rate = 10_000.0  # bytes a second; 0: no body deadline
+    first_request_timeout = float(SERVER_DEFAULTS.ws_handshake_timeout)
+    body_min_rate = float(SERVER_DEFAULTS.http_body_min_rate)  # bytes a second; 0: no deadline
     deadline = None
     header_bytes = 0  # of the request being received (the metrics' "size" refusals)
     size_counted = False  # once per connection, however its headers overflow

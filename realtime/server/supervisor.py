@@ -1,47 +1,12 @@
 """Keep N worker processes running; stop them all on SIGTERM or SIGINT. Standard library only.
 
-`manage.py serve` uses it to run N daphne processes that share one TLS port (SO_REUSEPORT,
-see realtime/server/endpoints.py). Each worker gets REALTIME_WORKER_ID=<hostname>-w1..wN (the
-name clients see in their welcome, so that it says which machine too). A worker that exits
-is started again after a delay that doubles (1 s up to 30 s) while it keeps dying within
-10 s of its start. SIGTERM or SIGINT forwards SIGTERM to every worker, waits up to a grace
-period, SIGKILLs the rest, and returns 0.
-
-The supervisor opens the listening sockets, one per port and worker slot, and keeps them
-(realtime/server/listeners.py): every process of a slot inherits the slot's sockets, so
-connections the kernel queued for a slot are never reset by a process that stops. A slot whose
-process dies has its sockets closed, so the kernel sends new connections to the other slots
-until its restart, which opens new ones. A worker writes to a pipe once it serves; the
-supervisor logs "is ready". Under systemd (`Type=notify`) it tells systemd READY=1 once every
-worker is ready, RELOADING=1 and READY=1 around a reload, and STOPPING=1
-(realtime/server/systemd.py).
-
-The workers' Prometheus values go to one directory the supervisor makes empty at its start and
-removes at its end (realtime/server/prometheus.py), so that whichever worker answers a scrape
-reports the whole host; a worker's open-socket gauges are dropped when it exits.
-
-SIGHUP replaces the workers one at a time (a rolling restart, to load a renewed certificate):
-for each worker a new process starts on the same sockets; once it is ready, the old one gets
-SIGTERM and the grace period (it stops accepting at once; the new one takes what is queued),
-then the next worker follows. If a new process exits or is not ready within READY_TIMEOUT, it
-is stopped, the old one keeps serving and the reload stops there.
-
-Its output, one line per event (tests and operators parse the "started" and "exited" lines):
-
-    worker w1 started (pid 1234)
-    worker w1 (pid 1234) is ready
-    worker w1 (pid 1234) exited with code -9; restarting in 1.0 s
-    worker w1 could not start: <error>; retrying in 2.0 s
-    reloading: replacing 2 worker(s) one at a time (SIGHUP)
-    worker w1 (pid 1234) replaced by pid 1240: stopping it
-    worker w1 (pid 1234) stopped with code 0
-    worker w1 (pid 1240) exited with code 1 before it was ready; pid 1234 keeps serving
-    reload stopped: the workers not yet replaced keep running
-    reload done
-    stopping 2 worker(s): SIGTERM, up to 10.0 s
-    worker w1 (pid 1234) did not stop in time: SIGKILL
-    worker w1 (pid 1234) stopped with code -9
-    all workers stopped
+`manage.py serve` uses it to run N daphne processes on one TLS port (SO_REUSEPORT). It opens
+each worker slot's listening sockets and keeps them across that slot's restarts
+(realtime/server/listeners.py), restarts a worker that exits after a doubling delay, replaces
+the workers one at a time on SIGHUP (a rolling restart, to load a renewed certificate), tells
+systemd where it stands (realtime/server/systemd.py) and gives the workers one Prometheus
+directory (realtime/server/prometheus.py). It writes one line per event, which tests and
+operators parse: docs/deployment.md ("manage.py serve", "Certificate renewal") lists them.
 """
 
 from __future__ import annotations

@@ -1,25 +1,14 @@
 """An open WebSocket's bytes go to its socket at once when nothing is waiting before them.
 
-Twisted holds every write twice before it reaches the socket. Its TLS transport
-(`BufferingTLSTransport`) collects the writes of one reactor iteration and encrypts them in the
-next (a `callLater(0)` per connection), and its TCP transport keeps the bytes until epoll
-reports the socket writable (one epoll_ctl to watch it, another to stop). For a broadcast
-written to thousands of sockets in one loop, or the keep-alive pings of thousands of idle ones,
-those steps cost more than the send() itself: in a worker's profile during broadcasts, send()
-took 29% of the time, the epoll registrations 25%, the per-socket callLater 8% and OpenSSL 7%.
-asyncio's own transports do what this module does: try send() at once while their buffer is
-empty, and only wait for the socket to become writable when the kernel takes less than all.
+Twisted holds every write twice: its TLS transport encrypts a reactor iteration's writes in
+the next one (a `callLater(0)` per connection), and its TCP transport waits for epoll to report
+the socket writable. Here, as asyncio's own transports do, a write is tried at once.
 
-- TLS: `WriteThroughTLSFactory` is Twisted's `TLSMemoryBIOFactory` building the unbuffered
-  `TLSMemoryBIOProtocol` (Twisted's documented `protocol` attribute): a write is encrypted
-  when it is made. The `realtime:` endpoint uses it for every connection. An HTTP response
-  (headers, then body) becomes two TLS records instead of one; a WebSocket frame is one write
-  either way.
-- TCP: once a WebSocket is open, `WriteThroughWebSocketProtocol` makes its TCP transport try
-  send() while nothing is buffered (realtime.upstream.send_when_idle: Twisted has no public
-  way, so that one reaches into its buffer state). Where that is missing, the socket keeps
-  Twisted's own writes: it works as before, only slower; each worker logs a warning at its
-  first WebSocket, and tests/test_upstream.py fails.
+- TLS: `WriteThroughTLSFactory`, Twisted's `TLSMemoryBIOFactory` building the unbuffered
+  `TLSMemoryBIOProtocol`, encrypts each write when it is made (every `realtime:` connection).
+- TCP: `WriteThroughWebSocketProtocol` has an open WebSocket's transport try send() while
+  nothing is buffered (realtime.upstream.send_when_idle, Twisted internals); where that is
+  missing it keeps Twisted's writes, and logs it. Why and what it measured: docs/benchmarks.md.
 """
 
 from __future__ import annotations

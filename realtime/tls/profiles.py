@@ -1,19 +1,13 @@
 """The server's TLS profiles, after Mozilla's Server Side TLS guidelines 5.7. Pure data.
 
-    intermediate  TLS 1.2 and 1.3. TLS 1.2 only with ECDHE key exchange and an AEAD cipher
-                  (AES-GCM or ChaCha20-Poly1305). Every browser of the last ten years.
-    modern        TLS 1.3 only (its cipher suites are all AEAD). Firefox 63, Chrome 70,
-                  Safari 12.1, Android 10, Java 11, OpenSSL 1.1.1 and newer.
+    intermediate  TLS 1.2 (ECDHE and an AEAD cipher only) and TLS 1.3.
+    modern        TLS 1.3 only.
 
-Both: key exchange on X25519MLKEM768 (post-quantum hybrid, preferred), then X25519, P-256 or
-P-384 only (OpenSSL would also offer X448 and P-521),
-no TLS compression, no renegotiation, and the client's cipher order (all the ciphers left are
-strong, and clients without AES hardware then pick ChaCha20). Each profile passes
-`sslyze --mozilla_config=<name>` (tests/test_tls_profile.py). realtime/server/endpoints.py applies
-them; REALTIME_TLS_PROFILE picks one for `serve` and `runserver --tls`.
-
-DHE suites of the guidelines are left out: they need DH parameters, and ECDHE covers every
-client the intermediate profile is meant for.
+Both: key exchange on X25519MLKEM768 (preferred), X25519, P-256 or P-384 only; no TLS
+compression, no renegotiation, the client's cipher order; no DHE suites. Each passes
+`sslyze --mozilla_config=<name>` (tests/test_tls_profile.py). realtime/server/endpoints.py
+applies them; REALTIME_TLS_PROFILE picks one for `serve` and `runserver --tls`. The suites,
+the clients each profile serves, and why: docs/tls.md ("TLS profiles").
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """A strict Content-Security-Policy and a Permissions-Policy on every response.
 
-The pages load their scripts and styles from files (no inline script, style or handler), so
-the policy can be strict: a script injected through some future bug would not run, the page
-cannot be framed (clickjacking), forms post only here and sockets open only to this origin
-(CSP 3 lets 'self' match wss:// on the same host and port). The admin of Django 5.2 works
-under it too (its JSON data sits in non-executed `<script type="application/json">`). A
-response that sets its own policy keeps it. REALTIME_CONTENT_SECURITY_POLICY and
-REALTIME_PERMISSIONS_POLICY replace the defaults (realtime/conf.py; Permissions-Policy denies
-the browser features no page here uses); an empty string sends none.
-
-The sign-in throttle's 429 is made by a middleware outside this one and Django's
-XFrameOptionsMiddleware, after both ran; `secure()` gives it the same headers (X-Frame-Options
-as Django's middleware sets it), so that no page goes out without them.
+The pages load their scripts and styles from files, so the policy can be strict: an injected
+script would not run, the page cannot be framed, forms post and sockets open only to this
+origin. A response that sets its own policy keeps it; REALTIME_CONTENT_SECURITY_POLICY and
+REALTIME_PERMISSIONS_POLICY replace the defaults (an empty string sends none). `secure()` gives
+the sign-in throttle's 429, made outside this middleware, the same headers. The policy, and
+why: docs/security.md.
 """
 
 from __future__ import annotations

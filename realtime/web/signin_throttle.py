@@ -1,24 +1,13 @@
 """Sign-in throttling per client address and per account, with no lockout an attacker can hold.
 
-Thirty wrong passwords in a row for a superuser met no delay. Two counters now, on the channel
-layer's Redis (as presence: every worker and host shares them; INCR is atomic, so parallel
-guesses are each counted), in process memory with the in-memory layer (one process), over a
-window of REALTIME_SIGNIN_WINDOW seconds from the first failure:
-
-- per client address (IPv6: per /64): REALTIME_SIGNIN_MAX_PER_ADDRESS failures, then every
-  sign-in from there is refused until the window ends. An attacker locks out only itself.
-- per account: REALTIME_SIGNIN_MAX_PER_ACCOUNT failures from anywhere, then sign-ins to that
-  account are refused, except from a browser that signed in to it before: a successful
-  sign-in leaves a signed cookie naming the account (90 days), and such a browser has a
-  counter of its own. So an attacker spreading guesses over many addresses gets
-  REALTIME_SIGNIN_MAX_PER_ACCOUNT a window, and cannot lock the real user out of a browser
-  they have used (OWASP's "device cookies"); a browser never used for that account waits for
-  the window to end while the attack goes on.
-
-A refusal is HTTP 429 with Retry-After and one sentence saying when to try again; the password
-is not checked at all then. This module counts and decides; realtime/web/signin.py hooks it
-into Django's sign-in, realtime/web/password_reset.py into the password reset. Usernames are
-hashed in cache keys and cookies.
+Two counters over a window of REALTIME_SIGNIN_WINDOW seconds from the first failure, on the
+channel layer's Redis (shared by every worker and host; in process memory with the in-memory
+layer): per client address (IPv6 per /64), and per account, where a browser that signed in to
+the account before (a signed cookie) has a counter of its own, so an attacker cannot lock the
+real user out of it. A refusal is HTTP 429 with Retry-After, the password not checked at all.
+This module counts and decides; realtime/web/signin.py hooks it into Django's sign-in,
+realtime/web/password_reset.py into the password reset. Usernames are hashed in cache keys and
+cookies. The limits, and why: docs/security.md ("Sign-in").
 """
 
 from __future__ import annotations

@@ -176,7 +176,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # Before the welcome and before any live message: the client keeps the positions it
         # has and reconnects with them later (1013), so refusing loses it nothing.
         seconds = replay_budget.retry_after(wait)
-        logger.info("Refused a WebSocket's replays: too many from its address (1013).")
+        logger.info(
+            "Refused a WebSocket's replays: too many from its address (%d).", TRY_AGAIN_LATER
+        )
         prometheus.refuse("replays_per_address")
         reason = f"Too many replays from your address: reconnect in {seconds} s"
         await self.close(code=TRY_AGAIN_LATER, reason=reason)

@@ -56,7 +56,12 @@ class ConnectionCapMiddleware:
         if address is None or limit <= 0:
             return await self.app(scope, receive, send)
         if open_per_client[address] >= limit:
-            logger.warning("Refused a WebSocket from %s: %d already open (1013).", address, limit)
+            logger.warning(
+                "Refused a WebSocket from %s: %d already open (%d).",
+                address,
+                limit,
+                TRY_AGAIN_LATER,
+            )
             prometheus.refuse("sockets_per_address")
             reason = "Too many connections from your address"
             return await accept_then_close(receive, send, TRY_AGAIN_LATER, reason)
@@ -88,7 +93,11 @@ class RateLimitMiddleware:
                     return event
                 child(metrics.MESSAGES, "in", "rate_limited").inc()
                 if bucket.dropped > 2 * bucket.burst:
-                    logger.warning("Closed a flooding WebSocket from %s (1008).", describe(scope))
+                    logger.warning(
+                        "Closed a flooding WebSocket from %s (%d).",
+                        describe(scope),
+                        POLICY_VIOLATION,
+                    )
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
                 child(metrics.MESSAGES, "out", "error").inc()
                 detail = f"Too many messages: this one was dropped. At most {rate} a second."

@@ -242,7 +242,7 @@ class RequireTLSMiddleware:
             and conf.REALTIME_REQUIRE_TLS
             and scope.get("scheme") != "wss"
         ):
-            logger.info("Closed a WebSocket that did not come over TLS (1008).")
+            logger.info("Closed a WebSocket that did not come over TLS (%d).", POLICY_VIOLATION)
             prometheus.refuse("tls_required")
             reason = "TLS required: connect with wss://"
             return await accept_then_close(receive, send, POLICY_VIOLATION, reason)

@@ -1,21 +1,13 @@
 """Sessions on WebSockets: read once at connect, and closing a session's sockets on sign-out.
 
-`websocket_auth()` is Channels' AuthMiddlewareStack without the session save check it makes
-on every message a socket sends: a socket here never changes its session (signing in and out
-happen over HTTPS, and a WebSocket could not send the cookie anyway), so it only loads it; and
-without a thread hop when there is no session to look up.
-
-Channels reads the session's user once, when a socket opens, so a socket would stay signed in
-after its session signed out. Django's `user_logged_out` signal therefore sends one
-`realtime.logout` event to the group every worker's fan-out joins
-(realtime.messaging.sign_outs), naming the session by a hash of its key (the key itself is a
-credential and never goes to the channel layer); each worker closes its sockets of that session
-with 4001. The page's client reconnects and is then anonymous.
-
-The same happens to every socket of a user whose access changes while signed in: deactivated,
-deleted, made or no longer staff (whose sockets receive the staff audience), or given a new
-password (which ends the user's other sessions in Django). Their pages reconnect and get what
-the session allows now. Changes made with `QuerySet.update()` send no signal and are not seen.
+`websocket_auth()` is Channels' AuthMiddlewareStack without its session save check on every
+message (a socket never changes its session: signing in and out happen over HTTPS), and without
+a thread hop when there is no session to look up. Since Channels reads the user only when a
+socket opens, a sign-out, or a change of the user's access (deactivated, deleted, staff or not,
+a new password), sends one `realtime.logout` event to every worker's fan-out
+(realtime.messaging.sign_outs), naming the session by a hash of its key; each worker closes
+those sockets with 4001 and the page reconnects. What closes, and what cannot be seen
+(`QuerySet.update()`): docs/security.md ("Authentication").
 """
 
 from __future__ import annotations

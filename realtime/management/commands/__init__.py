@@ -1,0 +1,1 @@
+"""The management commands: devcert, runserver --tls, serve, broadcast, notify, apitoken."""

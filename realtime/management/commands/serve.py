@@ -1,19 +1,12 @@
 """`serve`: N daphne workers on one public TLS port, supervised, for production.
 
-    python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F \
-        [--redirect-http 80] [--proxy-protocol]
+    python manage.py serve --workers 2 --port 443 --host 0.0.0.0 --cert F --key F
+                           [--redirect-http 80] [--proxy-protocol]
 
-Each worker is `python -m realtime.server -e realtime:PORT:...:reusePort=yes:profile=P
-<ASGI_APPLICATION>` (`realtime-daphne`: daphne's command line with realtime's Server): the
-same port, certificate and TLS profile (REALTIME_TLS_PROFILE) in every worker, SO_REUSEPORT so
-that the kernel spreads connections over them (realtime/server/endpoints.py), and the Redis
-channel layer between them. The supervisor opens each worker's listening sockets and keeps them
-across that worker's restarts (realtime/server/listeners.py). With --redirect-http each worker
-also answers plain HTTP on that port with a redirect to HTTPS (realtime/server/redirect.py).
-With --proxy-protocol each connection must start with a TCP load balancer's PROXY header, from
-REALTIME_TRUSTED_PROXIES only (realtime/server/proxy_protocol.py).
-realtime/server/supervisor.py restarts a worker that dies, replaces them one at a time on SIGHUP
-(to load a renewed certificate) and stops them all on SIGTERM or SIGINT. See docs/deployment.md.
+It checks what the workers will need, then hands realtime/server/supervisor.py one
+`realtime-daphne -e realtime:PORT:...:reusePort=yes:profile=P` command per worker: the same
+port, certificate and TLS profile in each, SO_REUSEPORT between them, the Redis channel layer
+across them. The options, what it checks first, and how it runs: docs/deployment.md.
 """
 
 from __future__ import annotations
