@@ -126,6 +126,7 @@ def test_a_users_message_shows_to_whom_and_a_topics_not_its_data(live_redis):
 def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
     monkeypatch.setattr(live_stats, "HOUR", 2)
     monkeypatch.setattr(live_stats, "BUCKET", 1)
+    counted_at = time.monotonic()
     for reason in ("origin", "origin", "size"):
         prometheus.refuse(reason)
     report_as("hostA-w1", 0, live_redis.url, monkeypatch)
@@ -134,6 +135,7 @@ def test_refusals_count_over_the_window_only(live_redis, monkeypatch):
         {"reason": "size", "count": 1},
     ]
     wait_until(lambda: live_stats.snapshot()["refused"] == [], "the refusals to leave", 2 + 1.5)
+    assert time.monotonic() - counted_at > 2 - 1 - 0.2  # kept the window, less one bucket
 
 
 def test_refusals_a_report_could_not_write_are_written_by_the_next(live_redis, monkeypatch):
@@ -183,9 +185,11 @@ def test_the_view_says_so_when_redis_is_missing(live_redis, monkeypatch):
 
 def test_messages_show_for_the_window_only(live_redis, monkeypatch):
     monkeypatch.setattr(live_stats, "HOUR", 2)
+    sent_at = time.monotonic()
     broadcast.send("Soon gone")
     assert [m["what"] for m in live_stats.snapshot()["messages"]] == ["Soon gone"]
     wait_until(lambda: live_stats.snapshot()["messages"] == [], "the message to leave", 2 + 1.5)
+    assert time.monotonic() - sent_at > 2 - 1 - 0.2  # kept the window, less one bucket
 
 
 @pytest.mark.parametrize("how", ["own permission", "group", "group's permission"])

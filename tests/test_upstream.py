@@ -510,6 +510,21 @@ def assert_runs_in_a_fresh_interpreter(code: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_only_the_server_imports_daphnes_server_which_installs_its_reactor():
+    """realtime.upstream, the Twisted plugin and the app's modules leave Twisted's reactor
+    alone; realtime.server.daphne_server imports daphne's Server before any reactor."""
+    assert_runs_in_a_fresh_interpreter(
+        "import sys, realtime.upstream, realtime.server.endpoints, realtime.server.compression\n"
+        "import twisted.plugins.realtime_endpoints\n"
+        "assert 'daphne.server' not in sys.modules, 'daphne.server imported'\n"
+        "assert 'twisted.internet.reactor' not in sys.modules, 'a reactor installed'\n"
+        "import realtime.server.daphne_server\n"
+        "from twisted.internet import asyncioreactor, reactor\n"
+        "assert isinstance(reactor, asyncioreactor.AsyncioSelectorReactor), reactor\n"
+        "assert realtime.upstream.Server is sys.modules['daphne.server'].Server\n"
+    )
+
+
 def test_every_name_of_realtime_upstream_is_there():
     for name in upstream.__all__:
         assert getattr(upstream, name) is not None, name

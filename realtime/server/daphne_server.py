@@ -17,6 +17,9 @@ import logging
 import time
 from typing import Any
 
+# First: daphne's Server module installs Twisted's asyncio reactor, which must happen before
+# twisted.internet.reactor is imported (daphne says so too).
+import daphne.server  # noqa: F401
 from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import ISSLTransport
 from twisted.web import http

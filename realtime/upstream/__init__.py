@@ -2,8 +2,8 @@
 overridden method of Twisted, daphne, autobahn, Channels or pyOpenSSL: here, each with its
 reason. Code elsewhere imports these names; it reaches into none of those projects itself.
 
-- websocket: autobahn's and daphne's WebSocket protocol. daphne's WebSocketProtocol with the
-  methods realtime overrides or calls (WEBSOCKET_PROTOCOL_HOOKS: handle_reply, sendMessage,
+- websocket_protocol: autobahn's and daphne's WebSocket protocol. daphne's WebSocketProtocol
+  with the methods realtime overrides or calls (WEBSOCKET_PROTOCOL_HOOKS: handle_reply, sendMessage,
   sendCloseFrame, check_timeouts); daphne's `last_ping`/`socket_opened` (next_check_due);
   autobahn's send queue (write_frame), negotiated compression (compression_of) and zlib state
   (MessageAtATimeDeflate), its per-connection option copy (with_factory_options) and
@@ -16,7 +16,8 @@ reason. Code elsewhere imports these names; it reaches into none of those projec
   (HTTP_CHANNEL_HOOKS) and the attributes it reads, its count of header bytes
   (header_line_size), who owns a connection daphne upgraded (transport_owner), and the
   channel left registered as an upgraded connection's producer (release_from_http_channel).
-- server: daphne's Server with the methods RealtimeServer overrides (SERVER_HOOKS) and its
+- daphne_hooks: daphne's Server (imported at first use: it installs the asyncio reactor) with
+  the methods RealtimeServer overrides (SERVER_HOOKS) and its
   sweep period; taking over `ready_callable` (call_before_serving) to replace the factories'
   protocols (replace_protocols); the logged client address (set_logged_client); the access
   log's stream; plain `daphne`'s server class (started_by_daphne_cli,
@@ -39,7 +40,6 @@ from typing import Any
 from realtime.upstream.daphne_hooks import (
     SERVER_HOOKS,
     TIMEOUT_SWEEP_INTERVAL,
-    Server,
     access_log_stream,
     call_before_serving,
     replace_protocols,
@@ -98,9 +98,15 @@ DJANGO_SIDE = (
 )
 
 
+# Imported at the first use of one of their names: django_side's import Django; daphne's
+# Server module installs Twisted's asyncio reactor, which only a process that runs daphne's
+# Server (realtime/server/daphne_server.py) may do, never a migrate, a shell or a plugin scan.
+LAZY = dict.fromkeys(DJANGO_SIDE, "realtime.upstream.django_side") | {"Server": "daphne.server"}
+
+
 def __getattr__(name: str) -> Any:
-    if name in DJANGO_SIDE:
-        return getattr(importlib.import_module("realtime.upstream.django_side"), name)
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -12,11 +12,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from daphne.server import Server as DaphneServer
-
-# daphne's Server, the base of RealtimeServer.
-Server = DaphneServer
-
 # The methods RealtimeServer overrides, and what it relies on each to be.
 SERVER_HOOKS = {
     # Called by each new connection (HTTP or WebSocket): RealtimeServer schedules its checks.

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEVICE_COOKIE = "realtime_signin"
 DEVICE_DAYS = 90
-DEVICE_SALT = "realtime.web.signin.device"
+DEVICE_SALT = "realtime.signin.device"  # as first released: a new salt would void every cookie
 REMEMBERED_ACCOUNTS = 5  # per browser
 
 
