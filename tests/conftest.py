@@ -9,6 +9,7 @@ import asyncio
 import os
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -59,7 +60,10 @@ def _close_connections_of_sync_to_async_thread() -> Iterator[None]:
     PostgreSQL from dropping the test database at the end of the run.
     """
     yield
-    asyncio.run(sync_to_async(connections.close_all)())
+    # From a thread of its own: a test may still run an event loop in this one (Playwright's).
+    closing = threading.Thread(target=asyncio.run, args=(sync_to_async(connections.close_all)(),))
+    closing.start()
+    closing.join()
 
 
 @pytest.fixture
