@@ -197,6 +197,12 @@ for _name in (
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
     "REALTIME_PRESENCE_TTL",
+    # Clients publishing (docs/topics.md): rate per publisher and topic, how long a client id
+    # is remembered, and the backlog past which ephemeral messages are dropped.
+    "REALTIME_TOPIC_PUBLISH_RATE",
+    "REALTIME_TOPIC_PUBLISH_BURST",
+    "REALTIME_PUBLISH_ID_TTL",
+    "REALTIME_EPHEMERAL_BACKLOG",
     # Seconds between sweeps of the streams' history (docs/operations.md).
     "REALTIME_HISTORY_SWEEP_INTERVAL",
     # The admin's live view (docs/operations.md): seconds between updates.

@@ -6,7 +6,15 @@
     def can_follow_order(user, order_id):
         return Order.objects.filter(pk=order_id, customer=user).exists()
 
+    def chat_message(user, data, room):  # what a client's publish becomes; in a thread
+        if not isinstance(data, dict) or not str(data.get("text", "")).strip():
+            raise topics.Rejected("A message needs some text.")
+        return {"text": str(data["text"])[:2000]}
+
+    topics.register("chat.<slug:room>", authorize=may_read, publish=chat_message)
+
     topics.send("orders.42", {"status": "shipped"}, event="status")
+    topics.send("chat.lobby", {"typing": True}, ephemeral=True)  # now, to whoever is there
     topics.send_to_user(user, {"text": "Your export is ready"})
     topics.presence("documents.intro")  # [{"id": 1, "username": "alice"}, ...]
 
@@ -23,9 +31,9 @@ from realtime.messaging import topic_rules
 from realtime.messaging.fanout import fanout
 from realtime.messaging.redis_client import sync_client
 from realtime.messaging.topic_presence import KEY_PREFIX, users_of
-from realtime.messaging.topic_rules import recheck, register, send, send_to_user
+from realtime.messaging.topic_rules import Rejected, recheck, register, send, send_to_user
 
-__all__ = ["presence", "recheck", "register", "send", "send_to_user"]
+__all__ = ["Rejected", "presence", "recheck", "register", "send", "send_to_user"]
 
 
 def presence(topic: str) -> list[dict[str, Any]]:

@@ -6,11 +6,14 @@ Pure functions: parse what a client sends, build what the server sends.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
 
-CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast"})
+CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast", "publish"})
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
 
 class ProtocolError(Exception):
@@ -73,6 +76,48 @@ def position(since: Any, code: str) -> tuple[str, int]:
             return epoch, offset
     raise ProtocolError(
         code, '"since" must be {"epoch": "<string>", "offset": <integer >= 0>} from the server.'
+    )
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    topic: str
+    data: Any
+    id: str  # "" for an ephemeral publish without one
+    event: str
+    ephemeral: bool
+
+
+def publish_request(message: dict[str, Any]) -> PublishRequest:
+    """A client's `publish`, its fields checked for shape (the data is the topic's to judge),
+    or ProtocolError "invalid_publish"."""
+    topic, client_id = message.get("topic"), message.get("id", "")
+    event, ephemeral = message.get("event", "message"), message.get("ephemeral", False)
+    if not isinstance(topic, str):
+        problem = '"topic" must be a topic name.'
+    elif "data" not in message:
+        problem = 'A publish needs "data".'
+    elif not isinstance(ephemeral, bool):
+        problem = '"ephemeral" must be true or false.'
+    elif not (client_id == "" and ephemeral) and not (
+        isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
+    ):
+        problem = '"id" must be 1 to 64 letters, digits or . _ : - (unique per message).'
+    elif not isinstance(event, str):
+        problem = '"event" must be a string.'
+    else:
+        return PublishRequest(topic, message["data"], client_id, event, ephemeral)
+    raise ProtocolError("invalid_publish", problem)
+
+
+def published(topic: str, client_id: str, offset: int | None) -> str:
+    """A publish was stored with this offset (null: ephemeral, sent and not stored)."""
+    return encode({"type": "published", "topic": topic, "id": client_id, "offset": offset})
+
+
+def publish_error(code: str, topic: Any, client_id: Any, detail: str) -> str:
+    return encode(
+        {"type": "error", "code": code, "topic": topic, "id": client_id, "detail": detail}
     )
 
 

@@ -62,6 +62,18 @@ LAYER_RECONNECTS = Counter(
     "realtime_channel_layer_reconnects",
     "Times a worker's fan-out heard the channel layer again after losing it.",
 )
+PUBLISHES = Counter(
+    "realtime_client_publishes",
+    "Clients' publishes, by outcome: stored, repeated (a client id seen before), ephemeral, "
+    "or the error code they were answered.",
+    ["outcome"],
+)
+EPHEMERAL = Counter(
+    "realtime_ephemeral_messages",
+    "Ephemeral messages for this worker's sockets: delivered, or dropped for a socket that "
+    "was behind (never counted as lost).",
+    ["outcome"],
+)
 
 
 def close_code_label(code: Any) -> str:

@@ -8,6 +8,7 @@ was given at connect, and only staff may send a broadcast.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,7 +35,7 @@ from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
-from realtime.websocket import replay_budget
+from realtime.websocket import publishing, replay_budget
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")
@@ -125,6 +126,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # Audience is decided here, on the server, from the session's user.
         self.audiences = audiences_for(self.scope.get("user"))
         self.connected_at = timezone.now()
+        self.socket_id = uuid.uuid4().hex  # its ephemeral publishes do not come back to it
         await super().websocket_connect(message)
 
     async def _try_again_later(self, exc: Exception) -> None:
@@ -268,6 +270,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._unsubscribe(message["topic"])
         elif message["type"] == "broadcast":
             await self._broadcast(message)
+        elif message["type"] == "publish":
+            await publishing.publish(self, message)
 
     async def _resume(self, epoch: str, after: int) -> None:
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
