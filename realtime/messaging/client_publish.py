@@ -228,7 +228,7 @@ class PublishRate:
     def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
         bucket = self.buckets.pop(key, None) or TokenBucket(rate, burst)
         self.buckets[key] = bucket  # the most recent last
-        if len(self.buckets) > REMEMBERED_BUCKETS:
+        while len(self.buckets) > REMEMBERED_BUCKETS:
             del self.buckets[next(iter(self.buckets))]
         return bucket
 
