@@ -356,11 +356,8 @@ def test_the_latest_meta_over_every_worker_wins_and_leaving_falls_back(redis_pre
         await w1.presence.read(TOPIC)
         # Received before w1's (by the clocks), written after it: w1's stays the latest.
         w2.presence.update(a2, {"on": "w2"})
-        stamp_w2 = w2.presence.meta[TOPIC]["1"] = (
-            w1.presence.meta[TOPIC]["1"][0] - 1,
-            {"on": "w2"},
-        )
-        stamp_w2 = stamp_w2[0]
+        stamp_w2 = w1.presence.meta[TOPIC]["1"][0] - 1
+        w2.presence.meta[TOPIC]["1"] = (stamp_w2, {"on": "w2"})
         await written(w2)
         first = await w1.presence.read(TOPIC)
         w1.leave(a1)  # the worker holding the latest: alice falls back to w2's
