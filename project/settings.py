@@ -191,7 +191,8 @@ for _name in (
     "REALTIME_FANOUT_CHECK_TIMEOUT",
     "REALTIME_SESSION_CHECK",
     # Topics (docs/topics.md): history per topic, largest message, subscriptions per socket,
-    # and how long a killed worker's users stay listed on presence topics.
+    # how long a killed worker's users stay listed on presence topics, and presence metadata
+    # (the largest, the seconds between two writes of one user's).
     "REALTIME_TOPIC_HISTORY_SIZE",
     "REALTIME_TOPIC_HISTORY_TTL",
     "REALTIME_TOPIC_MAX_DATA",
@@ -203,6 +204,8 @@ for _name in (
     "REALTIME_TOPIC_PUBLISH_BURST",
     "REALTIME_PUBLISH_ID_TTL",
     "REALTIME_EPHEMERAL_BACKLOG",
+    "REALTIME_PRESENCE_META_MAX",
+    "REALTIME_PRESENCE_UPDATE_INTERVAL",
     # Seconds between sweeps of the streams' history (docs/operations.md).
     "REALTIME_HISTORY_SWEEP_INTERVAL",
     # The admin's live view (docs/operations.md): seconds between updates.

@@ -126,6 +126,10 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_PUBLISH_ID_TTL": 600,
     "REALTIME_EPHEMERAL_BACKLOG": 16 * 1024,
     "REALTIME_PRESENCE_TTL": 15,
+    # A presence_update's meta: the largest (bytes of compact JSON), and the seconds between
+    # two writes of one user's meta on one topic by one worker (the latest value waits).
+    "REALTIME_PRESENCE_META_MAX": 1024,
+    "REALTIME_PRESENCE_UPDATE_INTERVAL": 1,
     # The broadcasts' history for a resume (messages, seconds).
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,

@@ -12,7 +12,9 @@ from typing import Any
 
 PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
 
-CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast", "publish"})
+CLIENT_TYPES = frozenset(
+    {"ping", "resume", "subscribe", "unsubscribe", "broadcast", "publish", "presence_update"}
+)
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
 
@@ -47,6 +49,8 @@ def parse_client_message(text: str) -> dict[str, Any]:
         _check_subscribe(message)
     if kind == "unsubscribe" and not isinstance(message.get("topic"), str):
         raise ProtocolError("invalid_unsubscribe", '"topic" must be a topic name.')
+    if kind == "presence_update" and not isinstance(message.get("topic"), str):
+        raise ProtocolError("invalid_presence_update", '"topic" must be a topic name.')
     return message
 
 
@@ -191,8 +195,23 @@ def presence(topic: str, users: list[dict[str, Any]]) -> str:
 
 
 def presence_change(kind: str, topic: str, user: dict[str, Any]) -> str:
-    """`join` (a user's first socket on the topic opened) or `leave` (its last one closed)."""
+    """`join` (a user's first socket on the topic opened; with its meta), `leave` (its last
+    one closed) or `update` (its meta changed; with the new one)."""
     return encode({"type": kind, "topic": topic, "user": user})
+
+
+def presence_update_error(code: str, topic: str, detail: str) -> str:
+    """A refused `presence_update`: `"request"` tells it from an error that ends the
+    subscription (a refused subscribe), which a client must not take it for."""
+    return encode(
+        {
+            "type": "error",
+            "code": code,
+            "topic": topic,
+            "request": "presence_update",
+            "detail": detail,
+        }
+    )
 
 
 def broadcast_sent(broadcast_id: int) -> str:

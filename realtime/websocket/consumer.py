@@ -35,7 +35,7 @@ from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
-from realtime.websocket import publishing, replay_budget
+from realtime.websocket import presence_updates, publishing, replay_budget
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")
@@ -272,6 +272,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._broadcast(message)
         elif message["type"] == "publish":
             await publishing.publish(self, message)
+        elif message["type"] == "presence_update":
+            await presence_updates.handle(self, message)
 
     async def _resume(self, epoch: str, after: int) -> None:
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
