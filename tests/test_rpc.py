@@ -11,6 +11,7 @@ import threading
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connections
 
 from realtime import rpc, wire
 from realtime.websocket import calls
@@ -25,6 +26,25 @@ def _procedures():
     yield
     rpc.procedures.clear()
     rpc.procedures.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _handler_threads(monkeypatch):
+    """Handler threads of the test's own; after it, each closes the database connection it
+    opened (as conftest does for asgiref's thread: PostgreSQL drops the test database only
+    when no session is left on it), then ends."""
+    threads = calls.HandlerThreads(4)
+    monkeypatch.setattr(calls, "_threads", threads)
+    yield
+    barrier = threading.Barrier(threads.size)  # one close for each thread, not two for one
+
+    def close() -> None:
+        barrier.wait(10)
+        connections.close_all()
+
+    for closing in [threads.submit(close) for _ in range(threads.size)]:
+        closing.result(15)
+    threads.shutdown()
 
 
 async def call(socket_, name: str, data=None, ref=1) -> dict:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
 import time
 from collections import Counter
 
@@ -252,3 +253,29 @@ def test_a_thousand_calls_at_once_and_handlers_that_never_return(served, client_
     # The 4 handlers still running count against their socket until they return.
     assert capped == Counter({"too_many_calls": THREADS, "timeout": IN_FLIGHT - THREADS})
     assert free["data"] == {"signed_in": False}  # released: the threads serve again
+
+
+def test_a_worker_whose_handlers_hang_still_stops_at_once_on_sigterm(start, client_tls):
+    port = free_port()
+    serve = [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)]
+    server = start(
+        serve, port, DJANGO_SETTINGS_MODULE="tests.rpc_settings", REALTIME_RPC_TIMEOUT="1"
+    )
+    hang = {"type": "call", "name": "test.hang", "data": {"gate": "never"}}
+
+    async def scenario() -> float:
+        async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
+            await receive_json(socket_)
+            for ref in range(THREADS):
+                await socket_.send(json.dumps({**hang, "ref": ref}))
+            assert {code(r) for r in (await replies(socket_, THREADS)).values()} == {"timeout"}
+            began = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.process.wait, 15)
+            return time.monotonic() - began
+
+    took = asyncio.run(scenario())
+    print(f"\nserve stopped {took * 1000:.0f} ms after SIGTERM with {THREADS} handlers hung")
+    assert server.process.returncode == 0
+    assert "did not stop in time" not in server.log()
+    assert took < 5, f"serve took {took:.1f} s to stop"

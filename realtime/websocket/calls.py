@@ -67,9 +67,19 @@ class HandlerThreads(Executor):
                 self._threads.append(thread)
         return future
 
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """End each thread once it is idle (tests; a worker process just exits)."""
+        with self._lock:
+            for _ in self._threads:
+                self._queue.put(None)
+            self._threads = []
+
     def _work(self) -> None:
         while True:
-            future, fn, args, kwargs = self._queue.get()
+            job = self._queue.get()
+            if job is None:
+                return
+            future, fn, args, kwargs = job
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while queued: its socket closed
             try:
