@@ -206,6 +206,10 @@ for _name in (
     "REALTIME_EPHEMERAL_BACKLOG",
     "REALTIME_PRESENCE_META_MAX",
     "REALTIME_PRESENCE_UPDATE_INTERVAL",
+    # Calls with a reply (docs/rpc.md): deadline, calls in flight per socket, threads.
+    "REALTIME_RPC_TIMEOUT",
+    "REALTIME_RPC_MAX_IN_FLIGHT",
+    "REALTIME_RPC_THREADS",
     # Seconds between sweeps of the streams' history (docs/operations.md).
     "REALTIME_HISTORY_SWEEP_INTERVAL",
     # The admin's live view (docs/operations.md): seconds between updates.

@@ -130,6 +130,12 @@ DEFAULTS: dict[str, Any] = {
     # two writes of one user's meta on one topic by one worker (the latest value waits).
     "REALTIME_PRESENCE_META_MAX": 1024,
     "REALTIME_PRESENCE_UPDATE_INTERVAL": 1,
+    # Calls with a reply (docs/rpc.md, realtime/websocket/calls.py): seconds before a call is
+    # answered `timeout`, calls in flight per socket (the next is refused), and the threads
+    # that run sync handlers (apart from the database thread the rest of the app shares).
+    "REALTIME_RPC_TIMEOUT": 10,
+    "REALTIME_RPC_MAX_IN_FLIGHT": 8,
+    "REALTIME_RPC_THREADS": 4,
     # The broadcasts' history for a resume (messages, seconds).
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,

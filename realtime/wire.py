@@ -13,7 +13,16 @@ from typing import Any
 PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
 
 CLIENT_TYPES = frozenset(
-    {"ping", "resume", "subscribe", "unsubscribe", "broadcast", "publish", "presence_update"}
+    {
+        "ping",
+        "resume",
+        "subscribe",
+        "unsubscribe",
+        "broadcast",
+        "publish",
+        "presence_update",
+        "call",
+    }
 )
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
@@ -139,6 +148,43 @@ def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
             "invalid_broadcast", '"message", "level" and "audience" must be strings.'
         )
     return text, level, audience
+
+
+MAX_REF_LENGTH = 64
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: a larger ref would not come back as it was sent
+
+
+def call_ref(message: dict[str, Any]) -> str | int | None:
+    """A call's `ref` (a string of 1 to 64 characters or an integer), None when it has none
+    that can be echoed."""
+    ref = message.get("ref")
+    if isinstance(ref, str) and 0 < len(ref) <= MAX_REF_LENGTH:
+        return ref
+    if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INTEGER:
+        return ref
+    return None
+
+
+def call_request(message: dict[str, Any]) -> tuple[str, Any, str | int]:
+    """The name, data and ref of a client's `call`, or ProtocolError("invalid_call")."""
+    ref = call_ref(message)
+    if ref is None:
+        raise ProtocolError(
+            "invalid_call", '"ref" must be a string of 1 to 64 characters or an integer.'
+        )
+    name = message.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= 100:
+        raise ProtocolError("invalid_call", '"name" must be a procedure name.')
+    return name, message.get("data"), ref
+
+
+def reply(ref: str | int, data_json: str) -> str:
+    """A call's answer, its data already encoded (and measured) by the caller."""
+    return f'{{"type":"reply","ref":{encode(ref)},"data":{data_json}}}'
+
+
+def reply_error(ref: str | int | None, code: str, detail: str) -> str:
+    return encode({"type": "reply", "ref": ref, "error": {"code": code, "detail": detail}})
 
 
 def stats(topic: str, data: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The WebSocket consumer behind /ws/: welcome, ping, resume, topics, error replies.
+"""The WebSocket consumer behind /ws/: welcome, ping, resume, topics, calls, error replies.
 
 Authorization is per message: a socket may subscribe to a topic only when its pattern's
 `authorize` allows its user (realtime.messaging.topic_rules), may only confirm the audiences it
@@ -35,7 +35,7 @@ from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
-from realtime.websocket import presence_updates, publishing, replay_budget
+from realtime.websocket import calls, presence_updates, publishing, replay_budget
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")
@@ -210,6 +210,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._start(subscription, "", since)
 
     async def disconnect(self, code: int) -> None:
+        calls.close(self)
         fanout.unregister(self)
         if getattr(self, "_counted", False):
             audience_counts.left(self.audiences)
@@ -274,6 +275,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await publishing.publish(self, message)
         elif message["type"] == "presence_update":
             await presence_updates.handle(self, message)
+        elif message["type"] == "call":
+            await calls.of(self).receive(message)
 
     async def _resume(self, epoch: str, after: int) -> None:
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live
