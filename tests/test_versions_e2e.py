@@ -43,9 +43,7 @@ def url_of(server) -> str:
     return f"wss://localhost:{server.port}/ws/"
 
 
-def test_a_socket_offering_v3_speaks_version_3_and_one_offering_none_version_2(
-    server, client_tls
-):
+def test_a_socket_offering_v3_speaks_version_3_and_one_offering_none_version_2(server, client_tls):
     async def scenario():
         async with ws_connect(url_of(server), client_tls, subprotocols=["realtime.v3"]) as v3:
             assert v3.subprotocol == "realtime.v3"
@@ -107,7 +105,8 @@ class NodeClient:
             try:
                 line = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no {event} from node; it said:\n{''.join(self.said)}") from None
+                said = "".join(self.said)
+                raise AssertionError(f"no {event} from node; it said:\n{said}") from None
             try:
                 got = json.loads(line)
             except ValueError:
