@@ -10,7 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
+# The current version, offered by clients as the subprotocol `realtime.v3`
+# (realtime.websocket.versions; docs/protocol.md, "Versions"). 1: resume by broadcast id;
+# 2: positions (epoch, offset) for broadcasts and topics; 3: clients publish, call and update
+# their presence metadata.
+PROTOCOL_VERSION = 3
 
 CLIENT_TYPES = frozenset(
     {
@@ -272,12 +276,14 @@ def welcome(
     tls: dict[str, str] | None,
     idle_timeout: int = 0,
     positions: dict[str, Any] | None = None,
+    protocol: int = PROTOCOL_VERSION,
 ) -> str:
-    """The first message on every socket: how it is connected, and to which server process."""
+    """The first message on every socket: how it is connected, to which server process, and
+    which version of the protocol it speaks."""
     return encode(
         {
             "type": "welcome",
-            "protocol": PROTOCOL_VERSION,
+            "protocol": protocol,
             "secure": scheme == "wss",
             "scheme": scheme,
             "worker": worker,
@@ -289,6 +295,12 @@ def welcome(
             **(positions or {"broadcasts": None, "user_topic": None}),
         }
     )
+
+
+def reload(reason: str, detail: str) -> str:
+    """The page must reload (its script speaks a protocol version no longer served); the
+    server closes the socket next (4010)."""
+    return encode({"type": "reload", "reason": reason, "detail": detail})
 
 
 def status(*, live: bool, reason: str | None = None) -> str:

@@ -90,9 +90,9 @@ EPHEMERAL = Counter(
 
 
 def close_code_label(code: Any) -> str:
-    """A close code as a label: the standard ones and 4000-4009 (the app's) as they are, any
+    """A close code as a label: the standard ones and 4000-4010 (the app's) as they are, any
     other a client sends as "other", so that it cannot make thousands of series."""
-    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4009):
+    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4010):
         return str(code)
     return "other"
 

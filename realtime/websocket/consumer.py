@@ -35,7 +35,7 @@ from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
-from realtime.websocket import calls, presence_updates, publishing, replay_budget
+from realtime.websocket import calls, presence_updates, publishing, replay_budget, versions
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")
@@ -85,6 +85,7 @@ def validation_detail(exc: ValidationError) -> str:
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
+    protocol: int | None = versions.UNNAMED  # the protocol version this socket speaks
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one socket: its client's events, one after the other.
@@ -138,7 +139,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:
-        await self.accept()
+        offered = self.scope.get("subprotocols") or []
+        protocol, subprotocol = versions.negotiate(offered)
+        self.protocol = protocol
+        await self.accept(subprotocol)
+        if protocol is None:
+            await versions.refuse(self, offered)
+            return
         self.replay_budget = replay_budget.ReplayBudget(self.scope)
         asked = self._replays_asked()
         # A socket that asks for no replay is never refused for its address's replays.
@@ -241,9 +248,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             tls=self.scope.get("extensions", {}).get("tls"),
             idle_timeout=max(conf.REALTIME_WS_IDLE_TIMEOUT, 0),
             positions=positions,
+            protocol=self.protocol,
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.protocol is None:  # told to reload and closing: nothing more is served
+            return
         if text_data is None:
             child(metrics.MESSAGES, "in", "binary").inc()
             await self.send(
