@@ -134,7 +134,14 @@ def published(topic: str, client_id: str, offset: int | None) -> str:
 
 def publish_error(code: str, topic: Any, client_id: Any, detail: str) -> str:
     return encode(
-        {"type": "error", "code": code, "topic": topic, "id": client_id, "detail": detail}
+        {
+            "type": "error",
+            "code": code,
+            "topic": topic,
+            "id": client_id,
+            "request": "publish",
+            "detail": detail,
+        }
     )
 
 

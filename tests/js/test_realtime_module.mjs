@@ -868,3 +868,16 @@ test("presence update replaces a user's entry (with its meta) in the list", () =
   assert.deepEqual(last.users.map((u) => u.meta), [{ typing: true }, {}]);
   assert.deepEqual(last.user.meta, { typing: true });
 });
+
+test("a refused presence update or publish ends no subscription", async () => {
+  const ctx = setup();
+  const seen = [];
+  ctx.rt.subscribe("chat.lobby", (m) => seen.push(m));
+  const ws = welcomed(ctx);
+  ws.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 0 });
+  ws.receive({ type: "error", code: "too_large", topic: "chat.lobby", request: "presence_update", detail: "big" });
+  ws.receive({ type: "error", code: "rejected", topic: "chat.lobby", id: "gone", request: "publish", detail: "no" });
+  ws.receive({ type: "message", topic: "chat.lobby", event: "message", data: "still here", offset: 1 });
+  assert.deepEqual(seen.map((m) => m.data), ["still here"]);
+  assert.deepEqual(ctx.events.error.map((m) => m.code), ["too_large", "rejected"]);
+});

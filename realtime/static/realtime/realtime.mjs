@@ -465,6 +465,9 @@ export function connect(options = {}) {
       // A replay over the server's budget was refused whole, nothing changed: ask again later.
       retryLater(msg);
       emit("error", msg);
+    } else if (msg.request === "publish" || msg.request === "presence_update") {
+      // A refused publish or presence update ends no subscription.
+      emit("error", msg);
     } else if (typeof msg.topic === "string" && subscriptions.has(msg.topic)) {
       endSubscription(msg.topic, msg.code || "forbidden", msg.detail);
     } else {
