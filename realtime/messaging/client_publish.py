@@ -139,7 +139,7 @@ def store_new(
                 topic=topic,
                 client_id=client_id,
                 digest=sent,
-                message=message,
+                message_pk=message.pk,
             )
         # Committed: the commit published it (streams.store), in this thread.
     except IntegrityError:  # the same id at the same moment from another socket
@@ -163,8 +163,8 @@ def first_offset(receipt: PublishReceipt, sent: str) -> int:
     if receipt.offset is not None:
         return receipt.offset
     offset = None
-    if receipt.message_id is not None:
-        found = TopicMessage.objects.filter(pk=receipt.message_id).values_list("offset", flat=True)
+    if receipt.message_pk is not None:
+        found = TopicMessage.objects.filter(pk=receipt.message_pk).values_list("offset", flat=True)
         offset = found.first()
     if offset is None:
         raise not_yet()
