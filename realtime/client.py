@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import re
 import ssl as ssl_module
 import time
 import uuid
@@ -147,6 +148,19 @@ def tls_context(ssl: ssl_module.SSLContext | str | os.PathLike | None) -> ssl_mo
             )
         return ssl
     return ssl_module.create_default_context(cafile=os.fspath(ssl))
+
+
+def failure(exc: BaseException) -> str:
+    """Why a connection failed, in words: "Connection refused" rather than asyncio's "Connect
+    call failed" (or its "Multiple exceptions" for a name with an IPv4 and an IPv6 address)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    errors = {int(n) for n in re.findall(r"\[Errno (\d+)\]", str(exc))}
+    if isinstance(exc, OSError) and exc.errno:
+        errors = {exc.errno}
+    if len(errors) == 1:
+        return os.strerror(errors.pop())
+    return str(exc) or type(exc).__name__
 
 
 def cookie_header(cookies: Mapping[str, str]) -> str:
@@ -449,9 +463,7 @@ class Realtime:
                 f"{self.url} refused the WebSocket with HTTP {status}{why}.", status=status
             ) from None
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            reason = reason or type(exc).__name__
-            raise ConnectError(f"Could not connect to {self.url}: {reason}.") from None
+            raise ConnectError(f"Could not connect to {self.url}: {failure(exc)}.") from None
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), self._open_timeout))
         except ConnectionClosed as exc:
