@@ -317,8 +317,9 @@ class Realtime:
         subscription = Subscription(self, topic, position, presence)
         self._subscriptions[topic] = subscription
         try:
-            if self._ws is not None:
-                await self._send(subscription.request())
+            if self._ws is not None:  # else the reconnect sends it
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(subscription.request())
             await asyncio.wait_for(asyncio.shield(subscription.ready), timeout)
         except BaseException:
             if self._subscriptions.get(topic) is subscription:
@@ -509,6 +510,13 @@ class Realtime:
                 await self._send(message)
 
     async def _run(self, ws: ClientConnection) -> None:
+        try:
+            await self._reconnecting(ws)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            logger.exception("The connection's task failed")
+            self._stop(Closed(f"The client failed: {exc!r}"))
+
+    async def _reconnecting(self, ws: ClientConnection) -> None:
         attempt = 0
         while True:
             opened = time.monotonic()
