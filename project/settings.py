@@ -191,12 +191,25 @@ for _name in (
     "REALTIME_FANOUT_CHECK_TIMEOUT",
     "REALTIME_SESSION_CHECK",
     # Topics (docs/topics.md): history per topic, largest message, subscriptions per socket,
-    # and how long a killed worker's users stay listed on presence topics.
+    # how long a killed worker's users stay listed on presence topics, and presence metadata
+    # (the largest, the seconds between two writes of one user's).
     "REALTIME_TOPIC_HISTORY_SIZE",
     "REALTIME_TOPIC_HISTORY_TTL",
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
     "REALTIME_PRESENCE_TTL",
+    # Clients publishing (docs/topics.md): rate per publisher and topic, how long a client id
+    # is remembered, and the backlog past which ephemeral messages are dropped.
+    "REALTIME_TOPIC_PUBLISH_RATE",
+    "REALTIME_TOPIC_PUBLISH_BURST",
+    "REALTIME_PUBLISH_ID_TTL",
+    "REALTIME_EPHEMERAL_BACKLOG",
+    "REALTIME_PRESENCE_META_MAX",
+    "REALTIME_PRESENCE_UPDATE_INTERVAL",
+    # Calls with a reply (docs/rpc.md): deadline, calls in flight per socket, threads.
+    "REALTIME_RPC_TIMEOUT",
+    "REALTIME_RPC_MAX_IN_FLIGHT",
+    "REALTIME_RPC_THREADS",
     # Seconds between sweeps of the streams' history (docs/operations.md).
     "REALTIME_HISTORY_SWEEP_INTERVAL",
     # The admin's live view (docs/operations.md): seconds between updates.

@@ -1,3 +1,3 @@
 """realtime: HTTPS pages, WSS sockets and broadcasts over one TLS endpoint. The public entry
-points: realtime.routing.websocket_application(), realtime.broadcast, realtime.topics and
-realtime.notifications (the README maps the rest)."""
+points: realtime.routing.websocket_application(), realtime.broadcast, realtime.topics,
+realtime.notifications and realtime.rpc (the README maps the rest)."""

@@ -53,3 +53,5 @@ class RealtimeConfig(AppConfig):
 
         register_page_topics()
         autodiscover_modules("topics")
+        # Each app's procedures (docs/rpc.md); realtime's own rpc.py is the registry itself.
+        autodiscover_modules("rpc")

@@ -116,7 +116,26 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_TOPIC_HISTORY_TTL": 3600,
     "REALTIME_TOPIC_MAX_DATA": 64 * 1024,
     "REALTIME_WS_MAX_SUBSCRIPTIONS": 100,
+    # Clients publishing (docs/topics.md): messages per second and at once per publisher (a
+    # user, or an anonymous client's address) on each topic, over every worker; how long a
+    # stored publish's client id is remembered (a publish sent again with it within this many
+    # seconds is answered, not stored again); and the bytes a socket may have waiting to be
+    # sent before ephemeral messages to it are dropped.
+    "REALTIME_TOPIC_PUBLISH_RATE": 5,
+    "REALTIME_TOPIC_PUBLISH_BURST": 10,
+    "REALTIME_PUBLISH_ID_TTL": 600,
+    "REALTIME_EPHEMERAL_BACKLOG": 16 * 1024,
     "REALTIME_PRESENCE_TTL": 15,
+    # A presence_update's meta: the largest (bytes of compact JSON), and the seconds between
+    # two writes of one user's meta on one topic by one worker (the latest value waits).
+    "REALTIME_PRESENCE_META_MAX": 1024,
+    "REALTIME_PRESENCE_UPDATE_INTERVAL": 1,
+    # Calls with a reply (docs/rpc.md, realtime/websocket/calls.py): seconds before a call is
+    # answered `timeout`, calls in flight per socket (the next is refused), and the threads
+    # that run sync handlers (apart from the database thread the rest of the app shares).
+    "REALTIME_RPC_TIMEOUT": 10,
+    "REALTIME_RPC_MAX_IN_FLIGHT": 8,
+    "REALTIME_RPC_THREADS": 4,
     # The broadcasts' history for a resume (messages, seconds).
     "REALTIME_RESUME_MAX_COUNT": 500,
     "REALTIME_RESUME_MAX_AGE": 3600,

@@ -98,6 +98,9 @@ class TopicMessage(models.Model):
     frame = models.TextField(blank=True, default="")
     sent_at = models.DateTimeField(default=timezone.now)
     published_at = models.DateTimeField(null=True, blank=True)
+    # A message a client published: {"from": {"id", "username"} or None, "id": its client id},
+    # merged into the frame; None for one the server sent.
+    origin = models.JSONField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -107,6 +110,32 @@ class TopicMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} #{self.offset}"
+
+
+class PublishReceipt(models.Model):
+    """That a publisher's client id was stored on a topic: a publish sent again with that id
+    (its client lost the answer) is answered with this offset instead of being stored twice
+    (realtime/messaging/client_publish.py). Kept REALTIME_PUBLISH_ID_TTL seconds."""
+
+    publisher = models.CharField(max_length=80)  # "user:<pk>", or "socket:<uuid>" when anonymous
+    topic = models.CharField(max_length=200)
+    client_id = models.CharField(max_length=64)
+    digest = models.CharField(max_length=64)  # of what the client sent: an id reused differs
+    offset = models.PositiveBigIntegerField(null=True, blank=True)
+    message = models.ForeignKey(
+        TopicMessage, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["publisher", "topic", "client_id"], name="realtime_publish_receipt"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.publisher} {self.topic} {self.client_id}"
 
 
 class ApiToken(models.Model):

@@ -6,9 +6,17 @@
     def can_follow_order(user, order_id):
         return Order.objects.filter(pk=order_id, customer=user).exists()
 
+    def chat_message(user, data, room):  # what a client's publish becomes; in a thread
+        if not isinstance(data, dict) or not str(data.get("text", "")).strip():
+            raise topics.Rejected("A message needs some text.")
+        return {"text": str(data["text"])[:2000]}
+
+    topics.register("chat.<slug:room>", authorize=may_read, publish=chat_message)
+
     topics.send("orders.42", {"status": "shipped"}, event="status")
+    topics.send("chat.lobby", {"typing": True}, ephemeral=True)  # now, to whoever is there
     topics.send_to_user(user, {"text": "Your export is ready"})
-    topics.presence("documents.intro")  # [{"id": 1, "username": "alice"}, ...]
+    topics.presence("documents.intro")  # [{"id": 1, "username": "alice", "meta": {}}, ...]
 
 Messages are stored and published after the transaction commits, each with the topic's next
 offset; a subscriber that reconnects resumes from its offset and gets each message once.
@@ -22,20 +30,24 @@ from typing import Any
 from realtime.messaging import topic_rules
 from realtime.messaging.fanout import fanout
 from realtime.messaging.redis_client import sync_client
-from realtime.messaging.topic_presence import KEY_PREFIX, users_of
-from realtime.messaging.topic_rules import recheck, register, send, send_to_user
+from realtime.messaging.topic_presence import KEY_PREFIX, META_PREFIX, users_of
+from realtime.messaging.topic_rules import Rejected, recheck, register, send, send_to_user
 
-__all__ = ["presence", "recheck", "register", "send", "send_to_user"]
+__all__ = ["Rejected", "presence", "recheck", "register", "send", "send_to_user"]
 
 
 def presence(topic: str) -> list[dict[str, Any]]:
     """Who is connected to presence topic `topic` now, over every worker: each user once, as
-    {"id": ..., "username": ...}; without Redis, this process's own. Raises ValueError for a
-    topic that is not a presence one."""
+    {"id": ..., "username": ..., "meta": {...}} (the meta its sockets set last, {} if none);
+    without Redis, this process's own. Raises ValueError for a topic that is not a presence
+    one."""
     if not topic_rules.is_presence_topic(topic):
         raise ValueError(f"{topic!r} is not a registered presence topic (presence=True)")
     client = sync_client()
     if client is None:
         return list(fanout.presence.local_users(topic).values())
-    members = client.zrangebyscore(KEY_PREFIX + topic, time.time(), "+inf")
-    return list(users_of(members).values())
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrangebyscore(KEY_PREFIX + topic, time.time(), "+inf")
+        pipe.hgetall(META_PREFIX + topic)
+        members, metas = pipe.execute()
+    return list(users_of(members, metas).values())

@@ -6,11 +6,29 @@ Pure functions: parse what a client sends, build what the server sends.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 2  # 2: positions (epoch, offset) for broadcasts and topics
+# The current version, offered by clients as the subprotocol `realtime.v3`
+# (realtime.websocket.versions; docs/protocol.md, "Versions"). 1: resume by broadcast id;
+# 2: positions (epoch, offset) for broadcasts and topics; 3: clients publish, call and update
+# their presence metadata.
+PROTOCOL_VERSION = 3
 
-CLIENT_TYPES = frozenset({"ping", "resume", "subscribe", "unsubscribe", "broadcast"})
+CLIENT_TYPES = frozenset(
+    {
+        "ping",
+        "resume",
+        "subscribe",
+        "unsubscribe",
+        "broadcast",
+        "publish",
+        "presence_update",
+        "call",
+    }
+)
+CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
 
 class ProtocolError(Exception):
@@ -44,6 +62,8 @@ def parse_client_message(text: str) -> dict[str, Any]:
         _check_subscribe(message)
     if kind == "unsubscribe" and not isinstance(message.get("topic"), str):
         raise ProtocolError("invalid_unsubscribe", '"topic" must be a topic name.')
+    if kind == "presence_update" and not isinstance(message.get("topic"), str):
+        raise ProtocolError("invalid_presence_update", '"topic" must be a topic name.')
     return message
 
 
@@ -76,6 +96,55 @@ def position(since: Any, code: str) -> tuple[str, int]:
     )
 
 
+@dataclass(frozen=True)
+class PublishRequest:
+    topic: str
+    data: Any
+    id: str  # "" for an ephemeral publish without one
+    event: str
+    ephemeral: bool
+
+
+def publish_request(message: dict[str, Any]) -> PublishRequest:
+    """A client's `publish`, its fields checked for shape (the data is the topic's to judge),
+    or ProtocolError "invalid_publish"."""
+    topic, client_id = message.get("topic"), message.get("id", "")
+    event, ephemeral = message.get("event", "message"), message.get("ephemeral", False)
+    if not isinstance(topic, str):
+        problem = '"topic" must be a topic name.'
+    elif "data" not in message:
+        problem = 'A publish needs "data".'
+    elif not isinstance(ephemeral, bool):
+        problem = '"ephemeral" must be true or false.'
+    elif not (client_id == "" and ephemeral) and not (
+        isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)
+    ):
+        problem = '"id" must be 1 to 64 letters, digits or . _ : - (unique per message).'
+    elif not isinstance(event, str):
+        problem = '"event" must be a string.'
+    else:
+        return PublishRequest(topic, message["data"], client_id, event, ephemeral)
+    raise ProtocolError("invalid_publish", problem)
+
+
+def published(topic: str, client_id: str, offset: int | None) -> str:
+    """A publish was stored with this offset (null: ephemeral, sent and not stored)."""
+    return encode({"type": "published", "topic": topic, "id": client_id, "offset": offset})
+
+
+def publish_error(code: str, topic: Any, client_id: Any, detail: str) -> str:
+    return encode(
+        {
+            "type": "error",
+            "code": code,
+            "topic": topic,
+            "id": client_id,
+            "request": "publish",
+            "detail": detail,
+        }
+    )
+
+
 def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
     """The message, level and audience of a client's `broadcast`, or ProtocolError.
 
@@ -90,6 +159,43 @@ def broadcast_request(message: dict[str, Any]) -> tuple[str, str, str]:
             "invalid_broadcast", '"message", "level" and "audience" must be strings.'
         )
     return text, level, audience
+
+
+MAX_REF_LENGTH = 64
+MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's: a larger ref would not come back as it was sent
+
+
+def call_ref(message: dict[str, Any]) -> str | int | None:
+    """A call's `ref` (a string of 1 to 64 characters or an integer), None when it has none
+    that can be echoed."""
+    ref = message.get("ref")
+    if isinstance(ref, str) and 0 < len(ref) <= MAX_REF_LENGTH:
+        return ref
+    if isinstance(ref, int) and not isinstance(ref, bool) and abs(ref) <= MAX_SAFE_INTEGER:
+        return ref
+    return None
+
+
+def call_request(message: dict[str, Any]) -> tuple[str, Any, str | int]:
+    """The name, data and ref of a client's `call`, or ProtocolError("invalid_call")."""
+    ref = call_ref(message)
+    if ref is None:
+        raise ProtocolError(
+            "invalid_call", '"ref" must be a string of 1 to 64 characters or an integer.'
+        )
+    name = message.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= 100:
+        raise ProtocolError("invalid_call", '"name" must be a procedure name.')
+    return name, message.get("data"), ref
+
+
+def reply(ref: str | int, data_json: str) -> str:
+    """A call's answer, its data already encoded (and measured) by the caller."""
+    return f'{{"type":"reply","ref":{encode(ref)},"data":{data_json}}}'
+
+
+def reply_error(ref: str | int | None, code: str, detail: str) -> str:
+    return encode({"type": "reply", "ref": ref, "error": {"code": code, "detail": detail}})
 
 
 def stats(topic: str, data: dict[str, Any]) -> str:
@@ -146,8 +252,23 @@ def presence(topic: str, users: list[dict[str, Any]]) -> str:
 
 
 def presence_change(kind: str, topic: str, user: dict[str, Any]) -> str:
-    """`join` (a user's first socket on the topic opened) or `leave` (its last one closed)."""
+    """`join` (a user's first socket on the topic opened; with its meta), `leave` (its last
+    one closed) or `update` (its meta changed; with the new one)."""
     return encode({"type": kind, "topic": topic, "user": user})
+
+
+def presence_update_error(code: str, topic: str, detail: str) -> str:
+    """A refused `presence_update`: `"request"` tells it from an error that ends the
+    subscription (a refused subscribe), which a client must not take it for."""
+    return encode(
+        {
+            "type": "error",
+            "code": code,
+            "topic": topic,
+            "request": "presence_update",
+            "detail": detail,
+        }
+    )
 
 
 def broadcast_sent(broadcast_id: int) -> str:
@@ -162,12 +283,14 @@ def welcome(
     tls: dict[str, str] | None,
     idle_timeout: int = 0,
     positions: dict[str, Any] | None = None,
+    protocol: int = PROTOCOL_VERSION,
 ) -> str:
-    """The first message on every socket: how it is connected, and to which server process."""
+    """The first message on every socket: how it is connected, to which server process, and
+    which version of the protocol it speaks."""
     return encode(
         {
             "type": "welcome",
-            "protocol": PROTOCOL_VERSION,
+            "protocol": protocol,
             "secure": scheme == "wss",
             "scheme": scheme,
             "worker": worker,
@@ -179,6 +302,12 @@ def welcome(
             **(positions or {"broadcasts": None, "user_topic": None}),
         }
     )
+
+
+def reload(reason: str, detail: str) -> str:
+    """The page must reload (its script speaks a protocol version no longer served); the
+    server closes the socket next (4010)."""
+    return encode({"type": "reload", "reason": reason, "detail": detail})
 
 
 def status(*, live: bool, reason: str | None = None) -> str:

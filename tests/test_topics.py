@@ -467,10 +467,12 @@ def test_presence_lists_each_user_once_and_says_join_and_leave():
     users = {"alice": None, "bob": None}
     for user in get_user_model().objects.all():
         users[user.username] = {"id": user.pk, "username": user.username}
-    assert first_list == {"type": "presence", "topic": "documents.intro", "users": [users["bob"]]}
+    bob_listed = {**users["bob"], "meta": {}}  # no presence_update: the empty meta
+    assert first_list == {"type": "presence", "topic": "documents.intro", "users": [bob_listed]}
     for listed_then in lists:
         assert sorted(u["username"] for u in listed_then["users"]) == ["alice", "bob"]
-    assert joined == {"type": "join", "topic": "documents.intro", "user": users["alice"]}
+    alice_joined = {**users["alice"], "meta": {}}
+    assert joined == {"type": "join", "topic": "documents.intro", "user": alice_joined}
     assert one_tab_quiet  # alice's second tab is no second join
     assert sorted(u["username"] for u in listed) == ["alice", "bob"]
     assert still_there  # one of alice's tabs is still open: no leave

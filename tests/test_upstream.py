@@ -51,6 +51,7 @@ from realtime.upstream import (
     limit_write_buffer,
     send_when_idle,
     set_key_exchange_groups,
+    unsent_bytes,
     use_server_class_under_plain_daphne,
     with_factory_options,
     write_frame,
@@ -176,6 +177,24 @@ def test_a_real_tcp_transport_has_the_buffer_state_send_when_idle_reads():
     finally:
         ours.close()
         peer.close()
+
+
+def test_unsent_bytes_counts_what_a_real_tcp_transport_holds_back():
+    ours, peer = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        port = types.SimpleNamespace(_realPortNumber=8443)
+        transport = tcp.Server(ours, Protocol(), ("127.0.0.1", 1), port, 1, MemoryReactorClock())
+        assert unsent_bytes(transport) == 0
+        transport.write(b"x" * 100_000)  # the peer reads nothing: Twisted keeps it all
+        assert unsent_bytes(transport) == 100_000
+        transport.doWrite()  # the kernel takes what fits in its buffer
+        assert 0 < unsent_bytes(transport) < 100_000
+    finally:
+        ours.close()
+        peer.close()
+    assert unsent_bytes(StringTransport()) == 0
 
 
 def test_without_that_state_the_transport_is_left_alone():

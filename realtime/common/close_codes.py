@@ -12,3 +12,4 @@ POLICY_VIOLATION = 1008  # TLS required, an unknown path, or the client kept flo
 TRY_AGAIN_LATER = 1013  # too many sockets from one address, or the channel layer is down
 IDLE_TIMEOUT = 4000  # application range: the client may reconnect at once (not "going away")
 SIGNED_OUT = 4001  # the session signed out: reconnect, now anonymous
+PROTOCOL_UNSUPPORTED = 4010  # the client's protocol version is no longer served: reload the page

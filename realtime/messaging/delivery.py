@@ -230,6 +230,26 @@ class Streams:
         stream.pending[offset] = Entry(offset, event["text"], audience, published)
         self._advance(stream)
 
+    def receive_ephemeral(self, event: dict[str, Any]) -> None:
+        """An ephemeral message from the channel layer: to this worker's subscribers of its
+        stream now, but the socket that sent it; dropped for one that is behind (replaying,
+        or more than REALTIME_EPHEMERAL_BACKLOG bytes waiting to be sent)."""
+        stream = self.streams.get(event["topic"])
+        if stream is None:
+            return
+        frame, skip = Frame(event["text"]), event.get("skip", "")
+        delivered = dropped = 0
+        for subscription in list(stream.subscriptions.values()):
+            recipient = subscription.recipient
+            if skip and getattr(recipient, "socket_id", "") == skip:
+                continue
+            if subscription.held is None and recipient.push_unless_behind(frame):
+                delivered += 1
+            else:
+                dropped += 1
+        child(metrics.EPHEMERAL, "delivered").inc(delivered)
+        child(metrics.EPHEMERAL, "dropped").inc(dropped)
+
     def _advance(self, stream: Stream) -> None:
         """Deliver what is next in order; start a fill when a gap remains."""
         if stream.delivered is None or stream.busy:

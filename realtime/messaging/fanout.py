@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from realtime import wire
+from realtime.conf import conf
 from realtime.messaging import streams as stored
 from realtime.messaging import topic_rules
 from realtime.messaging.delivery import Frame, Streams, Subscription, spawn
@@ -43,12 +44,13 @@ PAUSED_REASON = "The server lost its channel layer"  # in the status message to 
 class Recipient:
     """One socket of this worker, as the fan-out sees it."""
 
-    __slots__ = ("consumer", "frames")
+    __slots__ = ("consumer", "frames", "socket_id")
 
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
         # realtime.server.frames.WebSocketFrames under RealtimeServer, else None.
         self.frames = consumer.scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        self.socket_id = getattr(consumer, "socket_id", "")
 
     def push(self, frame: Frame) -> None:
         """Write one message to this socket (called in the event loop's thread)."""
@@ -56,6 +58,14 @@ class Recipient:
             spawn(self.consumer.send(text_data=frame.text))
         else:
             self.frames.send_prepared(frame.prepared_by(self.frames))
+
+    def push_unless_behind(self, frame: Frame) -> bool:
+        """Write a message that may be lost (an ephemeral one) unless more than
+        REALTIME_EPHEMERAL_BACKLOG bytes wait to be sent to this socket; whether it was."""
+        if self.frames is not None and self.frames.unsent() > conf.REALTIME_EPHEMERAL_BACKLOG:
+            return False
+        self.push(frame)
+        return True
 
 
 # What a socket's welcome tells of the streams it was subscribed to as it opened.
@@ -135,6 +145,8 @@ class Fanout:
         kind = event["type"]
         if kind == stored.TOPIC_EVENT:
             self.streams.receive(event)
+        elif kind == stored.EPHEMERAL_EVENT:
+            self.streams.receive_ephemeral(event)
         elif kind == LOGOUT:
             self.sign_outs.sign_out(event["signed_in"])
         elif kind == CHANGED:

@@ -24,7 +24,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from realtime.conf import conf
-from realtime.messaging import streams
+from realtime.messaging import client_publish, streams
 from realtime.messaging.delivery import Frame
 from realtime.messaging.fanout import MAINTENANCE_INTERVAL, OVERLAP, fanout
 from realtime.messaging.redis_client import async_client, redis_host
@@ -107,7 +107,8 @@ async def sweep_history() -> None:
 
 
 async def sweep() -> int:
-    """Delete every stream's messages beyond its window, in batches; returns how many."""
+    """Delete every stream's messages beyond its window, and the publish receipts past
+    REALTIME_PUBLISH_ID_TTL, in batches; returns how many."""
     began, started = timezone.now(), time.monotonic()
     deleted = 0
     for rows in streams.expired(began):
@@ -116,6 +117,7 @@ async def sweep() -> int:
     for at in range(0, len(names), streams.STREAMS_PER_TRIM):
         deleted += await until_done(streams.trim_some, names[at : at + streams.STREAMS_PER_TRIM])
     sweeper.last_began = began
+    deleted += await until_done(client_publish.forget_expired_receipts, None)
     if deleted:
         logger.info(
             "History sweep deleted %d message(s) in %.2f s", deleted, time.monotonic() - started

@@ -39,6 +39,7 @@ logger = logging.getLogger("realtime.messaging.streams")
 
 TOPICS_GROUP = "realtime.topics"  # every worker's fan-out is a member: a name on the wire
 TOPIC_EVENT = "realtime.topic"
+EPHEMERAL_EVENT = "realtime.ephemeral"  # live to the subscribers of now: not stored
 BROADCASTS = "$broadcasts"
 PUBLISHED, TAKEN, FAILED = "published", "taken", "failed"
 # Messages past a stream's window are deleted every this many offsets (a resume checks the
@@ -149,16 +150,29 @@ def frame_for(message: TopicMessage, offset: int) -> str:
     """The text every subscriber receives for this message."""
     if message.topic == BROADCASTS:
         return wire.encode({**message.data, "offset": offset})
-    topic = "user" if message.topic.startswith("$user.") else message.topic
-    return wire.encode(
-        {
-            "type": "message",
-            "topic": topic,
-            "event": message.event,
-            "data": message.data,
-            "offset": offset,
-        }
-    )
+    fields = {"offset": offset, **(message.origin or {})}
+    return topic_frame(message.topic, message.data, message.event, fields)
+
+
+def topic_frame(name: str, data: Any, event: str, fields: dict[str, Any]) -> str:
+    """A `message` of stream `name` as its subscribers receive it, with `fields` after the
+    data: its offset, or `ephemeral`; who published it and its client id, for a client's."""
+    topic = "user" if name.startswith("$user.") else name
+    return wire.encode({"type": "message", "topic": topic, "event": event, "data": data, **fields})
+
+
+def ephemeral_event(
+    name: str, data: Any, event: str, origin: dict[str, Any] | None = None, skip: str = ""
+) -> dict[str, Any]:
+    """The channel layer event of an ephemeral message: every worker writes it to its
+    subscribers of stream `name` now (but the socket `skip`, which sent it), or drops it."""
+    fields = {"ephemeral": True, **(origin or {})}
+    return {
+        "type": EPHEMERAL_EVENT,
+        "topic": name,
+        "text": topic_frame(name, data, event, fields),
+        "skip": skip,
+    }
 
 
 def publish(pk: int) -> str:

@@ -23,6 +23,7 @@ from realtime.messaging.layer import send_to_group
 logger = logging.getLogger(__name__)
 
 Authorize = Callable[..., bool]
+Publish = Callable[..., Any]
 
 # What a client may name: letters, digits and . _ : - (no "/" for the resolver, no "$").
 NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
@@ -37,6 +38,16 @@ class Registration:
     authorize: Authorize
     presence: bool | Authorize  # True, or who (of those authorize allows) sees who is there
     route: URLPattern
+    publish: Publish | None = None  # what a client's publish becomes; None: clients may not
+
+
+class Rejected(Exception):
+    """Raised by a topic's `publish` function: the client's message is not sent, and its
+    client is told why (the `detail` of a `rejected` error)."""
+
+    def __init__(self, reason: str = "Rejected.") -> None:
+        super().__init__(reason)
+        self.reason = str(reason)
 
 
 registrations: dict[str, Registration] = {}
@@ -47,9 +58,17 @@ def _no_view(*args: Any, **kwargs: Any) -> None:
 
 
 def register(
-    pattern: str, *, authorize: Authorize | None = None, presence: bool | Authorize = False
+    pattern: str,
+    *,
+    authorize: Authorize | None = None,
+    publish: Publish | None = None,
+    presence: bool | Authorize = False,
 ) -> Any:
     """Register a topic pattern; `authorize(user, **params) -> bool` decides who may subscribe.
+
+    `publish(user, data, **params)` lets clients publish there (those `authorize` allows): it
+    runs in a thread (it may use the database) and returns the data to send, possibly changed,
+    or raises Rejected("reason"). Without it, clients may not publish to the topic.
 
     `presence=True` makes it a presence topic: every signed-in subscriber is counted, and every
     subscriber told who is there. A function `presence(user, **params) -> bool` instead counts
@@ -58,14 +77,19 @@ def register(
     Registering the same pattern again replaces it.
     """
     if authorize is None:
-        return lambda function: register(pattern, authorize=function, presence=presence)
+        return lambda function: register(
+            pattern, authorize=function, publish=publish, presence=presence
+        )
     if not callable(authorize):
         raise TypeError("authorize must be a function (user, **params) -> bool")
+    if publish is not None and not callable(publish):
+        raise TypeError("publish must be a function (user, data, **params) -> data")
     if not (isinstance(presence, bool) or callable(presence)):
         raise TypeError("presence must be True, False or a function (user, **params) -> bool")
     if pattern.startswith("$") or pattern == USER or "/" in pattern:
         raise ValueError(f"{pattern!r} cannot be a topic pattern (reserved or contains '/')")
-    registrations[pattern] = Registration(pattern, authorize, presence, path(pattern, _no_view))
+    route = path(pattern, _no_view)
+    registrations[pattern] = Registration(pattern, authorize, presence, route, publish)
     return authorize
 
 
@@ -116,15 +140,22 @@ def allowed(user: Any, name: str) -> bool:
     return bool(registration.authorize(user, **params))
 
 
-def _checked(name: str, data: Any, event: str) -> None:
+def check(name: str, data: Any, event: str) -> None:
+    """Raise ValueError unless `event` and `data` may be sent to topic `name`."""
     if not isinstance(event, str) or not 0 < len(event) <= MAX_EVENT_LENGTH:
         raise ValueError(f"event must be a string of 1 to {MAX_EVENT_LENGTH} characters")
     streams.check_text(event, "event")
     streams.check_data(data)
 
 
-def send(topic: str, data: Any, *, event: str = "message") -> streams.TopicMessage:
+def send(
+    topic: str, data: Any, *, event: str = "message", ephemeral: bool = False
+) -> streams.TopicMessage | None:
     """Send `data` to every subscriber of `topic`, on every worker, once the transaction commits.
+
+    `ephemeral=True`: at once, to the sockets subscribed now only; not stored, no offset, never
+    replayed, and dropped for a socket that is behind (typing indicators, cursors). Returns
+    None then.
 
     Raises ValueError for a topic no registered pattern matches, or data that is not JSON or
     larger than REALTIME_TOPIC_MAX_DATA.
@@ -134,7 +165,10 @@ def send(topic: str, data: Any, *, event: str = "message") -> streams.TopicMessa
             f"No registered topic pattern matches {topic!r}: register one with "
             f"realtime.topics.register() (names are letters, digits and . _ : -)."
         )
-    _checked(topic, data, event)
+    check(topic, data, event)
+    if ephemeral:
+        send_to_group(streams.TOPICS_GROUP, streams.ephemeral_event(topic, data, event))
+        return None
     return streams.store(topic, data, event=event)
 
 
@@ -144,7 +178,7 @@ def send_to_user(user: Any, data: Any, *, event: str = "message") -> streams.Top
     pk = getattr(user, "pk", user)
     if pk is None:
         raise ValueError("send_to_user() needs a saved user or a primary key")
-    _checked(USER, data, event)
+    check(USER, data, event)
     return streams.store(streams.user_stream(pk), data, event=event)
 
 

@@ -2,7 +2,8 @@
 (realtime/server/prometheus.py: its own counters and the whole host's exposition).
 
 The metrics: sockets open by audience, closes, messages in and out, deliveries and the
-catch-up's, the delivery latency, the fan-out's losses and regains of the channel layer.
+catch-up's, the delivery latency, calls by outcome and handlers running, the fan-out's losses
+and regains of the channel layer.
 Deliveries and their latency are counted once per message and worker, not once per socket, so
 the fan-out's per-socket path costs nothing more. /metrics answers only a client address in
 REALTIME_METRICS_ALLOWED_ADDRESSES (the address as the server decided it,
@@ -55,6 +56,18 @@ DELIVERY_LATENCY = Histogram(
     ["kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+RPC_CALLS = Counter(
+    "realtime_rpc_calls",
+    "Calls from clients answered, by outcome: ok, or the reply's error code.",
+    ["outcome"],
+)
+RPC_RUNNING = Gauge(
+    "realtime_rpc_running",
+    "Call handlers running now, by kind (sync: in a thread; async): a sync one past its "
+    "timeout still counts until it returns.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
 LAYER_LOSSES = Counter(
     "realtime_channel_layer_losses", "Times a worker's fan-out lost the channel layer."
 )
@@ -62,12 +75,24 @@ LAYER_RECONNECTS = Counter(
     "realtime_channel_layer_reconnects",
     "Times a worker's fan-out heard the channel layer again after losing it.",
 )
+PUBLISHES = Counter(
+    "realtime_client_publishes",
+    "Clients' publishes, by outcome: stored, repeated (a client id seen before), ephemeral, "
+    "or the error code they were answered.",
+    ["outcome"],
+)
+EPHEMERAL = Counter(
+    "realtime_ephemeral_messages",
+    "Ephemeral messages for this worker's sockets: delivered, or dropped for a socket that "
+    "was behind (never counted as lost).",
+    ["outcome"],
+)
 
 
 def close_code_label(code: Any) -> str:
-    """A close code as a label: the standard ones and 4000-4009 (the app's) as they are, any
+    """A close code as a label: the standard ones and 4000-4010 (the app's) as they are, any
     other a client sends as "other", so that it cannot make thousands of series."""
-    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4009):
+    if isinstance(code, int) and (1000 <= code <= 1015 or 4000 <= code <= 4010):
         return str(code)
     return "other"
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from realtime.server.compression import SharedFrame
+from realtime.server.writethrough import tcp_transport_of
+from realtime.upstream import unsent_bytes
 
 EXTENSION = "realtime.websocket"
 
@@ -34,3 +36,7 @@ class WebSocketFrames:
         protocol = self._protocol
         if protocol.state == protocol.STATE_OPEN:
             prepared.send_to(protocol)
+
+    def unsent(self) -> int:
+        """Bytes written to this socket that the kernel has not taken yet."""
+        return unsent_bytes(tcp_transport_of(self._protocol.transport))

@@ -8,8 +8,9 @@ reason. Code elsewhere imports these names; it reaches into none of those projec
   autobahn's send queue (write_frame), negotiated compression (compression_of) and zlib state
   (MessageAtATimeDeflate), its per-connection option copy (with_factory_options) and
   encode_truncate.
-- tcp: Twisted's TCP buffer state (send_when_idle), `bufferSize` (limit_write_buffer) and the
-  PROXY protocol wrapper from its private module (ProxyHeaderWrapper, proxy_header_read).
+- tcp: Twisted's TCP buffer state (send_when_idle, unsent_bytes), `bufferSize`
+  (limit_write_buffer) and the PROXY protocol wrapper from its private module
+  (ProxyHeaderWrapper, proxy_header_read).
 - openssl: the context pointer (set_key_exchange_groups) and CertificateOptions' flags
   (clear_option).
 - http_channel: Twisted's HTTPChannel with the methods the request deadline overrides
@@ -63,6 +64,7 @@ from realtime.upstream.tcp import (
     limit_write_buffer,
     proxy_header_read,
     send_when_idle,
+    unsent_bytes,
 )
 from realtime.upstream.websocket_protocol import (
     WEBSOCKET_PROTOCOL_HOOKS,
@@ -138,6 +140,7 @@ __all__ = [
     "release_from_http_channel",
     "replace_protocols",
     "send_when_idle",
+    "unsent_bytes",
     "set_key_exchange_groups",
     "set_logged_client",
     "started_by_daphne_cli",

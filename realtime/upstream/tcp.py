@@ -12,7 +12,14 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWr
 
 # FileDescriptor's buffer state: bytes held while the socket was not writable, and whether the
 # write side was shut. Twisted has no public "is anything buffered?".
-TCP_STATE = ("_tempDataBuffer", "dataBuffer", "offset", "_writeDisconnected", "writeSomeData")
+TCP_STATE = (
+    "_tempDataBuffer",
+    "_tempDataLen",
+    "dataBuffer",
+    "offset",
+    "_writeDisconnected",
+    "writeSomeData",
+)
 
 
 def send_when_idle(tcp: Any) -> bool:
@@ -49,6 +56,14 @@ def send_when_idle(tcp: Any) -> bool:
 
     tcp.write = write
     return True
+
+
+def unsent_bytes(tcp: Any) -> int:
+    """How many bytes a Twisted TCP transport holds that the kernel has not taken yet (its
+    buffered write's state, TCP_STATE); 0 for a transport without that state."""
+    if not all(hasattr(tcp, name) for name in TCP_STATE):
+        return 0
+    return len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
 
 
 def limit_write_buffer(tcp: Any, size: int) -> None:

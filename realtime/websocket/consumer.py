@@ -1,4 +1,4 @@
-"""The WebSocket consumer behind /ws/: welcome, ping, resume, topics, error replies.
+"""The WebSocket consumer behind /ws/: welcome, ping, resume, topics, calls, error replies.
 
 Authorization is per message: a socket may subscribe to a topic only when its pattern's
 `authorize` allows its user (realtime.messaging.topic_rules), may only confirm the audiences it
@@ -8,6 +8,7 @@ was given at connect, and only staff may send a broadcast.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -34,7 +35,7 @@ from realtime.server import prometheus
 from realtime.server.prometheus import child
 from realtime.server.worker import worker_id
 from realtime.upstream import AsyncWebsocketConsumer, handler_name
-from realtime.websocket import replay_budget
+from realtime.websocket import calls, presence_updates, publishing, replay_budget, versions
 from realtime.websocket.sessions import signed_in_session
 
 logger = logging.getLogger("realtime.websocket.consumer")
@@ -84,6 +85,7 @@ def validation_detail(exc: ValidationError) -> str:
 
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
+    protocol: int | None = versions.UNNAMED  # the protocol version this socket speaks
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Serve one socket: its client's events, one after the other.
@@ -125,6 +127,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # Audience is decided here, on the server, from the session's user.
         self.audiences = audiences_for(self.scope.get("user"))
         self.connected_at = timezone.now()
+        self.socket_id = uuid.uuid4().hex  # its ephemeral publishes do not come back to it
         await super().websocket_connect(message)
 
     async def _try_again_later(self, exc: Exception) -> None:
@@ -136,7 +139,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         await self.close(code=TRY_AGAIN_LATER, reason="The server lost its channel layer")
 
     async def connect(self) -> None:
-        await self.accept()
+        offered = self.scope.get("subprotocols") or []
+        protocol, subprotocol = versions.negotiate(offered)
+        self.protocol = protocol
+        await self.accept(subprotocol)
+        if protocol is None:
+            await versions.refuse(self, offered)
+            return
         self.replay_budget = replay_budget.ReplayBudget(self.scope)
         asked = self._replays_asked()
         # A socket that asks for no replay is never refused for its address's replays.
@@ -208,6 +217,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._start(subscription, "", since)
 
     async def disconnect(self, code: int) -> None:
+        calls.close(self)
         fanout.unregister(self)
         if getattr(self, "_counted", False):
             audience_counts.left(self.audiences)
@@ -238,9 +248,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             tls=self.scope.get("extensions", {}).get("tls"),
             idle_timeout=max(conf.REALTIME_WS_IDLE_TIMEOUT, 0),
             positions=positions,
+            protocol=self.protocol,
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.protocol is None:  # told to reload and closing: nothing more is served
+            return
         if text_data is None:
             child(metrics.MESSAGES, "in", "binary").inc()
             await self.send(
@@ -268,6 +281,12 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self._unsubscribe(message["topic"])
         elif message["type"] == "broadcast":
             await self._broadcast(message)
+        elif message["type"] == "publish":
+            await publishing.publish(self, message)
+        elif message["type"] == "presence_update":
+            await presence_updates.handle(self, message)
+        elif message["type"] == "call":
+            await calls.of(self).receive(message)
 
     async def _resume(self, epoch: str, after: int) -> None:
         """Replay the broadcasts of this socket's audiences after `after`, up to where its live

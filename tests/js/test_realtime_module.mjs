@@ -51,8 +51,9 @@ function fakeClock() {
 function fakeSockets() {
   const created = [];
   class FakeWebSocket {
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = url;
+      this.protocols = protocols;
       this.readyState = 0;
       this.sent = [];
       this.closedWith = null;
@@ -87,7 +88,7 @@ function fakeSockets() {
 
 const WELCOME = {
   type: "welcome",
-  protocol: 2,
+  protocol: 3,
   secure: true,
   scheme: "wss",
   worker: "h-w1",
@@ -106,12 +107,14 @@ function welcome(extra = {}) {
 function setup(options = {}) {
   const clock = fakeClock();
   const sockets = fakeSockets();
+  let ids = 0;
   const rt = connect(
     Object.assign(
       {
         url: "wss://example.test/ws/",
         WebSocket: sockets.FakeWebSocket,
         random: () => 0.5,
+        randomUUID: () => `id-${++ids}`,
         now: clock.now,
         setTimeout: clock.setTimeout,
         clearTimeout: clock.clearTimeout,
@@ -122,7 +125,7 @@ function setup(options = {}) {
     )
   );
   const events = {};
-  for (const name of ["state", "broadcast", "message", "presence", "error", "resume_failed", "unsubscribed"]) {
+  for (const name of ["state", "broadcast", "message", "presence", "error", "resume_failed", "unsubscribed", "reload"]) {
     events[name] = [];
     rt.on(name, (value) => events[name].push(value));
   }
@@ -619,4 +622,262 @@ test("connect({user}) resumes the user's own topic from a page's position, in th
     first.receive({ type: "message", topic: "user", event: "notification", data: {}, offset });
   }
   assert.deepEqual(got, [6, 7]);
+});
+
+// ---------------------------------------------------------------- protocol versions
+
+// The state of a promise, without waiting for it: "pending", or ["resolved", value] /
+// ["rejected", error], once the microtasks that settle it ran.
+async function settled(promise) {
+  const pending = {};
+  const outcome = await Promise.race([
+    promise.then((value) => ["resolved", value], (err) => ["rejected", err]),
+    new Promise((resolve) => setImmediate(() => resolve(pending))),
+  ]);
+  return outcome === pending ? "pending" : outcome;
+}
+
+test("the socket offers the subprotocol realtime.v3", () => {
+  const ctx = setup();
+  assert.deepEqual(ctx.ws().protocols, ["realtime.v3"]);
+});
+
+test("reload then close 4010: onReload once, reload event, no reconnect, pending work rejected", async () => {
+  const reloads = [];
+  const ctx = setup({ onReload: (info) => reloads.push(info) });
+  const ws = welcomed(ctx);
+  const pending = ctx.rt.publish("chat.lobby", "hi");
+  ws.receive({ type: "reload", reason: "protocol", detail: "Reload the page." });
+  ws.drop(4010, "Reload: protocol version not served");
+  assert.deepEqual(reloads, [{ reason: "protocol", detail: "Reload the page." }]);
+  assert.equal(ctx.events.reload.length, 1);
+  assert.equal(ctx.rt.state().state, "closed");
+  assert.equal(ctx.rt.state().reconnectIn, null);
+  ctx.clock.advance(120000);
+  assert.equal(ctx.sockets.created.length, 1);
+  const [kind, err] = await settled(pending);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "closed");
+  await assert.rejects(ctx.rt.publish("chat.lobby", "later"), { code: "closed" });
+});
+
+test("close 4010 alone also calls onReload, and the default reloads the location", () => {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, "location");
+  let reloaded = 0;
+  Object.defineProperty(globalThis, "location", {
+    value: { protocol: "https:", host: "example.test", reload: () => reloaded++ },
+    configurable: true,
+  });
+  try {
+    const ctx = setup();
+    ctx.ws().open();
+    ctx.ws().drop(4010, "");
+    assert.equal(reloaded, 1);
+    ctx.clock.advance(60000);
+    assert.equal(ctx.sockets.created.length, 1);
+  } finally {
+    if (saved) {
+      Object.defineProperty(globalThis, "location", saved);
+    } else {
+      delete globalThis.location;
+    }
+  }
+});
+
+// ---------------------------------------------------------------- publish
+
+test("publish: sent with a client id once open; published resolves its offset", async () => {
+  const ctx = setup();
+  const early = ctx.rt.publish("chat.lobby", { text: "before open" }, { event: "chat" });
+  assert.deepEqual(ctx.ws().sent, []);
+  const ws = welcomed(ctx);
+  assert.deepEqual(ws.sentOf("publish"), [
+    { type: "publish", topic: "chat.lobby", data: { text: "before open" }, event: "chat", id: "id-1" },
+  ]);
+  const later = ctx.rt.publish("chat.lobby", "x");
+  assert.equal(ws.sentOf("publish")[1].id, "id-2");
+  ws.receive({ type: "published", topic: "chat.lobby", id: "id-2", offset: 8 });
+  ws.receive({ type: "published", topic: "chat.lobby", id: "id-1", offset: 7 });
+  assert.deepEqual(await settled(early), ["resolved", 7]);
+  assert.deepEqual(await settled(later), ["resolved", 8]);
+});
+
+test("a publish unanswered when the socket drops is sent again with the same id after the subscribes", async () => {
+  const ctx = setup();
+  ctx.rt.subscribe("chat.lobby", () => {});
+  const first = welcomed(ctx);
+  first.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 3 });
+  const sent = ctx.rt.publish("chat.lobby", { text: "hello" });
+  const done = ctx.rt.publish("chat.lobby", { text: "acknowledged" });
+  first.receive({ type: "published", topic: "chat.lobby", id: "id-2", offset: 4 });
+  first.drop(1006);
+  assert.equal(await settled(sent), "pending");
+  ctx.clock.advance(250);
+  const second = welcomed(ctx);
+  // In order: the subscribe (with its position), then the publish, same id, same data.
+  assert.deepEqual(second.sent.map((m) => m.type), ["subscribe", "publish"]);
+  assert.deepEqual(second.sentOf("publish"), [
+    { type: "publish", topic: "chat.lobby", data: { text: "hello" }, id: "id-1" },
+  ]);
+  second.receive({ type: "published", topic: "chat.lobby", id: "id-1", offset: 5 });
+  assert.deepEqual(await settled(sent), ["resolved", 5]);
+  assert.deepEqual(await settled(done), ["resolved", 4]);
+  // Answered: not sent a third time.
+  second.drop(1006);
+  ctx.clock.advance(500);
+  assert.deepEqual(welcomed(ctx).sentOf("publish"), []);
+});
+
+test("a publish refused rejects with the server's code; the topic's subscription stays", async () => {
+  const ctx = setup();
+  const got = [];
+  ctx.rt.subscribe("chat.lobby", (m) => got.push(m.data));
+  const ws = welcomed(ctx);
+  ws.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 3 });
+  const refused = ctx.rt.publish("chat.lobby", "spam");
+  ws.receive({ type: "error", code: "rejected", topic: "chat.lobby", id: "id-1", detail: "No links." });
+  const [kind, err] = await settled(refused);
+  assert.equal(kind, "rejected");
+  assert.ok(err instanceof Error);
+  assert.equal(err.code, "rejected");
+  assert.equal(err.detail, "No links.");
+  assert.deepEqual(ctx.events.unsubscribed, []);
+  assert.deepEqual(ctx.events.error, []);
+  ws.receive({ type: "message", topic: "chat.lobby", event: "message", data: "still", offset: 4 });
+  assert.deepEqual(got, ["still"]);
+});
+
+test("ephemeral: resolves null; one pending at a drop is rejected, not sent again", async () => {
+  const ctx = setup();
+  const first = welcomed(ctx);
+  const typing = ctx.rt.publish("chat.lobby", { typing: true }, { ephemeral: true });
+  assert.equal(first.sentOf("publish")[0].ephemeral, true);
+  first.receive({ type: "published", topic: "chat.lobby", id: "id-1", offset: null });
+  assert.deepEqual(await settled(typing), ["resolved", null]);
+  const stale = ctx.rt.publish("chat.lobby", { typing: false }, { ephemeral: true });
+  first.drop(1006);
+  const [kind, err] = await settled(stale);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "disconnected");
+  ctx.clock.advance(250);
+  assert.deepEqual(welcomed(ctx).sentOf("publish"), []);
+});
+
+// ---------------------------------------------------------------- call
+
+test("call: the reply's data resolves; a reply error rejects with its code", async () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  const timers = ctx.clock.pending().length;
+  const added = ctx.rt.call("cart.add", { sku: 7 });
+  const missing = ctx.rt.call("nope", null);
+  const [first, second] = ws.sentOf("call");
+  assert.deepEqual(first, { type: "call", name: "cart.add", data: { sku: 7 }, ref: first.ref });
+  assert.notEqual(first.ref, second.ref);
+  ws.receive({ type: "reply", ref: second.ref, error: { code: "not_found", detail: "No such call." } });
+  ws.receive({ type: "reply", ref: first.ref, data: { items: 3 } });
+  assert.deepEqual(await settled(added), ["resolved", { items: 3 }]);
+  const [kind, err] = await settled(missing);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "not_found");
+  assert.equal(err.detail, "No such call.");
+  assert.equal(ctx.clock.pending().length, timers, "their timeouts cleared");
+});
+
+test("call: no reply within the timeout rejects with timeout (default 10 s); a late reply is ignored", async () => {
+  const ctx = setup();
+  const ws = welcomed(ctx);
+  const slow = ctx.rt.call("report.build", {}, { timeout: 2000 });
+  const usual = ctx.rt.call("report.other", {});
+  ctx.clock.advance(1999);
+  assert.equal(await settled(slow), "pending");
+  ctx.clock.advance(1);
+  const [kind, err] = await settled(slow);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "timeout");
+  ws.receive({ type: "reply", ref: ws.sentOf("call")[0].ref, data: "late" });
+  ctx.clock.advance(7999);
+  assert.equal(await settled(usual), "pending");
+  ctx.clock.advance(1);
+  assert.equal((await settled(usual))[1].code, "timeout");
+});
+
+test("call: a call pending when the socket drops is rejected (disconnected), never sent again", async () => {
+  const ctx = setup();
+  const first = welcomed(ctx);
+  const pending = ctx.rt.call("cart.add", { sku: 7 });
+  assert.equal(first.sentOf("call").length, 1);
+  first.drop(1006);
+  const [kind, err] = await settled(pending);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "disconnected");
+  // A call made while reconnecting was never sent: it goes on the next socket.
+  const queued = ctx.rt.call("cart.view", null);
+  ctx.clock.advance(250);
+  const second = welcomed(ctx);
+  assert.deepEqual(second.sentOf("call").map((m) => m.name), ["cart.view"]);
+  second.receive({ type: "reply", ref: second.sentOf("call")[0].ref, data: [] });
+  assert.deepEqual(await settled(queued), ["resolved", []]);
+});
+
+test("rt.close() rejects pending publishes and calls with closed", async () => {
+  const ctx = setup();
+  welcomed(ctx);
+  const p = ctx.rt.publish("chat.lobby", "x");
+  const c = ctx.rt.call("cart.add", {});
+  ctx.rt.close();
+  assert.equal((await settled(p))[1].code, "closed");
+  assert.equal((await settled(c))[1].code, "closed");
+  await assert.rejects(ctx.rt.call("cart.add", {}), { code: "closed" });
+});
+
+// ---------------------------------------------------------------- presence metadata
+
+test("setPresence sends presence_update, and the latest meta again after each resubscribe", () => {
+  const ctx = setup();
+  ctx.rt.subscribe("chat.lobby", () => {});
+  ctx.rt.setPresence("chat.lobby", { typing: true }); // not open yet: kept
+  const first = welcomed(ctx);
+  assert.deepEqual(first.sentOf("presence_update"), []); // waits for `subscribed`
+  first.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 0 });
+  assert.deepEqual(first.sentOf("presence_update"), [
+    { type: "presence_update", topic: "chat.lobby", meta: { typing: true } },
+  ]);
+  ctx.rt.setPresence("chat.lobby", { typing: false });
+  assert.deepEqual(first.sentOf("presence_update")[1].meta, { typing: false });
+  first.drop(1006);
+  ctx.clock.advance(250);
+  const second = welcomed(ctx);
+  assert.deepEqual(second.sentOf("presence_update"), []);
+  second.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 0 });
+  assert.deepEqual(second.sentOf("presence_update"), [
+    { type: "presence_update", topic: "chat.lobby", meta: { typing: false } },
+  ]);
+  assert.throws(() => ctx.rt.setPresence("chat.lobby", "not an object"), TypeError);
+});
+
+test("presence update replaces a user's entry (with its meta) in the list", () => {
+  const ctx = setup();
+  ctx.rt.subscribe("chat.lobby", () => {});
+  const ws = welcomed(ctx);
+  const alice = { id: 1, username: "alice", meta: {} };
+  ws.receive({ type: "presence", topic: "chat.lobby", users: [alice, { id: 2, username: "bob", meta: {} }] });
+  ws.receive({ type: "update", topic: "chat.lobby", user: { id: 1, username: "alice", meta: { typing: true } } });
+  const last = ctx.events.presence.at(-1);
+  assert.equal(last.kind, "update");
+  assert.deepEqual(last.users.map((u) => u.meta), [{ typing: true }, {}]);
+  assert.deepEqual(last.user.meta, { typing: true });
+});
+
+test("a refused presence update or publish ends no subscription", async () => {
+  const ctx = setup();
+  const seen = [];
+  ctx.rt.subscribe("chat.lobby", (m) => seen.push(m));
+  const ws = welcomed(ctx);
+  ws.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 0 });
+  ws.receive({ type: "error", code: "too_large", topic: "chat.lobby", request: "presence_update", detail: "big" });
+  ws.receive({ type: "error", code: "rejected", topic: "chat.lobby", id: "gone", request: "publish", detail: "no" });
+  ws.receive({ type: "message", topic: "chat.lobby", event: "message", data: "still here", offset: 1 });
+  assert.deepEqual(seen.map((m) => m.data), ["still here"]);
+  assert.deepEqual(ctx.events.error.map((m) => m.code), ["too_large", "rejected"]);
 });

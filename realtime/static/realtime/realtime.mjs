@@ -7,20 +7,28 @@
  *                                         // user: {epoch, offset} (subscribes "user" from there)
  *   const unsubscribe = rt.subscribe("orders.42", (message) => {}, { onReset(info) {}, onEnd(reason) {} });
  *   const off = rt.on("broadcast", (broadcast) => {});
+ *   await rt.publish("chat.lobby", {text: "hi"}, {event, ephemeral}); // -> offset (null: ephemeral)
+ *   await rt.call("cart.add", {sku: 7}, {timeout: 10000});           // -> the reply's data
+ *   rt.setPresence("chat.lobby", {typing: true});                   // kept across reconnects
  *   rt.send(obj) -> bool; rt.state() -> snapshot; rt.close() stops for good.
- * Tests inject random, now, setTimeout, clearTimeout, setInterval and clearInterval.
+ * Options also: onReload(info), called once when the server no longer serves this script's
+ * protocol version (default: location.reload()). Tests inject random, randomUUID, now,
+ * setTimeout, clearTimeout, setInterval and clearInterval.
  *
  * Events (changes after connect(), which starts "connecting"):
  *   state          {state: "connecting"|"open"|"paused"|"closed", code, reason, reconnectIn, welcome}
  *   broadcast      each `broadcast`, once
  *   message        each `message` {topic, event, data, offset}, once: subscribed topics and "user"
- *   presence       {kind: "presence"|"join"|"leave", topic, users, user}
+ *   presence       {kind: "presence"|"join"|"leave"|"update", topic, users, user}
  *   resume_failed  {topic (null: broadcasts), reason, epoch, offset, detail}: reload that state
  *   unsubscribed   {topic, reason, detail}: the server ended a subscription (onEnd is called)
- *   error          other server `error` messages
+ *   error          other server `error` messages (a publish's own reject its promise)
+ *   reload         {reason, detail}: the server asked the page to reload (onReload is called)
  *   frame          every message the server sends, as an object, after it was handled
  *
- * Protocol: JSON text frames. A socket opens with `welcome` {idle_timeout, broadcasts: {epoch,
+ * Protocol: JSON text frames, version 3: the socket offers the subprotocol `realtime.v3`; a
+ * `reload` message or close code 4010 means the server no longer serves it: onReload is
+ * called and the client stops (a new script is needed, reconnecting would not help). A socket opens with `welcome` {idle_timeout, broadcasts: {epoch,
  * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
  * broadcast position, and the "user" one when subscribed, go in the socket's URL
  * (`?broadcasts=E:N&user=E:N`: replayed before anything live; else the welcome's is taken);
@@ -34,8 +42,17 @@
  *
  * paused: open, but `status` live: false until live: true. closed includes the wait to reconnect
  * (reconnectIn ms): full-jitter backoff, 500 ms * 2^attempt capped at 30 s, attempts reset after
- * 10 s open. Close code 1008 and rt.close() stop reconnecting. A ping every third of
+ * 10 s open. Close codes 1008 and 4010 and rt.close() stop reconnecting. A ping every third of
  * welcome.idle_timeout keeps an idle socket open.
+ *
+ * Publishes carry a client id (crypto.randomUUID()); one not yet answered `published` when
+ * the socket drops is sent again, with the same id, on the next socket after its subscribes
+ * (the server stores it once and answers with the first offset). An ephemeral one is not: it
+ * is rejected with code "disconnected", as is a call pending when the socket drops (a call is
+ * never sent twice: it may not be idempotent). A call not answered within `timeout` ms is
+ * rejected with code "timeout". Rejections are Errors with `.code` (the server's error code,
+ * or "timeout", "disconnected", "closed") and `.detail`. setPresence's latest meta is sent
+ * again each time its topic is (re)subscribed.
  */
 
 const BACKOFF_BASE_MS = 500;
@@ -43,7 +60,10 @@ const BACKOFF_FACTOR = 2;
 const BACKOFF_CAP_MS = 30000;
 const STABLE_AFTER_MS = 10000;
 const MAX_SEEN_BROADCAST_IDS = 1000;
-const NO_RECONNECT_CODES = [1008];
+const PROTOCOL_UNSUPPORTED = 4010;
+const NO_RECONNECT_CODES = [1008, PROTOCOL_UNSUPPORTED];
+const SUBPROTOCOL = "realtime.v3";
+const DEFAULT_CALL_TIMEOUT_MS = 10000;
 const USER_TOPIC = "user";
 const OPEN = 1;
 
@@ -83,6 +103,22 @@ function report(err) {
   }
 }
 
+// An Error with the code of a refused publish or call (the server's, or the client's own).
+function failure(code, detail) {
+  const err = new Error("realtime: " + code + (detail ? ": " + detail : ""));
+  err.code = code;
+  err.detail = detail == null ? null : detail;
+  return err;
+}
+
+function fallbackUUID(random) {
+  let id = "";
+  for (let i = 0; i < 32; i++) {
+    id += Math.floor(random() * 16).toString(16);
+  }
+  return id;
+}
+
 // Calls fn; an exception (a listener's bug) is reported, not thrown.
 function call(fn, ...args) {
   try {
@@ -101,6 +137,11 @@ export function connect(options = {}) {
   const random = options.random || Math.random;
   const now = options.now || Date.now;
   const Socket = options.WebSocket || globalThis.WebSocket;
+  const cryptoUUID = globalThis.crypto && globalThis.crypto.randomUUID;
+  const randomUUID =
+    options.randomUUID ||
+    (cryptoUUID ? () => globalThis.crypto.randomUUID() : () => fallbackUUID(random));
+  const onReload = options.onReload || (() => globalThis.location.reload());
   const url = options.url || websocketUrl(globalThis.location, options.path);
 
   const listeners = new Map(); // event name -> Set of functions
@@ -108,6 +149,11 @@ export function connect(options = {}) {
   const positions = new Map(); // topic -> {epoch, offset} delivered
   const presence = new Map(); // topic -> [{id, username}]
   const seenBroadcastIds = new Set();
+  const publishes = new Map(); // client id -> {message, resolve, reject}, in order sent
+  const calls = new Map(); // ref -> {message, resolve, reject, timer, sent}
+  const presenceMeta = new Map(); // topic -> the latest meta given to setPresence
+  let nextRef = 1;
+  let reloading = false;
   let broadcastPosition = isPosition(options.broadcasts) ? copy(options.broadcasts) : null;
   // A page that listed the user's messages up to a position resumes "user" from there, in the
   // first socket's URL (a subscribe() of "user" afterwards adds its handler to this one).
@@ -219,6 +265,7 @@ export function connect(options = {}) {
     }
     subscriptions.delete(topic);
     presence.delete(topic);
+    presenceMeta.delete(topic);
     if (!(topic === USER_TOPIC && userTopicActive)) {
       positions.delete(topic);
       send({ type: "unsubscribe", topic });
@@ -231,6 +278,7 @@ export function connect(options = {}) {
     subscriptions.delete(topic);
     positions.delete(topic);
     presence.delete(topic);
+    presenceMeta.delete(topic);
     userTopicActive = userTopicActive && topic !== USER_TOPIC;
     notify(subscription, "onEnd", reason);
     emit("unsubscribed", { topic, reason, detail });
@@ -279,6 +327,13 @@ export function connect(options = {}) {
       if (topic !== USER_TOPIC || sendUser) {
         sendSubscribe(topic);
       }
+    }
+    // After the subscribes: the server handles a socket's messages in order.
+    for (const entry of publishes.values()) {
+      send(entry.message);
+    }
+    for (const entry of calls.values()) {
+      entry.sent = entry.sent || send(entry.message);
     }
     setState("open"); // last: a state listener may subscribe
   }
@@ -350,6 +405,7 @@ export function connect(options = {}) {
     const offset = typeof msg.offset === "number" ? msg.offset : 0;
     const same = last && last.epoch === msg.epoch;
     positions.set(msg.topic, position(msg.epoch, same ? Math.max(last.offset, offset) : offset));
+    sendPresence(msg.topic);
   }
 
   function onResumeFailed(msg) {
@@ -380,7 +436,12 @@ export function connect(options = {}) {
   function onPresence(msg) {
     const user = isObject(msg.user) ? msg.user : null;
     let users = Array.isArray(msg.users) ? msg.users.slice() : [];
-    if (msg.type !== "presence") {
+    if (msg.type === "update") {
+      if (!user) {
+        return;
+      }
+      users = (presence.get(msg.topic) || []).map((u) => (u.id === user.id ? user : u));
+    } else if (msg.type !== "presence") {
       if (!user) {
         return;
       }
@@ -396,9 +457,16 @@ export function connect(options = {}) {
   }
 
   function onError(msg) {
-    if (msg.code === "rate_limited" && typeof msg.retry_after === "number") {
+    if (msg.id != null && publishes.has(msg.id)) {
+      const entry = publishes.get(msg.id);
+      publishes.delete(msg.id);
+      entry.reject(failure(msg.code || "error", msg.detail));
+    } else if (msg.code === "rate_limited" && typeof msg.retry_after === "number") {
       // A replay over the server's budget was refused whole, nothing changed: ask again later.
       retryLater(msg);
+      emit("error", msg);
+    } else if (msg.request === "publish" || msg.request === "presence_update") {
+      // A refused publish or presence update ends no subscription.
       emit("error", msg);
     } else if (typeof msg.topic === "string" && subscriptions.has(msg.topic)) {
       endSubscription(msg.topic, msg.code || "forbidden", msg.detail);
@@ -437,11 +505,136 @@ export function connect(options = {}) {
     }
   }
 
+  function onPublished(msg) {
+    const entry = publishes.get(msg.id);
+    if (entry) {
+      publishes.delete(msg.id);
+      entry.resolve(typeof msg.offset === "number" ? msg.offset : null);
+    }
+  }
+
+  function onReply(msg) {
+    const entry = calls.get(msg.ref);
+    if (!entry) {
+      return; // timed out already, or not ours
+    }
+    settleCall(msg.ref);
+    if (isObject(msg.error)) {
+      entry.reject(failure(msg.error.code || "error", msg.error.detail));
+    } else {
+      entry.resolve(msg.data);
+    }
+  }
+
+  // The server no longer serves this script's protocol version: a new script is needed.
+  function onReloadMessage(msg) {
+    stopped = true;
+    askReload({ reason: msg.reason || "protocol", detail: msg.detail || "" });
+  }
+
+  function askReload(info) {
+    if (!reloading) {
+      reloading = true;
+      emit("reload", info);
+      call(onReload, info);
+    }
+  }
+
   const HANDLERS = {
     welcome: onWelcome, broadcast: onBroadcast, message: onTopicMessage, subscribed: onSubscribed,
     unsubscribed: onUnsubscribed, resume_failed: onResumeFailed, resumed: onResumed,
-    presence: onPresence, join: onPresence, leave: onPresence, error: onError, status: onStatus,
+    presence: onPresence, join: onPresence, leave: onPresence, update: onPresence,
+    error: onError, status: onStatus, published: onPublished, reply: onReply,
+    reload: onReloadMessage,
   };
+
+  // ------------------------------------------------------------ publish, call, presence
+
+  function publish(topic, data, opts = {}) {
+    if (typeof topic !== "string" || topic === "") {
+      return Promise.reject(new TypeError("realtime: publish(topic, data) needs a topic string"));
+    }
+    if (stopped) {
+      return Promise.reject(failure("closed", "The client is closed."));
+    }
+    const message = { type: "publish", topic, data: data === undefined ? null : data };
+    if (opts.event != null) {
+      message.event = opts.event;
+    }
+    if (opts.ephemeral) {
+      message.ephemeral = true;
+    }
+    message.id = String(opts.id || randomUUID());
+    return new Promise((resolve, reject) => {
+      publishes.set(message.id, { message, resolve, reject });
+      if (welcome) {
+        send(message);
+      }
+    });
+  }
+
+  function callServer(name, data, opts = {}) {
+    if (typeof name !== "string" || name === "") {
+      return Promise.reject(new TypeError("realtime: call(name, data) needs a name string"));
+    }
+    if (stopped) {
+      return Promise.reject(failure("closed", "The client is closed."));
+    }
+    const ref = nextRef++;
+    const message = { type: "call", name, data: data === undefined ? null : data, ref };
+    const timeout = typeof opts.timeout === "number" ? opts.timeout : DEFAULT_CALL_TIMEOUT_MS;
+    return new Promise((resolve, reject) => {
+      const entry = { message, resolve, reject, timer: null, sent: false };
+      entry.timer = clock.setTimeout(() => {
+        calls.delete(ref);
+        reject(failure("timeout", "No reply within " + timeout + " ms."));
+      }, timeout);
+      calls.set(ref, entry);
+      entry.sent = welcome ? send(message) : false;
+    });
+  }
+
+  function settleCall(ref) {
+    const entry = calls.get(ref);
+    calls.delete(ref);
+    if (entry && entry.timer != null) {
+      clock.clearTimeout(entry.timer);
+    }
+  }
+
+  // A socket dropped: calls sent on it may or may not have run, so they are not sent again;
+  // neither are ephemeral publishes (a typing indicator is stale by the next socket).
+  function dropInFlight(code, detail, all) {
+    for (const [ref, entry] of Array.from(calls)) {
+      if (all || entry.sent) {
+        settleCall(ref);
+        entry.reject(failure(code, detail));
+      }
+    }
+    for (const [id, entry] of Array.from(publishes)) {
+      if (all || entry.message.ephemeral) {
+        publishes.delete(id);
+        entry.reject(failure(code, detail));
+      }
+    }
+  }
+
+  function setPresence(topic, meta) {
+    if (typeof topic !== "string" || topic === "" || !isObject(meta)) {
+      throw new TypeError("realtime: setPresence(topic, meta) needs a topic string and an object");
+    }
+    presenceMeta.set(topic, meta);
+    const subscription = subscriptions.get(topic);
+    if (welcome && !(subscription && subscription.pending)) {
+      sendPresence(topic); // else once its `subscribed` comes
+    }
+  }
+
+  function sendPresence(topic) {
+    if (presenceMeta.has(topic)) {
+      send({ type: "presence_update", topic, meta: presenceMeta.get(topic) });
+    }
+  }
 
   function handleFrame(data) {
     let msg = null;
@@ -488,7 +681,7 @@ export function connect(options = {}) {
     closeReason = "";
     let sock;
     try {
-      sock = new Socket(url + resumeQuery());
+      sock = new Socket(url + resumeQuery(), [SUBPROTOCOL]);
     } catch (err) {
       report(err);
       closeReason = String((err && err.message) || err);
@@ -520,6 +713,14 @@ export function connect(options = {}) {
     closeCode = event && typeof event.code === "number" ? event.code : null;
     closeReason = (event && event.reason) || "";
     stopped = stopped || NO_RECONNECT_CODES.includes(closeCode);
+    if (closeCode === PROTOCOL_UNSUPPORTED) {
+      askReload({ reason: "protocol", detail: closeReason });
+    }
+    if (stopped) {
+      dropInFlight("closed", "The client is closed.", true);
+    } else {
+      dropInFlight("disconnected", "The connection was lost.", false);
+    }
     if (stopped) {
       setState("closed");
     } else {
@@ -548,5 +749,7 @@ export function connect(options = {}) {
   }
 
   openSocket();
-  return { subscribe, on, send, state: snapshot, close };
+  return {
+    subscribe, on, send, publish, call: callServer, setPresence, state: snapshot, close,
+  };
 }

@@ -1,0 +1,236 @@
+"""Clients publishing to topics: who may, what the app makes of it, stored once per client id.
+
+A client's `publish` (realtime/websocket/consumer.py) is checked here against the topic's
+registration with the user as the database has it now: `authorize` must allow them and the
+topic must have a `publish` function, which may change the data or raise `topics.Rejected`.
+A stored publish is saved with a receipt (`PublishReceipt`: publisher, topic, client id) in
+one transaction, so that the same id sent again (its client lost the answer to a dropped
+connection) is answered with the first offset instead of being stored twice; receipts are
+kept REALTIME_PUBLISH_ID_TTL seconds. An ephemeral publish is not stored: it goes to the
+subscribers of now (realtime.messaging.delivery). How often a publisher may publish to a
+topic: PublishRate, over every worker through Redis. docs/topics.md ("Clients publish").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from realtime.common.rates import TokenBucket
+from realtime.conf import conf
+from realtime.messaging import streams, topic_rules
+from realtime.messaging.layer import group_send
+from realtime.messaging.redis_client import async_client
+from realtime.models import PublishReceipt, TopicMessage
+
+logger = logging.getLogger("realtime.messaging.client_publish")
+
+RATE_KEY_PREFIX = "realtime:publish-rate:"
+REMEMBERED_BUCKETS = 10_000  # without Redis: beyond this, the oldest buckets are forgotten
+
+
+class PublishRefused(Exception):
+    """A publish the server does not send; answered with an `error` of this code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Who publishes: the receipts' key, and who the subscribers are told it is."""
+
+    key: str  # "user:<pk>"; "socket:<id>" for an anonymous client (no id outlives its socket)
+    sender: dict[str, Any] | None  # {"id", "username"}; None when anonymous
+
+
+def publisher_of(user: Any, socket_id: str) -> Publisher:
+    if user is not None and user.is_authenticated:
+        return Publisher(f"user:{user.pk}", {"id": user.pk, "username": user.get_username()})
+    return Publisher(f"socket:{socket_id}", None)
+
+
+FORBIDDEN = "This socket may not publish to that topic."
+
+
+def accept(user: Any, topic: str, data: Any, event: str) -> Any:
+    """The data to send for a client's publish, as the topic's `publish` function made it.
+
+    Raises PublishRefused: "forbidden" (no pattern, no `publish`, or `authorize` says no, for
+    `user` as stored now), "rejected" (the app's reason), "invalid_publish" or "too_large"
+    (what the app returns must fit as topics.send() data), "internal" (the app's function
+    failed: logged, its error not told).
+    """
+    found = topic_rules.match(topic)
+    if found is None or found[0].publish is None:
+        raise PublishRefused("forbidden", FORBIDDEN)
+    registration, params = found
+    try:
+        allowed = registration.authorize(user, **params)
+    except Exception:  # noqa: BLE001 - an app's check that fails allows nothing
+        logger.exception("authorize() of topic %s failed; refusing a publish", topic)
+        allowed = False
+    if not allowed:
+        raise PublishRefused("forbidden", FORBIDDEN)
+    try:
+        result = registration.publish(user, data, **params)
+    except topic_rules.Rejected as exc:
+        raise PublishRefused("rejected", exc.reason) from None
+    except Exception:  # noqa: BLE001 - the app's error stays in the log, not on the wire
+        logger.exception("publish() of topic %s failed", topic)
+        raise PublishRefused("internal", "The server could not handle this publish.") from None
+    try:
+        topic_rules.check(topic, result, event)
+    except ValueError as exc:
+        code = "too_large" if "REALTIME_TOPIC_MAX_DATA" in str(exc) else "invalid_publish"
+        raise PublishRefused(code, str(exc)) from None
+    return result
+
+
+def digest(topic: str, data: Any, event: str) -> str:
+    """What a client sent, as a short hash: the same id with other data is not a repeat."""
+    text = json.dumps([topic, event, data], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    offset: int
+    repeated: bool  # the client id was stored before: this is its first offset
+
+
+def receipts_of(publisher: Publisher, topic: str, client_id: str) -> Any:
+    return PublishReceipt.objects.filter(publisher=publisher.key, topic=topic, client_id=client_id)
+
+
+def repeat_of(publisher: Publisher, topic: str, client_id: str, sent: str) -> Stored | None:
+    """The first offset of a client id this publisher stored on `topic` within
+    REALTIME_PUBLISH_ID_TTL (None: the id is new; an older receipt is forgotten). `sent`: the
+    digest of what the client sent now. Raises PublishRefused "id_reused" or "unavailable"."""
+    receipts = receipts_of(publisher, topic, client_id)
+    kept_from = timezone.now() - timedelta(seconds=conf.REALTIME_PUBLISH_ID_TTL)
+    receipts.filter(created_at__lt=kept_from).delete()
+    earlier = receipts.first()
+    return None if earlier is None else Stored(first_offset(earlier, sent), repeated=True)
+
+
+def store_new(
+    publisher: Publisher, topic: str, client_id: str, sent: str, data: Any, event: str
+) -> Stored:
+    """Store and publish a client's message with a receipt for its id; its offset. Raises
+    PublishRefused "id_reused" or "unavailable" (stored, not yet published: the client sends
+    the same id again later)."""
+    origin = {"from": publisher.sender, "id": client_id}
+    try:
+        with transaction.atomic():  # the message and its receipt, or neither
+            message = streams.store(topic, data, event=event, origin=origin)
+            receipt = PublishReceipt.objects.create(
+                publisher=publisher.key,
+                topic=topic,
+                client_id=client_id,
+                digest=sent,
+                message=message,
+            )
+        # Committed: the commit published it (streams.store), in this thread.
+    except IntegrityError:  # the same id at the same moment from another socket
+        earlier = receipts_of(publisher, topic, client_id).get()
+        return Stored(first_offset(earlier, sent), repeated=True)
+    except DatabaseError as exc:  # stored, but publishing failed: republish_pending will
+        logger.warning("A client's message to %s is stored but not published: %s", topic, exc)
+        raise not_yet() from None
+    offset = TopicMessage.objects.filter(pk=message.pk).values_list("offset", flat=True).first()
+    if offset is None:
+        raise not_yet()
+    PublishReceipt.objects.filter(pk=receipt.pk).update(offset=offset)
+    return Stored(offset, repeated=False)
+
+
+def first_offset(receipt: PublishReceipt, sent: str) -> int:
+    if receipt.digest != sent:
+        raise PublishRefused(
+            "id_reused", "This id was already used for a different message: use a new id."
+        )
+    if receipt.offset is not None:
+        return receipt.offset
+    offset = None
+    if receipt.message_id is not None:
+        found = TopicMessage.objects.filter(pk=receipt.message_id).values_list("offset", flat=True)
+        offset = found.first()
+    if offset is None:
+        raise not_yet()
+    PublishReceipt.objects.filter(pk=receipt.pk).update(offset=offset)
+    return offset
+
+
+def not_yet() -> PublishRefused:
+    return PublishRefused(
+        "unavailable", "The message is stored but not published yet: send it again, same id."
+    )
+
+
+def forget_expired_receipts(_: Any = None) -> int:
+    """Delete up to streams.SWEEP_BATCH receipts older than REALTIME_PUBLISH_ID_TTL (the
+    history sweep runs this until it deletes fewer); returns how many."""
+    kept_from = timezone.now() - timedelta(seconds=conf.REALTIME_PUBLISH_ID_TTL)
+    expired = PublishReceipt.objects.filter(created_at__lt=kept_from)
+    ids = list(expired.values_list("pk", flat=True)[: streams.SWEEP_BATCH])
+    return PublishReceipt.objects.filter(pk__in=ids).delete()[0] if ids else 0
+
+
+async def send_ephemeral(
+    topic: str, data: Any, event: str, publisher: Publisher, client_id: str, socket_id: str
+) -> None:
+    """Hand an ephemeral message to every worker (not back to the socket that sent it)."""
+    origin = {"from": publisher.sender, **({"id": client_id} if client_id else {})}
+    event_ = streams.ephemeral_event(topic, data, event, origin, skip=socket_id)
+    await group_send(streams.TOPICS_GROUP, event_)
+
+
+class PublishRate:
+    """REALTIME_TOPIC_PUBLISH_RATE per second, REALTIME_TOPIC_PUBLISH_BURST at once, per
+    publisher and topic. With Redis the count is shared by every worker (a fixed window of
+    burst / rate seconds, so a publisher's sockets on several workers get no more); without
+    it, a token bucket in this process."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self.buckets: dict[str, TokenBucket] = {}
+
+    async def allows(self, who: str, topic: str) -> bool:
+        rate, burst = conf.REALTIME_TOPIC_PUBLISH_RATE, conf.REALTIME_TOPIC_PUBLISH_BURST
+        if rate <= 0:
+            return True
+        if self.client is None:
+            self.client = async_client() or False
+        if self.client is False:
+            return self._bucket(f"{who} {topic}", rate, burst).take()
+        window = burst / rate
+        key = f"{RATE_KEY_PREFIX}{int(time.time() // window)}:{who}:{topic}"
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, int(window) + 1)
+                count, _ = await pipe.execute()
+        except (redis.RedisError, OSError):
+            return self._bucket(f"{who} {topic}", rate, burst).take()
+        return count <= burst
+
+    def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:
+        bucket = self.buckets.pop(key, None) or TokenBucket(rate, burst)
+        self.buckets[key] = bucket  # the most recent last
+        while len(self.buckets) > REMEMBERED_BUCKETS:
+            del self.buckets[next(iter(self.buckets))]
+        return bucket
+
+
+publish_rate = PublishRate()

@@ -1,0 +1,96 @@
+"""A socket's `publish`: checked, rate-limited, stored once per client id, then answered.
+
+The rules themselves are realtime.messaging.client_publish; this is the socket's side: the
+message's shape (realtime.wire), the publisher's rate on the topic, one trip to the database
+thread for the user as stored now, the receipt and the app's `publish` function, and the
+answer: `published` with the offset, or an `error` naming the publish's topic and id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
+
+from realtime import wire
+from realtime.common.addresses import scope_client_key
+from realtime.messaging import client_publish
+from realtime.messaging.client_publish import Publisher, PublishRefused, Stored, publish_rate
+from realtime.messaging.rechecks import current_user
+from realtime.ops import metrics
+from realtime.server.prometheus import child
+
+
+async def publish(consumer: Any, message: dict[str, Any]) -> None:
+    """Answer a client's `publish` on `consumer`'s socket."""
+    try:
+        request = wire.publish_request(message)
+    except wire.ProtocolError as exc:
+        await refuse(consumer, message, exc.code, exc.detail)
+        return
+    if not await publish_rate.allows(rate_key(consumer), request.topic):
+        detail = "Too many publishes to this topic: slow down."
+        await refuse(consumer, message, "rate_limited", detail)
+        return
+    try:
+        publisher, data, stored = await database_sync_to_async(accept_and_store)(consumer, request)
+        if request.ephemeral:
+            await client_publish.send_ephemeral(
+                request.topic, data, request.event, publisher, request.id, consumer.socket_id
+            )
+    except PublishRefused as exc:
+        await refuse(consumer, message, exc.code, exc.detail)
+        return
+    except (DatabaseError, redis.RedisError, OSError) as exc:
+        detail = f"The server cannot send it now ({type(exc).__name__}): send it again."
+        await refuse(consumer, message, "unavailable", detail)
+        return
+    outcome = "ephemeral" if stored is None else "repeated" if stored.repeated else "stored"
+    child(metrics.PUBLISHES, outcome).inc()
+    if request.id:
+        offset = None if stored is None else stored.offset
+        await consumer.send(text_data=wire.published(request.topic, request.id, offset))
+
+
+def accept_and_store(
+    consumer: Any, request: wire.PublishRequest
+) -> tuple[Publisher, Any, Stored | None]:
+    """In the database thread: the publisher as stored now; a repeated id's first offset, or
+    the topic's rules, then the message stored (None for an ephemeral one)."""
+    user = current_user(consumer)
+    publisher = client_publish.publisher_of(user, consumer.socket_id)
+    sent = client_publish.digest(request.topic, request.data, request.event)
+    if not request.ephemeral:
+        repeat = client_publish.repeat_of(publisher, request.topic, request.id, sent)
+        if repeat is not None:
+            return publisher, None, repeat
+    data = client_publish.accept(user, request.topic, request.data, request.event)
+    if request.ephemeral:
+        return publisher, data, None
+    stored = client_publish.store_new(
+        publisher, request.topic, request.id, sent, data, request.event
+    )
+    return publisher, data, stored
+
+
+def rate_key(consumer: Any) -> str:
+    """Whose publish rate a socket spends: its user's, else its client address's."""
+    user = consumer.scope.get("user")
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"address:{scope_client_key(consumer.scope) or consumer.socket_id}"
+
+
+async def refuse(consumer: Any, message: dict[str, Any], code: str, detail: str) -> None:
+    child(metrics.PUBLISHES, code).inc()
+    topic, client_id = message.get("topic"), message.get("id")
+    await consumer.send(
+        text_data=wire.publish_error(
+            code,
+            topic if isinstance(topic, str) else None,
+            client_id if isinstance(client_id, str) else None,
+            detail,
+        )
+    )

@@ -1,0 +1,554 @@
+// The browser client of protocol version 2, as served before version 3 (commit ab511d6),
+// kept unchanged: tests/test_versions_e2e.py runs it against the current server.
+/**
+ * realtime.mjs: WebSocket client for the realtime server, a browser ES module (ES2017 plus
+ * import/export, no build step). No page markup: it uses only globalThis.location and WebSocket.
+ *
+ *   import { connect } from "./realtime.mjs";
+ *   const rt = connect({ path: "/ws/" }); // also: url, WebSocket, broadcasts: {epoch, offset},
+ *                                         // user: {epoch, offset} (subscribes "user" from there)
+ *   const unsubscribe = rt.subscribe("orders.42", (message) => {}, { onReset(info) {}, onEnd(reason) {} });
+ *   const off = rt.on("broadcast", (broadcast) => {});
+ *   rt.send(obj) -> bool; rt.state() -> snapshot; rt.close() stops for good.
+ * Tests inject random, now, setTimeout, clearTimeout, setInterval and clearInterval.
+ *
+ * Events (changes after connect(), which starts "connecting"):
+ *   state          {state: "connecting"|"open"|"paused"|"closed", code, reason, reconnectIn, welcome}
+ *   broadcast      each `broadcast`, once
+ *   message        each `message` {topic, event, data, offset}, once: subscribed topics and "user"
+ *   presence       {kind: "presence"|"join"|"leave", topic, users, user}
+ *   resume_failed  {topic (null: broadcasts), reason, epoch, offset, detail}: reload that state
+ *   unsubscribed   {topic, reason, detail}: the server ended a subscription (onEnd is called)
+ *   error          other server `error` messages
+ *   frame          every message the server sends, as an object, after it was handled
+ *
+ * Protocol: JSON text frames. A socket opens with `welcome` {idle_timeout, broadcasts: {epoch,
+ * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
+ * broadcast position, and the "user" one when subscribed, go in the socket's URL
+ * (`?broadcasts=E:N&user=E:N`: replayed before anything live; else the welcome's is taken);
+ * then the client sends `subscribe` {topic, since?} per other subscription.
+ * A position is an epoch (`subscribed`, welcome, resumed, resume_failed) and the largest offset
+ * delivered: lower offsets and repeated broadcast ids are dropped, and a topic's messages before
+ * its `subscribed` too (its replay has them). `resume_failed` calls onReset; `unsubscribed`
+ * forbidden and `error` about a topic call onEnd and end it, except `rate_limited` with
+ * `retry_after` (a replay over the server's budget): the subscribe is sent again after it.
+ * Unsubscribing "user" sends nothing.
+ *
+ * paused: open, but `status` live: false until live: true. closed includes the wait to reconnect
+ * (reconnectIn ms): full-jitter backoff, 500 ms * 2^attempt capped at 30 s, attempts reset after
+ * 10 s open. Close code 1008 and rt.close() stop reconnecting. A ping every third of
+ * welcome.idle_timeout keeps an idle socket open.
+ */
+
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_FACTOR = 2;
+const BACKOFF_CAP_MS = 30000;
+const STABLE_AFTER_MS = 10000;
+const MAX_SEEN_BROADCAST_IDS = 1000;
+const NO_RECONNECT_CODES = [1008];
+const USER_TOPIC = "user";
+const OPEN = 1;
+
+/** Full-jitter delay in ms before reconnect number `attempt` (0-based). */
+export function backoffDelay(attempt, random = Math.random) {
+  const n = Math.max(0, Math.min(attempt | 0, 30));
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(BACKOFF_FACTOR, n));
+  return Math.floor(random() * ceiling);
+}
+
+/** The WebSocket URL for a page location: wss: for an https: page, else ws:. */
+export function websocketUrl(location, path = "/ws/") {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const p = String(path == null ? "/ws/" : path);
+  return scheme + location.host + (p.charAt(0) === "/" ? p : "/" + p);
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function isPosition(value) {
+  return isObject(value) && typeof value.offset === "number";
+}
+
+function position(epoch, offset) {
+  return { epoch: epoch == null ? null : epoch, offset };
+}
+
+function copy(value) {
+  return value ? position(value.epoch, value.offset) : null;
+}
+
+function report(err) {
+  if (globalThis.console && console.error) {
+    console.error("realtime:", err);
+  }
+}
+
+// Calls fn; an exception (a listener's bug) is reported, not thrown.
+function call(fn, ...args) {
+  try {
+    return fn(...args);
+  } catch (err) {
+    report(err);
+    return undefined;
+  }
+}
+
+export function connect(options = {}) {
+  const clock = {};
+  for (const name of ["setTimeout", "clearTimeout", "setInterval", "clearInterval"]) {
+    clock[name] = options[name] || globalThis[name].bind(globalThis);
+  }
+  const random = options.random || Math.random;
+  const now = options.now || Date.now;
+  const Socket = options.WebSocket || globalThis.WebSocket;
+  const url = options.url || websocketUrl(globalThis.location, options.path);
+
+  const listeners = new Map(); // event name -> Set of functions
+  const subscriptions = new Map(); // topic -> {handlers: Set of {fn, onReset, onEnd}, pending}
+  const positions = new Map(); // topic -> {epoch, offset} delivered
+  const presence = new Map(); // topic -> [{id, username}]
+  const seenBroadcastIds = new Set();
+  let broadcastPosition = isPosition(options.broadcasts) ? copy(options.broadcasts) : null;
+  // A page that listed the user's messages up to a position resumes "user" from there, in the
+  // first socket's URL (a subscribe() of "user" afterwards adds its handler to this one).
+  if (isPosition(options.user)) {
+    subscriptions.set(USER_TOPIC, { handlers: new Set(), pending: false });
+    positions.set(USER_TOPIC, copy(options.user));
+  }
+
+  let ws = null;
+  let welcome = null; // the current socket's
+  let lastUser; // welcome.user of the previous socket
+  let userTopicActive = false; // the server subscribed the current socket to "user"
+  let connState = "connecting";
+  let closeCode = null;
+  let closeReason = "";
+  let attempt = 0;
+  let stopped = false;
+  let reconnectAt = null;
+  const timerIds = { reconnect: null, stable: null, keepAlive: null };
+
+  // ------------------------------------------------------------ events and state
+
+  function on(name, fn) {
+    if (typeof fn !== "function") {
+      throw new TypeError("realtime: on(name, fn) needs a function");
+    }
+    if (!listeners.has(name)) {
+      listeners.set(name, new Set());
+    }
+    const entry = (value) => fn(value); // the same fn may be added twice
+    listeners.get(name).add(entry);
+    return () => listeners.get(name).delete(entry);
+  }
+
+  function emit(name, value) {
+    for (const fn of Array.from(listeners.get(name) || [])) {
+      call(fn, value);
+    }
+  }
+
+  function snapshot() {
+    const topics = {};
+    for (const topic of subscriptions.keys()) {
+      topics[topic] = copy(positions.get(topic));
+    }
+    const reconnectIn = reconnectAt == null ? null : Math.max(0, reconnectAt - now());
+    const broadcasts = copy(broadcastPosition);
+    const state = { state: connState, code: closeCode, reason: closeReason, reconnectIn, welcome };
+    return Object.assign(state, { url, attempt, broadcasts, topics });
+  }
+
+  function setState(next) {
+    connState = next;
+    emit("state", snapshot());
+  }
+
+  function send(obj) {
+    if (!ws || ws.readyState !== OPEN) {
+      return false;
+    }
+    return call(() => {
+      ws.send(typeof obj === "string" ? obj : JSON.stringify(obj));
+      return true;
+    }) === true;
+  }
+
+  // ------------------------------------------------------------ subscriptions
+
+  // Calls handler[key](value) for each handler of the subscription that has one.
+  function notify(subscription, key, value) {
+    for (const handler of subscription ? Array.from(subscription.handlers) : []) {
+      if (typeof handler[key] === "function") {
+        call(handler[key], value);
+      }
+    }
+  }
+
+  function sendSubscribe(topic) {
+    const message = { type: "subscribe", topic };
+    const since = positions.get(topic);
+    if (since && since.epoch != null) {
+      message.since = copy(since);
+    }
+    subscriptions.get(topic).pending = true;
+    send(message);
+  }
+
+  function subscribe(topic, fn, opts = {}) {
+    if (typeof topic !== "string" || topic === "" || typeof fn !== "function") {
+      throw new TypeError("realtime: subscribe(topic, fn) needs a topic string and a function");
+    }
+    let subscription = subscriptions.get(topic);
+    if (!subscription) {
+      subscription = { handlers: new Set(), pending: false };
+      subscriptions.set(topic, subscription);
+      if (welcome && !(topic === USER_TOPIC && userTopicActive)) {
+        sendSubscribe(topic);
+      }
+    }
+    const handler = { fn, onReset: opts.onReset, onEnd: opts.onEnd };
+    subscription.handlers.add(handler);
+    return () => removeHandler(topic, subscription, handler);
+  }
+
+  function removeHandler(topic, subscription, handler) {
+    subscription.handlers.delete(handler);
+    if (subscription.handlers.size > 0 || subscriptions.get(topic) !== subscription) {
+      return;
+    }
+    subscriptions.delete(topic);
+    presence.delete(topic);
+    if (!(topic === USER_TOPIC && userTopicActive)) {
+      positions.delete(topic);
+      send({ type: "unsubscribe", topic });
+    }
+  }
+
+  // The server ended a subscription: it is not sent again on reconnect.
+  function endSubscription(topic, reason, detail) {
+    const subscription = subscriptions.get(topic);
+    subscriptions.delete(topic);
+    positions.delete(topic);
+    presence.delete(topic);
+    userTopicActive = userTopicActive && topic !== USER_TOPIC;
+    notify(subscription, "onEnd", reason);
+    emit("unsubscribed", { topic, reason, detail });
+  }
+
+  function resetTopic(info) {
+    notify(subscriptions.get(info.topic), "onReset", info);
+    emit("resume_failed", info);
+  }
+
+  // ------------------------------------------------------------ incoming messages
+
+  // The positions the socket resumes from go in its URL (`?broadcasts=E:N&user=E:N`): the
+  // server replays what was missed before any live message, so a drop in between cannot make
+  // the client hold a position past a message it never got.
+  let userInUrl = false;
+  function resumeQuery() {
+    const parts = [];
+    if (broadcastPosition) {
+      parts.push("broadcasts=" + encodeURIComponent(positionText(broadcastPosition)));
+    }
+    userInUrl = subscriptions.has(USER_TOPIC) && positions.has(USER_TOPIC);
+    if (userInUrl) {
+      parts.push("user=" + encodeURIComponent(positionText(positions.get(USER_TOPIC))));
+    }
+    return parts.length ? "?" + parts.join("&") : "";
+  }
+
+  function positionText(position) {
+    return position.epoch + ":" + position.offset;
+  }
+
+  function onWelcome(msg) {
+    welcome = msg;
+    keepAlive(msg.idle_timeout);
+    if (!broadcastPosition && isPosition(msg.broadcasts)) {
+      broadcastPosition = copy(msg.broadcasts);
+    }
+    // The server answers a user position in the URL only for a signed-in socket.
+    const userResumed = userInUrl && isPosition(msg.user_topic);
+    const sendUser = welcomeUserTopic(msg) && !userResumed;
+    if (userResumed && subscriptions.has(USER_TOPIC)) {
+      subscriptions.get(USER_TOPIC).pending = true; // its replay follows `subscribed`
+    }
+    for (const topic of subscriptions.keys()) {
+      if (topic !== USER_TOPIC || sendUser) {
+        sendSubscribe(topic);
+      }
+    }
+    setState("open"); // last: a state listener may subscribe
+  }
+
+  // The server subscribes a signed-in socket to "user" from welcome.user_topic. Returns
+  // whether a subscribed "user" is sent all the same: with since, to replay what an earlier
+  // socket missed, or without a user_topic (anonymous: the server decides).
+  function welcomeUserTopic(msg) {
+    if (lastUser !== undefined && lastUser !== msg.user && positions.has(USER_TOPIC)) {
+      positions.delete(USER_TOPIC);
+      resetTopic({ topic: USER_TOPIC, reason: "user_changed", user: msg.user });
+    }
+    lastUser = msg.user;
+    userTopicActive = isPosition(msg.user_topic);
+    const subscribed = subscriptions.has(USER_TOPIC);
+    if (subscribed && (positions.has(USER_TOPIC) || !userTopicActive)) {
+      return true;
+    }
+    positions.delete(USER_TOPIC);
+    if (userTopicActive) {
+      positions.set(USER_TOPIC, copy(msg.user_topic));
+    }
+    return false;
+  }
+
+  function onBroadcast(msg) {
+    const offset = typeof msg.offset === "number" ? msg.offset : null;
+    const old = offset != null && broadcastPosition && offset <= broadcastPosition.offset;
+    if (old || (msg.id != null && seenBroadcastIds.has(msg.id))) {
+      return;
+    }
+    if (msg.id != null) {
+      seenBroadcastIds.add(msg.id);
+      if (seenBroadcastIds.size > MAX_SEEN_BROADCAST_IDS) {
+        seenBroadcastIds.delete(seenBroadcastIds.values().next().value);
+      }
+    }
+    if (offset != null) {
+      const welcomed = welcome && isObject(welcome.broadcasts) ? welcome.broadcasts.epoch : null;
+      broadcastPosition = position(broadcastPosition ? broadcastPosition.epoch : welcomed, offset);
+    }
+    emit("broadcast", msg);
+  }
+
+  function onTopicMessage(msg) {
+    const subscription = subscriptions.get(msg.topic);
+    const known = subscription || (msg.topic === USER_TOPIC && userTopicActive);
+    if (!known || (subscription && subscription.pending)) {
+      return;
+    }
+    const last = positions.get(msg.topic);
+    if (typeof msg.offset === "number") {
+      if (last && msg.offset <= last.offset) {
+        return;
+      }
+      positions.set(msg.topic, position(last ? last.epoch : null, msg.offset));
+    }
+    notify(subscription, "fn", msg);
+    emit("message", msg);
+  }
+
+  function onSubscribed(msg) {
+    const subscription = subscriptions.get(msg.topic);
+    if (!subscription) {
+      return;
+    }
+    subscription.pending = false;
+    const last = positions.get(msg.topic);
+    const offset = typeof msg.offset === "number" ? msg.offset : 0;
+    const same = last && last.epoch === msg.epoch;
+    positions.set(msg.topic, position(msg.epoch, same ? Math.max(last.offset, offset) : offset));
+  }
+
+  function onResumeFailed(msg) {
+    const topic = typeof msg.topic === "string" ? msg.topic : null;
+    const info = Object.assign({}, msg, { topic });
+    delete info.type;
+    const latest = isPosition(msg) ? copy(msg) : null;
+    if (topic == null) {
+      broadcastPosition = latest;
+      emit("resume_failed", info);
+      return;
+    }
+    positions.delete(topic);
+    if (latest) {
+      positions.set(topic, latest);
+    }
+    resetTopic(info);
+  }
+
+  function onResumed(msg) {
+    if (isPosition(msg)) {
+      const same = broadcastPosition && broadcastPosition.epoch === msg.epoch;
+      const offset = same ? Math.max(broadcastPosition.offset, msg.offset) : msg.offset;
+      broadcastPosition = position(msg.epoch, offset);
+    }
+  }
+
+  function onPresence(msg) {
+    const user = isObject(msg.user) ? msg.user : null;
+    let users = Array.isArray(msg.users) ? msg.users.slice() : [];
+    if (msg.type !== "presence") {
+      if (!user) {
+        return;
+      }
+      users = (presence.get(msg.topic) || []).filter((u) => u.id !== user.id);
+      users = msg.type === "join" ? users.concat([user]) : users;
+    }
+    presence.set(msg.topic, users);
+    const event = { kind: msg.type, topic: msg.topic, users: users.slice() };
+    if (user && msg.type !== "presence") {
+      event.user = user;
+    }
+    emit("presence", event);
+  }
+
+  function onError(msg) {
+    if (msg.code === "rate_limited" && typeof msg.retry_after === "number") {
+      // A replay over the server's budget was refused whole, nothing changed: ask again later.
+      retryLater(msg);
+      emit("error", msg);
+    } else if (typeof msg.topic === "string" && subscriptions.has(msg.topic)) {
+      endSubscription(msg.topic, msg.code || "forbidden", msg.detail);
+    } else {
+      emit("error", msg);
+    }
+  }
+
+  // A refused subscribe is sent again after `retry_after` seconds, on the same socket only
+  // (a new socket subscribes to everything anyway) and only while it is still wanted.
+  function retryLater(msg) {
+    const subscription = subscriptions.get(msg.topic);
+    if (typeof msg.topic !== "string" || !subscription) {
+      return;
+    }
+    const socket = ws;
+    clock.setTimeout(() => {
+      if (ws === socket && welcome && subscriptions.get(msg.topic) === subscription) {
+        sendSubscribe(msg.topic);
+      }
+    }, msg.retry_after * 1000);
+  }
+
+  function onStatus(msg) {
+    if (msg.live === false && connState === "open") {
+      setState("paused");
+    } else if (msg.live === true && connState === "paused") {
+      setState("open");
+    }
+  }
+
+  function onUnsubscribed(msg) {
+    // "requested" only answers our unsubscribe (the topic may be subscribed again since).
+    if (msg.reason === "forbidden" && typeof msg.topic === "string") {
+      endSubscription(msg.topic, "forbidden", msg.detail);
+    }
+  }
+
+  const HANDLERS = {
+    welcome: onWelcome, broadcast: onBroadcast, message: onTopicMessage, subscribed: onSubscribed,
+    unsubscribed: onUnsubscribed, resume_failed: onResumeFailed, resumed: onResumed,
+    presence: onPresence, join: onPresence, leave: onPresence, error: onError, status: onStatus,
+  };
+
+  function handleFrame(data) {
+    let msg = null;
+    try {
+      msg = typeof data === "string" ? JSON.parse(data) : null;
+    } catch (err) {
+      return; // not JSON: ignored
+    }
+    if (isObject(msg) && Object.prototype.hasOwnProperty.call(HANDLERS, msg.type)) {
+      HANDLERS[msg.type](msg);
+    }
+    if (isObject(msg)) {
+      emit("frame", msg);
+    }
+  }
+
+  // ------------------------------------------------------------ connection lifecycle
+
+  function cancel(...names) {
+    for (const name of names) {
+      if (timerIds[name] != null) {
+        (name === "keepAlive" ? clock.clearInterval : clock.clearTimeout)(timerIds[name]);
+        timerIds[name] = null;
+      }
+    }
+    if (names.includes("reconnect")) {
+      reconnectAt = null;
+    }
+  }
+
+  // The server closes a socket that sends nothing for idle_timeout seconds.
+  function keepAlive(seconds) {
+    cancel("keepAlive");
+    if (typeof seconds === "number" && seconds > 0) {
+      const every = Math.max(seconds / 3, 1) * 1000;
+      timerIds.keepAlive = clock.setInterval(() => send({ type: "ping" }), every);
+    }
+  }
+
+  function openSocket() {
+    cancel("reconnect");
+    welcome = null;
+    closeCode = null;
+    closeReason = "";
+    let sock;
+    try {
+      sock = new Socket(url + resumeQuery());
+    } catch (err) {
+      report(err);
+      closeReason = String((err && err.message) || err);
+      scheduleReconnect();
+      return;
+    }
+    ws = sock;
+    sock.onopen = () => sock === ws && onOpen();
+    sock.onmessage = (event) => sock === ws && call(handleFrame, event && event.data);
+    sock.onerror = () => {}; // a close event always follows
+    sock.onclose = (event) => sock === ws && onClose(event);
+    setState("connecting");
+  }
+
+  function onOpen() {
+    timerIds.stable = clock.setTimeout(() => {
+      timerIds.stable = null;
+      attempt = 0;
+    }, STABLE_AFTER_MS);
+  }
+
+  function onClose(event) {
+    ws = null;
+    welcome = null;
+    cancel("keepAlive", "stable");
+    for (const subscription of subscriptions.values()) {
+      subscription.pending = false;
+    }
+    closeCode = event && typeof event.code === "number" ? event.code : null;
+    closeReason = (event && event.reason) || "";
+    stopped = stopped || NO_RECONNECT_CODES.includes(closeCode);
+    if (stopped) {
+      setState("closed");
+    } else {
+      scheduleReconnect();
+    }
+  }
+
+  function scheduleReconnect() {
+    cancel("reconnect");
+    const delay = backoffDelay(attempt, random);
+    attempt += 1;
+    reconnectAt = now() + delay;
+    timerIds.reconnect = clock.setTimeout(openSocket, delay);
+    setState("closed");
+  }
+
+  function close() {
+    stopped = true;
+    cancel("reconnect");
+    const sock = ws;
+    ws = null;
+    if (sock) {
+      call(() => sock.close(1000, "client closed"));
+    }
+    onClose({ code: 1000, reason: "client closed" }); // the socket's own close event is ignored
+  }
+
+  openSocket();
+  return { subscribe, on, send, state: snapshot, close };
+}
