@@ -40,20 +40,22 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+# realtime.common imports nothing but itself, and no Django.
+from realtime.common.close_codes import POLICY_VIOLATION, PROTOCOL_UNSUPPORTED
+
 logger = logging.getLogger("realtime.client")
 
 SUBPROTOCOL = "realtime.v3"
 PROTOCOL = 3  # the version publish and call need (the welcome's "protocol")
-# Close codes after which reconnecting would be refused the same way (docs/protocol.md):
-# 1008 policy (TLS required, flooding), 4010 a protocol version the server no longer serves.
-POLICY_VIOLATION = 1008
-PROTOCOL_UNSUPPORTED = 4010
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0
 # What the server allows by default (REALTIME_WS_RATE, REALTIME_WS_BURST): a client that paces
 # itself to it is never answered rate_limited for its message budget.
 SEND_RATE, SEND_BURST = 10.0, 20
+# Close codes after which reconnecting would be refused the same way (docs/protocol.md): 1008
+# policy (TLS required, flooding), 4010 a protocol version the server no longer serves.
+STOP_CODES = (POLICY_VIOLATION, PROTOCOL_UNSUPPORTED)
 PRESENCE_TYPES = frozenset({"presence", "join", "leave", "update"})
 
 
@@ -524,7 +526,7 @@ class Realtime:
             self._lost(code)
             if self._stopped is not None:
                 return
-            if code in (POLICY_VIOLATION, PROTOCOL_UNSUPPORTED):
+            if code in STOP_CODES:
                 kind = ProtocolUnsupported if code == PROTOCOL_UNSUPPORTED else Closed
                 self._stop(kind(f"The server closed the socket with {code} {reason}".strip(), code))
                 return
