@@ -690,7 +690,11 @@ class Realtime:
         elif subscription is not None and code == "rate_limited" and retry_after is not None:
             # A subscribe with `since` over the replay budget: nothing changed; ask again.
             self._later(retry_after, subscription)
-        elif subscription is not None and not subscription.subscribed:
+        elif (
+            subscription is not None
+            and not subscription.subscribed
+            and message.get("request", "subscribe") == "subscribe"  # not a presence_update's
+        ):
             del self._subscriptions[subscription.topic]
             subscription.end(SubscribeError(code, detail, retry_after))
         else:
