@@ -198,6 +198,28 @@ def reply_error(ref: str | int | None, code: str, detail: str) -> str:
     return encode({"type": "reply", "ref": ref, "error": {"code": code, "detail": detail}})
 
 
+def dropped(text: str | None, detail: str) -> str:
+    """The answer to a message dropped over the socket's rate (REALTIME_WS_RATE): an error
+    naming the publish or call it was, by its `id` or `ref`, so that its client can fail it
+    (or send it again later) instead of waiting for an answer that never comes."""
+    try:
+        message = json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        message = None
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "call":
+        return reply_error(call_ref(message), "rate_limited", detail)
+    if kind == "publish":
+        topic, client_id = message.get("topic"), message.get("id")
+        return publish_error(
+            "rate_limited",
+            topic if isinstance(topic, str) else None,
+            client_id if isinstance(client_id, str) else None,
+            detail,
+        )
+    return error("rate_limited", detail)
+
+
 def stats(topic: str, data: dict[str, Any]) -> str:
     """The admin's live view, for the staff sockets subscribed to its topic."""
     return encode({"type": "stats", "topic": topic, "data": data})

@@ -77,6 +77,37 @@ def test_a_message_over_the_rate_gets_rate_limited_and_is_dropped(slow_rate):
     assert "1 a second" in error["detail"]
 
 
+def test_a_dropped_publish_or_call_is_answered_by_its_id_or_ref(slow_rate):
+    """A client waits for a publish's `published` and a call's `reply`: one dropped over the
+    rate is answered naming it, so the client can fail it instead of waiting for ever."""
+    dropped = [
+        {"type": "publish", "topic": "chat.a", "id": "p1", "data": 1},
+        {"type": "call", "name": "cart.add", "ref": 9},
+        {"type": "ping"},
+        "not json {",
+    ]
+
+    async def scenario():
+        communicator = Communicator(limits.RateLimitMiddleware(echo_app([])), "/ws/")
+        await communicator.connect()
+        for n in range(3):  # the burst
+            await communicator.send_to(text_data=str(n))
+        for message in dropped:
+            text = message if isinstance(message, str) else json.dumps(message)
+            await communicator.send_to(text_data=text)
+        replies = [await communicator.receive_from() for _ in range(3 + len(dropped))]
+        await communicator.disconnect()
+        return [json.loads(reply) for reply in replies[3:]]
+
+    publish, call, ping, garbage = asyncio.run(scenario())
+    assert publish["type"] == "error" and publish["code"] == "rate_limited"
+    assert (publish["topic"], publish["id"], publish["request"]) == ("chat.a", "p1", "publish")
+    assert call["type"] == "reply" and call["ref"] == 9
+    assert call["error"]["code"] == "rate_limited"
+    assert ping["type"] == garbage["type"] == "error"
+    assert ping["code"] == garbage["code"] == "rate_limited" and "id" not in ping
+
+
 def test_a_client_that_keeps_flooding_is_closed_with_1008(slow_rate):
     async def scenario():
         seen: list[dict] = []

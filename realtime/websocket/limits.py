@@ -101,7 +101,8 @@ class RateLimitMiddleware:
                     return await close(send, POLICY_VIOLATION, "Rate limit exceeded")
                 child(metrics.MESSAGES, "out", "error").inc()
                 detail = f"Too many messages: this one was dropped. At most {rate} a second."
-                await send({"type": "websocket.send", "text": wire.error("rate_limited", detail)})
+                answer = wire.dropped(event.get("text"), detail)
+                await send({"type": "websocket.send", "text": answer})
 
         return await self.app(scope, limited_receive, send)
 
