@@ -306,9 +306,10 @@ def welcome(
     idle_timeout: int = 0,
     positions: dict[str, Any] | None = None,
     protocol: int = PROTOCOL_VERSION,
+    limits: dict[str, Any] | None = None,
 ) -> str:
-    """The first message on every socket: how it is connected, to which server process, and
-    which version of the protocol it speaks."""
+    """The first message on every socket: how it is connected, to which server process,
+    which version of the protocol it speaks, and the limits its client should keep to."""
     return encode(
         {
             "type": "welcome",
@@ -322,6 +323,7 @@ def welcome(
             "idle_timeout": idle_timeout,
             # Where the broadcasts, and the signed-in user's own topic, stood as it opened.
             **(positions or {"broadcasts": None, "user_topic": None}),
+            "limits": limits or {},
         }
     )
 

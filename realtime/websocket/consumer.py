@@ -83,6 +83,18 @@ def validation_detail(exc: ValidationError) -> str:
     return " ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
 
 
+def client_limits() -> dict[str, Any]:
+    """What a client keeps to (the welcome's `limits`): the largest message in bytes, the
+    messages per second and at once it may send, and for how many seconds an unanswered
+    publish may be sent again with its id (after that it would be stored twice)."""
+    return {
+        "max_message": conf.REALTIME_WS_MAX_MESSAGE_SIZE,
+        "rate": max(conf.REALTIME_WS_RATE, 0),
+        "burst": conf.REALTIME_WS_BURST,
+        "publish_id_ttl": conf.REALTIME_PUBLISH_ID_TTL,
+    }
+
+
 class RealtimeConsumer(AsyncWebsocketConsumer):
     audiences: list[str] = []
     protocol: int | None = versions.UNNAMED  # the protocol version this socket speaks
@@ -249,6 +261,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             idle_timeout=max(conf.REALTIME_WS_IDLE_TIMEOUT, 0),
             positions=positions,
             protocol=self.protocol,
+            limits=client_limits(),
         )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
