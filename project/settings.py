@@ -204,6 +204,9 @@ for _name in (
     "REALTIME_TOPIC_PUBLISH_BURST",
     "REALTIME_PUBLISH_ID_TTL",
     "REALTIME_EPHEMERAL_BACKLOG",
+    "REALTIME_PUBLISH_THREADS",
+    "REALTIME_PUBLISHER_RATE",
+    "REALTIME_PUBLISHER_BURST",
     "REALTIME_PRESENCE_META_MAX",
     "REALTIME_PRESENCE_UPDATE_INTERVAL",
     # Calls with a reply (docs/rpc.md): deadline, calls in flight per socket, threads.

@@ -125,6 +125,13 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_TOPIC_PUBLISH_BURST": 10,
     "REALTIME_PUBLISH_ID_TTL": 600,
     "REALTIME_EPHEMERAL_BACKLOG": 16 * 1024,
+    # Threads per worker that run topics' `publish` functions (never the database thread the
+    # rest of the app shares); each publish may take REALTIME_RPC_TIMEOUT seconds at most.
+    "REALTIME_PUBLISH_THREADS": 2,
+    # Publishes per second and at once per publisher over all topics (the rate above is per
+    # topic; this bounds one spreading over many topic names), over every worker.
+    "REALTIME_PUBLISHER_RATE": 10,
+    "REALTIME_PUBLISHER_BURST": 20,
     "REALTIME_PRESENCE_TTL": 15,
     # A presence_update's meta: the largest (bytes of compact JSON), and the seconds between
     # two writes of one user's meta on one topic by one worker (the latest value waits).

@@ -6,6 +6,8 @@ publisher and topic without Redis. Across workers, with Redis: tests/test_publis
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -132,8 +134,8 @@ def test_the_history_sweep_deletes_expired_receipts(settings):
     settings.REALTIME_PUBLISH_ID_TTL = 1
     publisher = Publisher("socket:s", None)
     for index in range(3):
-        sent = client_publish.digest("wall.w", "n", "message")
-        client_publish.store_new(publisher, "wall.w", f"i{index}", sent, "n", "message")
+        sent = client_publish.digest("wall", "n", "message")
+        client_publish.store_new(publisher, "wall", f"i{index}", sent, "n", "message")
     PublishReceipt.objects.filter(client_id="i0").update(
         created_at=timezone.now() - timedelta(seconds=2)
     )
@@ -187,3 +189,79 @@ def test_a_publish_function_that_fails_is_logged_and_answered_internal(caplog, s
     assert answer["code"] == "internal" and "secret" not in answer["detail"]
     assert "secret detail" in caplog.text  # with its traceback, in the server's log
     assert pong["type"] == "pong"  # the app's failure does not end the socket
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_publish_function_holds_its_own_thread_not_the_workers_database_thread(
+    settings, saved_registry
+):
+    settings.REALTIME_RPC_TIMEOUT = 1
+    release = threading.Event()
+
+    def slow(user, data, room):  # an app's publish that calls a slow moderation service
+        release.wait(20)
+        return data
+
+    topics.register("chat.<slug:room>", authorize=may_chat, publish=slow)
+    alice, bob = signed_in("alice"), signed_in("bob")
+    message = {"type": "publish", "topic": "chat.slow", "id": "s1", "data": {"text": "x"}}
+
+    async def scenario():
+        a, b = await opened(alice), await opened(bob)
+        await a.send_json_to(message)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        subscribed = await ask(b, {"type": "subscribe", "topic": "news.x"})
+        subscribe_took = time.monotonic() - started
+        timed_out = await a.receive_json_from()
+        busy = await ask(a, message)  # its first publish still runs in its thread
+        release.set()
+        await asyncio.sleep(0.5)
+        again = await ask(a, message)
+        await a.disconnect(), await b.disconnect()
+        return subscribed, subscribe_took, timed_out, busy, again
+
+    subscribed, subscribe_took, timed_out, busy, again = asyncio.run(scenario())
+    assert subscribed["type"] == "subscribed" and subscribe_took < 0.5
+    assert (timed_out["code"], timed_out["id"]) == ("timeout", "s1")
+    assert busy["code"] == "unavailable"
+    assert again == {"type": "published", "topic": "chat.slow", "id": "s1", "offset": 1}
+    assert TopicMessage.objects.filter(topic="chat.slow").count() == 1
+
+
+def test_spreading_over_topic_names_meets_the_publishers_rate_over_all_topics(
+    settings, monkeypatch
+):
+    settings.REALTIME_TOPIC_PUBLISH_RATE, settings.REALTIME_TOPIC_PUBLISH_BURST = 100, 100
+    settings.REALTIME_PUBLISHER_RATE, settings.REALTIME_PUBLISHER_BURST = 1, 3
+    monkeypatch.setattr(client_publish, "async_client", lambda: None)
+    rate = PublishRate()
+
+    async def spread() -> list[bool]:
+        return [await rate.allows("address:1.2.3.4", f"wall.n{index}") for index in range(5)]
+
+    assert asyncio.run(spread()) == [True] * 3 + [False] * 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_data_the_publish_function_cannot_send_is_the_apps_fault_not_the_clients(
+    caplog, saved_registry
+):
+    topics.register("chat.<slug:room>", authorize=may_chat, publish=lambda u, d, room: {1.5j})
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        answer = await ask(
+            socket_, {"type": "publish", "topic": "chat.a", "id": "i", "data": {"text": "x"}}
+        )
+        nul = await ask(
+            socket_, {"type": "publish", "topic": "chat.a", "id": "j", "data": {"text": "\x00"}}
+        )
+        await socket_.disconnect()
+        return answer, nul
+
+    answer, nul = asyncio.run(scenario())
+    assert answer["code"] == "internal" and "complex" not in answer["detail"]
+    assert "cannot send" in caplog.text
+    assert nul["code"] == "invalid_publish"  # the client's own data: told why

@@ -74,6 +74,7 @@ def accept(user: Any, topic: str, data: Any, event: str) -> Any:
     found = topic_rules.match(topic)
     if found is None or found[0].publish is None:
         raise PublishRefused("forbidden", FORBIDDEN)
+    checked(topic, data, event, "invalid_publish")  # what the client sent
     registration, params = found
     try:
         allowed = registration.authorize(user, **params)
@@ -89,12 +90,23 @@ def accept(user: Any, topic: str, data: Any, event: str) -> Any:
     except Exception:  # noqa: BLE001 - the app's error stays in the log, not on the wire
         logger.exception("publish() of topic %s failed", topic)
         raise PublishRefused("internal", "The server could not handle this publish.") from None
-    try:
-        topic_rules.check(topic, result, event)
-    except ValueError as exc:
-        code = "too_large" if "REALTIME_TOPIC_MAX_DATA" in str(exc) else "invalid_publish"
-        raise PublishRefused(code, str(exc)) from None
+    checked(topic, result, event, "internal")  # what the app made of it
     return result
+
+
+def checked(topic: str, data: Any, event: str, fault: str) -> None:
+    """Raise PublishRefused unless `data` may be sent to `topic`: "too_large", else `fault`
+    ("invalid_publish" for what a client sent; "internal", logged, for what the app's
+    `publish` returned)."""
+    try:
+        topic_rules.check(topic, data, event)
+    except ValueError as exc:
+        if "REALTIME_TOPIC_MAX_DATA" in str(exc):
+            raise PublishRefused("too_large", str(exc)) from None
+        if fault == "internal":
+            logger.error("publish() of topic %s returned data it cannot send: %s", topic, exc)
+            raise PublishRefused("internal", "The server could not handle this publish.") from None
+        raise PublishRefused(fault, str(exc)) from None
 
 
 def digest(topic: str, data: Any, event: str) -> str:
@@ -143,7 +155,9 @@ def store_new(
             )
         # Committed: the commit published it (streams.store), in this thread.
     except IntegrityError:  # the same id at the same moment from another socket
-        earlier = receipts_of(publisher, topic, client_id).get()
+        earlier = receipts_of(publisher, topic, client_id).first()
+        if earlier is None:  # and that receipt expired meanwhile
+            raise not_yet() from None
         return Stored(first_offset(earlier, sent), repeated=True)
     except DatabaseError as exc:  # stored, but publishing failed: republish_pending will
         logger.warning("A client's message to %s is stored but not published: %s", topic, exc)
@@ -197,32 +211,45 @@ async def send_ephemeral(
 
 
 class PublishRate:
-    """REALTIME_TOPIC_PUBLISH_RATE per second, REALTIME_TOPIC_PUBLISH_BURST at once, per
-    publisher and topic. With Redis the count is shared by every worker (a fixed window of
-    burst / rate seconds, so a publisher's sockets on several workers get no more); without
-    it, a token bucket in this process."""
+    """How often a publisher may publish: REALTIME_TOPIC_PUBLISH_RATE a second (after a burst
+    of REALTIME_TOPIC_PUBLISH_BURST) to one topic, and REALTIME_PUBLISHER_RATE (after
+    REALTIME_PUBLISHER_BURST) over all topics, so that spreading over many topic names gains
+    nothing. With Redis each count is shared by every worker (a fixed window of burst / rate
+    seconds, so a publisher's sockets on several workers get no more); without it, token
+    buckets in this process."""
 
     def __init__(self) -> None:
         self.client: Any = None
         self.buckets: dict[str, TokenBucket] = {}
 
     async def allows(self, who: str, topic: str) -> bool:
-        rate, burst = conf.REALTIME_TOPIC_PUBLISH_RATE, conf.REALTIME_TOPIC_PUBLISH_BURST
-        if rate <= 0:
-            return True
+        limits = [
+            (
+                f"{who} topic {topic}",
+                conf.REALTIME_TOPIC_PUBLISH_RATE,
+                conf.REALTIME_TOPIC_PUBLISH_BURST,
+            ),
+            (f"{who} all", conf.REALTIME_PUBLISHER_RATE, conf.REALTIME_PUBLISHER_BURST),
+        ]
+        for key, rate, burst in limits:
+            if rate > 0 and not await self._take(key, rate, burst):
+                return False
+        return True
+
+    async def _take(self, key: str, rate: float, burst: int) -> bool:
         if self.client is None:
             self.client = async_client() or False
         if self.client is False:
-            return self._bucket(f"{who} {topic}", rate, burst).take()
+            return self._bucket(key, rate, burst).take()
         window = burst / rate
-        key = f"{RATE_KEY_PREFIX}{int(time.time() // window)}:{who}:{topic}"
+        name = f"{RATE_KEY_PREFIX}{int(time.time() // window)}:{key}"
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, int(window) + 1)
+                pipe.incr(name)
+                pipe.expire(name, int(window) + 1)
                 count, _ = await pipe.execute()
         except (redis.RedisError, OSError):
-            return self._bucket(f"{who} {topic}", rate, burst).take()
+            return self._bucket(key, rate, burst).take()
         return count <= burst
 
     def _bucket(self, key: str, rate: float, burst: int) -> TokenBucket:

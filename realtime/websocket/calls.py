@@ -50,8 +50,8 @@ class HandlerThreads(Executor):
     returns would keep a worker from stopping (SIGTERM, a rolling restart) until the
     supervisor's SIGKILL."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, name: str = "realtime-rpc") -> None:
+        self.size, self.name = size, name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -61,7 +61,7 @@ class HandlerThreads(Executor):
         self._queue.put((future, fn, args, kwargs))
         with self._lock:
             while len(self._threads) < self.size:
-                name = f"realtime-rpc-{len(self._threads) + 1}"
+                name = f"{self.name}-{len(self._threads) + 1}"
                 thread = threading.Thread(target=self._work, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)

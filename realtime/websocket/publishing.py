@@ -8,6 +8,8 @@ answer: `published` with the offset, or an `error` naming the publish's topic an
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import redis
@@ -16,11 +18,15 @@ from django.db import DatabaseError
 
 from realtime import wire
 from realtime.common.addresses import scope_client_key
+from realtime.conf import conf
 from realtime.messaging import client_publish
 from realtime.messaging.client_publish import Publisher, PublishRefused, Stored, publish_rate
 from realtime.messaging.rechecks import current_user
 from realtime.ops import metrics
 from realtime.server.prometheus import child
+from realtime.websocket.calls import HandlerThreads
+
+logger = logging.getLogger("realtime.websocket.publishing")
 
 
 async def publish(consumer: Any, message: dict[str, Any]) -> None:
@@ -34,8 +40,12 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
         detail = "Too many publishes to this topic: slow down."
         await refuse(consumer, message, "rate_limited", detail)
         return
+    if getattr(consumer, "publish_running", False):
+        detail = "This socket's previous publish is still running: send it again later."
+        await refuse(consumer, message, "unavailable", detail)
+        return
     try:
-        publisher, data, stored = await database_sync_to_async(accept_and_store)(consumer, request)
+        publisher, data, stored = await in_publish_thread(consumer, request)
         if request.ephemeral:
             await client_publish.send_ephemeral(
                 request.topic, data, request.event, publisher, request.id, consumer.socket_id
@@ -43,8 +53,13 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
     except PublishRefused as exc:
         await refuse(consumer, message, exc.code, exc.detail)
         return
+    except TimeoutError:
+        detail = "The topic's publish function took too long: send it again, same id, later."
+        await refuse(consumer, message, "timeout", detail)
+        return
     except (DatabaseError, redis.RedisError, OSError) as exc:
-        detail = f"The server cannot send it now ({type(exc).__name__}): send it again."
+        logger.warning("A publish to %s failed: %s", request.topic, exc)
+        detail = "The server cannot send it now: send it again, same id, later."
         await refuse(consumer, message, "unavailable", detail)
         return
     outcome = "ephemeral" if stored is None else "repeated" if stored.repeated else "stored"
@@ -52,6 +67,40 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
     if request.id:
         offset = None if stored is None else stored.offset
         await consumer.send(text_data=wire.published(request.topic, request.id, offset))
+
+
+_threads: HandlerThreads | None = None
+
+
+def publish_threads() -> HandlerThreads:
+    """This process's threads for topics' `publish` functions (REALTIME_PUBLISH_THREADS)."""
+    global _threads
+    if _threads is None:
+        _threads = HandlerThreads(conf.REALTIME_PUBLISH_THREADS, name="realtime-publish")
+    return _threads
+
+
+async def in_publish_thread(
+    consumer: Any, request: wire.PublishRequest
+) -> tuple[Publisher, Any, Stored | None]:
+    """accept_and_store() in a publish thread, never the database thread the worker shares
+    (an app's `publish` that calls a slow service would freeze every subscribe and sign-out
+    check), within REALTIME_RPC_TIMEOUT; TimeoutError past it. A publish past its deadline
+    still runs to its end in its thread, and the socket's next publish is refused until it
+    has: one socket holds one thread at most."""
+    run = database_sync_to_async(
+        accept_and_store, thread_sensitive=False, executor=publish_threads()
+    )
+    task = asyncio.ensure_future(run(consumer, request))
+    consumer.publish_running = True
+
+    def ended(task: asyncio.Future[Any]) -> None:
+        consumer.publish_running = False
+        if not task.cancelled():
+            task.exception()  # retrieved: one past its deadline was answered already
+
+    task.add_done_callback(ended)
+    return await asyncio.wait_for(asyncio.shield(task), conf.REALTIME_RPC_TIMEOUT)
 
 
 def accept_and_store(
