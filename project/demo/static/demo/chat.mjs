@@ -105,7 +105,8 @@ function startRoom(doc, root) {
   const topic = root.dataset.topic;
   const me = Number(root.dataset.userId);
   const secure = location.protocol === "https:";
-  const log = $("log");
+  const log = $("log"); // the scrolling live region
+  const list = $("message-list"); // the list in it
   const outbox = $("outbox");
   const form = $("send");
   const input = $("message");
@@ -171,7 +172,7 @@ function startRoom(doc, root) {
         before = item;
       }
     }
-    log.insertBefore(li, before);
+    list.insertBefore(li, before);
     shown.set(msg.offset, li);
     $("no-messages").hidden = true;
     const sender = msg.from && typeof msg.from === "object" ? msg.from : null;
@@ -292,8 +293,8 @@ function startRoom(doc, root) {
   }
 
   function renderPeople() {
-    const list = $("people");
-    list.replaceChildren(
+    const peopleList = $("people");
+    peopleList.replaceChildren(
       ...people
         .slice()
         .sort((a, b) => a.username.localeCompare(b.username))
@@ -347,7 +348,7 @@ function startRoom(doc, root) {
 
   // --- Wiring ------------------------------------------------------------------------------
 
-  for (const li of log.querySelectorAll("li[data-offset]")) {
+  for (const li of list.querySelectorAll("li[data-offset]")) {
     shown.set(Number(li.dataset.offset), li);
     const time = li.querySelector("time");
     if (time) renderTime(time, new Date(time.dateTime));
