@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.browsing import HOST, Page, expect, screenshot
-from tests.helpers import PYTHON, create_users, free_port, slot, wait_until
+from tests.helpers import PYTHON, create_users, demote, free_port, slot, wait_until
 from tests.test_page_ui import PHONE, axe_violations
 
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
@@ -41,7 +41,7 @@ def served(start, app_test_certs, redis_server):
 
 @pytest.fixture(scope="module")
 def users(server_env):
-    return create_users(server_env, {"alice": False, "bob": False, "carol": False})
+    return create_users(server_env, {"alice": False, "bob": False, "carol": False, "dave": True})
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,20 @@ def test_a_390_px_phone_reads_and_sends_without_scrolling_sideways(browser, base
     assert field["y"] + field["height"] <= PHONE["height"]  # the field on the first screen
     screenshot(phone, "chat-phone")
     phone.context.close()
+
+
+def test_a_staff_member_demoted_in_the_staff_room_is_told_the_room_is_closed_to_them(
+    browser, base, users, server_env, redis_server
+):
+    page = signed_in(browser, base, "dave", users)
+    page.goto(f"{base}/chat/staff/")
+    connected(page)
+    say(page, "staff only")
+    expect(page.locator("#log li")).to_have_count(1)
+    demote(server_env, redis_server.url, "dave")
+    expect(page.locator("#ended")).to_be_visible(timeout=10_000)
+    expect(page.locator("#ended")).to_contain_text("You can no longer read this room.")
+    expect(page.locator("#message")).to_be_disabled()
+    page.goto(f"{base}/chat/staff/")
+    expect(page.locator("h1")).to_have_text("#staff is for staff only")
+    page.context.close()

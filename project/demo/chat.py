@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
-
 from realtime.messaging import streams
 from realtime.models import Topic, TopicMessage
 
@@ -40,13 +38,14 @@ def history(room: str, limit: int = HISTORY_SHOWN) -> History:
     The position is read first and only messages up to it are listed: one published in
     between is after the position, so the socket replays it (listed, it would come twice)."""
     topic = topic_of(room)
-    with transaction.atomic():
-        epoch, last = streams.position(topic)
-        rows = list(
-            TopicMessage.objects.filter(topic=topic, offset__isnull=False, offset__lte=last)
-            .order_by("-offset")
-            .values_list("frame", "published_at")[:limit]
-        )
+    # Offsets are given in the transaction that raises the topic's last offset, so every
+    # message up to `last` is committed once `last` is read.
+    epoch, last = streams.position(topic)
+    rows = list(
+        TopicMessage.objects.filter(topic=topic, offset__isnull=False, offset__lte=last)
+        .order_by("-offset")
+        .values_list("frame", "published_at")[:limit]
+    )
     return History(epoch, last, [shown(json.loads(f), at) for f, at in reversed(rows)])
 
 
