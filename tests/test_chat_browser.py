@@ -111,6 +111,7 @@ def test_two_users_chat_through_a_killed_worker_and_see_every_message_once_in_or
     started = time.monotonic()
     alice = signed_in(browser, base, "alice", users)
     assert axe_violations(alice) == []  # the rooms page
+    screenshot(alice, "chat-rooms")
     # Keyboard only: the room's name typed into the rooms page, Enter opens it.
     alice.locator("#room").fill("Team Room")
     alice.keyboard.press("Enter")
