@@ -1,4 +1,4 @@
-"""URL configuration: the admin, sign-in and the realtime app.
+"""URL configuration: the admin, sign-in, the example chat (project/demo) and the realtime app.
 
 Password reset sends mail: its pages exist only once a mail server is set (DJANGO_EMAIL_HOST),
 and its form is throttled per address (realtime/web/signin.py). Without one, a reset would fail
@@ -47,5 +47,6 @@ if settings.EMAIL_HOST:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include(accounts)),
+    path("", include("project.demo.urls")),
     path("", include("realtime.urls")),
 ]

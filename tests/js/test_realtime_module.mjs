@@ -250,6 +250,32 @@ test("a subscribe from the open state listener is sent once", () => {
   assert.deepEqual(ws.sentOf("subscribe").map((m) => m.topic), ["a", "b"]);
 });
 
+test("subscribe with since: a page's rendered position is resumed from, then the client's own", () => {
+  const ctx = setup();
+  const got = [];
+  ctx.rt.subscribe("chat.lobby", (m) => got.push(m.offset), { since: { epoch: "e7", offset: 4 } });
+  assert.deepEqual(ctx.rt.state().topics, { "chat.lobby": { epoch: "e7", offset: 4 } });
+  const first = welcomed(ctx);
+  assert.deepEqual(first.sentOf("subscribe"), [
+    { type: "subscribe", topic: "chat.lobby", since: { epoch: "e7", offset: 4 } },
+  ]);
+  first.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e7", offset: 4 });
+  for (const offset of [4, 5, 6, 6]) {
+    first.receive({ type: "message", topic: "chat.lobby", event: "message", data: "x", offset });
+  }
+  assert.deepEqual(got, [5, 6]);
+  // A second handler's since does not move the position; nor does a reconnect go back to it.
+  ctx.rt.subscribe("chat.lobby", () => {}, { since: { epoch: "e7", offset: 0 } });
+  first.drop(1006);
+  ctx.clock.advance(250);
+  assert.deepEqual(welcomed(ctx).sentOf("subscribe"), [
+    { type: "subscribe", topic: "chat.lobby", since: { epoch: "e7", offset: 6 } },
+  ]);
+  // Without an epoch it is no position: a plain subscribe.
+  ctx.rt.subscribe("chat.other", () => {}, { since: { epoch: null, offset: 3 } });
+  assert.deepEqual(ctx.ws().sentOf("subscribe").at(-1), { type: "subscribe", topic: "chat.other" });
+});
+
 test("user topic: delivered to message listeners without subscribing, nothing sent", () => {
   const ctx = setup();
   const ws = welcomed(ctx);

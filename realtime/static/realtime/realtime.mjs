@@ -6,6 +6,7 @@
  *   const rt = connect({ path: "/ws/" }); // also: url, WebSocket, broadcasts: {epoch, offset},
  *                                         // user: {epoch, offset} (subscribes "user" from there)
  *   const unsubscribe = rt.subscribe("orders.42", (message) => {}, { onReset(info) {}, onEnd(reason) {} });
+ *   rt.subscribe("chat.lobby", fn, { since: {epoch, offset} }); // a page rendered up to there
  *   const off = rt.on("broadcast", (broadcast) => {});
  *   await rt.publish("chat.lobby", {text: "hi"}, {event, ephemeral}); // -> offset (null: ephemeral)
  *   await rt.call("cart.add", {sku: 7}, {timeout: 10000});           // -> the reply's data
@@ -32,7 +33,9 @@
  * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
  * broadcast position, and the "user" one when subscribed, go in the socket's URL
  * (`?broadcasts=E:N&user=E:N`: replayed before anything live; else the welcome's is taken);
- * then the client sends `subscribe` {topic, since?} per other subscription.
+ * then the client sends `subscribe` {topic, since?} per other subscription. A subscribe's
+ * `since` option is where a page that rendered a topic's history has it up to: its first
+ * subscribe resumes from there (what was sent after the render is replayed, once).
  * A position is an epoch (`subscribed`, welcome, resumed, resume_failed) and the largest offset
  * delivered: lower offsets and repeated broadcast ids are dropped, and a topic's messages before
  * its `subscribed` too (its replay has them). `resume_failed` calls onReset; `unsubscribed`
@@ -249,6 +252,9 @@ export function connect(options = {}) {
     if (!subscription) {
       subscription = { handlers: new Set(), pending: false };
       subscriptions.set(topic, subscription);
+      if (isPosition(opts.since) && opts.since.epoch != null && !positions.has(topic)) {
+        positions.set(topic, copy(opts.since));
+      }
       if (welcome && !(topic === USER_TOPIC && userTopicActive)) {
         sendSubscribe(topic);
       }
