@@ -9,12 +9,10 @@ once and nothing before it comes again (docs/chat.md).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from realtime.messaging import streams
-from realtime.models import Topic, TopicMessage
+from realtime import topics
 
 HISTORY_SHOWN = 50  # at most the topic's history (REALTIME_TOPIC_HISTORY_SIZE, 100)
 MAX_ROOM_NAME = 50
@@ -25,28 +23,12 @@ def topic_of(room: str) -> str:
     return f"chat.{room}"
 
 
-@dataclass
-class History:
-    epoch: str
-    offset: int
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-
-def history(room: str, limit: int = HISTORY_SHOWN) -> History:
-    """The room's latest `limit` messages, oldest first, and the position they end at.
-
-    The position is read first and only messages up to it are listed: one published in
-    between is after the position, so the socket replays it (listed, it would come twice)."""
-    topic = topic_of(room)
-    # Offsets are given in the transaction that raises the topic's last offset, so every
-    # message up to `last` is committed once `last` is read.
-    epoch, last = streams.position(topic)
-    rows = list(
-        TopicMessage.objects.filter(topic=topic, offset__isnull=False, offset__lte=last)
-        .order_by("-offset")
-        .values_list("frame", "published_at")[:limit]
-    )
-    return History(epoch, last, [shown(json.loads(f), at) for f, at in reversed(rows)])
+def history(room: str, limit: int = HISTORY_SHOWN) -> topics.History:
+    """The room's latest `limit` messages, oldest first, as the room lists them, and the
+    position they end at (the page's socket subscribes from there)."""
+    found = topics.history(topic_of(room), limit)
+    found.messages = [shown(message, message["published_at"]) for message in found.messages]
+    return found
 
 
 def shown(message: dict[str, Any], published_at: datetime | None) -> dict[str, Any]:
@@ -67,10 +49,5 @@ def rooms_for(user: Any, may_chat: Any) -> list[str]:
     """The rooms to offer `user`: the suggested ones and those with messages, that they may
     read."""
     names = set(SUGGESTED_ROOMS)
-    names |= {
-        name.removeprefix("chat.")
-        for name in Topic.objects.filter(name__startswith="chat.")
-        .order_by("name")
-        .values_list("name", flat=True)[:100]
-    }
+    names |= {name.removeprefix("chat.") for name in topics.names("chat.")}
     return sorted(name for name in names if may_chat(user, name))

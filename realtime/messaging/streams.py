@@ -323,6 +323,26 @@ def position(name: str) -> tuple[str, int]:
     return found if found is not None else (initial_epoch(name), 0)
 
 
+def latest(name: str, limit: int) -> tuple[str, int, list[tuple[str, datetime | None]]]:
+    """A stream's position and its latest `limit` published messages up to it, oldest first,
+    as (frame, published_at). The position is read first, and messages after it are left
+    out: a subscriber that starts from this position gets those live or replayed, once."""
+    epoch, last = position(name)  # offsets are given as `last` rises: all up to it committed
+    rows = (
+        TopicMessage.objects.filter(topic=name, offset__isnull=False, offset__lte=last)
+        .order_by("-offset")
+        .values_list("frame", "published_at")[:limit]
+    )
+    return epoch, last, list(reversed(rows))
+
+
+def names_starting(prefix: str, limit: int) -> list[str]:
+    """The first `limit` stream names, in order, that start with `prefix` and have had a
+    message."""
+    found = Topic.objects.filter(name__startswith=prefix).order_by("name")
+    return list(found.values_list("name", flat=True)[:limit])
+
+
 def entries(name: str, after: int, upto: int | None = None) -> list[Entry]:
     """The published messages of a stream with offsets after `after` (up to `upto`), in order."""
     found = TopicMessage.objects.filter(topic=name, offset__gt=after)
