@@ -597,7 +597,7 @@ def test_listen_renews_its_session_past_its_ttl_and_deletes_it_on_sighup(
     finally:
         listen.stop()
     assert 0 < left <= 2
-    assert len(seen) >= 8 and set(seen) == {"alice"}, seen
+    assert len(seen) >= 3 and set(seen) == {"alice"}, seen  # the last at twice its ttl
     assert code == 0, listen.err
     assert not any("connection lost" in line for line in listen.err), listen.err
     assert listen_sessions(env) == [], "SIGHUP left the command's session behind"
@@ -631,7 +631,7 @@ def test_a_session_listen_could_not_delete_ends_at_its_ttl(served, server_env, d
             delete_session(env, key)
     print(f"\nthe session of a killed listen (--session-ttl 2) signed nobody in {took:.1f} s later")
     assert before == "alice"
-    assert took <= 2.5
+    assert took < 3.5  # its ttl since the last renewal (at most 0.5 s before the kill), and a poll
 
 
 # --- Publish and call (tests/two_way: the server side of issue 27) ---------------------------
