@@ -139,7 +139,8 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_PRESENCE_UPDATE_INTERVAL": 1,
     # Calls with a reply (docs/rpc.md, realtime/websocket/calls.py): seconds before a call is
     # answered `timeout`, calls in flight per socket (the next is refused), and the threads
-    # that run sync handlers (apart from the database thread the rest of the app shares).
+    # that run sync handlers (apart from the database thread the rest of the app shares; one
+    # user, or address, may hold half of them at once: realtime/websocket/calls.py).
     "REALTIME_RPC_TIMEOUT": 10,
     "REALTIME_RPC_MAX_IN_FLIGHT": 8,
     "REALTIME_RPC_THREADS": 4,

@@ -1,9 +1,11 @@
 """realtime.client and `manage.py listen` against real servers: `serve --workers 2` with a
 private Redis and the dev CA. TLS verified (and refused for a certificate it cannot verify),
 subscribe and resume across a worker killed with SIGKILL (none lost, none doubled), ping,
-listen's lines across a kill, its errors and its Ctrl-C; publish (idempotent across a dropped
-connection, ephemeral, refused) and call (reply, errors, timeout) on a second server with the
-tests' two-way app (tests/two_way). In-process: backoff, URLs, cookies, no Django imported."""
+listen's lines across a kill, its errors and its Ctrl-C, its session (renewed past its ttl
+while it runs, deleted on SIGHUP, expired after a SIGKILL, never sent over ws:// off the host);
+publish (idempotent across a dropped connection, ephemeral, refused) and call (reply, errors,
+timeout) on a second server with the tests' two-way app (tests/two_way). In-process: backoff,
+URLs, cookies, no Django imported."""
 
 from __future__ import annotations
 
@@ -494,6 +496,7 @@ def test_listen_lines_are_offset_event_from_data(served, server_env, redis_serve
         ("untrusted", "did not verify"),
         ("forbidden", "forbidden"),
         ("no user", "No user 'nobody'"),
+        ("in clear", "would send the session in clear"),
     ],
 )
 def test_listen_says_why_it_cannot_and_exits_non_zero(served, server_env, case, expected):
@@ -502,6 +505,7 @@ def test_listen_says_why_it_cannot_and_exits_non_zero(served, server_env, case, 
         "untrusted": ["news.x", "--url", url_of(served)],  # no --ca, debug off: system CAs
         "forbidden": ["orders.1", "--url", url_of(served), "--user", "bob"],
         "no user": ["news.x", "--user", "nobody"],
+        "in clear": ["news.x", "--user", "alice", "--url", "ws://example.com:8000/ws/"],
     }[case]
     env = {**server_env, "DJANGO_DEBUG": "1"} if case in ("forbidden", "refused") else server_env
     result = subprocess.run(
@@ -515,6 +519,119 @@ def test_listen_says_why_it_cannot_and_exits_non_zero(served, server_env, case, 
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_listen_sends_a_session_over_ws_only_to_a_loopback_address():
+    from realtime.management.commands.listen import in_clear_off_this_host
+
+    for local in (
+        "ws://localhost:8000/ws/",
+        "ws://127.0.0.1:8000",
+        "http://[::1]:8000",
+        "ws://127.0.0.2/ws/",
+    ):
+        assert not in_clear_off_this_host(local), local
+    for secure in ("wss://example.com/ws/", "https://10.0.0.1:8443"):
+        assert not in_clear_off_this_host(secure), secure
+    for remote in (
+        "ws://example.com/ws/",
+        "http://10.0.0.1:8000",
+        "ws://[2001:db8::1]/ws/",
+        "ws://localhost.example.com/",
+    ):
+        assert in_clear_off_this_host(remote), remote
+
+
+def listen_sessions(env: dict) -> list[tuple[str, float]]:
+    """The sessions `manage.py listen` wrote, expired ones too: (key, seconds left)."""
+    printed = run_in_shell(
+        env,
+        "from django.contrib.sessions.models import Session\n"
+        "from django.utils import timezone\n"
+        "for s in Session.objects.all():\n"
+        "    if 'realtime_listen' in s.get_decoded():\n"
+        "        print(s.session_key, (s.expire_date - timezone.now()).total_seconds())\n",
+    )
+    return [(key, float(left)) for key, left in (line.split() for line in printed.splitlines())]
+
+
+def delete_session(env: dict, key: str) -> None:
+    run_in_shell(
+        env,
+        "from django.contrib.sessions.models import Session\n"
+        f"Session.objects.filter(session_key={key!r}).delete()\n",
+    )
+
+
+async def signed_in_as(server, ca, key: str) -> str | None:
+    """Whom the session `key` signs in on a new socket (None: nobody)."""
+    async with client.connect(url_of(server), ssl=str(ca), session=key) as rt:
+        return rt.welcome["user"]
+
+
+def test_listen_renews_its_session_past_its_ttl_and_deletes_it_on_sighup(
+    served, server_env, dev_certs, users
+):
+    """--session-ttl 2, renewed every half second: the session still signs alice in, and the
+    command's own socket stays open, well past its first end; then SIGHUP (the SSH
+    connection it ran in dropped) ends the command with the session deleted."""
+    env = {**server_env, "DJANGO_DEBUG": "1"}
+    args = ("news.hup", "--user", "alice", "--url", url_of(served), "--session-ttl", "2")
+    listen = Listening(env, *args)
+    key = None
+    try:
+        wait_until(lambda: any("listening to news.hup" in e for e in listen.err), "listening")
+        began = time.monotonic()
+        [(key, left)] = listen_sessions(env)
+
+        async def past_its_ttl() -> list:
+            seen = []
+            while time.monotonic() - began < 4:  # twice its ttl
+                seen.append(await signed_in_as(served, dev_certs.ca_cert, key))
+                await asyncio.sleep(0.25)
+            return seen
+
+        seen = asyncio.run(past_its_ttl())
+        listen.process.send_signal(signal.SIGHUP)
+        code = listen.process.wait(timeout=15)
+    finally:
+        listen.stop()
+    assert 0 < left <= 2
+    assert len(seen) >= 3 and set(seen) == {"alice"}, seen  # the last at twice its ttl
+    assert code == 0, listen.err
+    assert not any("connection lost" in line for line in listen.err), listen.err
+    assert listen_sessions(env) == [], "SIGHUP left the command's session behind"
+    assert asyncio.run(signed_in_as(served, dev_certs.ca_cert, key)) is None
+
+
+def test_a_session_listen_could_not_delete_ends_at_its_ttl(served, server_env, dev_certs, users):
+    """SIGKILL: no cleanup can run; the session it left signs nobody in once its ttl (2 s
+    here, an hour by default) has passed since its last renewal."""
+    env = {**server_env, "DJANGO_DEBUG": "1"}
+    args = ("news.kill", "--user", "alice", "--url", url_of(served), "--session-ttl", "2")
+    listen = Listening(env, *args)
+    key = None
+    try:
+        wait_until(lambda: any("listening to news.kill" in e for e in listen.err), "listening")
+        [(key, _)] = listen_sessions(env)
+        before = asyncio.run(signed_in_as(served, dev_certs.ca_cert, key))
+        listen.process.kill()
+        listen.process.wait(timeout=15)
+        killed = time.monotonic()
+        wait_until(
+            lambda: asyncio.run(signed_in_as(served, dev_certs.ca_cert, key)) is None,
+            "the session to expire",
+            timeout=10,
+        )
+        took = time.monotonic() - killed
+        assert [k for k, _ in listen_sessions(env)] == [key]  # still stored, but expired
+    finally:
+        listen.stop()
+        if key is not None:
+            delete_session(env, key)
+    print(f"\nthe session of a killed listen (--session-ttl 2) signed nobody in {took:.1f} s later")
+    assert before == "alice"
+    assert took < 3.5  # its ttl since the last renewal (at most 0.5 s before the kill), and a poll
 
 
 # --- Publish and call (tests/two_way: the server side of issue 27) ---------------------------

@@ -1,13 +1,17 @@
 """Calls with a reply in process (realtime.rpc, realtime/websocket/calls.py): the registry,
 the wire's call and reply, and calls through the whole ASGI application: rights read at each
 call, handler threads apart from the database thread, the cap that lasts until a handler
-really ends, a queued call abandoned at its deadline, cancellation at close, unfit results."""
+really ends, each user's (or address's) share of the threads over all its sockets, refusals
+that never wait for a thread, a queued call abandoned at its deadline, cancellation at close,
+unfit results."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
+from collections import Counter
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -32,10 +36,12 @@ def _procedures():
 def _handler_threads(monkeypatch):
     """Handler threads of the test's own; after it, each closes the database connection it
     opened (as conftest does for asgiref's thread: PostgreSQL drops the test database only
-    when no session is left on it), then ends."""
-    threads = calls.HandlerThreads(4)
-    monkeypatch.setattr(calls, "_threads", threads)
+    when no session is left on it), then ends. Every share of the threads the test took was
+    given back by then."""
+    monkeypatch.setattr(calls, "_threads", calls.HandlerThreads(4))
+    monkeypatch.setattr(calls, "shares", calls.Shares())
     yield
+    threads = calls._threads  # the test's, when it put in its own
     barrier = threading.Barrier(threads.size)  # one close for each thread, not two for one
 
     def close() -> None:
@@ -45,6 +51,7 @@ def _handler_threads(monkeypatch):
     for closing in [threads.submit(close) for _ in range(threads.size)]:
         closing.result(15)
     threads.shutdown()
+    assert len(calls.shares) == 0, "a share outlived its handler"
 
 
 async def call(socket_, name: str, data=None, ref=1) -> dict:
@@ -194,23 +201,106 @@ def test_a_call_counts_until_its_handler_really_ends(settings):
 def test_a_call_queued_behind_busy_threads_is_abandoned_at_its_deadline(settings, monkeypatch):
     settings.REALTIME_RPC_TIMEOUT = 1
     monkeypatch.setattr(calls, "_threads", calls.HandlerThreads(1))
+    alice = signed_in("alice")
     gate, ran = threading.Event(), []
     rpc.register("hang", authorize=rpc.anyone)(lambda user, data: gate.wait())
     rpc.register("late", authorize=rpc.anyone)(lambda user, data: ran.append(1))
 
     async def scenario():
-        socket_ = await opened()
-        await socket_.send_json_to({"type": "call", "name": "hang", "ref": 1})
-        late = await call(socket_, "late", ref=2)  # queued: the one thread hangs
-        first = await socket_.receive_json_from(5)
+        anonymous, a = await opened(), await opened(alice)
+        await anonymous.send_json_to({"type": "call", "name": "hang", "ref": 1})
+        late = await call(a, "late", ref=2)  # queued: the one thread hangs
+        first = await anonymous.receive_json_from(5)
+        held = calls.shares.held(f"user:{await alice_pk()}")
         gate.set()
         await asyncio.sleep(0.3)
-        await socket_.disconnect()
-        return late, first
+        await anonymous.disconnect(), await a.disconnect()
+        return late, first, held
 
-    late, first = asyncio.run(scenario())
+    late, first, held = asyncio.run(scenario())
     assert (late["error"]["code"], first["error"]["code"]) == ("timeout", "timeout")
     assert ran == []  # answered timeout, so never run afterwards
+    assert held == 0  # and its share given back then, not when the thread came free
+
+
+async def alice_pk():
+    return await sync_to_db(lambda: get_user_model().objects.get(username="alice").pk)
+
+
+def test_one_user_with_hung_handlers_on_two_sockets_cannot_starve_another(settings):
+    """4 threads: alice's share is 2, over all her sockets, until her handlers really end;
+    closing them and connecting again gives her none back. bob, and an anonymous socket, are
+    answered meanwhile."""
+    settings.REALTIME_RPC_TIMEOUT = 1
+    bob, alice = signed_in("bob"), signed_in("alice")
+    gate = threading.Event()
+    rpc.register("hang")(lambda user, data: gate.wait() and "done")
+    rpc.register("quick", authorize=rpc.anyone)(lambda user, data: user.get_username())
+
+    async def scenario():
+        a1, a2, b = await opened(alice), await opened(alice), await opened(bob)
+        for ref in range(8):
+            await (a1 if ref % 2 else a2).send_json_to({"type": "call", "name": "hang", "ref": ref})
+        hung = [await a1.receive_json_from(5) for _ in range(4)]
+        hung += [await a2.receive_json_from(5) for _ in range(4)]
+        began = time.monotonic()
+        bobs = await call(b, "quick", ref="bob")
+        bob_took = time.monotonic() - began
+        anonymous = await opened()
+        anonymous_reply = await call(anonymous, "quick", ref="anon")
+        await a1.disconnect(), await a2.disconnect()
+        again = await opened(alice)
+        reconnected = await call(again, "quick", ref="again")
+        gate.set()
+        for _ in range(50):
+            if calls.shares.held(f"user:{await alice_pk()}") == 0:
+                break
+            await asyncio.sleep(0.05)
+        released = await call(again, "quick", ref="released")
+        for socket_ in (b, anonymous, again):
+            await socket_.disconnect()
+        return hung, bobs, bob_took, anonymous_reply, reconnected, released
+
+    hung, bobs, bob_took, anonymous_reply, reconnected, released = asyncio.run(scenario())
+    assert Counter(reply["error"]["code"] for reply in hung) == {
+        "too_many_calls": 6,
+        "timeout": 2,
+    }
+    refused = next(r for r in hung if r["error"]["code"] == "too_many_calls")
+    assert "At most 2 calls of one user" in refused["error"]["detail"]
+    assert bobs == {"type": "reply", "ref": "bob", "data": "bob"}
+    assert bob_took < 0.5
+    assert anonymous_reply["data"] == ""  # AnonymousUser's username
+    assert reconnected["error"]["code"] == "too_many_calls"
+    assert released == {"type": "reply", "ref": "released", "data": "alice"}
+
+
+def test_a_refused_call_never_waits_behind_hung_handlers(settings, monkeypatch):
+    """The one thread hangs: a call `authorize` refuses is answered not_found at once, not
+    timeout after it queued for the thread."""
+    settings.REALTIME_RPC_TIMEOUT = 5
+    monkeypatch.setattr(calls, "_threads", calls.HandlerThreads(1))
+    alice = signed_in("alice")
+    gate = threading.Event()
+    rpc.register("hang", authorize=rpc.anyone)(lambda user, data: gate.wait())
+    rpc.register("staff.only", authorize=lambda user: user.is_staff)(lambda user, data: 1)
+
+    async def scenario():
+        anonymous, a = await opened(), await opened(alice)
+        await anonymous.send_json_to({"type": "call", "name": "hang", "ref": 1})
+        await asyncio.sleep(0.1)
+        began = time.monotonic()
+        refused = await call(a, "staff.only", ref=2)
+        took = time.monotonic() - began
+        gate.set()
+        hung = await anonymous.receive_json_from(5)
+        await anonymous.disconnect(), await a.disconnect()
+        return refused, took, hung
+
+    refused, took, hung = asyncio.run(scenario())
+    assert refused["error"]["code"] == "not_found"
+    assert took < 1
+    assert hung["data"] is True
 
 
 def test_closing_the_socket_cancels_its_async_calls(settings):

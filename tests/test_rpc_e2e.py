@@ -1,7 +1,8 @@
 """Calls with a reply on `serve --workers 2` with a private Redis, real logins and real WSS
 clients, the procedures of tests/rpc_app/rpc.py discovered as any app's are: every kind of
-reply, a deadline run past (REALTIME_RPC_TIMEOUT=1), a permission revoked after connect, and
-1,000 calls at once on one socket, while the worker goes on answering everyone else."""
+reply, a deadline run past (REALTIME_RPC_TIMEOUT=1), a permission revoked after connect,
+1,000 calls at once on one socket, while the worker goes on answering everyone else, and one
+user's hung handlers on two sockets, while another user's sync calls are still answered."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from tests.helpers import (
 STARTED = re.compile(r"worker (w\d+) started \(pid (\d+)\)")
 IN_FLIGHT = 8  # REALTIME_RPC_MAX_IN_FLIGHT's default
 THREADS = 4  # REALTIME_RPC_THREADS's default
+SHARE = THREADS // 2  # sync calls one user (or address) may have running or queued
 
 
 @pytest.fixture(scope="module")
@@ -164,23 +166,33 @@ def test_a_permission_revoked_after_connect_is_not_found_at_the_next_call(
     assert still["data"] == {"signed_in": True}
 
 
-async def two_on_one_worker(url: str, tls, stack):
-    """Two anonymous sockets on the same worker, and that worker's slot."""
+async def two_on_one_worker(url: str, tls, stack, headers: dict | None = None):
+    """Two sockets (anonymous, or with `headers`) on the same worker, and that worker's slot."""
     sockets: dict[str, list] = {}
     for _ in range(20):
-        for socket_, worker in await open_spread(url, tls, 1, stack):
+        for socket_, worker in await open_spread(url, tls, 1, stack, additional_headers=headers):
             sockets.setdefault(worker, []).append(socket_)
             if len(sockets[worker]) == 2:
                 return *sockets[worker], worker
     raise AssertionError("no two sockets on one worker")
 
 
+async def one_on(worker: str, url: str, tls, stack, headers: dict | None = None):
+    """A socket (anonymous, or with `headers`) on `worker`."""
+    for _ in range(20):
+        for socket_, slot_ in await open_spread(url, tls, 1, stack, additional_headers=headers):
+            if slot_ == worker:
+                return socket_
+    raise AssertionError(f"no socket on {worker}")
+
+
 def test_a_thousand_calls_at_once_and_handlers_that_never_return(served, client_tls):
-    """One socket sends 1,000 calls to a sync handler that never returns: 8 run (4 in the
-    worker's handler threads, 4 queued), the rest are refused at once; meanwhile and after,
-    the worker answers pings, /healthz, a subscribe (the database thread) and async calls of
-    another socket. A sync call of anyone else on that worker times out until the handlers
-    return (the cost docs/rpc.md states), and the first socket stays capped meanwhile."""
+    """One anonymous socket sends 1,000 calls to a sync handler that never returns: 2 run (its
+    address's share of the worker's 4 handler threads), the rest are refused at once;
+    meanwhile and after, the worker answers pings, /healthz, a subscribe (the database thread)
+    and async calls of another socket. A sync call of another socket of the same address is
+    refused until the handlers return (its share is held), and the first socket stays capped
+    meanwhile."""
     url = url_of(served)
     hang = {"type": "call", "name": "test.hang", "data": {"gate": "g1000"}}
 
@@ -201,7 +213,7 @@ def test_a_thousand_calls_at_once_and_handlers_that_never_return(served, client_
         got, refused_by = Counter(), 0.0
         for _ in range(1000):
             got[code(await receive_json(socket_))] += 1
-            if got["too_many_calls"] == 1000 - IN_FLIGHT and not refused_by:
+            if got["too_many_calls"] == 1000 - SHARE and not refused_by:
                 refused_by = time.monotonic() - began
         return got, refused_by, time.monotonic() - began
 
@@ -216,7 +228,7 @@ def test_a_thousand_calls_at_once_and_handlers_that_never_return(served, client_
             got, refused_by, answered_by = await burst(a)
             done.set()
             rtts, statuses = await pinging, await health
-            # The handler threads are all held now; the database thread is not.
+            # The address's share of the handler threads is held now; the database thread is not.
             began = time.monotonic()
             await b.send(json.dumps({"type": "subscribe", "topic": "news.rpc"}))
             subscribed = await receive_json(b)
@@ -241,41 +253,87 @@ def test_a_thousand_calls_at_once_and_handlers_that_never_return(served, client_
         f"\n1,000 calls on one socket ({worker}): {got['too_many_calls']} refused within "
         f"{refused_by * 1000:.0f} ms, all answered in {answered_by * 1000:.0f} ms; another "
         f"socket's pings meanwhile: {len(rtts)}, max {max(rtts) * 1000:.1f} ms; subscribe "
-        f"with every handler thread hung: {subscribe_took * 1000:.1f} ms"
+        f"with the address's handlers hung: {subscribe_took * 1000:.1f} ms"
     )
-    assert got == Counter({"too_many_calls": 1000 - IN_FLIGHT, "timeout": IN_FLIGHT})
+    assert got == Counter({"too_many_calls": 1000 - SHARE, "timeout": SHARE})
     assert rtts and max(rtts) < 1.0
     assert [status for status, _ in statuses] == [200] * 6
     assert (subscribed["type"], subscribed["topic"]) == ("subscribed", "news.rpc")
     assert subscribe_took < 1.0
-    assert code(others_sync) == "timeout"  # every handler thread of the worker is held
+    # The same address on another socket: its share is held by the first one's handlers.
+    assert code(others_sync) == "too_many_calls"
     assert code(others_async) == "data"
-    # The 4 handlers still running count against their socket until they return.
-    assert capped == Counter({"too_many_calls": THREADS, "timeout": IN_FLIGHT - THREADS})
+    # The 2 handlers still running count against their socket and their address until they
+    # return: 2 refused by the socket's cap, 6 by the address's share.
+    assert capped == Counter({"too_many_calls": IN_FLIGHT})
     assert free["data"] == {"signed_in": False}  # released: the threads serve again
 
 
+def test_one_user_hanging_handlers_on_two_sockets_leaves_the_others_their_threads(
+    served, client_tls, users
+):
+    """alice sends 8 calls that never return, 4 on each of two sockets of one worker: 2 run
+    (her share), 6 are refused; bob's sync call with the database on that worker is answered
+    meanwhile, and a new socket of alice's gets no fresh share until her handlers return."""
+    url = url_of(served)
+    alice = cookie(served, client_tls, users, "alice")
+    bob = cookie(served, client_tls, users, "bob")
+    hang = {"type": "call", "name": "test.hang", "data": {"gate": "g-alice"}}
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            a1, a2, worker = await two_on_one_worker(url, client_tls, stack, alice)
+            b = await one_on(worker, url, client_tls, stack, bob)
+            for ref in range(8):
+                await (a1 if ref < 4 else a2).send(json.dumps({**hang, "ref": ref}))
+            hung = [*(await replies(a1, 4)).values(), *(await replies(a2, 4)).values()]
+            began = time.monotonic()
+            bobs = await call(b, "test.echo", "hello", ref="bob")
+            bob_took = time.monotonic() - began
+            a3 = await one_on(worker, url, client_tls, stack, alice)
+            again = await call(a3, "test.echo", ref="again")
+            await call(b, "test.release", {"gate": "g-alice"})
+            free = None
+            for _ in range(50):
+                free = await call(a3, "test.echo", ref="free")
+                if code(free) == "data":
+                    break
+            return hung, bobs, bob_took, again, free
+
+    hung, bobs, bob_took, again, free = asyncio.run(scenario())
+    print(f"\nbob's sync call with alice's handlers hung: {bob_took * 1000:.1f} ms")
+    assert Counter(code(reply) for reply in hung) == {"too_many_calls": 8 - SHARE, "timeout": SHARE}
+    assert bobs["data"] == {"data": "hello", "user": "bob"}
+    assert bob_took < 1.0
+    assert code(again) == "too_many_calls"
+    assert free["data"]["user"] == "alice"
+
+
 def test_a_worker_whose_handlers_hang_still_stops_at_once_on_sigterm(start, client_tls):
+    """One handler thread (so one anonymous socket's share holds all of them), hung."""
     port = free_port()
     serve = [PYTHON, "manage.py", "serve", "--workers", "1", "--port", str(port)]
     server = start(
-        serve, port, DJANGO_SETTINGS_MODULE="tests.rpc_settings", REALTIME_RPC_TIMEOUT="1"
+        serve,
+        port,
+        DJANGO_SETTINGS_MODULE="tests.rpc_settings",
+        REALTIME_RPC_TIMEOUT="1",
+        REALTIME_RPC_THREADS="1",
     )
     hang = {"type": "call", "name": "test.hang", "data": {"gate": "never"}}
 
     async def scenario() -> float:
         async with ws_connect(f"wss://localhost:{port}/ws/", client_tls) as socket_:
             await receive_json(socket_)
-            for ref in range(THREADS):
-                await socket_.send(json.dumps({**hang, "ref": ref}))
-            assert {code(r) for r in (await replies(socket_, THREADS)).values()} == {"timeout"}
+            await socket_.send(json.dumps({**hang, "ref": 1}))
+            assert code(await receive_json(socket_)) == "timeout"
             began = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             await asyncio.to_thread(server.process.wait, 15)
             return time.monotonic() - began
 
     took = asyncio.run(scenario())
-    print(f"\nserve stopped {took * 1000:.0f} ms after SIGTERM with {THREADS} handlers hung")
+    print(f"\nserve stopped {took * 1000:.0f} ms after SIGTERM with its handler thread hung")
     assert server.process.returncode == 0
     assert "did not stop in time" not in server.log()
     assert took < 5, f"serve took {took:.1f} s to stop"

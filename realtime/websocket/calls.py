@@ -3,15 +3,21 @@ a cap per socket and threads of their own (docs/rpc.md).
 
 - Each call is checked against its procedure's `authorize` with the socket's user as the
   database has it now (realtime.messaging.rechecks.current_user): a right revoked since the
-  socket opened, or a user deactivated since, gets `not_found`, as an unknown name does.
+  socket opened, or a user deactivated since, gets `not_found`, as an unknown name does. The
+  check runs on the database thread every subscribe shares, sync procedure or async, before
+  the call waits for anything: a refused call never queues behind hung handlers.
 - A sync handler runs in one of REALTIME_RPC_THREADS threads of this worker, never on the
   thread Channels gives every `database_sync_to_async` call: one handler that never returns
   would freeze every subscribe, sign-out check and replay of the worker. An async one runs on
   the event loop and is cancelled at its deadline, or when its socket closes.
 - At most REALTIME_RPC_MAX_IN_FLIGHT calls per socket; the next is answered `too_many_calls`,
   not queued. A call counts until its handler really ends, not when its `timeout` was
-  answered: a thread cannot be stopped, so one socket holds at most that many threads (or
-  places in their queue) with handlers that never return.
+  answered: a thread cannot be stopped.
+- At most a share of the handler threads (half, at least one) per principal: the socket's
+  user, else its client address. Counted over all its sockets on this worker, until each
+  handler really ends (in the handler's thread, not when the socket closes): sync calls beyond
+  it are answered `too_many_calls`, not queued, so one user or address with handlers that
+  never return holds at most half the threads, and reconnecting gives it no fresh share.
 - The reply is sent by the loop; a handler's exception or unfit result is logged here, with
   its traceback, and answered `internal`, nothing of it on the wire.
 """
@@ -30,6 +36,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from realtime import rpc, wire
+from realtime.common.addresses import scope_client_key
 from realtime.conf import conf
 from realtime.messaging.rechecks import current_user
 from realtime.ops import metrics
@@ -101,12 +108,68 @@ def handler_threads() -> HandlerThreads:
         return _threads
 
 
-class Start:
-    """Whether a queued sync call may still begin: not once its deadline passed first."""
+def share(threads: HandlerThreads) -> int:
+    """Sync calls one principal may have running or queued on a worker: half its threads, so
+    the other half still serves everyone else while one user's handlers hang."""
+    return max(1, threads.size // 2)
+
+
+def principal(consumer: Any, user: Any) -> str:
+    """Whose share a call spends: its user's (as the database has them now), else its client
+    address's. Every socket without an address (a Unix socket) shares one: anonymous calls
+    through a local proxy then hold at most one share between them, never more."""
+    if user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"address:{scope_client_key(consumer.scope)}"
+
+
+class Shares:
+    """How many sync calls each principal has running or queued on this worker's handler
+    threads. Taken on the event loop, given back in the handler's thread (or on the loop for
+    a call abandoned before it began), hence the lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    def take(self, key: str, limit: int) -> bool:
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= limit:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)
+
+    def held(self, key: str) -> int:
+        with self._lock:
+            return self._held.get(key, 0)
+
+    def __len__(self) -> int:
+        """The principals holding part of their share now."""
+        with self._lock:
+            return len(self._held)
+
+
+shares = Shares()
+
+
+class Start:
+    """Whether a queued sync call may still begin (not once its deadline passed first, or its
+    socket closed), and its principal's share given back exactly once: when its handler
+    ends, or when it is abandoned before it began."""
+
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
         self._state = "queued"
+        self._give_back = give_back
 
     def begin(self) -> bool:
         with self._lock:
@@ -115,13 +178,20 @@ class Start:
             self._state = "running"
             return True
 
+    def end(self) -> None:
+        """The handler ended (in its thread)."""
+        with self._lock:
+            self._state = "ended"
+        self._give_back()
+
     def abandon(self) -> bool:
-        """True when the call had not begun (it never will now)."""
+        """True when the call had not begun (it never will now; its share is given back)."""
         with self._lock:
             if self._state != "queued":
                 return False
             self._state = "abandoned"
-            return True
+        self._give_back()
+        return True
 
 
 def error(ref: str | int | None, code: str, detail: str) -> Answer:
@@ -169,17 +239,14 @@ def failed(ref: str | int, name: str, exc: Exception) -> Answer:
     return error(ref, "internal", INTERNAL)
 
 
-def run_sync(consumer: Any, procedure: rpc.Procedure, data: Any, ref: Any, start: Start) -> Any:
-    """A sync call, in a handler thread: its right, then its handler. None when it was
-    abandoned before it began."""
+def run_sync(procedure: rpc.Procedure, user: Any, data: Any, ref: Any, start: Start) -> Any:
+    """A sync call's handler, in a handler thread; None when it was abandoned before it
+    began. Its share is given back when it ends, however it ends."""
     if not start.begin():
         return None
     running = child(metrics.RPC_RUNNING, "sync")
     running.inc()
     try:
-        user, allowed = user_and_right(consumer, procedure)
-        if not allowed:
-            return error(ref, "not_found", NOT_FOUND)
         try:
             result = procedure.function(user, data)
         except Exception as exc:  # noqa: BLE001 - answered, and logged by failed()
@@ -187,14 +254,10 @@ def run_sync(consumer: Any, procedure: rpc.Procedure, data: Any, ref: Any, start
         return encoded(ref, procedure.name, result)
     finally:
         running.dec()
+        start.end()
 
 
-async def run_async(consumer: Any, procedure: rpc.Procedure, data: Any, ref: Any) -> Answer:
-    # The right is read on the database thread, as a subscribe's: short, and still served
-    # while every handler thread is held by handlers that do not return.
-    user, allowed = await database_sync_to_async(user_and_right)(consumer, procedure)
-    if not allowed:
-        return error(ref, "not_found", NOT_FOUND)
+async def run_async(procedure: rpc.Procedure, user: Any, data: Any, ref: Any) -> Answer:
     running = child(metrics.RPC_RUNNING, "async")
     running.inc()
     try:
@@ -249,27 +312,48 @@ class Calls:
                 released = True
                 self.in_flight -= 1
 
-        start = Start()
-        if procedure.is_async:
-            work = self._spawn(run_async(self.consumer, procedure, data, ref))
-        else:
-            in_thread = database_sync_to_async(
-                run_sync, thread_sensitive=False, executor=handler_threads()
-            )
-            work = self._spawn(in_thread(self.consumer, procedure, data, ref, start))
+        queued: list[Start] = []  # the sync call's Start, once it has its share
+        work = self._spawn(self._work(procedure, data, ref, queued))
         work.add_done_callback(release)
         timeout = conf.REALTIME_RPC_TIMEOUT
-        done, _ = await asyncio.wait({work}, timeout=timeout)
-        if done:
-            answer = self._result(work, procedure, ref)
-        else:
-            if procedure.is_async:
-                work.cancel()
-            elif start.abandon():  # still queued behind busy threads: it will not run
-                work.cancel()
-                release()
-            answer = error(ref, "timeout", f"No reply within {timeout} s.")
+        try:
+            done, _ = await asyncio.wait({work}, timeout=timeout)
+            if done:
+                answer = self._result(work, procedure, ref)
+            else:
+                if procedure.is_async:
+                    work.cancel()
+                elif not queued or queued[0].abandon():  # not begun: it will not run now
+                    work.cancel()
+                    release()
+                answer = error(ref, "timeout", f"No reply within {timeout} s.")
+        finally:
+            if queued:  # the socket closed first: a call still queued gives its share back
+                queued[0].abandon()
         await self._answer(answer)
+
+    async def _work(
+        self, procedure: rpc.Procedure, data: Any, ref: str | int, queued: list[Start]
+    ) -> Answer:
+        # The right is read on the database thread, as a subscribe's: short, and still served
+        # while every handler thread is held by handlers that do not return.
+        user, allowed = await database_sync_to_async(user_and_right)(self.consumer, procedure)
+        if not allowed:
+            return error(ref, "not_found", NOT_FOUND)
+        if procedure.is_async:
+            return await run_async(procedure, user, data, ref)
+        threads = handler_threads()
+        key, limit = principal(self.consumer, user), share(threads)
+        if not shares.take(key, limit):
+            detail = (
+                f"At most {limit} calls of one user (or address) may run or wait for a thread "
+                "at once on this server process; this one did not run."
+            )
+            return error(ref, "too_many_calls", detail)
+        start = Start(lambda: shares.give_back(key))
+        queued.append(start)
+        in_thread = database_sync_to_async(run_sync, thread_sensitive=False, executor=threads)
+        return await in_thread(procedure, user, data, ref, start)
 
     def _result(self, work: asyncio.Task[Any], procedure: rpc.Procedure, ref: Any) -> Answer:
         exc = None if work.cancelled() else work.exception()
