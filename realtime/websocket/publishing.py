@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import redis
@@ -40,8 +41,8 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
         detail = "Too many publishes to this topic: slow down."
         await refuse(consumer, message, "rate_limited", detail)
         return
-    if getattr(consumer, "publish_running", False):
-        detail = "This socket's previous publish is still running: send it again later."
+    if running[rate_key(consumer)] >= share_of_threads():
+        detail = "Your previous publish is still running: send this one again later."
         await refuse(consumer, message, "unavailable", detail)
         return
     try:
@@ -70,6 +71,14 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
 
 
 _threads: HandlerThreads | None = None
+running: Counter[str] = Counter()  # publisher -> its publishes running (or queued) now
+
+
+def share_of_threads() -> int:
+    """How many publishes one publisher (a user, or an anonymous client's address) may have
+    running at once over its sockets: half the threads, so that one whose publishes hang
+    (a topic's `publish` calling a service that does not answer) never holds them all."""
+    return max(1, conf.REALTIME_PUBLISH_THREADS // 2)
 
 
 def publish_threads() -> HandlerThreads:
@@ -86,16 +95,19 @@ async def in_publish_thread(
     """accept_and_store() in a publish thread, never the database thread the worker shares
     (an app's `publish` that calls a slow service would freeze every subscribe and sign-out
     check), within REALTIME_RPC_TIMEOUT; TimeoutError past it. A publish past its deadline
-    still runs to its end in its thread, and the socket's next publish is refused until it
-    has: one socket holds one thread at most."""
+    still runs to its end in its thread, and counts against its publisher's share of the
+    threads until it ends (share_of_threads)."""
     run = database_sync_to_async(
         accept_and_store, thread_sensitive=False, executor=publish_threads()
     )
     task = asyncio.ensure_future(run(consumer, request))
-    consumer.publish_running = True
+    who = rate_key(consumer)
+    running[who] += 1
 
     def ended(task: asyncio.Future[Any]) -> None:
-        consumer.publish_running = False
+        running[who] -= 1
+        if running[who] <= 0:
+            del running[who]
         if not task.cancelled():
             task.exception()  # retrieved: one past its deadline was answered already
 
