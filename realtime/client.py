@@ -59,6 +59,8 @@ STABLE_AFTER = 10.0
 # its id (never a new one, which could store it twice) after RETRY_BASE doubling to RETRY_CAP.
 RETRY_CODES = frozenset({"unavailable", "timeout", "rate_limited"})
 RETRY_BASE, RETRY_CAP = 1.0, 30.0
+# A welcome without limits (an older server): its default pace, REALTIME_WS_RATE and _BURST.
+SERVER_DEFAULT_LIMITS = {"rate": 10, "burst": 20}
 # Close codes after which reconnecting would be refused the same way (docs/protocol.md): 1008
 # policy (TLS required, flooding), 4010 a protocol version the server no longer serves.
 STOP_CODES = (POLICY_VIOLATION, PROTOCOL_UNSUPPORTED)
@@ -596,7 +598,7 @@ class Realtime:
 
     def _limits(self) -> dict[str, Any]:
         limits = self.welcome.get("limits")
-        return limits if isinstance(limits, dict) else {}
+        return limits if isinstance(limits, dict) else SERVER_DEFAULT_LIMITS
 
     def _too_large(self, text: str) -> bool:
         limit = self._limits().get("max_message")

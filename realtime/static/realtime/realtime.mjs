@@ -56,7 +56,8 @@
  * `rate` a second after half of `burst` at once (the other half absorbs the network's jitter),
  * in order, so that the server never drops one or closes with 1008; a message whose UTF-8 is
  * larger than `max_message` is never sent: publish and call reject, setPresence throws, with
- * code "too_large" (rt.send returns false).
+ * code "too_large" (rt.send returns false). A welcome without limits (an older server) is
+ * taken as the server's defaults, rate 10 and burst 20.
  *
  * Publishes carry a client id (crypto.randomUUID()); one not yet answered `published` when
  * the socket drops is sent again, with the same id, on the next socket after its subscribes
@@ -86,6 +87,8 @@ const RETRY_CAP_MS = 30000; // doubling up to this
 const RETRY_CODES = ["unavailable", "timeout", "rate_limited"];
 const RELOAD_AT_MOST_EVERY_MS = 10 * 60 * 1000;
 const RELOAD_KEY = "realtime.protocolReloadAt";
+// A welcome without limits (an older server): its default pace, REALTIME_WS_RATE and _BURST.
+const SERVER_DEFAULT_LIMITS = { rate: 10, burst: 20 };
 const SUBPROTOCOL = "realtime.v3";
 const DEFAULT_CALL_TIMEOUT_MS = 10000;
 const USER_TOPIC = "user";
@@ -421,7 +424,7 @@ export function connect(options = {}) {
 
   function onWelcome(msg) {
     welcome = msg;
-    limits = isObject(msg.limits) ? msg.limits : {};
+    limits = isObject(msg.limits) ? msg.limits : SERVER_DEFAULT_LIMITS;
     startBucket();
     keepAlive(msg.idle_timeout);
     if (!broadcastPosition && isPosition(msg.broadcasts)) {
