@@ -15,8 +15,12 @@ verified (the system's CAs by default; a CA file or an `ssl.SSLContext` that ver
 connection is reopened with full-jitter backoff, as `realtime.mjs` does (0.5 s doubling to
 30 s, reset after 10 s open); each subscription then resumes from the last offset it delivered,
 and each publish not yet answered is sent again with the same `id` (the server stores it once
-and answers the first offset). A call is never sent twice: one in flight when the connection
-drops raises `CallError("disconnected")`.
+and answers the first offset); so is one answered `unavailable`, `timeout` or `rate_limited`,
+after a backoff. It keeps to the welcome's `limits`: what it sends is paced to the server's
+rate, a message larger than the server takes is refused here (`too_large`), and a publish is
+not sent again once the server may have forgotten its id (`expired`), nor an anonymous
+socket's after that socket dropped (`disconnected`). A call is never sent twice: one in
+flight when the connection drops raises `CallError("disconnected")`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import ssl as ssl_module
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,12 +55,16 @@ PROTOCOL = 3  # the version publish and call need (the welcome's "protocol")
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 STABLE_AFTER = 10.0
-# What the server allows by default (REALTIME_WS_RATE, REALTIME_WS_BURST): a client that paces
-# itself to it is never answered rate_limited for its message budget.
-SEND_RATE, SEND_BURST = 10.0, 20
+# A publish answered with one of these codes may or may not be stored: it is sent again with
+# its id (never a new one, which could store it twice) after RETRY_BASE doubling to RETRY_CAP.
+RETRY_CODES = frozenset({"unavailable", "timeout", "rate_limited"})
+RETRY_BASE, RETRY_CAP = 1.0, 30.0
+# A welcome without limits (an older server): its default pace, REALTIME_WS_RATE and _BURST.
+SERVER_DEFAULT_LIMITS = {"rate": 10, "burst": 20}
 # Close codes after which reconnecting would be refused the same way (docs/protocol.md): 1008
 # policy (TLS required, flooding), 4010 a protocol version the server no longer serves.
 STOP_CODES = (POLICY_VIOLATION, PROTOCOL_UNSUPPORTED)
+MESSAGE_TOO_BIG = 1009  # a message over the welcome's limits.max_message (the server floor's)
 PRESENCE_TYPES = frozenset({"presence", "join", "leave", "update"})
 
 
@@ -102,15 +111,51 @@ class SubscribeError(ServerError):
 
 
 class PublishError(ServerError):
-    """A publish refused: `forbidden`, `rejected`, `rate_limited`, `invalid_publish`,
-    `id_reused`, `too_large`, `unavailable`; or `disconnected` for an ephemeral one in flight
-    when the connection dropped (ephemeral messages are never sent again)."""
+    """A publish refused (`id`: its id): `forbidden`, `rejected`, `invalid_publish`,
+    `id_reused`, `too_large`, `internal`; or decided here: `too_large` (over the welcome's
+    `max_message`, not sent; or of unknown size when the server closed with 1009),
+    `expired` (unanswered for longer than the server remembers ids: sent again, it could be
+    stored twice), `disconnected` (in flight when the connection dropped, and ephemeral or
+    sent by an anonymous socket, whose ids the server remembers on that socket only).
+    `unavailable`, `timeout` and `rate_limited` are not raised: the publish is sent again."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str = "",
+        retry_after: float | None = None,
+        id: str | None = None,  # noqa: A002 (the protocol's name)
+    ) -> None:
+        super().__init__(code, detail, retry_after)
+        self.id = id
 
 
 class CallError(ServerError):
     """A call's error reply: `not_found`, `rejected`, `timeout`, `internal`, `too_many_calls`,
     `invalid_call`; or, decided here, `timeout` (no reply within the call's timeout) and
     `disconnected` (the connection dropped first: the call may or may not have run)."""
+
+
+@dataclass(eq=False)
+class Pending:
+    """A publish not yet answered: the socket it was last written to, when it was first
+    written, whether its size was checked against a known max_message, its retries."""
+
+    message: dict[str, Any]
+    answer: asyncio.Future[Any]
+    socket: ClientConnection | None = None
+    first_sent: float | None = None
+    checked: bool = False
+    retries: int = 0
+    retry: asyncio.TimerHandle | None = None
+
+    def fail(self, code: str, detail: str) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(PublishError(code, detail, id=self.message["id"]))
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
 
 
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -259,8 +304,8 @@ class Realtime:
         session: str | None = None,
         session_cookie: str = "sessionid",
         open_timeout: float = 10,
-        send_rate: float | None = SEND_RATE,
-        send_burst: int = SEND_BURST,
+        send_rate: float | None = None,
+        send_burst: int | None = None,
         on_state: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.url = websocket_url(url)
@@ -275,14 +320,15 @@ class Realtime:
         self._origin = origin or origin_for(self.url)
         self._open_timeout = open_timeout
         self._on_state = on_state
-        self._rate, self._burst = send_rate, send_burst
-        self._tokens, self._refilled = float(send_burst), time.monotonic()
+        self._send_rate, self._send_burst = send_rate, send_burst
+        self._rate, self._burst = 0.0, 1  # the current socket's pace (_attach)
+        self._tokens, self._refilled = 0.0, time.monotonic()
         self._send_lock = asyncio.Lock()
         self.welcome: dict[str, Any] = {}
         self.live = True
         self._ws: ClientConnection | None = None
         self._subscriptions: dict[str, Subscription] = {}
-        self._publishes: dict[str, tuple[dict[str, Any], asyncio.Future[Any]]] = {}
+        self._publishes: dict[str, Pending] = {}
         self._calls: dict[Any, asyncio.Future[Any]] = {}
         self._pongs: list[asyncio.Future[None]] = []
         self._refs = itertools.count(1)
@@ -350,10 +396,12 @@ class Realtime:
     ) -> int | None:
         """Publish `data` to `topic`; the offset it was stored at (None when ephemeral).
 
-        Not answered before the connection dropped, it is sent again with the same `id` once
-        reconnected, and the server answers the first offset: stored and delivered once. Past
+        Not answered before the connection dropped, or answered `unavailable`, `timeout` or
+        `rate_limited`, it is sent again with the same `id` (once reconnected; after a
+        backoff), and the server answers the first offset: stored and delivered once. Past
         `timeout` seconds without an answer: TimeoutError (publish again with the same `id`
-        to learn its fate). PublishError when the server refuses it."""
+        to learn its fate). PublishError when the server refuses it, or this client does
+        (`too_large`, `expired`, `disconnected`: see PublishError)."""
         self._check_running()
         self._need_protocol("publish")
         message_id = id if id is not None else uuid.uuid4().hex
@@ -365,15 +413,16 @@ class Realtime:
             message["ephemeral"] = True
         if message_id in self._publishes:
             raise ValueError(f"A publish with id {message_id!r} is already in flight")
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._publishes[message_id] = (message, answer)
+        pending = Pending(message, asyncio.get_running_loop().create_future())
+        self._publishes[message_id] = pending
         try:
-            if self._ws is not None:  # else the reconnect sends it
-                with contextlib.suppress(ConnectionClosed):
-                    await self._send(message)
-            return await asyncio.wait_for(asyncio.shield(answer), timeout)
+            await self._send_publish(pending)  # refused here, or not connected: no wait
+            return await asyncio.wait_for(asyncio.shield(pending.answer), timeout)
         finally:
             self._publishes.pop(message_id, None)
+            pending.answer.cancel()  # given up (TimeoutError): a retry under way sends nothing
+            if pending.retry is not None:
+                pending.retry.cancel()
 
     async def call(self, name: str, data: Any = None, timeout: float = 10) -> Any:
         """Call the server's `name` with `data`; its reply's data, or CallError."""
@@ -387,7 +436,8 @@ class Realtime:
             await asyncio.wait_for(self._opened.wait(), timeout)
             self._check_running()
             self._calls[ref] = reply
-            await self._send({"type": "call", "name": name, "data": data, "ref": ref})
+            message = {"type": "call", "name": name, "data": data, "ref": ref}
+            await self._send(message, refuse=CallError)
             return await asyncio.wait_for(asyncio.shield(reply), max(0, deadline - loop.time()))
         except TimeoutError:
             raise CallError("timeout", f"No reply within {timeout} s.") from None
@@ -491,7 +541,14 @@ class Realtime:
         return ws
 
     def _attach(self, ws: ClientConnection) -> None:
-        """A new socket is open: what waits for one goes on it (in the order sent)."""
+        """A new socket is open: what waits for one goes on it (in the order sent), paced to
+        its welcome's limits (half the server's burst at once: the other half absorbs what
+        the network bunches up)."""
+        limits = self._limits()
+        rate = self._send_rate if self._send_rate is not None else limits.get("rate")
+        burst = self._send_burst or max(1, int(limits.get("burst") or 2) // 2)
+        self._rate, self._burst = float(rate or 0), burst
+        self._tokens, self._refilled = float(burst), time.monotonic()
         self._ws = ws
         self.live = True
         self._opened.set()
@@ -504,12 +561,51 @@ class Realtime:
 
     async def _resend(self) -> None:
         """After a reconnect: each subscription from its position, then each publish in flight
-        (its id again; ephemeral ones were failed when the socket dropped)."""
+        (its id again; ephemeral ones were failed when the socket dropped; one waiting for
+        its retry goes when that comes)."""
         for subscription in list(self._subscriptions.values()):
             await self._send(subscription.request())
-        for message, answer in list(self._publishes.values()):
-            if not answer.done():
-                await self._send(message)
+        for pending in list(self._publishes.values()):
+            if pending.retry is None:
+                await self._send_publish(pending)
+
+    async def _send_publish(self, pending: Pending) -> None:
+        """Send a pending publish (again) if connected, unless it is larger than the server
+        takes or older than the server remembers its id for: those fail instead."""
+        if pending.answer.done():
+            return
+        text = encode(pending.message)
+        if self._too_large(text):
+            pending.fail("too_large", self._too_large_detail())
+        elif not self._expired(pending) and self._ws is not None:
+            pending.checked = isinstance(self._limits().get("max_message"), int)
+
+            def still_wanted() -> bool:
+                return not pending.answer.done() and not self._expired(pending)
+
+            with contextlib.suppress(ConnectionClosed):
+                ws = await self._write(text, still_wanted)
+                if ws is not None:
+                    pending.socket = ws
+                    pending.first_sent = pending.first_sent or time.monotonic()
+
+    def _expired(self, pending: Pending) -> bool:
+        ttl = self._limits().get("publish_id_ttl")
+        if not ttl or pending.first_sent is None or time.monotonic() - pending.first_sent < ttl:
+            return False
+        pending.fail("expired", f"Unanswered for {ttl} s: sent again, it could be stored twice.")
+        return True
+
+    def _limits(self) -> dict[str, Any]:
+        limits = self.welcome.get("limits")
+        return limits if isinstance(limits, dict) else SERVER_DEFAULT_LIMITS
+
+    def _too_large(self, text: str) -> bool:
+        limit = self._limits().get("max_message")
+        return isinstance(limit, int) and limit > 0 and len(text.encode()) > limit
+
+    def _too_large_detail(self) -> str:
+        return f"Larger than the server's {self._limits()['max_message']} bytes: not sent."
 
     async def _run(self, ws: ClientConnection) -> None:
         try:
@@ -523,7 +619,7 @@ class Realtime:
         while True:
             opened = time.monotonic()
             code, reason = await self._read(ws)
-            self._lost(code)
+            self._lost(ws, code)
             if self._stopped is not None:
                 return
             if code in STOP_CODES:
@@ -567,8 +663,13 @@ class Realtime:
         rcvd = ws.close_code, ws.close_reason
         return rcvd[0], rcvd[1] or ""
 
-    def _lost(self, code: int | None) -> None:
-        """The socket closed: nothing in flight on it will be answered there."""
+    def _lost(self, ws: ClientConnection, code: int | None) -> None:
+        """The socket closed: nothing in flight on it will be answered there. Publishes are
+        sent again on the next one, but not an ephemeral one (stale by then), one an anonymous
+        socket sent (the server remembers its ids on that socket only: it could be stored
+        twice), nor after 1009 one sent there whose size was not checked (it may be the one
+        that was too large)."""
+        anonymous = self.welcome.get("user") is None
         self._ws = None
         self._opened.clear()
         if self._keepalive is not None:
@@ -580,9 +681,13 @@ class Realtime:
                 reply.set_exception(
                     CallError("disconnected", "The connection dropped before the reply.")
                 )
-        for message, answer in self._publishes.values():
-            if message.get("ephemeral") and not answer.done():
-                answer.set_exception(PublishError("disconnected", "Ephemeral: not sent again."))
+        for pending in self._publishes.values():
+            if pending.message.get("ephemeral"):
+                pending.fail("disconnected", "Ephemeral: not sent again.")
+            elif pending.socket is ws and anonymous:
+                pending.fail("disconnected", "Sent by an anonymous socket: not sent again.")
+            elif pending.socket is ws and code == MESSAGE_TOO_BIG and not pending.checked:
+                pending.fail("too_large", f"The server closed the socket with {code}.")
         for pong in self._pongs:
             if not pong.done():
                 pong.set_exception(ConnectionError("The connection dropped before the pong."))
@@ -595,9 +700,9 @@ class Realtime:
         self._opened.set()  # a call waiting for a socket learns at once
         for subscription in self._subscriptions.values():
             subscription.end(reason)
-        for _, answer in self._publishes.values():
-            if not answer.done():
-                answer.set_exception(reason)
+        for pending in self._publishes.values():
+            if not pending.answer.done():
+                pending.answer.set_exception(reason)
         for reply in self._calls.values():
             if not reply.done():
                 reply.set_exception(reason)
@@ -630,11 +735,22 @@ class Realtime:
                     return
                 await self._send({"type": "ping"})
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: dict[str, Any], refuse: type[ServerError] = ServerError) -> None:
+        """Send `message`, paced; `refuse("too_large")` if the server would not take it."""
+        text = encode(message)
+        if self._too_large(text):
+            raise refuse("too_large", self._too_large_detail())
+        await self._write(text)
+
+    async def _write(
+        self, text: str, wanted: Callable[[], bool] | None = None
+    ) -> ClientConnection | None:
+        """Write `text` in order within the socket's pace (limits.rate a second after a
+        burst), unless `wanted()` says no once its turn comes; the socket it went on."""
         ws = self._ws
         if ws is None:
             raise ConnectionClosed(None, None)
-        async with self._send_lock:  # paced, in order
+        async with self._send_lock:
             if self._rate:
                 now = time.monotonic()
                 self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
@@ -643,7 +759,10 @@ class Realtime:
                     await asyncio.sleep((1 - self._tokens) / self._rate)
                     self._tokens, self._refilled = 1.0, time.monotonic()
                 self._tokens -= 1
-            await ws.send(json.dumps(message, separators=(",", ":")))
+            if wanted is not None and not wanted():
+                return None
+            await ws.send(text)
+            return ws
 
     # --- What the server says ---------------------------------------------------------------
 
@@ -666,7 +785,7 @@ class Realtime:
                 code = message.get("reason") or "ended"
                 subscription.end(SubscribeError(code, message.get("detail", "")))
         elif kind == "published":
-            self._answer_publish(message.get("id"), result=message.get("offset"))
+            self._answer_publish(message.get("id"), message.get("offset"))
         elif kind == "reply":
             self._answer_call(message)
         elif kind == "pong":
@@ -685,8 +804,10 @@ class Realtime:
     def _error(self, message: dict[str, Any], subscription: Subscription | None) -> None:
         code, detail = str(message.get("code")), str(message.get("detail", ""))
         retry_after = message.get("retry_after")
-        if message.get("id") in self._publishes:
-            self._answer_publish(message["id"], error=PublishError(code, detail, retry_after))
+        message_id = message.get("id")
+        pending = self._publishes.get(message_id) if isinstance(message_id, str) else None
+        if pending is not None:
+            self._publish_refused(pending, code, detail, retry_after)
         elif subscription is not None and code == "rate_limited" and retry_after is not None:
             # A subscribe with `since` over the replay budget: nothing changed; ask again.
             self._later(retry_after, subscription)
@@ -711,16 +832,33 @@ class Realtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _answer_publish(
-        self, message_id: Any, *, result: Any = None, error: BaseException | None = None
+    def _publish_refused(
+        self, pending: Pending, code: str, detail: str, retry_after: float | None
     ) -> None:
-        entry = self._publishes.get(message_id) if isinstance(message_id, str) else None
-        if entry is None or entry[1].done():
+        """`unavailable`, `timeout`, `rate_limited`: stored or not, it is sent again with its
+        id after a backoff (its caller retrying with a new id could store it twice)."""
+        if code not in RETRY_CODES or pending.message.get("ephemeral"):
+            if not pending.answer.done():
+                error = PublishError(code, detail, retry_after, id=pending.message["id"])
+                pending.answer.set_exception(error)
             return
-        if error is not None:
-            entry[1].set_exception(error)
-        else:
-            entry[1].set_result(result)
+        if pending.retry is not None:
+            return
+        delay = max(min(RETRY_CAP, RETRY_BASE * 2**pending.retries), retry_after or 0)
+        pending.retries += 1
+
+        def again() -> None:
+            pending.retry = None  # not connected: the reconnect sends it
+            task = asyncio.create_task(self._send_publish(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        pending.retry = asyncio.get_running_loop().call_later(delay, again)
+
+    def _answer_publish(self, message_id: Any, result: Any) -> None:
+        pending = self._publishes.get(message_id) if isinstance(message_id, str) else None
+        if pending is not None and not pending.answer.done():
+            pending.answer.set_result(result)
 
     def _answer_call(self, message: dict[str, Any]) -> None:
         reply = self._calls.get(message.get("ref"))
@@ -759,7 +897,8 @@ async def connect(url: str, **options: Any) -> AsyncIterator[Realtime]:
     system's CAs; a CA file path; or a verifying SSLContext), `origin` (default: the URL's
     own, as a page of the site sends), `cookies` (a mapping) or `session` (a Django session
     key, sent as cookie `session_cookie`, "sessionid"), `open_timeout`, `send_rate` and
-    `send_burst` (pace of outgoing messages; None: unpaced), `on_state(state, info)`: "open",
+    `send_burst` (pace of outgoing messages, by default the welcome's `limits`; rate 0:
+    unpaced), `on_state(state, info)`: "open",
     "closed" (with `code`, `reason`, `reconnect_in` seconds), "paused", "live", "stopped".
     ConnectError if the first socket cannot be opened."""
     client = Realtime(url, **options)

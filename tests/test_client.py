@@ -24,6 +24,7 @@ import uuid
 import pytest
 
 from realtime import client
+from realtime.common.rates import TokenBucket
 from tests.helpers import (
     PYTHON,
     ROOT,
@@ -104,27 +105,61 @@ def test_the_client_imports_no_django():
 
 class Scripted:
     """A /ws/ server speaking the spec's wire format over plain ws://, with a store of
-    published messages deduplicated by id, that drops the socket when told to."""
+    published messages deduplicated by id, that drops the socket when told to, and the
+    server's message budget (its TokenBucket) and size limit (close 1009)."""
 
     def __init__(self, protocol: int = 3) -> None:
         self.protocol = protocol
+        self.user: str | None = "alice"
+        self.limits: dict | None = {"max_message": 65536, "rate": 0, "burst": 20}
+        self.max_size = 65536  # a larger message: closed with 1009, as the server does
         self.received: list[dict] = []
         self.stored: dict[str, int] = {}  # id -> offset
         self.messages: list[dict] = []  # the topic's history
         self.drop_on: set[str] = set()  # message types after which the socket is dropped once
+        self.refuse: list[str] = []  # error codes answered to the next publishes, in turn
+        self.hold = False  # publishes are received but not answered
+        self.over_rate = 0  # messages the server's budget would have dropped
+        self.open: set = set()
         self.sockets = 0
+
+    def drop_all(self) -> None:
+        for ws in self.open:
+            ws.transport.abort()
 
     async def handler(self, ws) -> None:
         self.sockets += 1
-        await ws.send(json.dumps({"type": "welcome", "protocol": self.protocol, "idle_timeout": 0}))
+        self.open.add(ws)
+        try:
+            await self.serve(ws)
+        finally:
+            self.open.discard(ws)
+
+    async def serve(self, ws) -> None:
+        welcome = {"type": "welcome", "protocol": self.protocol, "idle_timeout": 0}
+        if self.limits is not None:
+            welcome["limits"] = self.limits
+        await ws.send(json.dumps({**welcome, "user": self.user}))
+        rate = (self.limits or {}).get("rate")
+        bucket = TokenBucket(rate, self.limits["burst"]) if rate else None
         async for text in ws:
+            if len(text.encode()) > self.max_size:
+                await ws.close(1009, "Message too big")
+                return
             message = json.loads(text)
             self.received.append(message)
             kind = message["type"]
+            if bucket is not None and not bucket.take():
+                self.over_rate += 1
             if kind in self.drop_on:
                 self.drop_on.discard(kind)
                 ws.transport.abort()  # gone before any answer, as a killed worker
                 return
+            if kind == "publish" and (self.hold or self.refuse):
+                if not self.hold:
+                    error = {"type": "error", "code": self.refuse.pop(0), "request": "publish"}
+                    await ws.send(json.dumps({**error, "topic": "room", "id": message["id"]}))
+                continue
             if kind == "subscribe":
                 since = (message.get("since") or {}).get("offset", len(self.messages))
                 answer = {"type": "subscribed", "topic": message["topic"], "epoch": "e"}
@@ -216,6 +251,139 @@ def test_a_server_that_no_longer_serves_its_protocol_stops_it_for_good():
             with pytest.raises(client.ProtocolUnsupported, match="Upgrade"):
                 async with client.connect(url):
                     pass
+
+    asyncio.run(scenario())
+
+
+async def until(condition, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def publishes_of(server: Scripted) -> list[str]:
+    return [m["id"] for m in server.received if m["type"] == "publish"]
+
+
+def test_a_message_over_the_welcomes_max_message_is_refused_here_and_never_sent():
+    server = Scripted()
+    server.limits = {"max_message": 200, "rate": 0, "burst": 20, "publish_id_ttl": 600}
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            big = "é" * 90  # 90 characters, 180 bytes of UTF-8 (and escaped as JSON: 540)
+            with pytest.raises(client.PublishError) as refused:
+                await rt.publish("room", big, id="m-big")
+            assert refused.value.code == "too_large" and refused.value.id == "m-big"
+            with pytest.raises(client.CallError, match="too_large"):
+                await rt.call("echo", big)
+            with pytest.raises(client.ServerError, match="too_large"):
+                await rt.send({"type": "presence_update", "topic": "room", "meta": {"s": big}})
+            assert await rt.publish("room", "e" * 90) == 1
+            assert publishes_of(server) == [publishes_of(server)[0]] and server.sockets == 1
+
+    asyncio.run(scenario())
+
+
+def test_after_close_1009_a_publish_of_unchecked_size_fails_too_large_and_is_not_sent_again():
+    server = Scripted()
+    server.limits = None  # sizes unknown to the client
+    server.max_size = 1000
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            with pytest.raises(client.PublishError) as refused:
+                await rt.publish("room", "x" * 2000, id="m-big")
+            assert refused.value.code == "too_large" and refused.value.id == "m-big"
+            await until(lambda: rt.connected)
+            assert await rt.publish("room", "small", id="m-small") == 1
+            # m-big closed its socket (1009) once and was not sent again.
+            assert publishes_of(server) == ["m-small"] and server.sockets == 2
+
+    asyncio.run(scenario())
+
+
+def test_publishes_resent_after_a_reconnect_keep_to_the_welcomes_rate(monkeypatch):
+    """20 publishes in flight when the socket drops, resent with the subscribe: the server's
+    budget (rate 40 a second, burst 4) never drops one."""
+    server = Scripted()
+    server.limits = {"max_message": 65536, "rate": 40, "burst": 4, "publish_id_ttl": 600}
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            await rt.subscribe("room")
+            server.hold = True
+            publishing = [
+                asyncio.create_task(rt.publish("room", n, id=f"m-{n}")) for n in range(20)
+            ]
+            await until(lambda: len(publishes_of(server)) == 20)
+            server.hold = False
+            server.drop_all()
+            assert sorted(await asyncio.gather(*publishing)) == list(range(1, 21))
+            kinds = [m["type"] for m in server.received]
+            assert kinds[21] == "subscribe" and kinds.count("publish") == 40
+            assert server.over_rate == 0
+
+    asyncio.run(scenario())
+
+
+def test_unavailable_timeout_and_rate_limited_send_the_publish_again_with_its_id(monkeypatch):
+    monkeypatch.setattr(client, "RETRY_BASE", 0.05)
+    server = Scripted()
+    server.refuse = ["unavailable", "timeout", "rate_limited"]
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            started = time.monotonic()
+            assert await rt.publish("room", "once", id="m-1") == 1
+            assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # doubling
+            assert publishes_of(server) == ["m-1"] * 4 and len(server.messages) == 1
+            server.refuse = ["forbidden"]
+            with pytest.raises(client.PublishError) as refused:
+                await rt.publish("room", "no", id="m-2")
+            assert (refused.value.code, refused.value.id) == ("forbidden", "m-2")
+
+    asyncio.run(scenario())
+
+
+def test_a_publish_older_than_publish_id_ttl_fails_expired_instead_of_being_sent_again():
+    server = Scripted()
+    server.limits = {"max_message": 65536, "rate": 0, "burst": 20, "publish_id_ttl": 0.3}
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            server.hold = True
+            publishing = asyncio.create_task(rt.publish("room", "late", id="m-1"))
+            await until(lambda: publishes_of(server) == ["m-1"])
+            await asyncio.sleep(0.3)  # past the TTL while unanswered
+            server.hold = False
+            server.drop_all()
+            with pytest.raises(client.PublishError) as expired:
+                await publishing
+            assert (expired.value.code, expired.value.id) == ("expired", "m-1")
+            assert publishes_of(server) == ["m-1"]
+
+    asyncio.run(scenario())
+
+
+def test_an_anonymous_sockets_publish_in_flight_when_it_drops_fails_disconnected():
+    """The server remembers an anonymous publisher's ids on its socket only."""
+    server = Scripted()
+    server.user = None
+
+    async def scenario():
+        async with scripted(server) as url, client.connect(url) as rt:
+            server.hold = True
+            publishing = asyncio.create_task(rt.publish("room", "x", id="m-1"))
+            await until(lambda: publishes_of(server) == ["m-1"])
+            server.hold = False
+            server.drop_all()
+            with pytest.raises(client.PublishError) as dropped:
+                await publishing
+            assert (dropped.value.code, dropped.value.id) == ("disconnected", "m-1")
+            await until(lambda: rt.connected)
+            assert await rt.publish("room", "y", id="m-2") == 1
+            assert publishes_of(server) == ["m-1", "m-2"]
 
     asyncio.run(scenario())
 

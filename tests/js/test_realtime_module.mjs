@@ -907,3 +907,206 @@ test("a refused presence update or publish ends no subscription", async () => {
   assert.deepEqual(seen.map((m) => m.data), ["still here"]);
   assert.deepEqual(ctx.events.error.map((m) => m.code), ["too_large", "rejected"]);
 });
+
+// ---------------------------------------------------------------- the welcome's limits
+
+const LIMITS = { max_message: 200, rate: 10, burst: 4, publish_id_ttl: 60 };
+
+test("a message larger than limits.max_message (UTF-8 bytes) is refused locally, never sent", async () => {
+  const ctx = setup();
+  ctx.rt.subscribe("chat.lobby", () => {});
+  const ws = welcomed(ctx, { limits: LIMITS });
+  ws.receive({ type: "subscribed", topic: "chat.lobby", epoch: "e5", offset: 0 });
+  const sent = ws.sent.length;
+  // 90 characters, but 180 bytes of UTF-8 and the envelope: over 200 bytes.
+  const big = "é".repeat(90);
+  const refused = ctx.rt.publish("chat.lobby", { text: big });
+  const [kind, err] = await settled(refused);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "too_large");
+  assert.equal(err.id, "id-1");
+  assert.equal((await settled(ctx.rt.call("cart.add", big)))[1].code, "too_large");
+  assert.throws(() => ctx.rt.setPresence("chat.lobby", { status: big }), { code: "too_large" });
+  assert.equal(ctx.rt.send({ type: "ping", padding: big }), false);
+  assert.equal(ws.sent.length, sent, "nothing sent");
+  // "e" is one byte: 90 of them fit.
+  ctx.rt.publish("chat.lobby", { text: "e".repeat(90) });
+  assert.equal(ws.sentOf("publish").length, 1);
+  // Between sockets the last limits hold; a new server with a smaller limit refuses at its welcome.
+  ws.drop(1006);
+  assert.equal((await settled(ctx.rt.publish("chat.lobby", big)))[1].code, "too_large");
+  ctx.clock.advance(250);
+  welcomed(ctx, { limits: Object.assign({}, LIMITS, { max_message: 100 }) });
+  assert.equal(ctx.ws().sentOf("publish").length, 0);
+  assert.equal(ctx.rt.state().state, "open");
+});
+
+test("close 1009: an unanswered publish whose size was not checked is rejected too_large, not sent again", async () => {
+  const ctx = setup();
+  const first = welcomed(ctx); // a welcome without limits: sizes unknown
+  const unchecked = ctx.rt.publish("chat.lobby", "x".repeat(100000));
+  first.drop(1009, "Message too big");
+  const [kind, err] = await settled(unchecked);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "too_large");
+  assert.equal(err.id, "id-1");
+  ctx.clock.advance(250);
+  const second = welcomed(ctx, { limits: LIMITS });
+  assert.deepEqual(second.sentOf("publish"), []);
+  // One checked against max_message was not the culprit: it is sent again.
+  const checked = ctx.rt.publish("chat.lobby", "small");
+  second.drop(1009);
+  ctx.clock.advance(500);
+  const third = welcomed(ctx, { limits: LIMITS });
+  assert.deepEqual(third.sentOf("publish").map((m) => m.id), ["id-2"]);
+  assert.equal(await settled(checked), "pending");
+});
+
+test("what is sent is paced by limits.rate with half of limits.burst at once, subscribes first, pings too", async () => {
+  const ctx = setup();
+  for (const topic of ["a", "b", "c"]) {
+    ctx.rt.subscribe(topic, () => {});
+  }
+  const first = welcomed(ctx);
+  const pending = [1, 2, 3, 4, 5].map((n) => ctx.rt.publish("a", n));
+  first.drop(1006);
+  ctx.clock.advance(250);
+  // rate 10 a second, burst 4: 2 at once, then one every 100 ms.
+  const ws = welcomed(ctx, { limits: LIMITS, idle_timeout: 3 });
+  const types = () => ws.sent.map((m) => m.type);
+  assert.deepEqual(types(), ["subscribe", "subscribe"]);
+  ctx.clock.advance(99);
+  assert.equal(ws.sent.length, 2);
+  ctx.clock.advance(1);
+  assert.deepEqual(types(), ["subscribe", "subscribe", "subscribe"]);
+  ctx.clock.advance(500);
+  assert.deepEqual(types(), ["subscribe", "subscribe", "subscribe", "publish", "publish", "publish", "publish", "publish"]);
+  assert.deepEqual(ws.sentOf("publish").map((m) => m.data), [1, 2, 3, 4, 5]);
+  // A ping spends the same budget: the keep-alive's (every 1 s) and then rt.send's wait their turn.
+  ctx.clock.advance(400); // t = 1 s after the welcome: the keep-alive ping, 2 tokens by now
+  assert.equal(ws.sentOf("ping").length, 1);
+  ctx.rt.send({ type: "ping" });
+  ctx.rt.send({ type: "ping" });
+  assert.equal(ws.sentOf("ping").length, 2);
+  ctx.clock.advance(100);
+  assert.equal(ws.sentOf("ping").length, 3);
+  assert.equal(pending.length, 5);
+  // rate 0: no limit.
+  ws.drop(1006);
+  ctx.clock.advance(1000);
+  const unpaced = welcomed(ctx, { limits: Object.assign({}, LIMITS, { rate: 0 }) });
+  assert.equal(unpaced.sentOf("subscribe").length, 3);
+  assert.equal(unpaced.sentOf("publish").length, 5);
+});
+
+test("unavailable, timeout, rate_limited: the publish is sent again with its id after 1 s, 2 s, 4 s ...", async () => {
+  const ctx = setup();
+  const ws = welcomed(ctx, { limits: Object.assign({}, LIMITS, { rate: 0 }) });
+  const pending = ctx.rt.publish("chat.lobby", "hi");
+  const error = (code) => ({ type: "error", code, topic: "chat.lobby", id: "id-1", request: "publish", detail: "" });
+  for (const [code, wait] of [["unavailable", 1000], ["timeout", 2000], ["rate_limited", 4000]]) {
+    const before = ws.sentOf("publish").length;
+    ws.receive(error(code));
+    assert.equal(await settled(pending), "pending", code);
+    ctx.clock.advance(wait - 1);
+    assert.equal(ws.sentOf("publish").length, before, code);
+    ctx.clock.advance(1);
+    assert.equal(ws.sentOf("publish").length, before + 1, code);
+  }
+  assert.deepEqual(new Set(ws.sentOf("publish").map((m) => m.id)), new Set(["id-1"]));
+  assert.deepEqual(ctx.events.error, []);
+  ws.receive({ type: "published", topic: "chat.lobby", id: "id-1", offset: 9 });
+  assert.deepEqual(await settled(pending), ["resolved", 9]);
+  // Waiting for its retry when the socket drops: sent when the timer fires on the next socket.
+  const later = ctx.rt.publish("chat.lobby", "again");
+  ws.receive(Object.assign(error("unavailable"), { id: "id-2" }));
+  ws.drop(1006);
+  ctx.clock.advance(250);
+  const next = welcomed(ctx, { limits: Object.assign({}, LIMITS, { rate: 0 }) });
+  assert.deepEqual(next.sentOf("publish"), []);
+  ctx.clock.advance(750);
+  assert.deepEqual(next.sentOf("publish").map((m) => m.id), ["id-2"]);
+  assert.equal(await settled(later), "pending");
+  // An ephemeral one is not retried; another code rejects with the publish's id.
+  const typing = ctx.rt.publish("chat.lobby", {}, { ephemeral: true });
+  next.receive(Object.assign(error("rate_limited"), { id: "id-3" }));
+  assert.equal((await settled(typing))[1].code, "rate_limited");
+  next.receive(Object.assign(error("forbidden"), { id: "id-2" }));
+  const [kind, err] = await settled(later);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "forbidden");
+  assert.equal(err.id, "id-2");
+});
+
+test("a publish unanswered for longer than limits.publish_id_ttl since first sent is rejected expired, not sent again", async () => {
+  const ctx = setup();
+  const limits = Object.assign({}, LIMITS, { rate: 0 });
+  const first = welcomed(ctx, { limits });
+  const old = ctx.rt.publish("chat.lobby", "old");
+  ctx.clock.advance(30000);
+  const young = ctx.rt.publish("chat.lobby", "young");
+  first.drop(1006);
+  ctx.clock.advance(30000); // old: 60 s since first sent, young: 30 s
+  const second = welcomed(ctx, { limits });
+  const [kind, err] = await settled(old);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "expired");
+  assert.equal(err.id, "id-1");
+  assert.deepEqual(second.sentOf("publish").map((m) => m.id), ["id-2"]);
+  // Nor after a wait (retry_after here) that takes it past the TTL.
+  const limited = { type: "error", code: "rate_limited", topic: "chat.lobby", id: "id-2", request: "publish" };
+  second.receive(Object.assign(limited, { retry_after: 40 }));
+  ctx.clock.advance(39999);
+  assert.equal(await settled(young), "pending");
+  ctx.clock.advance(1); // 70 s since first sent
+  assert.equal((await settled(young))[1].code, "expired");
+  assert.equal(second.sentOf("publish").length, 1);
+});
+
+test("an anonymous socket's publish unanswered when it drops is rejected disconnected; one never sent goes on the next", async () => {
+  const ctx = setup();
+  const first = welcomed(ctx, { user: null, user_topic: null, limits: LIMITS });
+  const sent = ctx.rt.publish("chat.lobby", "sent");
+  first.drop(1006);
+  const [kind, err] = await settled(sent);
+  assert.equal(kind, "rejected");
+  assert.equal(err.code, "disconnected");
+  assert.equal(err.id, "id-1");
+  const queued = ctx.rt.publish("chat.lobby", "queued while disconnected");
+  ctx.clock.advance(250);
+  const second = welcomed(ctx, { user: null, user_topic: null, limits: LIMITS });
+  assert.deepEqual(second.sentOf("publish").map((m) => m.id), ["id-2"]);
+  second.receive({ type: "published", topic: "chat.lobby", id: "id-2", offset: 3 });
+  assert.deepEqual(await settled(queued), ["resolved", 3]);
+});
+
+test("onReload at most once per 10 minutes per page (sessionStorage); else an error event, no reload", () => {
+  const stored = new Map();
+  const sessionStorage = { getItem: (k) => (stored.has(k) ? stored.get(k) : null), setItem: (k, v) => stored.set(k, v) };
+  const reloads = [];
+  const page = (at) => {
+    const ctx = setup({ sessionStorage, onReload: () => reloads.push(at) });
+    ctx.clock.advance(at);
+    ctx.ws().open();
+    ctx.ws().drop(4010, "protocol");
+    return ctx;
+  };
+  page(1000);
+  assert.deepEqual(reloads, [1000]);
+  const again = page(1000 + 599999); // the reloaded page, with the same stale script
+  assert.deepEqual(reloads, [1000]);
+  assert.deepEqual(again.events.reload, []);
+  assert.equal(again.events.error.at(-1).code, "reload_loop");
+  assert.equal(again.rt.state().state, "closed");
+  assert.equal(again.rt.state().code, 4010);
+  again.clock.advance(60000);
+  assert.equal(again.sockets.created.length, 1, "no reconnect either");
+  page(1000 + 600000);
+  assert.deepEqual(reloads, [1000, 601000]);
+  // Storage that throws (denied) does not stop the reload.
+  const denied = { getItem() { throw new Error("denied"); }, setItem() {} };
+  const ctx = setup({ sessionStorage: denied, onReload: () => reloads.push("denied") });
+  ctx.ws().open();
+  ctx.ws().drop(4010, "");
+  assert.equal(reloads.at(-1), "denied");
+});

@@ -13,8 +13,11 @@
  *   rt.setPresence("chat.lobby", {typing: true});                   // kept across reconnects
  *   rt.send(obj) -> bool; rt.state() -> snapshot; rt.close() stops for good.
  * Options also: onReload(info), called once when the server no longer serves this script's
- * protocol version (default: location.reload()). Tests inject random, randomUUID, now,
- * setTimeout, clearTimeout, setInterval and clearInterval.
+ * protocol version (default: location.reload()), at most once per 10 minutes per tab (a
+ * sessionStorage timestamp): within them the client stops with an `error` {code:
+ * "reload_loop"} instead, so that a script a cache keeps serving cannot reload in a loop.
+ * Tests inject random, randomUUID, now, setTimeout, clearTimeout, setInterval,
+ * clearInterval and sessionStorage.
  *
  * Events (changes after connect(), which starts "connecting"):
  *   state          {state: "connecting"|"open"|"paused"|"closed", code, reason, reconnectIn, welcome}
@@ -23,7 +26,8 @@
  *   presence       {kind: "presence"|"join"|"leave"|"update", topic, users, user}
  *   resume_failed  {topic (null: broadcasts), reason, epoch, offset, detail}: reload that state
  *   unsubscribed   {topic, reason, detail}: the server ended a subscription (onEnd is called)
- *   error          other server `error` messages (a publish's own reject its promise)
+ *   error          other server `error` messages (a publish's own reject its promise), and
+ *                  {code: "reload_loop"} when a reload is not asked again (above)
  *   reload         {reason, detail}: the server asked the page to reload (onReload is called)
  *   frame          every message the server sends, as an object, after it was handled
  *
@@ -48,14 +52,26 @@
  * 10 s open. Close codes 1008 and 4010 and rt.close() stop reconnecting. A ping every third of
  * welcome.idle_timeout keeps an idle socket open.
  *
+ * welcome.limits: whatever is sent (subscribes, publishes, calls, pings, rt.send) is paced to
+ * `rate` a second after half of `burst` at once (the other half absorbs the network's jitter),
+ * in order, so that the server never drops one or closes with 1008; a message whose UTF-8 is
+ * larger than `max_message` is never sent: publish and call reject, setPresence throws, with
+ * code "too_large" (rt.send returns false). A welcome without limits (an older server) is
+ * taken as the server's defaults, rate 10 and burst 20.
+ *
  * Publishes carry a client id (crypto.randomUUID()); one not yet answered `published` when
  * the socket drops is sent again, with the same id, on the next socket after its subscribes
- * (the server stores it once and answers with the first offset). An ephemeral one is not: it
- * is rejected with code "disconnected", as is a call pending when the socket drops (a call is
+ * (the server stores it once and answers with the first offset), and so is one answered
+ * `unavailable`, `timeout` or `rate_limited`, after 1 s doubling to 30 s. Not sent again but
+ * rejected: one first sent more than `publish_id_ttl` seconds ago ("expired": the server no
+ * longer knows its id), one an anonymous socket sent ("disconnected": its ids were that
+ * socket's), one of unchecked size on a socket closed with 1009 ("too_large"), and an
+ * ephemeral one ("disconnected"), as is a call pending when the socket drops (a call is
  * never sent twice: it may not be idempotent). A call not answered within `timeout` ms is
  * rejected with code "timeout". Rejections are Errors with `.code` (the server's error code,
- * or "timeout", "disconnected", "closed") and `.detail`. setPresence's latest meta is sent
- * again each time its topic is (re)subscribed.
+ * or "timeout", "disconnected", "closed", "too_large", "expired"), `.detail` and `.id` (the
+ * publish's, null for a call). setPresence's latest meta is sent again each time its topic
+ * is (re)subscribed.
  */
 
 const BACKOFF_BASE_MS = 500;
@@ -65,6 +81,14 @@ const STABLE_AFTER_MS = 10000;
 const MAX_SEEN_BROADCAST_IDS = 1000;
 const PROTOCOL_UNSUPPORTED = 4010;
 const NO_RECONNECT_CODES = [1008, PROTOCOL_UNSUPPORTED];
+const MESSAGE_TOO_BIG = 1009;
+const RETRY_BASE_MS = 1000; // a publish answered with a RETRY_CODES code: sent again after this,
+const RETRY_CAP_MS = 30000; // doubling up to this
+const RETRY_CODES = ["unavailable", "timeout", "rate_limited"];
+const RELOAD_AT_MOST_EVERY_MS = 10 * 60 * 1000;
+const RELOAD_KEY = "realtime.protocolReloadAt";
+// A welcome without limits (an older server): its default pace, REALTIME_WS_RATE and _BURST.
+const SERVER_DEFAULT_LIMITS = { rate: 10, burst: 20 };
 const SUBPROTOCOL = "realtime.v3";
 const DEFAULT_CALL_TIMEOUT_MS = 10000;
 const USER_TOPIC = "user";
@@ -106,12 +130,21 @@ function report(err) {
   }
 }
 
-// An Error with the code of a refused publish or call (the server's, or the client's own).
-function failure(code, detail) {
+// An Error with the code of a refused publish or call (the server's, or the client's own),
+// and the publish's id (null for a call).
+function failure(code, detail, id) {
   const err = new Error("realtime: " + code + (detail ? ": " + detail : ""));
   err.code = code;
   err.detail = detail == null ? null : detail;
+  err.id = id == null ? null : id;
   return err;
+}
+
+let encoder = null;
+// The size of a message's text in bytes, as the server counts it (UTF-8).
+function byteLength(text) {
+  encoder = encoder || new TextEncoder();
+  return encoder.encode(text).length;
 }
 
 function fallbackUUID(random) {
@@ -120,6 +153,15 @@ function fallbackUUID(random) {
     id += Math.floor(random() * 16).toString(16);
   }
   return id;
+}
+
+// The page's sessionStorage, or null (not a browser, or storage denied).
+function sessionStore() {
+  try {
+    return globalThis.sessionStorage || null;
+  } catch (err) {
+    return null;
+  }
 }
 
 // Calls fn; an exception (a listener's bug) is reported, not thrown.
@@ -146,13 +188,16 @@ export function connect(options = {}) {
     (cryptoUUID ? () => globalThis.crypto.randomUUID() : () => fallbackUUID(random));
   const onReload = options.onReload || (() => globalThis.location.reload());
   const url = options.url || websocketUrl(globalThis.location, options.path);
+  const storage = "sessionStorage" in options ? options.sessionStorage : sessionStore();
 
   const listeners = new Map(); // event name -> Set of functions
   const subscriptions = new Map(); // topic -> {handlers: Set of {fn, onReset, onEnd}, pending}
   const positions = new Map(); // topic -> {epoch, offset} delivered
   const presence = new Map(); // topic -> [{id, username}]
   const seenBroadcastIds = new Set();
-  const publishes = new Map(); // client id -> {message, resolve, reject}, in order sent
+  // client id -> {message, resolve, reject, socket (last written to), firstSent (ms), checked
+  // (its size, against a known max_message), retries, timer (a retry's)}, in order made
+  const publishes = new Map();
   const calls = new Map(); // ref -> {message, resolve, reject, timer, sent}
   const presenceMeta = new Map(); // topic -> the latest meta given to setPresence
   let nextRef = 1;
@@ -167,6 +212,9 @@ export function connect(options = {}) {
 
   let ws = null;
   let welcome = null; // the current socket's
+  let limits = {}; // the latest welcome's: max_message, rate, burst, publish_id_ttl
+  let bucket = null; // the current socket's send budget {size, rate, tokens, at}; null: unpaced
+  const outbox = []; // {text, stale(), written(socket)} waiting for the budget, in order
   let lastUser; // welcome.user of the previous socket
   let userTopicActive = false; // the server subscribed the current socket to "user"
   let connState = "connecting";
@@ -175,7 +223,7 @@ export function connect(options = {}) {
   let attempt = 0;
   let stopped = false;
   let reconnectAt = null;
-  const timerIds = { reconnect: null, stable: null, keepAlive: null };
+  const timerIds = { reconnect: null, stable: null, keepAlive: null, pace: null };
 
   // ------------------------------------------------------------ events and state
 
@@ -213,14 +261,71 @@ export function connect(options = {}) {
     emit("state", snapshot());
   }
 
-  function send(obj) {
-    if (!ws || ws.readyState !== OPEN) {
+  // Everything sent goes through here: refused (false) if larger than limits.max_message (the
+  // server would close the socket with 1009), else written in order within the socket's
+  // budget, queued while over it. Before writing, `stale()` true drops it; `written(socket)`
+  // follows the write.
+  function send(obj, item = {}) {
+    const text = typeof obj === "string" ? obj : JSON.stringify(obj);
+    if (!ws || ws.readyState !== OPEN || tooLarge(text)) {
       return false;
     }
-    return call(() => {
-      ws.send(typeof obj === "string" ? obj : JSON.stringify(obj));
-      return true;
-    }) === true;
+    outbox.push(Object.assign({ text }, item));
+    flush();
+    return true;
+  }
+
+  function flush() {
+    cancel("pace");
+    while (outbox.length > 0 && ws && ws.readyState === OPEN) {
+      if (outbox[0].stale && outbox[0].stale()) {
+        outbox.shift();
+        continue;
+      }
+      const wait = takeToken();
+      if (wait > 0) {
+        timerIds.pace = clock.setTimeout(flush, wait);
+        return;
+      }
+      const item = outbox.shift();
+      const socket = ws;
+      if (call(() => socket.send(item.text) || true) && item.written) {
+        item.written(socket);
+      }
+    }
+  }
+
+  // The server drops what a socket sends over limits.rate a second (after limits.burst at
+  // once), and closes one that keeps on with 1008. Half the burst is kept in reserve for what
+  // the network bunches up. Returns 0 (a token taken) or the ms until there is one.
+  function startBucket() {
+    const rate = limits.rate;
+    const size = Math.max(1, Math.floor((typeof limits.burst === "number" ? limits.burst : 2) / 2));
+    bucket = typeof rate === "number" && rate > 0 ? { size, rate, tokens: size, at: now() } : null;
+  }
+
+  function takeToken() {
+    if (!bucket) {
+      return 0;
+    }
+    const t = now();
+    bucket.tokens = Math.min(bucket.size, bucket.tokens + ((t - bucket.at) * bucket.rate) / 1000);
+    bucket.at = t;
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - bucket.tokens) * 1000) / bucket.rate);
+  }
+
+  function tooLarge(text) {
+    const max = limits.max_message;
+    // A UTF-16 unit is at most 3 bytes of UTF-8: most texts need no counting.
+    return typeof max === "number" && max > 0 && text.length * 3 > max && byteLength(text) > max;
+  }
+
+  function tooLargeDetail() {
+    return "Larger than the server's " + limits.max_message + " bytes: not sent.";
   }
 
   // ------------------------------------------------------------ subscriptions
@@ -319,6 +424,8 @@ export function connect(options = {}) {
 
   function onWelcome(msg) {
     welcome = msg;
+    limits = isObject(msg.limits) ? msg.limits : SERVER_DEFAULT_LIMITS;
+    startBucket();
     keepAlive(msg.idle_timeout);
     if (!broadcastPosition && isPosition(msg.broadcasts)) {
       broadcastPosition = copy(msg.broadcasts);
@@ -334,12 +441,17 @@ export function connect(options = {}) {
         sendSubscribe(topic);
       }
     }
-    // After the subscribes: the server handles a socket's messages in order.
+    // After the subscribes: the server handles a socket's messages in order. A publish
+    // waiting to be retried goes when its timer fires.
     for (const entry of publishes.values()) {
-      send(entry.message);
+      if (entry.timer == null) {
+        sendPublish(entry);
+      }
     }
-    for (const entry of calls.values()) {
-      entry.sent = entry.sent || send(entry.message);
+    for (const [ref, entry] of calls) {
+      if (!entry.sent) {
+        sendCall(ref, entry);
+      }
     }
     setState("open"); // last: a state listener may subscribe
   }
@@ -464,9 +576,7 @@ export function connect(options = {}) {
 
   function onError(msg) {
     if (msg.id != null && publishes.has(msg.id)) {
-      const entry = publishes.get(msg.id);
-      publishes.delete(msg.id);
-      entry.reject(failure(msg.code || "error", msg.detail));
+      onPublishError(publishes.get(msg.id), msg);
     } else if (msg.code === "rate_limited" && typeof msg.retry_after === "number") {
       // A replay over the server's budget was refused whole, nothing changed: ask again later.
       retryLater(msg);
@@ -512,11 +622,7 @@ export function connect(options = {}) {
   }
 
   function onPublished(msg) {
-    const entry = publishes.get(msg.id);
-    if (entry) {
-      publishes.delete(msg.id);
-      entry.resolve(typeof msg.offset === "number" ? msg.offset : null);
-    }
+    settlePublish(msg.id, null, typeof msg.offset === "number" ? msg.offset : null);
   }
 
   function onReply(msg) {
@@ -526,7 +632,7 @@ export function connect(options = {}) {
     }
     settleCall(msg.ref);
     if (isObject(msg.error)) {
-      entry.reject(failure(msg.error.code || "error", msg.error.detail));
+      entry.reject(failure(msg.error.code || "error", msg.error.detail, null));
     } else {
       entry.resolve(msg.data);
     }
@@ -539,11 +645,33 @@ export function connect(options = {}) {
   }
 
   function askReload(info) {
-    if (!reloading) {
-      reloading = true;
-      emit("reload", info);
-      call(onReload, info);
+    if (reloading) {
+      return;
     }
+    reloading = true;
+    if (!mayReload()) {
+      const detail = "The page reloaded less than 10 minutes ago and still has a script the " +
+        "server no longer serves (a stale cache?): not reloading again.";
+      emit("error", { type: "error", code: "reload_loop", reason: info.reason, detail });
+      return;
+    }
+    emit("reload", info);
+    call(onReload, info);
+  }
+
+  // At most one reload per RELOAD_AT_MOST_EVERY_MS in this tab: a stale script that a cache
+  // keeps serving would otherwise reload the page in a loop.
+  function mayReload() {
+    return call(() => {
+      const last = storage ? storage.getItem(RELOAD_KEY) : null;
+      if (last != null && now() - Number(last) < RELOAD_AT_MOST_EVERY_MS) {
+        return false;
+      }
+      if (storage) {
+        storage.setItem(RELOAD_KEY, String(now()));
+      }
+      return true;
+    }) !== false;
   }
 
   const HANDLERS = {
@@ -561,7 +689,7 @@ export function connect(options = {}) {
       return Promise.reject(new TypeError("realtime: publish(topic, data) needs a topic string"));
     }
     if (stopped) {
-      return Promise.reject(failure("closed", "The client is closed."));
+      return Promise.reject(failure("closed", "The client is closed.", null));
     }
     const message = { type: "publish", topic, data: data === undefined ? null : data };
     if (opts.event != null) {
@@ -572,11 +700,73 @@ export function connect(options = {}) {
     }
     message.id = String(opts.id || randomUUID());
     return new Promise((resolve, reject) => {
-      publishes.set(message.id, { message, resolve, reject });
-      if (welcome) {
-        send(message);
-      }
+      const entry = { message, resolve, reject, socket: null, firstSent: null, checked: false };
+      publishes.set(message.id, Object.assign(entry, { retries: 0, timer: null }));
+      sendPublish(entry); // not open: only its size is checked (the next welcome sends it)
     });
+  }
+
+  // Sends a pending publish (again), unless it is larger than the server takes or older than
+  // the server remembers its id for (sent again, it would be stored twice): those reject.
+  function sendPublish(entry) {
+    const id = entry.message.id;
+    const text = JSON.stringify(entry.message);
+    if (tooLarge(text)) {
+      settlePublish(id, failure("too_large", tooLargeDetail(), id));
+    } else if (welcome && !expired(entry)) {
+      entry.checked = typeof limits.max_message === "number";
+      send(text, {
+        stale: () => publishes.get(id) !== entry || expired(entry),
+        written(socket) {
+          entry.socket = socket;
+          entry.firstSent = entry.firstSent == null ? now() : entry.firstSent;
+        },
+      });
+    }
+  }
+
+  function expired(entry) {
+    const ttl = limits.publish_id_ttl;
+    if (entry.firstSent == null || !(ttl > 0) || now() - entry.firstSent < ttl * 1000) {
+      return false;
+    }
+    const detail = "Unanswered for " + ttl + " s: sent again, it could be stored twice.";
+    settlePublish(entry.message.id, failure("expired", detail, entry.message.id));
+    return true;
+  }
+
+  // unavailable, timeout, rate_limited: stored or not, it is sent again with the same id after
+  // a backoff (the page retrying with a new id could store it twice); other codes reject.
+  function onPublishError(entry, msg) {
+    const id = entry.message.id;
+    const code = msg.code || "error";
+    if (!RETRY_CODES.includes(code) || entry.message.ephemeral) {
+      settlePublish(id, failure(code, msg.detail, id));
+    } else if (entry.timer == null) {
+      const backoff = Math.min(RETRY_CAP_MS, RETRY_BASE_MS * Math.pow(2, entry.retries));
+      const asked = typeof msg.retry_after === "number" ? msg.retry_after * 1000 : 0;
+      entry.retries += 1;
+      entry.timer = clock.setTimeout(() => {
+        entry.timer = null;
+        sendPublish(entry); // not open: the next welcome sends it
+      }, Math.max(backoff, asked));
+    }
+  }
+
+  function settlePublish(id, err, offset) {
+    const entry = publishes.get(id);
+    if (!entry) {
+      return;
+    }
+    publishes.delete(id);
+    if (entry.timer != null) {
+      clock.clearTimeout(entry.timer);
+    }
+    if (err) {
+      entry.reject(err);
+    } else {
+      entry.resolve(offset);
+    }
   }
 
   function callServer(name, data, opts = {}) {
@@ -584,7 +774,7 @@ export function connect(options = {}) {
       return Promise.reject(new TypeError("realtime: call(name, data) needs a name string"));
     }
     if (stopped) {
-      return Promise.reject(failure("closed", "The client is closed."));
+      return Promise.reject(failure("closed", "The client is closed.", null));
     }
     const ref = nextRef++;
     const message = { type: "call", name, data: data === undefined ? null : data, ref };
@@ -593,11 +783,22 @@ export function connect(options = {}) {
       const entry = { message, resolve, reject, timer: null, sent: false };
       entry.timer = clock.setTimeout(() => {
         calls.delete(ref);
-        reject(failure("timeout", "No reply within " + timeout + " ms."));
+        reject(failure("timeout", "No reply within " + timeout + " ms.", null));
       }, timeout);
       calls.set(ref, entry);
-      entry.sent = welcome ? send(message) : false;
+      sendCall(ref, entry); // not open: only its size is checked (the next welcome sends it)
     });
+  }
+
+  function sendCall(ref, entry) {
+    const text = JSON.stringify(entry.message);
+    if (tooLarge(text)) {
+      settleCall(ref);
+      entry.reject(failure("too_large", tooLargeDetail(), null));
+    } else if (welcome) {
+      const written = () => (entry.sent = true);
+      send(text, { stale: () => calls.get(ref) !== entry, written });
+    }
   }
 
   function settleCall(ref) {
@@ -608,19 +809,24 @@ export function connect(options = {}) {
     }
   }
 
-  // A socket dropped: calls sent on it may or may not have run, so they are not sent again;
-  // neither are ephemeral publishes (a typing indicator is stale by the next socket).
-  function dropInFlight(code, detail, all) {
+  // Socket `socket` dropped (`all`: for good). Calls sent on it may or may not have run, so
+  // they are not sent again; nor are ephemeral publishes (stale by the next socket), an
+  // anonymous socket's publishes (the server remembers their ids on that socket only: sent
+  // again, one would be stored twice), nor after 1009 a publish written there whose size was
+  // not checked (it may be what was too large).
+  function dropInFlight(socket, anonymous, code, detail, all) {
     for (const [ref, entry] of Array.from(calls)) {
       if (all || entry.sent) {
         settleCall(ref);
-        entry.reject(failure(code, detail));
+        entry.reject(failure(code, detail, null));
       }
     }
     for (const [id, entry] of Array.from(publishes)) {
-      if (all || entry.message.ephemeral) {
-        publishes.delete(id);
-        entry.reject(failure(code, detail));
+      const on = entry.socket === socket;
+      if (all || entry.message.ephemeral || (on && anonymous)) {
+        settlePublish(id, failure(code, detail, id));
+      } else if (on && closeCode === MESSAGE_TOO_BIG && !entry.checked) {
+        settlePublish(id, failure("too_large", "The server closed the socket with 1009.", id));
       }
     }
   }
@@ -628,6 +834,10 @@ export function connect(options = {}) {
   function setPresence(topic, meta) {
     if (typeof topic !== "string" || topic === "" || !isObject(meta)) {
       throw new TypeError("realtime: setPresence(topic, meta) needs a topic string and an object");
+    }
+    const text = JSON.stringify({ type: "presence_update", topic, meta });
+    if (tooLarge(text)) {
+      throw failure("too_large", tooLargeDetail(), null);
     }
     presenceMeta.set(topic, meta);
     const subscription = subscriptions.get(topic);
@@ -676,7 +886,8 @@ export function connect(options = {}) {
     cancel("keepAlive");
     if (typeof seconds === "number" && seconds > 0) {
       const every = Math.max(seconds / 3, 1) * 1000;
-      timerIds.keepAlive = clock.setInterval(() => send({ type: "ping" }), every);
+      // Anything queued to be sent keeps the socket open as well as a ping.
+      timerIds.keepAlive = clock.setInterval(() => outbox.length || send({ type: "ping" }), every);
     }
   }
 
@@ -710,9 +921,13 @@ export function connect(options = {}) {
   }
 
   function onClose(event) {
+    const socket = ws;
+    const anonymous = welcome != null && welcome.user == null;
     ws = null;
     welcome = null;
-    cancel("keepAlive", "stable");
+    bucket = null;
+    outbox.length = 0;
+    cancel("keepAlive", "stable", "pace");
     for (const subscription of subscriptions.values()) {
       subscription.pending = false;
     }
@@ -723,9 +938,9 @@ export function connect(options = {}) {
       askReload({ reason: "protocol", detail: closeReason });
     }
     if (stopped) {
-      dropInFlight("closed", "The client is closed.", true);
+      dropInFlight(socket, anonymous, "closed", "The client is closed.", true);
     } else {
-      dropInFlight("disconnected", "The connection was lost.", false);
+      dropInFlight(socket, anonymous, "disconnected", "The connection was lost.", false);
     }
     if (stopped) {
       setState("closed");
