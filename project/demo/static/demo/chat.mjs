@@ -10,8 +10,8 @@
  * message waits in the outbox ("Sending…") until it arrives in the log as a `message` with
  * that id. Not yet answered when the socket drops, realtime.mjs sends it again with the same
  * id after reconnecting, and the server stores it once. Refused: the reason, in words, in the
- * form's alert, and the text back in the field. `unavailable` (stored, not yet published) is
- * sent again, same id, a few times.
+ * form's alert, and the text back in the field. `unavailable`, `timeout` and `rate_limited`
+ * never reach the page: realtime.mjs sends the message again, same id, until it is answered.
  *
  * Typing: presence meta {typing: true} while the user types, {typing: false} after
  * TYPING_IDLE_MS without a key or when the message is sent. It is state, not an event: a user
@@ -27,8 +27,6 @@
 import { connect } from "../realtime/realtime.mjs";
 
 export const TYPING_IDLE_MS = 4000;
-const UNAVAILABLE_RETRIES = 5;
-const UNAVAILABLE_RETRY_MS = 2000;
 const NEAR_BOTTOM_PX = 80;
 
 /** Who is typing, in words: "" for nobody. */
@@ -55,6 +53,10 @@ export function refusalText(err) {
       return "The server could not store it just now. Send it again.";
     case "closed":
       return "The connection has ended. Reload the page, then send it again.";
+    case "expired":
+      return "It waited too long for the connection to come back. Send it again.";
+    case "disconnected":
+      return "The connection dropped before the server answered. Send it again.";
     default:
       return code ? `The server did not take it (${code}).` : "It could not be sent.";
   }
@@ -112,7 +114,7 @@ function startRoom(doc, root) {
   const input = $("message");
   const error = $("send-error");
   const shown = new Map(); // offset -> li
-  const pending = new Map(); // client id -> {li, text, tries}
+  const pending = new Map(); // client id -> {li, text}
   const quiet = new Set(); // user ids whose message came after their last typing update
   let people = [];
   let state = { state: "connecting" };
@@ -207,7 +209,7 @@ function startRoom(doc, root) {
     li.append(body, status);
     outbox.append(li);
     outbox.hidden = false;
-    pending.set(id, { li, text, tries: 0 });
+    pending.set(id, { li, text });
   }
 
   function dropPending(id) {
@@ -240,11 +242,6 @@ function startRoom(doc, root) {
   function refused(id, err) {
     const entry = pending.get(id);
     if (!entry) return;
-    if (err && err.code === "unavailable" && entry.tries < UNAVAILABLE_RETRIES) {
-      entry.tries += 1; // stored, not yet published: the same id again, never a second copy
-      setTimeout(() => publish(id, entry.text), UNAVAILABLE_RETRY_MS);
-      return;
-    }
     dropPending(id);
     error.textContent = `Not sent: ${refusalText(err)}`;
     if (input.value === "") {
