@@ -106,8 +106,9 @@ class FanoutClients(LineProcess):
         self.write(json.dumps({"cmd": "mark"}))
         self.read(30)
 
-    def expect(self, seqs: list[int], timeout: float) -> dict[str, Any]:
-        self.write(json.dumps({"cmd": "expect", "seqs": seqs, "timeout": timeout}))
+    def expect(self, seqs: list[int], timeout: float, raw: bool = False) -> dict[str, Any]:
+        """Arrivals of these broadcasts at every socket; `raw`: every latency too."""
+        self.write(json.dumps({"cmd": "expect", "seqs": seqs, "timeout": timeout, "raw": raw}))
         return self.read(timeout + 30)
 
     def bytes_read(self) -> dict[str, Any]:

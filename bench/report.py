@@ -333,6 +333,45 @@ def summarize_compression(entry: dict[str, Any] | None) -> dict[str, Any] | None
     }
 
 
+def summarize_publish(entry: dict[str, Any]) -> dict[str, Any]:
+    """A client's messages to one topic's subscribers: every delivery together, and the
+    publisher's acknowledgements (the project's `published`; Node's broadcast has none)."""
+    deliveries, publisher = entry.get("deliveries", {}), entry.get("publisher", {})
+    messages = deliveries.get("per_message", [])
+    return {
+        "sockets": entry["sockets"],
+        "opened": entry["open"]["opened"],
+        "messages": entry["messages"],
+        "rate": entry["rate"],
+        "topic": entry.get("topic"),
+        "warmup_messages": entry.get("warmup_messages"),
+        **{
+            field: deliveries.get(field)
+            for field in (
+                "p50_ms",
+                "p99_ms",
+                "max_ms",
+                "received",
+                "expected",
+                "lost",
+                "duplicates",
+                "frame_bytes",
+                "per_worker",
+            )
+        },
+        "worst_message_p99_ms": max(
+            (m["p99_ms"] for m in messages if m["p99_ms"] is not None), default=None
+        ),
+        "client_cpu": deliveries.get("client_cpu_percent"),
+        "server_cpu_percent": entry.get("server_cpu_percent"),
+        "seconds": entry.get("seconds"),
+        **{
+            field: publisher.get(field)
+            for field in ("acks", "errors", "first_error", "ack_p50_ms", "ack_p99_ms", "ack_max_ms")
+        },
+    }
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     echo = {f"{e['peer']}/{e['transport']}": summarize_echo_peer(e) for e in results["echo_peers"]}
     fanout = {
@@ -340,7 +379,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         for e in results["fanout"]
     }
     compression = summarize_compression(results.get("compression"))
-    return {"echo": echo, "fanout": fanout, "compression": compression}
+    publish = {
+        f"{e['peer']}/{e['transport']}": summarize_publish(e) for e in results.get("publish", [])
+    }
+    return {"echo": echo, "fanout": fanout, "compression": compression, "publish": publish}
 
 
 def largest_size(summary: dict[str, Any], transport: str) -> int | None:
@@ -421,6 +463,18 @@ def ratios(summary: dict[str, Any]) -> list[dict[str, Any]]:
                         project, fanout_figure(summary, "tutorial", transport, size, field)
                     ),
                 )
+    publish = summary.get("publish", {})
+    for transport in ("wss", "ws"):
+        project, node = publish.get(f"project/{transport}"), publish.get(f"node/{transport}")
+        if not project:
+            continue
+        for field, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            add(
+                f"Client publish to delivery {label}, {project['sockets']:,} subscribers",
+                transport,
+                "lower",
+                node=ratio(project[field], (node or {}).get(field)),
+            )
     return rows
 
 
@@ -872,6 +926,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *absolute_tables(summary, config),
         *compression_lines(summary.get("compression"), config),
+        *publish_lines(summary.get("publish"), config),
     ]
     if results.get("errors"):
         lines += ["", "Failed measurements (details in the JSON file):"]
@@ -1081,6 +1136,99 @@ def compression_summary_lines(compression: dict[str, Any]) -> list[str]:
         f"sets): {', '.join(parts)}. Negotiated by {deflate['negotiated']:,} of "
         f"{deflate['opened']:,} sockets offering it" + (f" ({params})." if params else "."),
     ]
+
+
+def publish_lines(publish: dict[str, Any] | None, config: dict[str, Any]) -> list[str]:
+    """The publish stage: a client's messages to one topic's subscribers, project and Node."""
+    if not publish:
+        return []
+    rows = []
+    for key, s in publish.items():
+        peer, transport = key.split("/")
+        ack = (
+            f"{fmt_ms(s['ack_p50_ms'])} / {fmt_ms(s['ack_p99_ms'])} ({s['acks']:,} acks, "
+            f"{s['errors']} errors)"
+            if s.get("acks") is not None
+            else "- (no answer)"
+        )
+        rows.append(
+            [
+                peer,
+                transport.upper(),
+                f"{s['opened']:,}",
+                f"{s['messages']:,} at {s['rate']}/s",
+                fmt_ms(s["p50_ms"]),
+                fmt_ms(s["p99_ms"]),
+                fmt_ms(s["max_ms"]),
+                fmt_ms(s["worst_message_p99_ms"]),
+                f"{s['lost']} of {s['expected'] or 0:,}",
+                ack,
+                fmt_cpu(s["server_cpu_percent"], flag=False),
+                fmt_cpu(s["client_cpu"]),
+                "-" if s["frame_bytes"] is None else str(s["frame_bytes"]),
+            ]
+        )
+    first = next(iter(publish.values()))
+    topic = next((s["topic"] for s in publish.values() if s.get("topic")), "?")
+    lines = [
+        "",
+        f"### A client's publish to {first['sockets']:,} subscribers of one topic",
+        "",
+        "One socket publishes messages at a steady rate, its clock's time in each (taken just "
+        "before the send); every subscriber subtracts it from its arrival time (same machine "
+        "clock). p50, p99 and max over every delivery of every message together; worst "
+        "message: the highest of the messages' own p99. The project: `serve --workers 2`, the "
+        f"subscribers (anonymous) subscribed to the example project's topic `{topic}`, the "
+        "publisher a signed-in user sending `publish` (its `publish` function, the message "
+        "stored with its receipt, then sent to both workers), and the publish -> `published` "
+        "acknowledgement. Node: the same text sent on the `/broadcast` path of the seed's "
+        "server, which sends it on to every other socket (the `ws` README's client broadcast; "
+        "no answer to the sender). "
+        + (
+            f"The first {first['warmup_messages']} messages (a warm-up) are not counted. "
+            if first.get("warmup_messages")
+            else ""
+        )
+        + "Server CPU: all its processes from the publisher's "
+        "start to the last arrival, in % of one core. Client CPU: the subscribers' one "
+        "load-generator process.",
+        "",
+        *table(
+            [
+                "Peer",
+                "Transport",
+                "Subscribers",
+                "Messages",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "Worst message p99 ms",
+                "Lost",
+                "Publish -> ack p50 / p99 ms",
+                "Server CPU",
+                "Client CPU",
+                "Frame bytes",
+            ],
+            rows,
+        ),
+    ]
+    project, node = publish.get("project/wss"), publish.get("node/wss")
+    if project and node:
+        lines += [
+            "",
+            f"Project / Node: p50 {fmt_ratio(ratio(project['p50_ms'], node['p50_ms']))}, p99 "
+            f"{fmt_ratio(ratio(project['p99_ms'], node['p99_ms']))}.",
+        ]
+    if project and project.get("per_worker"):
+        parts = [
+            f"{worker} {fmt_int(w['received'])} deliveries, p50 {fmt_ms(w['p50_ms'])} / "
+            f"p99 {fmt_ms(w['p99_ms'])} ms"
+            for worker, w in sorted(project["per_worker"].items())
+        ]
+        lines += ["", "The project's deliveries per worker: " + "; ".join(parts) + "."]
+    if project and project.get("first_error"):
+        lines += ["", f"The project's first refused publish: `{project['first_error']}`"]
+    return lines
 
 
 def worker_lines(summary: dict[str, Any]) -> list[str]:

@@ -1,10 +1,11 @@
 """The benchmark harness behind `make bench`: the project against its peers, on loopback.
 
     .venv/bin/python -m bench.run [--mode quick|full]
-                                  [--stages echo fanout wide-fanout compression]
+                                  [--stages echo fanout wide-fanout compression publish]
                                   [--peers NAME ...] [--transports wss ws]
                                   [--fanout-sizes N ...] [--wide-sockets N]
                                   [--wide-processes N] [--compression-sockets N]
+                                  [--publish-sockets N] [--publish-messages N]
 
 Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure means):
 
@@ -24,6 +25,11 @@ Measures, over WSS and over plain WS (docs/benchmarks.md says what each figure m
 - compression: the project's broadcasts of a ~1 KiB JSON document to sockets that offer
   permessage-deflate and, alternating on the same server, to sockets that do not: bytes
   received and the servers' CPU per delivery, latency, and how many sockets negotiated it.
+- publish: a client's message to 1,000 subscribers of one topic. One signed-in socket publishes
+  to a topic of the example project (20 a second) on `serve --workers 2`; the same shape
+  through the Node server, whose `/broadcast` path sends what a client sends to every other
+  socket. Latency from the client's send to each subscriber (p50, p99 over every delivery),
+  and the project's publish -> `published` acknowledgement.
 
 The size options replace the mode's, for working on a stage with fewer sockets. Every figure
 is the median of several rounds. Writes bench/results/latest.json, latest.md and
@@ -56,7 +62,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench import procs, report  # noqa: E402
+from bench import merge, procs, report  # noqa: E402
 from bench.clients import (  # noqa: E402
     FanoutClients,
     FanoutGroup,
@@ -75,6 +81,7 @@ from bench.servers import (  # noqa: E402
     fanout_peer,
 )
 from realtime.tls.devca import ensure_dev_certificate  # noqa: E402
+from realtime.wire import PROTOCOL_VERSION  # noqa: E402
 from tests.helpers import redis_args  # noqa: E402
 
 SERVER_CPU = "0"  # one core for the server under test (echo, handshakes) ...
@@ -82,11 +89,20 @@ LOADGEN_CPU = "1"  # ... the other for the load generator
 SETTLE_SECONDS = 3.0  # after opening sockets: handshakes, presence writes and GC settle
 OPEN_CONCURRENCY = 100  # handshakes in flight while opening fan-out sockets
 EXPECT_TIMEOUT = 10.0  # seconds for a broadcast to reach every socket before it counts as lost
-STAGES = ["echo", "fanout", "wide-fanout", "compression"]
+STAGES = ["echo", "fanout", "wide-fanout", "compression", "publish"]
 USER_MESSAGES = 200  # messages to a user with no socket, per set of sockets (the project's)
 WIDE_PEERS = ["project", "node"]  # at 15,000 sockets the tutorial's pattern would take minutes
 FD_MARGIN = 200  # descriptors a loadgen process needs beside its sockets
 IDLE_BEFORE_BURST = 2.0  # seconds: the servers' idle CPU rate, read just before a burst
+PUBLISH_PEERS = ["project", "node"]
+# project/demo/topics.py: anyone may read the wall and pin a note (a text of 1-280 characters).
+PUBLISH_TOPIC = "wall.bench"
+PUBLISH_RATE = 20  # messages a second from the one publishing socket
+PUBLISH_WARMUP = 5  # messages published first and not counted: the topic's first rows, threads
+PUBLISHER = "bench-publisher"  # the signed-in user who publishes (the project's)
+# Above PUBLISH_RATE, so that the bench's publisher is never refused; the defaults (5 a second,
+# a burst of 10) are what a person typing needs.
+PUBLISH_ENV = {"REALTIME_TOPIC_PUBLISH_RATE": "100", "REALTIME_TOPIC_PUBLISH_BURST": "100"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,8 @@ class Mode:
     compression_sockets: int  # per set of the compression stage ...
     compression_sets: int  # ... sets of each kind, alternating (deflate offered, plain, ...)
     compression_burst: int  # broadcasts per set sent back to back: bytes and CPU per delivery
+    publish_sockets: int  # subscribers of the one topic a client publishes to ...
+    publish_messages: int  # ... the messages it publishes, PUBLISH_RATE a second
 
 
 MODES = {
@@ -137,6 +155,8 @@ MODES = {
         compression_sockets=1000,
         compression_sets=2,
         compression_burst=10,
+        publish_sockets=1000,
+        publish_messages=200,
     ),
     "full": Mode(
         name="full",
@@ -160,6 +180,8 @@ MODES = {
         compression_sockets=2000,
         compression_sets=3,
         compression_burst=20,
+        publish_sockets=1000,
+        publish_messages=600,
     ),
 }
 
@@ -661,6 +683,156 @@ def compression_burst(
     }
 
 
+def publisher_cookie(env: dict[str, str]) -> str:
+    """The Cookie header of a signed-in session of PUBLISHER, made in the servers' database."""
+    code = (
+        "from django.conf import settings\n"
+        "from django.contrib.auth import get_user_model\n"
+        "from django.test import Client\n"
+        f"user, _ = get_user_model().objects.get_or_create(username={PUBLISHER!r})\n"
+        "client = Client()\n"
+        "client.force_login(user)\n"
+        "name = settings.SESSION_COOKIE_NAME\n"
+        "print(f'{name}={client.cookies[name].value}')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"no session for {PUBLISHER}:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def publisher_args(
+    setup: Setup, peer: Peer, cookie: str | None, first: int, count: int
+) -> list[str]:
+    """The project's publisher: signed in, speaking the current protocol, waiting for each
+    `published`. Node's: the same text to the server's `/broadcast` path (no answer there)."""
+    if peer.name == "project":
+        url = peer.urls[0]
+        extra: dict[str, Any] = {
+            "cookie": cookie,
+            "protocol": f"realtime.v{PROTOCOL_VERSION}",
+            "ack": True,
+        }
+    else:
+        url, extra = peer.urls[0].replace("/ws/", "/broadcast"), {}
+    return loadgen_args(
+        "publish",
+        url,
+        peer.origin,
+        ca_for(setup, peer.transport),
+        topic=PUBLISH_TOPIC,
+        first_seq=first,
+        count=count,
+        rate=PUBLISH_RATE,
+        **extra,
+    )
+
+
+def delivery_stats(arrivals: dict[str, Any]) -> dict[str, Any]:
+    """Every delivery of every message together: p50, p99 and max over all of them (a
+    percentile of each message's percentiles would be wrong), overall and per server worker;
+    per message only its own figures, without the raw latencies."""
+    latencies: list[float] = []
+    workers: dict[str, list[float]] = {}
+    per_message = []
+    per_seq = arrivals["per_seq"]
+    for row in per_seq:
+        latencies += row["latencies"]
+        for worker, values in row["worker_latencies"].items():
+            workers.setdefault(worker, []).extend(values)
+        per_message.append(
+            {key: row[key] for key in ("seq", "received", "lost", "p50_ms", "p99_ms", "max_ms")}
+        )
+    return {
+        **merge.latency_stats(latencies),
+        "expected": arrivals["expected"] * len(arrivals["seqs"]),
+        "lost": arrivals["lost"],
+        "duplicates": arrivals["duplicates"],
+        "closed_early": arrivals["closed_early"],
+        "frame_bytes": next((r["frame_bytes"] for r in per_seq if r["frame_bytes"]), None),
+        "client_cpu_percent": arrivals["client_cpu_percent"],
+        "per_worker": {worker: merge.latency_stats(values) for worker, values in workers.items()},
+        "per_message": per_message,
+    }
+
+
+def publish_round(
+    setup: Setup,
+    peer: Peer,
+    clients: FanoutClients | FanoutGroup,
+    cookie: str | None,
+    count: int,
+    next_seq: Callable[[int], int],
+    label: str,
+) -> dict[str, Any]:
+    """`count` messages from one publishing socket, PUBLISH_RATE a second, each awaited at
+    every subscriber; the servers' CPU from the publisher's start to the last arrival."""
+    first = next_seq(count)
+    clients.mark()
+    before = procs.usage(peer.servers)
+    args = publisher_args(setup, peer, cookie, first, count)
+    log = setup.logs / f"loadgen-publish-{peer.name}-{peer.transport}-{label}.log"
+    published = run_loadgen(args, setup.base_env, log, None, count / PUBLISH_RATE + 60)
+    arrivals = clients.expect(list(range(first, first + count)), EXPECT_TIMEOUT, raw=True)
+    after = procs.usage(peer.servers)
+    return {
+        "publisher": published,
+        "deliveries": delivery_stats(arrivals),
+        "server_cpu_percent": procs.cpu_percent_between(before, after),
+        "seconds": round(after.at - before.at, 3),
+    }
+
+
+def measure_publish_peer(
+    setup: Setup, mode: Mode, name: str, next_seq: Callable[[int], int]
+) -> dict[str, Any]:
+    """A fresh server, its subscribers (the project's subscribed to PUBLISH_TOPIC), a few
+    messages to warm up, then the measured ones."""
+    flush_redis(setup)
+    peer = fanout_peer(setup, name, "wss", PUBLISH_ENV).start()
+    entry: dict[str, Any] = {
+        "peer": name,
+        "transport": "wss",
+        "sockets": mode.publish_sockets,
+        "messages": mode.publish_messages,
+        "rate": PUBLISH_RATE,
+        "warmup_messages": PUBLISH_WARMUP,
+    }
+    try:
+        cookie = None
+        if name == "project":
+            peer.subscribe = entry["topic"] = PUBLISH_TOPIC
+            cookie = publisher_cookie(peer.trigger_env)
+        say(
+            f"publish {name} wss: {mode.publish_sockets} subscribers, "
+            f"{mode.publish_messages} messages at {PUBLISH_RATE}/s"
+        )
+        clients, entry["open"] = open_sockets(setup, peer, mode.publish_sockets, None)
+        try:
+            time.sleep(SETTLE_SECONDS)
+            entry["warmup"] = publish_round(
+                setup, peer, clients, cookie, PUBLISH_WARMUP, next_seq, "warmup"
+            )
+            time.sleep(0.5)
+            entry.update(
+                publish_round(
+                    setup, peer, clients, cookie, mode.publish_messages, next_seq, "measured"
+                )
+            )
+        finally:
+            entry["closed"] = clients.close()
+            time.sleep(1)
+    finally:
+        peer.stop()
+    return entry
+
+
 # --- run -------------------------------------------------------------------------------------
 
 
@@ -762,6 +934,26 @@ def run_compression_stage(
         fail(results, "compression project wss", exc)
 
 
+def run_publish_stage(
+    results: dict[str, Any],
+    setup: Setup,
+    mode: Mode,
+    peers: list[str] | None,
+    transports: list[str],
+    next_seq: Callable[[int], int],
+) -> None:
+    """A client's message to one topic's subscribers, the project and Node, WSS only."""
+    if "wss" not in transports or not mode.publish_sockets:
+        return
+    for name in PUBLISH_PEERS:
+        if peers and name not in peers:
+            continue
+        try:
+            results["publish"].append(measure_publish_peer(setup, mode, name, next_seq))
+        except Exception as exc:
+            fail(results, f"publish {name} wss", exc)
+
+
 def keep_logs(logs: Path) -> str | None:
     """Copy the servers' and clients' logs out of the temporary directory, for a failed run."""
     if not logs.is_dir():
@@ -786,6 +978,7 @@ def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list
         },
         "echo_peers": [],
         "fanout": [],
+        "publish": [],
         "errors": [],
         # Anything else running on these 2 cores skews the figures: a high start value says so.
         "load_average": {"start": os.getloadavg()},
@@ -810,6 +1003,8 @@ def run(mode: Mode, stages: list[str], peers: list[str] | None, transports: list
                 run_wide_stage(results, setup, mode, peers, transports, redis_server, next_seq)
             if "compression" in stages:
                 run_compression_stage(results, setup, mode, peers, transports, next_seq)
+            if "publish" in stages:
+                run_publish_stage(results, setup, mode, peers, transports, next_seq)
         finally:
             procs.stop_all()
             if results["errors"]:
@@ -826,7 +1021,14 @@ def sized(mode: Mode, args: argparse.Namespace) -> Mode:
     if args.fanout_sizes:
         sizes = sorted(set(args.fanout_sizes), reverse=True)
         changes["fanout_sizes"] = dict.fromkeys(TRANSPORTS, sizes)
-    for field in ("wide_sockets", "wide_processes", "compression_sockets"):
+    fields = (
+        "wide_sockets",
+        "wide_processes",
+        "compression_sockets",
+        "publish_sockets",
+        "publish_messages",
+    )
+    for field in fields:
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
     mode = dataclasses.replace(mode, **changes)
@@ -856,6 +1058,8 @@ def main() -> None:
     parser.add_argument("--wide-sockets", type=int, metavar="N", help="0: no wide set")
     parser.add_argument("--wide-processes", type=int, metavar="N")
     parser.add_argument("--compression-sockets", type=int, metavar="N")
+    parser.add_argument("--publish-sockets", type=int, metavar="N", help="0: no publish stage")
+    parser.add_argument("--publish-messages", type=int, metavar="N")
     parser.add_argument("--out", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     check_tools()

@@ -12,6 +12,9 @@ Fan-out peers (a broadcast from outside the servers to every socket):
     tutorial  the Channels tutorial's pattern, 2 daphne workers, core RedisChannelLayer
     node      bench/node/server.mjs, one process
 
+The publish stage uses the project and Node fan-out peers, sent to by a client socket instead:
+a client's `publish` to a topic, and a message to the Node server's `/broadcast` path.
+
 WSS servers use the project's `realtime:` endpoint (Mozilla intermediate profile) wherever
 daphne serves, so that daphne peers differ in the application only; plain WS uses `tcp:`.
 """
@@ -194,9 +197,12 @@ def node_args(setup: Setup, transport: str, port: int) -> list[str]:
 # --- fan-out peers ---------------------------------------------------------------------------
 
 
-def fanout_peer(setup: Setup, name: str, transport: str) -> Peer:
+def fanout_peer(
+    setup: Setup, name: str, transport: str, project_env: dict[str, str] | None = None
+) -> Peer:
+    """`project_env`: settings for the project's servers beside Setup.project_env's."""
     if name == "project":
-        return project_fanout(setup, transport)
+        return project_fanout(setup, transport, project_env)
     if name == "project-topic":
         peer = project_fanout(setup, transport)
         peer.name, peer.trigger, peer.subscribe = name, ["project-topic"], TOPIC
@@ -226,8 +232,8 @@ def fanout_peer(setup: Setup, name: str, transport: str) -> Peer:
     raise ValueError(f"unknown fan-out peer {name!r}")
 
 
-def project_fanout(setup: Setup, transport: str) -> Peer:
-    env = setup.project_env(transport, f"fanout-project-{transport}")
+def project_fanout(setup: Setup, transport: str, extra_env: dict[str, str] | None = None) -> Peer:
+    env = {**setup.project_env(transport, f"fanout-project-{transport}"), **(extra_env or {})}
     if transport == "wss":
         port = free_port()
         args = [

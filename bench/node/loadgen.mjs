@@ -6,6 +6,8 @@
  *       [--message '{"type":"ping"}'] [--reply '{"type":"pong"}'] [--duration 3] [--warmup 1]
  *   node loadgen.mjs fanout --url U[,U2...] --origin O [--ca CA.pem] --sockets N \
  *       [--concurrency 100] [--subscribe TOPIC] [--deflate] [--wire-bytes]
+ *   node loadgen.mjs publish --url U --origin O [--ca CA.pem] [--cookie C] [--protocol P] \
+ *       --topic T --first-seq S --count N --rate R [--ack]
  *
  * Each mode prints JSON lines on stdout. `echo` prints one result and exits.
  * `fanout` opens N sockets (spread round-robin over the URLs), each subscribed to TOPIC when
@@ -24,6 +26,14 @@
  *       WebSocket frames as read (after TLS decryption, before inflating) and, with
  *       --wire-bytes, the TCP payload (TLS records included)
  *   {"cmd":"close"}  close every socket, print {"event":"closed"} and exit.
+ *
+ * `publish` opens one socket (sending Cookie C, offering subprotocol P) and sends N messages,
+ * R a second on a fixed schedule, each the project's client publish
+ * (`{"type":"publish","topic":T,"data":"bench seq=S sent=... xxx","id":"bench-S"}`), the
+ * marker's time taken just before `send()`. With --ack it waits for each one's `published` (or
+ * error) and reports the publish -> ack latency; then prints one result and exits. Sent to the
+ * Node server's `/broadcast` path, the same text goes verbatim to every other socket, where a
+ * `fanout` process sees the marker as it sees a broadcast's.
  *
  * A broadcast is recognised by `bench seq=N sent=T` anywhere in the frame's text, T being the
  * sender's wall clock in milliseconds (time.time_ns() / 1e6 in Python); latency is the
@@ -69,6 +79,13 @@ const { positionals, values: args } = parseArgs({
     subscribe: { type: 'string' },
     deflate: { type: 'boolean', default: false },
     'wire-bytes': { type: 'boolean', default: false },
+    cookie: { type: 'string' },
+    protocol: { type: 'string' },
+    topic: { type: 'string' },
+    'first-seq': { type: 'string', default: '0' },
+    count: { type: 'string', default: '100' },
+    rate: { type: 'string', default: '20' },
+    ack: { type: 'boolean', default: false },
   },
 });
 
@@ -113,11 +130,15 @@ function wireCounted(counted, secure) {
  * Open one WebSocket; resolves to it once open. `onMessage` listens from the start: a message
  * sent right after the upgrade (the project's welcome) can arrive before the promise resolves.
  */
-function open(url, { handshakeTimeout = 60000, onMessage, deflate = false, wire = false } = {}) {
+function open(
+  url,
+  { handshakeTimeout = 60000, onMessage, deflate = false, wire = false, protocols, headers } = {},
+) {
   const options = {
     origin: args.origin,
     perMessageDeflate: deflate,
     handshakeTimeout,
+    headers,
   };
   const secure = url.startsWith('wss:');
   if (secure) {
@@ -127,7 +148,7 @@ function open(url, { handshakeTimeout = 60000, onMessage, deflate = false, wire 
   const counted = {};
   if (wire) options.createConnection = wireCounted(counted, secure);
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, options);
+    const ws = new WebSocket(url, protocols ?? [], options);
     ws.counted = counted;
     if (onMessage) ws.on('message', onMessage);
     ws.once('open', () => {
@@ -476,7 +497,87 @@ async function fanout() {
   process.exit(0);
 }
 
-const modes = { echo, fanout };
+// --- publish -----------------------------------------------------------------------------
+
+const TEXT_LENGTH = 100; // characters of the published text, as bench/trigger.py's broadcasts
+
+/** One socket publishing `count` messages at `rate` a second; with --ack, each one's
+ * publish -> `published` latency. */
+async function publish() {
+  const count = Number(args.count);
+  const interval = 1000 / Number(args.rate);
+  const firstSeq = Number(args['first-seq']);
+  const sentAt = new Map(); // client id -> send time
+  const acks = [];
+  let errors = 0;
+  let firstError = null;
+  let acked = 0;
+  let waiter = null;
+  const onMessage = (data) => {
+    const arrived = now();
+    const text = data.toString();
+    if (!text.startsWith('{"type":"published"') && !text.startsWith('{"type":"error"')) return;
+    const message = JSON.parse(text);
+    if (!sentAt.has(message.id)) return;
+    if (message.type === 'published') acks.push(arrived - sentAt.get(message.id));
+    else {
+      errors += 1;
+      firstError ??= text.slice(0, 300);
+    }
+    acked += 1;
+    if (waiter && acked >= count) waiter();
+  };
+  const headers = args.cookie ? { Cookie: args.cookie } : undefined;
+  const protocols = args.protocol ? [args.protocol] : undefined;
+  const ws = await open(args.url, { onMessage, protocols, headers });
+  let closedEarly = false;
+  ws.on('close', () => (closedEarly = true));
+  await sleep(300); // the welcome arrives before the first publish
+  const cpuBefore = process.cpuUsage();
+  const started = now();
+  for (let index = 0; index < count; index += 1) {
+    const delay = started + index * interval - now();
+    if (delay > 0) await sleep(delay);
+    const seq = firstSeq + index;
+    const id = `bench-${seq}`;
+    const sent = now();
+    const data = `bench seq=${seq} sent=${sent.toFixed(3)} `.padEnd(TEXT_LENGTH, 'x');
+    sentAt.set(id, sent);
+    ws.send(JSON.stringify({ type: 'publish', topic: args.topic, data, id }));
+  }
+  const sendSeconds = (now() - started) / 1000;
+  if (args.ack && acked < count) {
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 20000);
+      waiter = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+  const clientCpu = cpuPercent(cpuBefore, (now() - started) / 1000);
+  const sorted = [...acks].sort((a, b) => a - b);
+  const dropped = closedEarly; // before the server answered every publish (or the wait ended)
+  await closeSocket(ws);
+  emit({
+    mode: 'publish',
+    sent: count,
+    first_seq: firstSeq,
+    rate: Number(args.rate),
+    send_seconds: round3(sendSeconds),
+    acks: args.ack ? sorted.length : null,
+    errors,
+    first_error: firstError,
+    unanswered: args.ack ? count - acked : null,
+    ack_p50_ms: round3(percentile(sorted, 0.5)),
+    ack_p99_ms: round3(percentile(sorted, 0.99)),
+    ack_max_ms: round3(sorted.length ? sorted[sorted.length - 1] : null),
+    closed_early: dropped,
+    client_cpu_percent: clientCpu,
+  });
+}
+
+const modes = { echo, fanout, publish };
 const mode = modes[positionals[0]];
 if (!mode) {
   console.error(`usage: node loadgen.mjs ${Object.keys(modes).join('|')} --url URL ...`);

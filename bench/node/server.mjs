@@ -5,8 +5,10 @@
  *
  *   node server.mjs --port P [--host 127.0.0.1] [--cert CERT.pem --key KEY.pem]
  *
- * Every text or binary message is echoed back as it came. `POST /broadcast` (from loopback
- * only) sends the request body as one text message to every open socket, the way the
+ * Every text or binary message is echoed back as it came, except on a socket opened on the path
+ * `/broadcast`: what a client sends there goes to every other open socket, the ws README's
+ * "client broadcast" pattern (a client publishing to everyone else). `POST /broadcast` (from
+ * loopback only) sends the request body as one text message to every open socket, the way the
  * article broadcasts: a loop over `wss.clients` calling `send()`. Prints "listening PORT" once
  * it listens; SIGTERM or SIGINT closes everything and exits 0.
  */
@@ -29,11 +31,11 @@ const { values: args } = parseArgs({
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
-function broadcast(text) {
+function broadcast(data, { binary = false, except = null } = {}) {
   let sent = 0;
   for (const client of wss.clients) {
-    if (client.readyState === WebSocket.OPEN) {
-      client.send(text);
+    if (client !== except && client.readyState === WebSocket.OPEN) {
+      client.send(data, { binary });
       sent += 1;
     }
   }
@@ -63,9 +65,13 @@ const server = args.cert
   : createHttpServer(handleRequest);
 const wss = new WebSocketServer({ server });
 
-wss.on('connection', (ws) => {
+wss.on('connection', (ws, request) => {
   ws.on('error', console.error);
-  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  if (new URL(request.url, 'http://localhost').pathname === '/broadcast') {
+    ws.on('message', (data, isBinary) => broadcast(data, { binary: isBinary, except: ws }));
+  } else {
+    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  }
 });
 
 function stop() {
