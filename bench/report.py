@@ -93,20 +93,32 @@ def memory_gib() -> float | None:
     return None
 
 
+def git_dirs() -> tuple[Path, Path]:
+    """The directory holding HEAD and the one holding the refs: .git twice, or, in a worktree
+    (`git worktree add`), the directory its .git file names and that one's common directory."""
+    git = ROOT / ".git"
+    if not git.is_file():
+        return git, git
+    own = (ROOT / git.read_text().split(":", 1)[1].strip()).resolve()
+    common = own / "commondir"
+    return own, (own / common.read_text().strip()).resolve() if common.is_file() else own
+
+
 def git_commit() -> str | None:
     """HEAD's commit, read from .git's files (no git command runs)."""
-    git = ROOT / ".git"
     try:
-        head = (git / "HEAD").read_text().strip()
+        own, common = git_dirs()
+        head = (own / "HEAD").read_text().strip()
         if not head.startswith("ref: "):
             return head
         ref = head.removeprefix("ref: ")
-        if (git / ref).is_file():
-            return (git / ref).read_text().strip()
-        for line in (git / "packed-refs").read_text().splitlines():
+        for folder in (own, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
             if line.endswith(" " + ref):
                 return line.split()[0]
-    except OSError:
+    except (OSError, IndexError):
         pass
     return None
 

@@ -31,7 +31,8 @@
  * R a second on a fixed schedule, each the project's client publish
  * (`{"type":"publish","topic":T,"data":"bench seq=S sent=... xxx","id":"bench-S"}`), the
  * marker's time taken just before `send()`. With --ack it waits for each one's `published` (or
- * error) and reports the publish -> ack latency; then prints one result and exits. Sent to the
+ * error) and reports the publish -> ack latency; then prints one result (with the user, protocol
+ * and worker the project's welcome named) and exits. Sent to the
  * Node server's `/broadcast` path, the same text goes verbatim to every other socket, where a
  * `fanout` process sees the marker as it sees a broadcast's.
  *
@@ -513,9 +514,14 @@ async function publish() {
   let firstError = null;
   let acked = 0;
   let waiter = null;
+  let welcome = null;
   const onMessage = (data) => {
     const arrived = now();
     const text = data.toString();
+    if (welcome === null && text.startsWith('{"type":"welcome"')) {
+      const { user, protocol, worker } = JSON.parse(text); // the project's: who is publishing
+      welcome = { user, protocol, worker };
+    }
     if (!text.startsWith('{"type":"published"') && !text.startsWith('{"type":"error"')) return;
     const message = JSON.parse(text);
     if (!sentAt.has(message.id)) return;
@@ -574,6 +580,7 @@ async function publish() {
     ack_max_ms: round3(sorted.length ? sorted[sorted.length - 1] : null),
     closed_early: dropped,
     client_cpu_percent: clientCpu,
+    welcome,
   });
 }
 
