@@ -511,6 +511,7 @@ async function publish() {
   const sentAt = new Map(); // client id -> send time
   const acks = [];
   let errors = 0;
+  const refused = []; // seqs answered with an error: they reach no subscriber
   let firstError = null;
   let acked = 0;
   let waiter = null;
@@ -528,6 +529,7 @@ async function publish() {
     if (message.type === 'published') acks.push(arrived - sentAt.get(message.id));
     else {
       errors += 1;
+      refused.push(Number(message.id.slice('bench-'.length)));
       firstError ??= text.slice(0, 300);
     }
     acked += 1;
@@ -573,6 +575,7 @@ async function publish() {
     send_seconds: round3(sendSeconds),
     acks: args.ack ? sorted.length : null,
     errors,
+    refused_seqs: refused,
     first_error: firstError,
     unanswered: args.ack ? count - acked : null,
     ack_p50_ms: round3(percentile(sorted, 0.5)),
