@@ -1,9 +1,10 @@
 """A socket's `publish`: checked, rate-limited, stored once per client id, then answered.
 
 The rules themselves are realtime.messaging.client_publish; this is the socket's side: the
-message's shape (realtime.wire), the publisher's rate on the topic, one trip to the database
-thread for the user as stored now, the receipt and the app's `publish` function, and the
-answer: `published` with the offset, or an `error` naming the publish's topic and id.
+message's shape (realtime.wire), the publisher's rates, its share of the publish threads, one
+trip to such a thread (never the database thread the worker shares) for the user as stored
+now, the receipt and the app's `publish` function, within a deadline, and the answer:
+`published` with the offset, or an `error` naming the publish's topic and id.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ async def in_publish_thread(
 def accept_and_store(
     consumer: Any, request: wire.PublishRequest
 ) -> tuple[Publisher, Any, Stored | None]:
-    """In the database thread: the publisher as stored now; a repeated id's first offset, or
-    the topic's rules, then the message stored (None for an ephemeral one)."""
+    """In a publish thread: the publisher as stored now; a repeated id's first offset, or the
+    topic's rules, then the message stored (None for an ephemeral one)."""
     user = current_user(consumer)
     publisher = client_publish.publisher_of(user, consumer.socket_id)
     sent = client_publish.digest(request.topic, request.data, request.event)
