@@ -67,14 +67,14 @@ def accept(user: Any, topic: str, data: Any, event: str) -> Any:
     """The data to send for a client's publish, as the topic's `publish` function made it.
 
     Raises PublishRefused: "forbidden" (no pattern, no `publish`, or `authorize` says no, for
-    `user` as stored now), "rejected" (the app's reason), "invalid_publish" or "too_large"
-    (what the app returns must fit as topics.send() data), "internal" (the app's function
-    failed: logged, its error not told).
+    `user` as stored now), "invalid_publish" or "too_large" (what the client sent, and what
+    the app returns, must fit as topics.send() data), "rejected" (the app's reason),
+    "internal" (the app's function failed, or returned what cannot be sent: logged, its
+    error not told).
     """
     found = topic_rules.match(topic)
     if found is None or found[0].publish is None:
         raise PublishRefused("forbidden", FORBIDDEN)
-    checked(topic, data, event, "invalid_publish")  # what the client sent
     registration, params = found
     try:
         allowed = registration.authorize(user, **params)
@@ -83,6 +83,7 @@ def accept(user: Any, topic: str, data: Any, event: str) -> Any:
         allowed = False
     if not allowed:
         raise PublishRefused("forbidden", FORBIDDEN)
+    checked(topic, data, event, "invalid_publish")  # what the client sent
     try:
         result = registration.publish(user, data, **params)
     except topic_rules.Rejected as exc:
