@@ -930,7 +930,7 @@ test("a message larger than limits.max_message (UTF-8 bytes) is refused locally,
   assert.equal(ctx.rt.send({ type: "ping", padding: big }), false);
   assert.equal(ws.sent.length, sent, "nothing sent");
   // "e" is one byte: 90 of them fit.
-  ctx.rt.publish("chat.lobby", { text: "e".repeat(90) });
+  const fits = ctx.rt.publish("chat.lobby", { text: "e".repeat(90) });
   assert.equal(ws.sentOf("publish").length, 1);
   // Between sockets the last limits hold; a new server with a smaller limit refuses at its welcome.
   ws.drop(1006);
@@ -938,6 +938,7 @@ test("a message larger than limits.max_message (UTF-8 bytes) is refused locally,
   ctx.clock.advance(250);
   welcomed(ctx, { limits: Object.assign({}, LIMITS, { max_message: 100 }) });
   assert.equal(ctx.ws().sentOf("publish").length, 0);
+  assert.equal((await settled(fits))[1].code, "too_large"); // too large for the new server
   assert.equal(ctx.rt.state().state, "open");
 });
 
