@@ -23,6 +23,7 @@ from realtime.messaging.fanout import Recipient
 from realtime.messaging.streams import EPHEMERAL_EVENT
 from realtime.models import PublishReceipt, TopicMessage
 from realtime.ops import metrics
+from realtime.websocket import publishing
 from tests.test_authorization import ask, opened, signed_in
 
 
@@ -233,6 +234,7 @@ def test_a_slow_publish_function_holds_its_own_thread_not_the_workers_database_t
     assert bobs == {"type": "published", "topic": "chat.fast", "id": "b1", "offset": 1}
     assert again == {"type": "published", "topic": "chat.slow", "id": "s1", "offset": 1}
     assert TopicMessage.objects.filter(topic="chat.slow").count() == 1
+    assert publishing.shares.slots == {} and not publishing.shares.users  # nothing kept
 
 
 def test_spreading_over_topic_names_meets_the_publishers_rate_over_all_topics(

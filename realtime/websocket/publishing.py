@@ -42,10 +42,6 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
         detail = "Too many publishes to this topic: slow down."
         await refuse(consumer, message, "rate_limited", detail)
         return
-    if running[rate_key(consumer)] >= share_of_threads():
-        detail = "Your previous publish is still running: send this one again later."
-        await refuse(consumer, message, "unavailable", detail)
-        return
     try:
         publisher, data, stored = await in_publish_thread(consumer, request)
         if request.ephemeral:
@@ -54,6 +50,10 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
             )
     except PublishRefused as exc:
         await refuse(consumer, message, exc.code, exc.detail)
+        return
+    except Busy:
+        detail = "Your earlier publishes are still running: send this one again later."
+        await refuse(consumer, message, "unavailable", detail)
         return
     except TimeoutError:
         detail = "The topic's publish function took too long: send it again, same id, later."
@@ -72,14 +72,48 @@ async def publish(consumer: Any, message: dict[str, Any]) -> None:
 
 
 _threads: HandlerThreads | None = None
-running: Counter[str] = Counter()  # publisher -> its publishes running (or queued) now
 
 
-def share_of_threads() -> int:
-    """How many publishes one publisher (a user, or an anonymous client's address) may have
-    running at once over its sockets: half the threads, so that one whose publishes hang
-    (a topic's `publish` calling a service that does not answer) never holds them all."""
-    return max(1, conf.REALTIME_PUBLISH_THREADS // 2)
+class Busy(Exception):
+    """The publisher's share of the publish threads stayed taken until the deadline."""
+
+
+class Shares:
+    """Each publisher's share of the publish threads (a user over all its sockets, or an
+    anonymous client's address): half of them, at least one, so that one whose publishes
+    hang (a topic's `publish` calling a service that does not answer) never holds them all.
+    A publish waits for its publisher's share (its earlier publishes run first) until the
+    deadline, and holds it until its thread is done, past its deadline too."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, asyncio.Semaphore] = {}
+        self.users: Counter[str] = Counter()  # publishes holding or waiting for a share
+
+    async def take(self, who: str, timeout: float) -> None:
+        """Wait for a place in `who`'s share; Busy after `timeout` seconds."""
+        size = max(1, conf.REALTIME_PUBLISH_THREADS // 2)
+        slot = self.slots.setdefault(who, asyncio.Semaphore(size))
+        self.users[who] += 1
+        try:
+            await asyncio.wait_for(slot.acquire(), timeout)
+        except TimeoutError:
+            self._forget(who)
+            raise Busy from None
+        except BaseException:  # its socket closed while it waited
+            self._forget(who)
+            raise
+
+    def give_back(self, who: str) -> None:
+        self.slots[who].release()
+        self._forget(who)
+
+    def _forget(self, who: str) -> None:
+        self.users[who] -= 1
+        if self.users[who] <= 0:
+            del self.users[who], self.slots[who]
+
+
+shares = Shares()
 
 
 def publish_threads() -> HandlerThreads:
@@ -95,25 +129,25 @@ async def in_publish_thread(
 ) -> tuple[Publisher, Any, Stored | None]:
     """accept_and_store() in a publish thread, never the database thread the worker shares
     (an app's `publish` that calls a slow service would freeze every subscribe and sign-out
-    check), within REALTIME_RPC_TIMEOUT; TimeoutError past it. A publish past its deadline
-    still runs to its end in its thread, and counts against its publisher's share of the
-    threads until it ends (share_of_threads)."""
+    check), within REALTIME_RPC_TIMEOUT: Busy while the publisher's share stays taken,
+    TimeoutError when the publish itself takes too long. One past its deadline still runs
+    to its end in its thread, holding its place in the share until then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + conf.REALTIME_RPC_TIMEOUT
+    who = rate_key(consumer)
+    await shares.take(who, conf.REALTIME_RPC_TIMEOUT)
     run = database_sync_to_async(
         accept_and_store, thread_sensitive=False, executor=publish_threads()
     )
     task = asyncio.ensure_future(run(consumer, request))
-    who = rate_key(consumer)
-    running[who] += 1
 
     def ended(task: asyncio.Future[Any]) -> None:
-        running[who] -= 1
-        if running[who] <= 0:
-            del running[who]
+        shares.give_back(who)
         if not task.cancelled():
             task.exception()  # retrieved: one past its deadline was answered already
 
     task.add_done_callback(ended)
-    return await asyncio.wait_for(asyncio.shield(task), conf.REALTIME_RPC_TIMEOUT)
+    return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
 
 
 def accept_and_store(
