@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from project.demo.topics import may_chat
@@ -24,7 +25,27 @@ from realtime.messaging.streams import EPHEMERAL_EVENT
 from realtime.models import PublishReceipt, TopicMessage
 from realtime.ops import metrics
 from realtime.websocket import publishing
+from realtime.websocket.calls import HandlerThreads
 from tests.test_authorization import ask, opened, signed_in
+
+
+@pytest.fixture(autouse=True)
+def _publish_threads(monkeypatch):
+    """Publish threads of the test's own; after it, each closes the database connection it
+    opened (PostgreSQL drops the test database only when no session is left on it), then
+    ends."""
+    monkeypatch.setattr(publishing, "_threads", HandlerThreads(2, name="test-publish"))
+    yield
+    threads = publishing._threads
+    barrier = threading.Barrier(threads.size)  # one close for each thread, not two for one
+
+    def close() -> None:
+        barrier.wait(10)
+        connections.close_all()
+
+    for closing in [threads.submit(close) for _ in range(threads.size)]:
+        closing.result(15)
+    threads.shutdown()
 
 
 @pytest.mark.django_db(transaction=True)
