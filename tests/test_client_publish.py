@@ -294,3 +294,30 @@ def test_data_the_publish_function_cannot_send_is_the_apps_fault_not_the_clients
     assert answer["code"] == "internal" and "complex" not in answer["detail"]
     assert "cannot send" in caplog.text
     assert nul["code"] == "invalid_publish"  # the client's own data: told why
+
+
+def test_with_redis_the_window_is_shared_and_a_publisher_gets_its_burst_again_after_it(
+    settings, monkeypatch, redis_server
+):
+    """Two workers' PublishRate over one Redis count together; past the window (burst / rate
+    seconds: 0.4 s here) the publisher gets its burst again."""
+    import redis.asyncio
+
+    settings.REALTIME_TOPIC_PUBLISH_RATE, settings.REALTIME_TOPIC_PUBLISH_BURST = 10, 4
+    settings.REALTIME_PUBLISHER_RATE = 0
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        monkeypatch.setattr(
+            client_publish, "async_client", lambda: redis.asyncio.from_url(redis_server.url)
+        )
+        worker_1, worker_2 = PublishRate(), PublishRate()
+        window = 4 / 10
+        await asyncio.sleep(window - time.time() % window + 0.01)  # a window's start
+        first = [await rate.allows("user:1", "chat.a") for rate in (worker_1, worker_2) * 3]
+        await asyncio.sleep(window)  # past it
+        again = [await rate.allows("user:1", "chat.a") for rate in (worker_1, worker_2) * 3]
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert first == [True] * 4 + [False] * 2  # one burst over both workers
+    assert again == [True] * 4 + [False] * 2
