@@ -1,4 +1,4 @@
-"""The example chat's URLs, included by project/urls.py."""
+"""The example project's URLs (the chat, the order board), included by project/urls.py."""
 
 from __future__ import annotations
 
@@ -9,4 +9,5 @@ from project.demo import views
 urlpatterns = [
     path("chat/", views.rooms, name="chat"),
     path("chat/<slug:room>/", views.room, name="chat-room"),
+    path("orders/board/", views.order_board, name="order-board"),
 ]

@@ -1,5 +1,6 @@
-"""The example chat's pages: /chat/ (pick or type a room) and /chat/<room>/ (the room), for
-signed-in users. The room page's script is static/demo/chat.mjs (docs/chat.md)."""
+"""The example project's pages: /chat/ (pick or type a room) and /chat/<room>/ (the room), for
+signed-in users, whose script is static/demo/chat.mjs (docs/chat.md); /orders/board/, the live
+order board, for staff (docs/order-board.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.text import slugify
 
-from project.demo import chat
+from project.demo import board, chat
 from project.demo.topics import MAX_CHAT_TEXT, may_chat
 
 
@@ -46,3 +47,13 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
         "max_length": MAX_CHAT_TEXT,
     }
     return render(request, "demo/room.html", context)
+
+
+@login_required
+def order_board(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_staff:
+        return render(request, "demo/board_forbidden.html", status=403)
+    # The callable, not its result: the template queries the orders after its
+    # {% realtime_stream %} has read the topic's position, so that a change made in between is
+    # replayed to the page rather than missed.
+    return render(request, "demo/board.html", {"columns": board.columns, "topic": board.TOPIC})
