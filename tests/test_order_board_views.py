@@ -9,6 +9,8 @@ import re
 import pytest
 
 from project.demo.models import Order
+from realtime import topics
+from realtime.messaging import signed_streams, streams
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -61,6 +63,31 @@ def test_staff_see_each_order_in_its_status_column(client, staff):
     assert 'href="/admin/demo/order/"' in html and "demo/board.css" in html
 
 
+def test_the_board_follows_its_topic_from_the_position_read_before_the_orders(
+    client, staff, monkeypatch
+):
+    Order.objects.create(customer="Ada", item="Soup")  # its fragment: offset 1
+    order_of_reads = []
+    position = streams.position
+    monkeypatch.setattr(
+        streams, "position", lambda name: order_of_reads.append(name) or position(name)
+    )
+    queried = Order.objects.all
+    monkeypatch.setattr(Order.objects, "all", lambda: order_of_reads.append("orders") or queried())
+    html = client.get(BOARD, secure=True).content.decode()
+    assert order_of_reads == ["orders.board", "orders"]
+    epoch, offset = position("orders.board")
+    assert offset == 1
+    stream = re.search(r"<realtime-stream [^>]*></realtime-stream>", html).group(0)
+    assert 'topic="orders.board"' in stream and f'since="{epoch}:1"' in stream
+    assert 'region="board"' in stream and 'ws-path="/ws/"' in stream
+    token = re.search(r'signed="([^"]+)"', stream).group(1)
+    assert signed_streams.verify(token, "orders.board", staff) is signed_streams.Verdict.ALLOWED
+    # Inside the region it reloads, before the lists it keeps live.
+    assert html.index('<div id="board">') < html.index(stream) < html.index("<ol id=")
+    assert "realtime/live_html.mjs" in html and "Live: changes show here" in html
+
+
 def test_a_column_with_no_order_says_so_through_the_stylesheet(client, staff):
     html = client.get(BOARD, secure=True).content.decode()
     assert [column_of(html, s) for s in ("new", "preparing", "ready")] == [[], [], []]
@@ -99,3 +126,31 @@ def test_staff_change_an_orders_status_from_the_admins_list(client, django_user_
     assert response.status_code == 302
     order.refresh_from_db()
     assert order.status == Order.Status.READY
+
+
+def fragments_sent() -> list[tuple[str, str, str]]:
+    """(action, target, the card's item text or "") of each fragment on the board's topic."""
+    sent = []
+    for message in topics.history("orders.board").messages:
+        data = message["data"]
+        item = re.search(r'<p class="order-item">(.*?)</p>', data.get("html", ""), re.S)
+        sent.append((data["action"], data["target"], item.group(1) if item else ""))
+    return sent
+
+
+def test_each_save_and_delete_of_an_order_sends_the_boards_its_card(staff):
+    order = Order.objects.create(customer="Ada", item="Soup")
+    order.status = Order.Status.PREPARING
+    order.save()
+    order.item = "Soup <hot>"
+    order.save()
+    Order.objects.filter(pk=order.pk).update(item="Not sent")  # no signal: documented
+    card = f"order-{order.pk}"
+    order.delete()
+    assert fragments_sent() == [
+        ("append", "orders-new", "Soup"),
+        ("append", "orders-preparing", "Soup"),  # moved: its element goes to the new column
+        ("replace", card, "Soup &lt;hot&gt;"),
+        ("remove", card, ""),
+    ]
+    assert all(m["event"] == "html" for m in topics.history("orders.board").messages)

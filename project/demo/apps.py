@@ -8,3 +8,8 @@ from django.apps import AppConfig
 class DemoConfig(AppConfig):
     name = "project.demo"
     label = "demo"
+
+    def ready(self) -> None:
+        from project.demo import board  # the models are loaded only now
+
+        board.keep_board_live()

@@ -1,6 +1,7 @@
 """The live order board's server side: the topic it follows, where each order's card goes,
 and the columns a board page renders. Each card is demo/order_card.html, the same template
-the live updates render (docs/order-board.md)."""
+the live updates render, with keep_live's context (`object`, `order`, `dom_id`):
+docs/order-board.md."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from project.demo.models import Order
+from realtime import fragments
 
 TOPIC = "orders.board"
 CARD_TEMPLATE = "demo/order_card.html"
@@ -25,6 +27,13 @@ def column_id(order: Order) -> str:
 
 def topics_of(order: Order) -> list[str]:
     return [TOPIC]
+
+
+def keep_board_live() -> None:
+    """Every saved or deleted order, after commit, updates the open boards: a new card in its
+    column, a changed one replaced in place or moved to its new column, a deleted one
+    removed. Called once, when the app is ready."""
+    fragments.keep_live(Order, topics=topics_of, template=CARD_TEMPLATE, target=column_id)
 
 
 @dataclass
