@@ -56,6 +56,7 @@ MINIMUMS = {
     "REALTIME_TOPIC_PUBLISH_RATE": 0,  # 0: no rate per topic
     "REALTIME_TOPIC_PUBLISH_BURST": 1,
     "REALTIME_PUBLISH_ID_TTL": 1,
+    "REALTIME_STREAM_SIGNATURE_MAX_AGE": 1,
     "REALTIME_EPHEMERAL_BACKLOG": 0,  # 0: only to sockets with nothing waiting
     "REALTIME_PUBLISH_THREADS": 1,
     "REALTIME_PUBLISHER_RATE": 0,  # 0: no rate over all topics

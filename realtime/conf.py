@@ -116,6 +116,9 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_TOPIC_HISTORY_TTL": 3600,
     "REALTIME_TOPIC_MAX_DATA": 64 * 1024,
     "REALTIME_WS_MAX_SUBSCRIPTIONS": 100,
+    # Live HTML (docs/live-html.md): seconds a signed stream name rendered into a page lets a
+    # socket subscribe (checked at each subscribe, so at each reconnect too).
+    "REALTIME_STREAM_SIGNATURE_MAX_AGE": 24 * 3600,
     # Clients publishing (docs/topics.md): messages per second and at once per publisher (a
     # user, or an anonymous client's address) on each topic, over every worker; how long a
     # stored publish's client id is remembered (a publish sent again with it within this many

@@ -28,6 +28,7 @@ CLIENT_TYPES = frozenset(
         "call",
     }
 )
+MAX_SIGNED = 1024  # a subscribe's signed stream name (realtime.messaging.signed_streams)
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
 
@@ -73,6 +74,12 @@ def _check_subscribe(message: dict[str, Any]) -> None:
             raise ProtocolError("invalid_subscribe", '"topic" must be a topic name.')
         if message.get("since") is not None:
             message["since"] = position(message["since"], "invalid_subscribe")
+        signed = message.get("signed")
+        if signed is not None and not (isinstance(signed, str) and len(signed) <= MAX_SIGNED):
+            raise ProtocolError(
+                "invalid_subscribe",
+                f'"signed" must be a signed stream name (at most {MAX_SIGNED}).',
+            )
     elif not isinstance(message.get("audience"), str):
         raise ProtocolError(
             "invalid_subscribe", '"topic" must be a topic name (or "audience" an audience).'

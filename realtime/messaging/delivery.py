@@ -63,6 +63,7 @@ class Subscription:
         "held",
         "member",
         "presence",
+        "signed",
     )
 
     def __init__(self, recipient: Any, name: str, wire: str, audiences: Any, position: int):
@@ -75,6 +76,7 @@ class Subscription:
         self.held: list[tuple[int, Frame]] | None = None  # (offset, or 0 for no message)
         self.member: str | None = None  # a presence topic: the user it counts, if signed in
         self.presence = False  # a presence topic: it was told who is there, and hears changes
+        self.signed = False  # let in by a signed stream name, not by the topic's authorize
 
     def offer(self, offset: int, audience: str, frame: Frame) -> bool:
         """Give the socket this message if it is new to it and for it; whether it was."""

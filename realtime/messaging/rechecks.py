@@ -3,8 +3,9 @@
 A `recheck` event (realtime.messaging.topic_rules) names a user: each of their sockets on this
 worker has its app topics checked again, and those no longer allowed end with `unsubscribed`;
 a topic whose `presence` function no longer lets them see presence stays subscribed but tells
-them no more `join` or `leave`. A sign-out checks the same way before it closes a socket
-(realtime.messaging.sign_outs).
+them no more `join` or `leave`. Subscriptions a signed stream name let in are not checked
+here: the view that signed the name decided (realtime.messaging.signed_streams). A sign-out
+checks the same way before it closes a socket (realtime.messaging.sign_outs).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Rechecks:
 
     async def _recheck(self, consumer: Any) -> None:
         user = await database_sync_to_async(current_user)(consumer)
-        subscribed = app_topics(self.streams, consumer)
+        subscribed = app_topics(self.streams, consumer, signed=False)
         forbidden = await database_sync_to_async(forbidden_topics)(user, subscribed)
         for topic in forbidden:
             if self.streams.subscription(consumer, topic) is not None:
@@ -65,9 +66,14 @@ class Rechecks:
                 subscription.presence = False
 
 
-def app_topics(streams: Streams, consumer: Any) -> list[str]:
-    """The app topics a socket subscribes to, as its client names them."""
-    return [s.wire for s in streams.subscriptions_of(consumer) if not s.name.startswith("$")]
+def app_topics(streams: Streams, consumer: Any, *, signed: bool = True) -> list[str]:
+    """The app topics a socket subscribes to, as its client names them; `signed=False`:
+    without those a signed stream name let in (their topic's authorize never decided)."""
+    return [
+        s.wire
+        for s in streams.subscriptions_of(consumer)
+        if not s.name.startswith("$") and (signed or not s.signed)
+    ]
 
 
 def current_user(consumer: Any, signed_out: bool = False) -> Any:

@@ -23,11 +23,12 @@ from django.utils import timezone
 from realtime import broadcast, wire
 from realtime.common.close_codes import TRY_AGAIN_LATER
 from realtime.conf import conf
-from realtime.messaging import audience_counts, topic_rules
+from realtime.messaging import audience_counts, signed_streams, topic_rules
 from realtime.messaging.delivery import Subscription, count_replayed
 from realtime.messaging.fanout import fanout
 from realtime.messaging.rechecks import current_user, forbidden_topics
 from realtime.messaging.sending import audiences_for
+from realtime.messaging.signed_streams import Verdict
 from realtime.messaging.streams import BROADCASTS, user_stream
 from realtime.models import Broadcast
 from realtime.ops import metrics
@@ -77,6 +78,21 @@ def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
     if topic == topic_rules.USER:
         return user, is_authenticated(user)
     return user, not forbidden_topics(user, [topic])
+
+
+SIGNED_REFUSALS = {
+    Verdict.FORBIDDEN: "This socket may not subscribe to that topic.",
+    Verdict.EXPIRED: "The page's signed stream name has expired: load the page again.",
+}
+
+
+def signed_access_now(consumer: Any, topic: str, token: str) -> tuple[Any, Verdict]:
+    """The socket's user as the database has it now, and whether signed stream name `token`
+    lets it subscribe to `topic` (a valid name, not "user")."""
+    user = current_user(consumer)
+    if topic == topic_rules.USER or not topic_rules.NAME.fullmatch(topic):
+        return user, Verdict.FORBIDDEN
+    return user, signed_streams.verify(token, topic, user)
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -287,7 +303,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         elif message["type"] == "resume":
             await self._resume(*message["since"])
         elif message["type"] == "subscribe" and "topic" in message:
-            await self._subscribe_topic(message["topic"], message.get("since"))
+            await self._subscribe_topic(
+                message["topic"], message.get("since"), message.get("signed")
+            )
         elif message["type"] == "subscribe":
             await self._subscribe(message["audience"])
         elif message["type"] == "unsubscribe":
@@ -329,16 +347,20 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         live_after = max(after, upto)  # a client may hold more than this worker delivered
         await self.send(text_data=wire.resumed(replay.epoch, live_after, len(replay.entries)))
 
-    async def _subscribe_topic(self, topic: str, since: tuple[str, int] | None) -> None:
-        """Subscribe to a topic its pattern allows this user, from `since` when given (what
-        was missed first, then live messages), else from now."""
-        allowed = await self._stream_allowed(topic)
+    async def _subscribe_topic(
+        self, topic: str, since: tuple[str, int] | None, signed: str | None = None
+    ) -> None:
+        """Subscribe to a topic its pattern (or the signed stream name `signed`) allows this
+        user, from `since` when given (what was missed first, then live messages), else from
+        now."""
+        allowed = await self._stream_allowed(topic, signed)
         if allowed is None:
             return
         name, user = allowed
         if since is not None and not await self._may_replay(topic):
             return
         epoch, subscription = await fanout.subscribe(self, name, topic)
+        subscription.signed = signed is not None
         try:
             await self._start(subscription, epoch, since)
             if topic_rules.is_presence_topic(topic):
@@ -363,13 +385,15 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if sees:
             await self.send(text_data=wire.presence(topic, users))
 
-    async def _stream_allowed(self, topic: str) -> tuple[str, Any] | None:
+    async def _stream_allowed(self, topic: str, signed: str | None) -> tuple[str, Any] | None:
         """The stream behind `topic` and the socket's user as stored now, if it may subscribe
         to it; else None, answered."""
         if topic != topic_rules.USER and self._too_many_subscriptions(topic):
             detail = f"At most {conf.REALTIME_WS_MAX_SUBSCRIPTIONS} topics per socket."
             await self.send(text_data=wire.topic_error("too_many_subscriptions", topic, detail))
             return None
+        if signed is not None:
+            return await self._signed_stream_allowed(topic, signed)
         user, allowed = await database_sync_to_async(access_now)(self, topic)
         name = (self._own_stream() if topic == topic_rules.USER else topic) if allowed else None
         if name is None:
@@ -377,6 +401,14 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=wire.topic_error("forbidden", topic, detail))
             return None
         return name, user
+
+    async def _signed_stream_allowed(self, topic: str, signed: str) -> tuple[str, Any] | None:
+        user, verdict = await database_sync_to_async(signed_access_now)(self, topic, signed)
+        if verdict is Verdict.ALLOWED:
+            return topic, user
+        detail = SIGNED_REFUSALS[verdict]
+        await self.send(text_data=wire.topic_error(verdict.value, topic, detail))
+        return None
 
     def _too_many_subscriptions(self, topic: str) -> bool:
         return self._app_subscriptions() >= conf.REALTIME_WS_MAX_SUBSCRIPTIONS and (
