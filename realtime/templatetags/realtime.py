@@ -15,7 +15,7 @@ from typing import Any
 from django import template
 from django.contrib.auth.models import AnonymousUser
 from django.templatetags.static import static
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 
 from realtime.messaging import signed_streams, streams, topic_rules
@@ -53,17 +53,18 @@ def realtime_stream(
         '<script type="module" src="{}"></script>'
         '<realtime-stream topic="{}"{}{}{}{} ws-path="{}" hidden></realtime-stream>',
         static(MODULE),
-        topic,
+        escape(topic),
         attribute("signed", token),
         attribute("since", f"{epoch}:{offset}" if epoch else ""),
         attribute("region", region),
         attribute("reload-url", reload_url),
-        ws_path,
+        escape(ws_path),
     )
 
 
 def attribute(name: str, value: str) -> SafeString:
-    return format_html(' {}="{}"', name, value) if value else SafeString("")
+    """` name="value"`, escaped even when marked safe (a template's string literals are)."""
+    return format_html(' {}="{}"', name, escape(value)) if value else SafeString("")
 
 
 def page_user(context: dict[str, Any]) -> Any:
