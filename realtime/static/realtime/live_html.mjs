@@ -162,13 +162,14 @@ function defineElement() {
         onReset: () => this.reloadRegion("resume_failed"),
         onEnd: (reason) => this.ended(reason),
       });
-      const offState = rt.on("state", (state) => this.socketState(state.state));
+      const offState = rt.on("state", (state) => this.socketState(state));
       const offFrame = rt.on("frame", (frame) => {
         if (frame.type === "subscribed" && frame.topic === topic) {
           this.setState("subscribed");
         }
       });
       this.#stop = () => [unsubscribe, offState, offFrame].forEach((off) => off());
+      this.socketState(rt.state());
     }
 
     disconnectedCallback() {
@@ -185,9 +186,13 @@ function defineElement() {
     }
 
     // Subscribed until the socket closes; on a new socket, connecting until its `subscribed`.
-    socketState(state) {
+    // The server subscribes a signed-in socket to "user" itself: no `subscribed` may come.
+    socketState({ state, welcome }) {
+      const ownTopic = this.getAttribute("topic") === "user" && welcome && welcome.user_topic;
       if (state === "closed") {
         this.setState("closed");
+      } else if (state === "open" && ownTopic) {
+        this.setState("subscribed");
       } else if (state === "connecting" || this.getAttribute("state") === "closed") {
         this.setState("connecting");
       }
