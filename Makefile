@@ -23,6 +23,7 @@ test: setup $(SSLYZE_VENV)/.installed tests/js/node_modules/.installed
 	$(VENV)/bin/ruff format --check .
 	node tests/js/test_page.mjs
 	node tests/js/test_realtime_module.mjs
+	node tests/js/test_live_html.mjs
 	$(PY) -m pytest
 	TEST_DATABASE_URL=$(TEST_POSTGRES) $(PY) -m pytest --ignore=tests/test_walkthrough.py \
 		--ignore=tests/test_hosts.py

@@ -276,6 +276,41 @@ test("subscribe with since: a page's rendered position is resumed from, then the
   assert.deepEqual(ctx.ws().sentOf("subscribe").at(-1), { type: "subscribe", topic: "chat.other" });
 });
 
+test("subscribe with signed: the token goes in the first subscribe and in each after a reconnect", () => {
+  const ctx = setup();
+  ctx.rt.subscribe("orders.board", () => {}, { signed: "tok-1", since: { epoch: "e4", offset: 2 } });
+  ctx.rt.subscribe("orders.board", () => {}, { signed: "tok-other" });
+  ctx.rt.subscribe("chat.lobby", () => {});
+  const first = welcomed(ctx);
+  assert.deepEqual(first.sentOf("subscribe"), [
+    { type: "subscribe", topic: "orders.board", since: { epoch: "e4", offset: 2 }, signed: "tok-1" },
+    { type: "subscribe", topic: "chat.lobby" },
+  ]);
+  first.receive({ type: "subscribed", topic: "orders.board", epoch: "e4", offset: 2 });
+  first.receive({ type: "message", topic: "orders.board", event: "html", data: {}, offset: 3 });
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  assert.deepEqual(welcomed(ctx).sentOf("subscribe")[0], {
+    type: "subscribe", topic: "orders.board", since: { epoch: "e4", offset: 3 }, signed: "tok-1",
+  });
+  // Subscribed later (a region reloaded with a fresh token), while open: sent at once.
+  ctx.rt.subscribe("orders.7", () => {}, { signed: "tok-7" });
+  assert.deepEqual(ctx.ws().sentOf("subscribe").at(-1), { type: "subscribe", topic: "orders.7", signed: "tok-7" });
+});
+
+test("error stream_expired for a signed topic: onEnd(\"stream_expired\"), not re-sent on reconnect", () => {
+  const ctx = setup();
+  const ended = [];
+  ctx.rt.subscribe("orders.board", () => {}, { signed: "old", onEnd: (reason) => ended.push(reason) });
+  const first = welcomed(ctx);
+  first.receive({ type: "error", code: "stream_expired", topic: "orders.board", detail: "re-render" });
+  assert.deepEqual(ended, ["stream_expired"]);
+  assert.deepEqual(ctx.events.unsubscribed, [{ topic: "orders.board", reason: "stream_expired", detail: "re-render" }]);
+  first.drop(1006);
+  ctx.clock.advance(1000);
+  assert.deepEqual(welcomed(ctx).sentOf("subscribe"), []);
+});
+
 test("user topic: delivered to message listeners without subscribing, nothing sent", () => {
   const ctx = setup();
   const ws = welcomed(ctx);

@@ -7,6 +7,7 @@
  *                                         // user: {epoch, offset} (subscribes "user" from there)
  *   const unsubscribe = rt.subscribe("orders.42", (message) => {}, { onReset(info) {}, onEnd(reason) {} });
  *   rt.subscribe("chat.lobby", fn, { since: {epoch, offset} }); // a page rendered up to there
+ *   rt.subscribe("orders.board", fn, { signed: token }); // a name the view signed (live HTML)
  *   const off = rt.on("broadcast", (broadcast) => {});
  *   await rt.publish("chat.lobby", {text: "hi"}, {event, ephemeral}); // -> offset (null: ephemeral)
  *   await rt.call("cart.add", {sku: 7}, {timeout: 10000});           // -> the reply's data
@@ -37,9 +38,13 @@
  * offset}, user_topic: {epoch, offset} | null}; the server has subscribed it to "user". A known
  * broadcast position, and the "user" one when subscribed, go in the socket's URL
  * (`?broadcasts=E:N&user=E:N`: replayed before anything live; else the welcome's is taken);
- * then the client sends `subscribe` {topic, since?} per other subscription. A subscribe's
- * `since` option is where a page that rendered a topic's history has it up to: its first
- * subscribe resumes from there (what was sent after the render is replayed, once).
+ * then the client sends `subscribe` {topic, since?, signed?} per other subscription. A
+ * subscribe's `since` option is where a page that rendered a topic's history has it up to: its
+ * first subscribe resumes from there (what was sent after the render is replayed, once). Its
+ * `signed` option, a token the server signed for the topic and the page's user, goes in every
+ * subscribe of the topic (after each reconnect too): the server checks it instead of the
+ * topic's `authorize` rule, and answers an expired one with `error` {code: "stream_expired",
+ * topic}, which ends the subscription like any error about a topic: onEnd("stream_expired").
  * A position is an epoch (`subscribed`, welcome, resumed, resume_failed) and the largest offset
  * delivered: lower offsets and repeated broadcast ids are dropped, and a topic's messages before
  * its `subscribed` too (its replay has them). `resume_failed` calls onReset; `unsubscribed`
@@ -340,12 +345,16 @@ export function connect(options = {}) {
   }
 
   function sendSubscribe(topic) {
+    const subscription = subscriptions.get(topic);
     const message = { type: "subscribe", topic };
     const since = positions.get(topic);
     if (since && since.epoch != null) {
       message.since = copy(since);
     }
-    subscriptions.get(topic).pending = true;
+    if (subscription.signed) {
+      message.signed = subscription.signed;
+    }
+    subscription.pending = true;
     send(message);
   }
 
@@ -355,8 +364,11 @@ export function connect(options = {}) {
     }
     let subscription = subscriptions.get(topic);
     if (!subscription) {
-      subscription = { handlers: new Set(), pending: false };
+      subscription = { handlers: new Set(), pending: false, signed: null };
       subscriptions.set(topic, subscription);
+      // Later subscribes of the topic keep the first token: a newer one is for the next
+      // subscription (a page's region reload subscribes again after unsubscribing).
+      subscription.signed = typeof opts.signed === "string" && opts.signed ? opts.signed : null;
       if (isPosition(opts.since) && opts.since.epoch != null && !positions.has(topic)) {
         positions.set(topic, copy(opts.since));
       }
