@@ -168,11 +168,12 @@ def test_a_range_of_checks_in_the_docs_is_every_error_check():
 
 
 def test_no_two_modules_or_packages_of_realtime_share_a_name():
-    """Management commands aside (Django names them by what a user types)."""
+    """Management commands and template tag libraries aside (Django names them by what a
+    user types: `manage.py serve`, `{% load realtime %}`)."""
     seen: dict[str, list[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE).parts
-        if parts[0] == "migrations" or parts[:2] == ("management", "commands"):
+        if parts[0] in ("migrations", "templatetags") or parts[:2] == ("management", "commands"):
             continue
         name = path.parent.name if path.name == "__init__.py" else path.stem
         if name != "__main__":
