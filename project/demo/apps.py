@@ -10,6 +10,6 @@ class DemoConfig(AppConfig):
     label = "demo"
 
     def ready(self) -> None:
-        from project.demo import board  # the models are loaded only now
+        from project.demo import live  # the models are loaded only now
 
-        board.keep_board_live()
+        live.keep_board_live()

@@ -1,7 +1,7 @@
 """The live order board's server side: the topic it follows, where each order's card goes,
-and the columns a board page renders. Each card is demo/order_card.html, the same template
-the live updates render, with keep_live's context (`object`, `order`, `dom_id`):
-docs/order-board.md."""
+and the columns a board page renders (project/demo/live.py keeps the boards live). Each card
+is demo/order_card.html, the same template the live updates render, with keep_live's context
+(`object`, `order`, `dom_id`): docs/order-board.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from project.demo.models import Order
-from realtime import fragments
 
 TOPIC = "orders.board"
 CARD_TEMPLATE = "demo/order_card.html"
@@ -23,17 +22,6 @@ def dom_id(order: Order) -> str:
 def column_id(order: Order) -> str:
     """The id of the list the order's card belongs in: its status's column."""
     return f"orders-{order.status}"
-
-
-def topics_of(order: Order) -> list[str]:
-    return [TOPIC]
-
-
-def keep_board_live() -> None:
-    """Every saved or deleted order, after commit, updates the open boards: a new card in its
-    column, a changed one replaced in place or moved to its new column, a deleted one
-    removed. Called once, when the app is ready."""
-    fragments.keep_live(Order, topics=topics_of, template=CARD_TEMPLATE, target=column_id)
 
 
 @dataclass
