@@ -28,6 +28,8 @@ CLIENT_TYPES = frozenset(
         "call",
     }
 )
+# Events only the server sends: a page applies an "html" message as a fragment of its DOM.
+RESERVED_EVENTS = frozenset({"html"})
 MAX_SIGNED = 1024  # a subscribe's signed stream name (realtime.messaging.signed_streams)
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")  # a publish's id, chosen by the client
 
@@ -129,6 +131,8 @@ def publish_request(message: dict[str, Any]) -> PublishRequest:
         problem = '"id" must be 1 to 64 letters, digits or . _ : - (unique per message).'
     elif not isinstance(event, str):
         problem = '"event" must be a string.'
+    elif event in RESERVED_EVENTS:
+        problem = f'"event" {event!r} is the server\'s own (a fragment of live HTML).'
     else:
         return PublishRequest(topic, message["data"], client_id, event, ephemeral)
     raise ProtocolError("invalid_publish", problem)

@@ -158,7 +158,22 @@ def test_a_signed_name_lets_its_user_follow_an_unregistered_topic_and_get_each_f
     assert nothing_more
 
 
-def test_a_signed_name_is_refused_for_another_topic_another_user_or_when_tampered():
+EXPIRED = {
+    "type": "error",
+    "code": "stream_expired",
+    "topic": BOARD,
+    "detail": "The page's signed stream name no longer holds (too old, or rendered for another "
+    "user or other rights): load the page again.",
+}
+FORBIDDEN = {
+    "type": "error",
+    "code": "forbidden",
+    "topic": BOARD,
+    "detail": "This socket may not subscribe to that topic.",
+}
+
+
+def test_a_signed_name_for_another_topic_or_tampered_is_forbidden_for_another_user_expired():
     signed_in("bob")
     alice = signed_in("alice")
     for_bob = fragments.signed_stream(BOARD, user("bob"))
@@ -171,21 +186,61 @@ def test_a_signed_name_is_refused_for_another_topic_another_user_or_when_tampere
         socket_ = await opened(alice)
         answers = [
             await subscribe_signed(socket_, BOARD, token)
-            for token in (for_bob, for_anyone, for_other_topic, tampered, "nonsense")
+            for token in (for_other_topic, tampered, "nonsense", for_bob, for_anyone)
         ]
         invalid = await subscribe_signed(socket_, BOARD, 42)
         await socket_.disconnect()
         return answers, invalid
 
     answers, invalid = asyncio.run(scenario())
-    for answer in answers:
-        assert answer == {
-            "type": "error",
-            "code": "forbidden",
-            "topic": BOARD,
-            "detail": "This socket may not subscribe to that topic.",
-        }
+    # Another user's (or a signed-out page's): the page asks its view again, which decides.
+    assert answers == [FORBIDDEN, FORBIDDEN, FORBIDDEN, EXPIRED, EXPIRED]
     assert invalid["code"] == "invalid_subscribe"
+
+
+def test_a_signed_name_stops_holding_once_its_user_loses_staff():
+    staff = signed_in("alice", staff=True)
+    token = fragments.signed_stream(BOARD, user("alice"))
+    demoted = user("alice")
+
+    async def scenario():
+        before = await opened(staff)
+        allowed = await subscribe_signed(before, BOARD, token)
+        await before.disconnect()
+        demoted.is_staff = False
+        await sync_to_async(demoted.save)()
+        after = await opened(staff)  # the same session, still signed in
+        refused = await subscribe_signed(after, BOARD, token)
+        await sync_to_async(fragments.send)(BOARD, "remove", "x")
+        nothing = await after.receive_nothing()
+        await after.disconnect()
+        return allowed, refused, nothing
+
+    allowed, refused, nothing = asyncio.run(scenario())
+    assert allowed["type"] == "subscribed"
+    assert refused == EXPIRED
+    assert nothing
+
+
+def test_a_change_of_access_closes_the_socket_without_ending_the_signed_stream_for_good():
+    """The client reconnects and subscribes with its name again; only then is it judged."""
+    staff = signed_in("alice", staff=True)
+    promoted = user("alice")
+    token = fragments.signed_stream(BOARD, promoted)
+
+    async def scenario():
+        socket_ = await opened(staff)
+        await subscribe_signed(socket_, BOARD, token)
+        promoted.is_superuser = True
+        await sync_to_async(promoted.save)()
+        frames = []
+        while (output := await socket_.receive_output(timeout=3))["type"] != "websocket.close":
+            frames.append(output["text"])
+        return frames, output
+
+    frames, closed = asyncio.run(scenario())
+    assert closed["code"] == 4001
+    assert not any('"unsubscribed"' in frame for frame in frames)
 
 
 def test_a_signed_name_for_a_signed_out_visitor_lets_an_anonymous_socket_in():
@@ -220,33 +275,33 @@ def test_a_signed_name_past_its_age_is_answered_stream_expired_at_the_next_subsc
     fresh, still_live, expired = asyncio.run(scenario())
     assert fresh["type"] == "subscribed"
     assert still_live["data"] == {"action": "remove", "target": "x"}
-    assert expired == {
-        "type": "error",
-        "code": "stream_expired",
-        "topic": BOARD,
-        "detail": "The page's signed stream name has expired: load the page again.",
-    }
+    assert expired == EXPIRED
 
 
-def test_a_recheck_leaves_a_subscription_the_signed_name_let_in():
+def test_a_recheck_ends_a_signed_subscription_so_that_the_page_asks_its_view_again():
     alice = signed_in("alice")
-    topics.register("fragments.<slug:name>", authorize=lambda user, name: False)
+    topics.register("fragments.<slug:name>", authorize=lambda user, name: name == "open")
     stored = user("alice")
     token = fragments.signed_stream(BOARD, stored)
 
     async def scenario():
         socket_ = await opened(alice)
         await subscribe_signed(socket_, BOARD, token)
+        await ask(socket_, {"type": "subscribe", "topic": "fragments.open"})
+        # Sent again with a name: a subscription authorize let in stays authorize's to check.
+        await subscribe_signed(
+            socket_, "fragments.open", fragments.signed_stream("fragments.open", stored)
+        )
         await sync_to_async(topics.recheck)(stored)
-        unchanged = await socket_.receive_nothing(timeout=0.5)
-        await sync_to_async(fragments.send)(BOARD, "remove", "x")
+        ended = await socket_.receive_json_from()
+        await sync_to_async(fragments.send)([BOARD, "fragments.open"], "remove", "x")
         [message] = await received(socket_, 1)
         await socket_.disconnect()
-        return unchanged, message
+        return ended, message
 
-    unchanged, message = asyncio.run(scenario())
-    assert unchanged
-    assert message["data"] == {"action": "remove", "target": "x"}
+    ended, message = asyncio.run(scenario())
+    assert ended == {"type": "unsubscribed", "topic": BOARD, "reason": "stream_expired"}
+    assert message["topic"] == "fragments.open"
 
 
 # --- Rendered once ------------------------------------------------------------------------------
@@ -303,6 +358,16 @@ def live_groups(settings):
     uid = f"realtime.keep_live:{Group._meta.label}"
     for signal in (pre_save, post_save, post_delete):
         signal.disconnect(sender=Group, dispatch_uid=uid)
+
+
+class AnyHtml(str):
+    def __eq__(self, other):
+        return isinstance(other, str) and other.startswith("<li")
+
+    __hash__ = str.__hash__
+
+
+ANY_HTML = AnyHtml()
 
 
 def sent(*names: str) -> list[tuple[str, dict]]:
@@ -366,6 +431,67 @@ def test_a_failing_template_is_logged_and_the_save_still_succeeds(live_groups, s
     assert "Sending a live model's fragment failed" in caplog.text
 
 
+def test_the_apps_functions_failing_never_fail_a_save_or_a_delete(live_groups, caplog):
+    group = Group.objects.create(name="fine")
+    fragments.keep_live(Group, topics=lambda group: 1 / 0, template="x.html", target="t")
+    group.name = "still saved"
+    group.save()
+    group.delete()
+    assert not Group.objects.exists()
+    assert "Reading a live model's topics before its save failed" in caplog.text
+    assert "Reading a deleted live model's topics failed" in caplog.text
+
+
+def test_keep_live_again_replaces_the_first_call_and_takes_one_name(live_groups):
+    fragments.keep_live(
+        Group, topics=lambda group: "fragments.one", template="tests/group_card.html", target="t"
+    )
+    group = Group.objects.create(name="again")
+    assert sent("fragments.groups") == []
+    assert sent("fragments.one") == [
+        ("fragments.one", {"action": "append", "target": "t", "html": ANY_HTML}),
+    ]
+    assert TopicMessage.objects.filter(topic__in=list("fragments.one")).count() == 0
+    assert group.pk
+
+
+def test_queryset_delete_sends_a_remove_for_each_row_as_djangos_signals_do(live_groups):
+    first, second = Group.objects.create(name="a1"), Group.objects.create(name="a2")
+    TopicMessage.objects.all().delete()
+    Group.objects.filter(name__startswith="a").delete()
+    assert sorted(data["target"] for _, data in sent("fragments.groups")) == sorted(
+        [f"group-{first.pk}", f"group-{second.pk}"]
+    )
+
+
+# --- Client publishes ---------------------------------------------------------------------------
+
+
+def test_a_client_may_not_publish_an_html_event_which_pages_would_apply():
+    topics.register(
+        "fragments.<slug:name>",
+        authorize=lambda user, name: True,
+        publish=lambda user, data, name: data,
+    )
+    alice = signed_in("alice")
+
+    async def scenario():
+        socket_ = await opened(alice)
+        await ask(socket_, {"type": "subscribe", "topic": "fragments.chat"})
+        fragment = {"action": "update", "target": "board", "html": "<form action=//evil>"}
+        message = {"type": "publish", "topic": "fragments.chat", "data": fragment, "id": "p1"}
+        refused = await ask(socket_, {**message, "event": "html"})
+        nothing = await socket_.receive_nothing()
+        await socket_.disconnect()
+        return refused, nothing
+
+    refused, nothing = asyncio.run(scenario())
+    assert refused["code"] == "invalid_publish"
+    assert refused["detail"] == "\"event\" 'html' is the server's own (a fragment of live HTML)."
+    assert nothing
+    assert not TopicMessage.objects.filter(topic="fragments.chat").exists()
+
+
 # --- The tag ------------------------------------------------------------------------------------
 
 
@@ -391,7 +517,8 @@ def test_the_tag_renders_the_module_and_an_element_with_a_signed_name_and_the_po
     )
     assert offset == 1
     assert verify(token, BOARD, alice) is Verdict.ALLOWED
-    assert verify(token, BOARD, AnonymousUser()) is Verdict.FORBIDDEN
+    assert verify(token, "fragments.other", alice) is Verdict.FORBIDDEN
+    assert verify(token, BOARD, AnonymousUser()) is Verdict.EXPIRED
 
 
 def test_the_tag_for_the_users_own_topic_carries_its_position_and_no_signed_name():

@@ -265,6 +265,10 @@ def test_a_page_that_missed_more_than_the_history_holds_fetches_its_region_again
     expect(page.locator("#board")).not_to_have_attribute("data-render", rendered)
     subscribed(page)
     assert items(page) == [] and page.evaluate("window.loaded")
+    latest = shell(
+        "from realtime.messaging import streams\nprint(streams.position('live.test')[1])"
+    )
+    expect(page.locator("#position")).to_have_text(latest.strip())
     send(shell, ("append", "items", '<li id="after">{}</li>', "after"))
     expect(page.locator("#items li")).to_have_text(["after"])
 

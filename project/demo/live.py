@@ -16,4 +16,5 @@ def keep_board_live() -> None:
         topics=lambda order: [board.TOPIC],  # the topics that show this order
         template=board.CARD_TEMPLATE,  # how one order looks, on the page as in an update
         target=board.column_id,  # the list it belongs in: orders-<status>
+        dom_id=board.dom_id,  # its card's element id: order-<pk>
     )

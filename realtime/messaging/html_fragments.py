@@ -87,6 +87,7 @@ def send(
 
 
 def check_name(name: Any) -> None:
+    """Raise ValueError unless `name` is a topic a fragment may go to (not "user")."""
     if not isinstance(name, str) or not topic_rules.NAME.fullmatch(name) or name == "user":
         raise ValueError(
             f"{name!r} is not a topic name: 1 to 200 letters, digits and . _ : - "

@@ -3,8 +3,9 @@
 A `recheck` event (realtime.messaging.topic_rules) names a user: each of their sockets on this
 worker has its app topics checked again, and those no longer allowed end with `unsubscribed`;
 a topic whose `presence` function no longer lets them see presence stays subscribed but tells
-them no more `join` or `leave`. Subscriptions a signed stream name let in are not checked
-here: the view that signed the name decided (realtime.messaging.signed_streams). A sign-out
+them no more `join` or `leave`. Subscriptions a signed stream name let in were the view's
+decision, which only the view can take again: they end with reason `stream_expired`, and the
+page renders that part again through its view (realtime.messaging.signed_streams). A sign-out
 checks the same way before it closes a socket (realtime.messaging.sign_outs).
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from realtime import wire
-from realtime.messaging import topic_rules
+from realtime.messaging import signed_streams, topic_rules
 from realtime.messaging.delivery import Streams, spawn
 
 # The fan-out's log, as operators know it (docs/reliability.md), whichever part of it writes.
@@ -43,10 +44,15 @@ class Rechecks:
         subscribed = app_topics(self.streams, consumer, signed=False)
         forbidden = await database_sync_to_async(forbidden_topics)(user, subscribed)
         for topic in forbidden:
-            if self.streams.subscription(consumer, topic) is not None:
-                self.streams.detach(consumer, topic)
-                await consumer.send(text_data=wire.unsubscribed(topic, "forbidden"))
+            await self._end(consumer, topic, "forbidden")
+        for topic in app_topics(self.streams, consumer, signed=True, authorized=False):
+            await self._end(consumer, topic, signed_streams.Verdict.EXPIRED.value)
         await self._recheck_presence(consumer, user, [t for t in subscribed if t not in forbidden])
+
+    async def _end(self, consumer: Any, topic: str, reason: str) -> None:
+        if self.streams.subscription(consumer, topic) is not None:
+            self.streams.detach(consumer, topic)
+            await consumer.send(text_data=wire.unsubscribed(topic, reason))
 
     async def _recheck_presence(self, consumer: Any, user: Any, names: list[str]) -> None:
         """A subscriber whose topic's `presence` function no longer allows it stays subscribed
@@ -66,13 +72,16 @@ class Rechecks:
                 subscription.presence = False
 
 
-def app_topics(streams: Streams, consumer: Any, *, signed: bool = True) -> list[str]:
-    """The app topics a socket subscribes to, as its client names them; `signed=False`:
-    without those a signed stream name let in (their topic's authorize never decided)."""
+def app_topics(
+    streams: Streams, consumer: Any, *, signed: bool, authorized: bool = True
+) -> list[str]:
+    """The app topics a socket subscribes to, as its client names them: with those a signed
+    stream name let in (`signed`), and with those the topic's authorize let in
+    (`authorized`)."""
     return [
         s.wire
         for s in streams.subscriptions_of(consumer)
-        if not s.name.startswith("$") and (signed or not s.signed)
+        if not s.name.startswith("$") and (signed if s.signed else authorized)
     ]
 
 

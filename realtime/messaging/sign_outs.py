@@ -90,7 +90,9 @@ class SignOuts:
         self._remember_sign_out(key)
         consumers = list(self.signed_in.get(key, ()))
         for consumer in consumers:
-            subscriptions = app_topics(self.streams, consumer)
+            # A signed subscription is left to its name: checked again when the socket the
+            # client opens next subscribes (realtime.messaging.signed_streams).
+            subscriptions = app_topics(self.streams, consumer, signed=False)
             self.unregister(consumer)
             spawn(self._end_signed_in(consumer, subscriptions, key.startswith("session:")))
         return len(consumers)

@@ -3,11 +3,15 @@
 A view (through the `{% realtime_stream %}` tag, or realtime.fragments.signed_stream) signs a
 topic name for the user the page is rendered for, with Django's signing (SECRET_KEY, and
 SECRET_KEY_FALLBACKS while a key is rotated). A socket that subscribes with that token is let
-in without the topic's `authorize`, and even to a name no pattern matches, as long as the
-token is for that topic, for the socket's user as the database has it now, and younger than
-REALTIME_STREAM_SIGNATURE_MAX_AGE seconds. The check is made at each subscribe (so after
-every reconnect); a subscription it let in is not re-checked by `authorize` later, and ends
-with its socket (a sign-out closes it).
+in without the topic's `authorize`, and even to a name no pattern matches, when the token is
+for that topic, for the socket's user as the database has it now, with the same access as
+when the page was rendered (password, active, staff, superuser: the fields whose change ends a
+user's sockets), and younger than REALTIME_STREAM_SIGNATURE_MAX_AGE seconds.
+
+A token for another topic is refused (`forbidden`). A token whose only fault is time, or that
+the user's access or identity outgrew (a sign-in or sign-out since, a right taken away), is
+answered `stream_expired`: the page renders its region again through its view, which decides
+afresh. The check is made at each subscribe, so after every reconnect.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import enum
 from typing import Any
 
 from django.core import signing
+from django.utils.crypto import salted_hmac
 
 from realtime.conf import conf
+from realtime.websocket.sessions import ACCESS_FIELDS  # a change to them ends a user's sockets
 
 SALT = "realtime.signed_stream"
 MAX_TOKEN_LENGTH = 1024
@@ -25,15 +31,17 @@ MAX_TOKEN_LENGTH = 1024
 
 class Verdict(enum.Enum):
     ALLOWED = "allowed"
-    FORBIDDEN = "forbidden"  # not a token for this topic and user
-    EXPIRED = "stream_expired"  # it was, but is older than REALTIME_STREAM_SIGNATURE_MAX_AGE
+    FORBIDDEN = "forbidden"  # not a token for this topic
+    EXPIRED = "stream_expired"  # for it, but too old, or for the user as they were: render again
 
 
 def user_key(user: Any) -> str:
-    """Whom a token is for: a signed-in user's primary key, or "" for anyone signed out."""
+    """Whom a token is for, and with what access: "" for anyone signed out, else the user's
+    primary key and a digest of their access fields (no secret leaves: an HMAC)."""
     if user is None or not user.is_authenticated:
         return ""
-    return str(user.pk)
+    access = "\x1f".join(str(getattr(user, field, "")) for field in ACCESS_FIELDS)
+    return f"{user.pk}:{salted_hmac(SALT, access, algorithm='sha256').hexdigest()[:32]}"
 
 
 def sign(topic: str, user: Any) -> str:
@@ -46,11 +54,13 @@ def verify(token: Any, topic: str, user: Any) -> Verdict:
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         return Verdict.FORBIDDEN
     try:
-        payload = signing.loads(token, salt=SALT)  # the signature only: whom it names first
+        payload = signing.loads(token, salt=SALT)  # the signature only: what it names first
     except signing.BadSignature:
         return Verdict.FORBIDDEN
-    if payload != [topic, user_key(user)]:
+    if not isinstance(payload, list) or len(payload) != 2 or payload[0] != topic:
         return Verdict.FORBIDDEN
+    if payload[1] != user_key(user):
+        return Verdict.EXPIRED  # the view decides again, for the user as they are now
     try:
         signing.loads(token, salt=SALT, max_age=conf.REALTIME_STREAM_SIGNATURE_MAX_AGE)
     except signing.SignatureExpired:

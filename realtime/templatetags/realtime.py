@@ -68,6 +68,7 @@ def attribute(name: str, value: str) -> SafeString:
 
 
 def page_user(context: dict[str, Any]) -> Any:
+    """The user the page is rendered for: the request's, else the context's, else anonymous."""
     request = context.get("request")
     user = getattr(request, "user", None) or context.get("user")
     return user or AnonymousUser()

@@ -82,7 +82,10 @@ def access_now(consumer: Any, topic: str) -> tuple[Any, bool]:
 
 SIGNED_REFUSALS = {
     Verdict.FORBIDDEN: "This socket may not subscribe to that topic.",
-    Verdict.EXPIRED: "The page's signed stream name has expired: load the page again.",
+    Verdict.EXPIRED: (
+        "The page's signed stream name no longer holds (too old, or rendered for another "
+        "user or other rights): load the page again."
+    ),
 }
 
 
@@ -359,8 +362,10 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         name, user = allowed
         if since is not None and not await self._may_replay(topic):
             return
+        new = fanout.streams.subscription(self, name) is None
         epoch, subscription = await fanout.subscribe(self, name, topic)
-        subscription.signed = signed is not None
+        if new:  # a subscription authorize let in stays checked by it
+            subscription.signed = signed is not None
         try:
             await self._start(subscription, epoch, since)
             if topic_rules.is_presence_topic(topic):

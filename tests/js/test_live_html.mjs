@@ -6,11 +6,15 @@ import { test } from "node:test";
 
 import {
   ACTIONS,
+  REGION_AT_MOST_EVERY_MS,
   RELOAD_AT_MOST_EVERY_MS,
   applyFragment,
   isFragment,
+  isServerFragment,
   mayReload,
   parseSince,
+  regionWait,
+  sameOrigin,
 } from "../../realtime/static/realtime/live_html.mjs";
 
 test("since: EPOCH:OFFSET is a position; anything else is none", () => {
@@ -64,4 +68,34 @@ test("the page reloads at most once a minute per tab; without storage, never", (
   assert.equal(mayReload(undefined, 0), false);
   const denied = { getItem: () => { throw new Error("SecurityError"); } };
   assert.equal(mayReload(denied, 0), false);
+});
+
+test("only the server's html messages are fragments: a client's publish (with from) never is", () => {
+  const data = { action: "update", target: "board", html: "<form></form>" };
+  assert.equal(isServerFragment({ event: "html", data, offset: 3 }), true);
+  assert.equal(isServerFragment({ event: "html", data, from: { id: 7, username: "eve" } }), false);
+  assert.equal(isServerFragment({ event: "html", data, from: null }), false); // anonymous
+  assert.equal(isServerFragment({ event: "message", data }), false);
+  assert.equal(isServerFragment(null), false);
+});
+
+test("a region is fetched from the page's own origin only", () => {
+  const page = "https://app.test/orders/board/";
+  assert.equal(sameOrigin("/orders/board/region/", page), true);
+  assert.equal(sameOrigin("?fresh=1", page), true);
+  assert.equal(sameOrigin("https://app.test:443/x", page), true);
+  for (const url of ["https://evil.test/x", "//evil.test/x", "http://app.test/x", "javascript:alert(1)"]) {
+    assert.equal(sameOrigin(url, page), false, url);
+  }
+});
+
+test("a region is fetched at most once every REGION_AT_MOST_EVERY_MS per key; later ones wait", () => {
+  const store = new Map();
+  const storage = { getItem: (k) => store.get(k) ?? null, setItem: (k, v) => store.set(k, v) };
+  assert.equal(regionWait(storage, "r:a", 1000), 0);
+  assert.equal(regionWait(storage, "r:a", 4000), REGION_AT_MOST_EVERY_MS - 3000);
+  assert.equal(regionWait(storage, "r:b", 4000), 0); // another topic
+  assert.equal(regionWait(storage, "r:a", 1000 + REGION_AT_MOST_EVERY_MS), 0);
+  const refusing = { getItem: () => { throw new Error("denied"); }, setItem() {} };
+  assert.equal(regionWait(refusing, "r:a", 5), 0);
 });

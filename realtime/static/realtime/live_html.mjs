@@ -28,10 +28,15 @@
  * element whose children changed: the target for append, prepend and update, its parent for
  * replace, before and after, the document for remove.
  *
- * When history is gone (`resume_failed`) or the signed name expired (onEnd "stream_expired"),
- * the region is replaced by the same region of a fresh render (with a fresh element, since and
- * token); without a region, or when that fails, the page reloads, at most once a minute per tab
- * (sessionStorage). Any other end (forbidden, ...), or a reload refused by that guard: state
+ * Only the server's fragments are applied: a message with `from` (a client's publish) never is.
+ *
+ * When history is gone (`resume_failed`) or the signed name no longer holds (onEnd
+ * "stream_expired": too old, or the user or their rights changed), the region is replaced by
+ * the same region of a fresh render (with a fresh element, since and token), fetched from
+ * reload-url (on the page's origin only) without the HTTP cache, at most once every
+ * REGION_AT_MOST_EVERY_MS per topic (a later one waits); fragments that arrive during the fetch
+ * are applied to the fresh region too when they are past its position. Without a region, or
+ * when the fetch fails, the page reloads, at most once a minute per tab (sessionStorage). Any other end (forbidden, ...), or a reload refused by that guard: state
  * "ended" and a `realtime:stream-end` event (bubbles, detail {topic, reason}).
  */
 
@@ -42,6 +47,8 @@ const DEDUPLICATED = ["append", "prepend", "before", "after"];
 const MAX_ID_LENGTH = 200;
 const RELOAD_KEY = "realtime.liveHtmlReloadAt";
 export const RELOAD_AT_MOST_EVERY_MS = 60 * 1000;
+export const REGION_AT_MOST_EVERY_MS = 10 * 1000;
+const REGION_KEY = "realtime.liveHtmlRegionAt:";
 
 let shared = null;
 
@@ -72,6 +79,42 @@ export function isFragment(data) {
   const validTarget =
     typeof target === "string" && target.length <= MAX_ID_LENGTH && /^\S+$/.test(target);
   return ACTIONS.includes(action) && validTarget && (action === "remove" || typeof html === "string");
+}
+
+/**
+ * Whether a topic message is a fragment the server sent: event "html" and no `from` (a client's
+ * publish has one, and the server refuses "html" from clients: never trusted as markup).
+ */
+export function isServerFragment(message) {
+  return Boolean(message) && message.event === "html" && !("from" in message);
+}
+
+/** Whether `url` (relative to `base`) is on `base`'s origin: the only place a region comes from. */
+export function sameOrigin(url, base) {
+  try {
+    return new URL(url, base).origin === new URL(base).origin;
+  } catch (err) {
+    return false;
+  }
+}
+
+/**
+ * Milliseconds to wait before fetching a region again (0: now, and the fetch is recorded), so
+ * that a region that keeps failing (served from a cache, say) is fetched at most once every
+ * REGION_AT_MOST_EVERY_MS.
+ */
+export function regionWait(storage, key, now = Date.now()) {
+  try {
+    const last = Number(storage.getItem(key));
+    const wait = last ? last + REGION_AT_MOST_EVERY_MS - now : 0;
+    if (wait > 0) {
+      return wait;
+    }
+    storage.setItem(key, String(now));
+  } catch (err) {
+    // no storage: nothing to pace by, and a fetch is not a reload loop's harm
+  }
+  return 0;
 }
 
 /**
@@ -137,7 +180,14 @@ export function mayReload(storage, now = Date.now()) {
 
 /** The fresh render's element with id `region` (from reload-url or the page), or null. */
 async function freshRegion(url, region) {
-  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+  if (!sameOrigin(url, location.href)) {
+    throw new Error("reload-url is not on this page's origin: " + url);
+  }
+  const response = await fetch(url, {
+    credentials: "same-origin",
+    cache: "no-store", // a cached region would carry an old position and token
+    headers: { Accept: "text/html" },
+  });
   if (!response.ok) {
     return null;
   }
@@ -148,6 +198,7 @@ async function freshRegion(url, region) {
 function defineElement() {
   class RealtimeStream extends HTMLElement {
     #stop = null;
+    #missed = null; // while a fresh region is fetched: the fragments applied meanwhile
 
     connectedCallback() {
       const topic = this.getAttribute("topic");
@@ -199,8 +250,11 @@ function defineElement() {
     }
 
     apply(message) {
-      if (message.event !== "html") {
+      if (!isServerFragment(message)) {
         return;
+      }
+      if (this.#missed) {
+        this.#missed.push(message);
       }
       const changed = applyFragment(document, message.data);
       if (changed) {
@@ -226,19 +280,42 @@ function defineElement() {
 
     async reloadRegion(reason) {
       const id = this.getAttribute("region");
-      const region = id ? document.getElementById(id) : null;
-      if (region) {
-        try {
-          const fresh = await freshRegion(this.getAttribute("reload-url") || location.href, id);
-          if (fresh) {
-            region.replaceWith(document.adoptNode(fresh));
-            return;
-          }
-        } catch (err) {
-          console.error("realtime-stream: reloading the region failed:", err);
+      if (!id || !document.getElementById(id)) {
+        this.reloadPage(reason);
+        return;
+      }
+      const wait = regionWait(globalThis.sessionStorage, REGION_KEY + this.getAttribute("topic"));
+      if (wait > 0) {
+        setTimeout(() => this.isConnected && this.reloadRegion(reason), wait);
+        return;
+      }
+      this.#missed = [];
+      try {
+        const fresh = await freshRegion(this.getAttribute("reload-url") || location.href, id);
+        if (fresh) {
+          this.replaceRegion(document.getElementById(id), document.adoptNode(fresh));
+          return;
         }
+      } catch (err) {
+        console.error("realtime-stream: reloading the region failed:", err);
+      } finally {
+        this.#missed = null;
       }
       this.reloadPage(reason);
+    }
+
+    // Fragments that came while the region was fetched, past the position the fresh one was
+    // rendered at, are applied to it again: the socket may not replay them (topic "user").
+    replaceRegion(region, fresh) {
+      const missed = this.#missed || [];
+      const stream = fresh.querySelector("realtime-stream");
+      const since = stream ? parseSince(stream.getAttribute("since")) : null;
+      region.replaceWith(fresh);
+      for (const message of missed) {
+        if (!since || typeof message.offset !== "number" || message.offset > since.offset) {
+          applyFragment(document, message.data);
+        }
+      }
     }
 
     reloadPage(reason) {
