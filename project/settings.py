@@ -190,6 +190,8 @@ for _name in (
     "REALTIME_FANOUT_CHECK",
     "REALTIME_FANOUT_CHECK_TIMEOUT",
     "REALTIME_SESSION_CHECK",
+    # Seconds between the server's WebSocket pings to an idle socket (`serve --ping-interval`).
+    "REALTIME_WS_PING_INTERVAL",
     # Topics (docs/topics.md): history per topic, largest message, subscriptions per socket,
     # how long a killed worker's users stay listed on presence topics, and presence metadata
     # (the largest, the seconds between two writes of one user's).
@@ -197,6 +199,8 @@ for _name in (
     "REALTIME_TOPIC_HISTORY_TTL",
     "REALTIME_TOPIC_MAX_DATA",
     "REALTIME_WS_MAX_SUBSCRIPTIONS",
+    # Live HTML (docs/live-html.md): how long a signed stream name in a page holds.
+    "REALTIME_STREAM_SIGNATURE_MAX_AGE",
     "REALTIME_PRESENCE_TTL",
     # Clients publishing (docs/topics.md): rate per publisher and topic, how long a client id
     # is remembered, and the backlog past which ephemeral messages are dropped.

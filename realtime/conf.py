@@ -101,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
     "REALTIME_SIGNIN_MAX_PER_ACCOUNT": 10,
     "REALTIME_MAX_CONNECTIONS_PER_ADDRESS": SERVER_DEFAULTS.max_connections_per_address,
     "REALTIME_WS_IDLE_TIMEOUT": 300,
+    # Seconds between the server's WebSocket pings to a socket that sends nothing (daphne's
+    # default): what keeps proxies and NAT from dropping it, at a small cost per socket.
+    "REALTIME_WS_PING_INTERVAL": 20,
     "REALTIME_WS_HANDSHAKE_TIMEOUT": SERVER_DEFAULTS.ws_handshake_timeout,
     "REALTIME_WS_MAX_PER_CLIENT": 100,
     "REALTIME_ALLOWED_ORIGINS": [],

@@ -40,6 +40,15 @@ logger = logging.getLogger("realtime.serve")
 WORKER_COMMAND = [sys.executable, "-m", "realtime.server"]
 
 
+def ping_interval(given: int | None) -> list[str]:
+    """daphne's option for the seconds between pings to an idle socket: `--ping-interval`,
+    else REALTIME_WS_PING_INTERVAL."""
+    seconds = conf.REALTIME_WS_PING_INTERVAL if given is None else given
+    if seconds < 1:
+        raise CommandError("--ping-interval must be at least 1 second.")
+    return ["--ping-interval", str(int(seconds))]
+
+
 def check_can_listen(host: str, port: int) -> None:
     """Open the port once as the supervisor will (SO_REUSEPORT), to fail early and clearly."""
     try:
@@ -102,6 +111,15 @@ class Command(BaseCommand):
             "(default 0: refuse to start at once when they do not).",
         )
         parser.add_argument(
+            "--ping-interval",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help="Seconds between the server's WebSocket pings to a socket that sends nothing "
+            "(default: REALTIME_WS_PING_INTERVAL, 20). Keep it below the shortest idle "
+            "timeout between clients and this server (proxies, load balancers, NAT).",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=DEFAULT_GRACE,
@@ -162,8 +180,9 @@ class Command(BaseCommand):
             self._log(f"Redirecting http://{shown}:{http_port}/ to HTTPS.")
             if webroot is not None:
                 self._log(f"Serving ACME challenges from {webroot}.")
+        ping = ping_interval(options["ping_interval"])
         supervisor = Supervisor(
-            [*WORKER_COMMAND, *endpoints, daphne_application()],
+            [*WORKER_COMMAND, *endpoints, *ping, daphne_application()],
             workers,
             cwd=conf.BASE_DIR or Path.cwd(),
             grace=options["grace"],
