@@ -41,7 +41,7 @@ from tests.helpers import (
     ws_connect,
 )
 from tests.helpers import wait_until_async as until
-from tests.resuming import ResumingClient
+from tests.resuming import ResumingClient, stop_clients
 
 LONG = os.environ.get("SOAK") == "long"
 CLIENTS = 200 if LONG else 40
@@ -184,9 +184,7 @@ def run_soak(start, server_env, client_tls, redis: RestartableRedis) -> None:
             log_tail = "\n".join(server.log().splitlines()[-30:])
             raise AssertionError(f"{error}: {missing()}\nserver log:\n{log_tail}") from None
         settle = time.monotonic() - started
-        for client in clients:
-            await client.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_clients(clients, tasks)
         return staff, anonymous, expected, everything, offsets, drops, settle
 
     topic_start = topic_offset(server_env)
