@@ -188,14 +188,14 @@ def test_a_signed_name_for_another_topic_or_tampered_is_forbidden_for_another_us
             await subscribe_signed(socket_, BOARD, token)
             for token in (for_other_topic, tampered, "nonsense", for_bob, for_anyone)
         ]
-        invalid = await subscribe_signed(socket_, BOARD, 42)
+        invalid = [await subscribe_signed(socket_, BOARD, t) for t in (42, "x" * 1025)]
         await socket_.disconnect()
         return answers, invalid
 
     answers, invalid = asyncio.run(scenario())
     # Another user's (or a signed-out page's): the page asks its view again, which decides.
     assert answers == [FORBIDDEN, FORBIDDEN, FORBIDDEN, EXPIRED, EXPIRED]
-    assert invalid["code"] == "invalid_subscribe"
+    assert [answer["code"] for answer in invalid] == ["invalid_subscribe"] * 2  # not even read
 
 
 def test_a_signed_name_stops_holding_once_its_user_loses_staff():

@@ -4,34 +4,20 @@ Each server is watched for several intervals (docs/deployment.md, "Keep-alive").
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 
-from websockets.client import ClientProtocol
 from websockets.frames import Opcode
-from websockets.uri import parse_uri
 
 from tests.helpers import ROOT, free_port
 from tests.test_serve import serve_args
-from tests.test_timeouts import frames_until
+from tests.test_timeouts import idle_frames
 
 WATCHED = 7.0  # seconds: three sweeps of 2 s and more
 
 
 def pings_in(port: int, client_tls, seconds: float) -> int:
     """How many pings an idle WSS client of the server on `port` receives in `seconds`."""
-    client = ClientProtocol(parse_uri(f"wss://localhost:{port}/ws/"))
-    request = client.connect()
-    request.headers["Origin"] = f"https://localhost:{port}"
-    client.send_request(request)
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        client_tls.wrap_socket(raw, server_hostname="localhost") as connection,
-    ):
-        for outgoing in client.data_to_send():
-            connection.sendall(outgoing)
-        frames = frames_until(connection, client, time.monotonic() + seconds)
+    frames = idle_frames(port, client_tls, seconds)
     return sum(getattr(frame, "opcode", None) == Opcode.PING for frame in frames)
 
 

@@ -187,13 +187,8 @@ def frames_until(connection: ssl.SSLSocket, client: ClientProtocol, deadline: fl
     return frames
 
 
-def test_a_real_daphne_pings_an_idle_client_and_closes_it_at_websocket_timeout(
-    start, dev_certs, client_tls
-):
-    port = free_port()
-    endpoint = f"realtime:{port}:privateKey={dev_certs.key}:certKey={dev_certs.cert}"
-    args = [DAPHNE, "--ping-interval", "1", "--websocket_timeout", "9", "-e", endpoint]
-    start([*args, "project.asgi:application"], port)
+def idle_frames(port: int, client_tls, seconds: float) -> list:
+    """Every frame an idle WSS client of the server on `port` receives in `seconds`."""
     client = ClientProtocol(parse_uri(f"wss://localhost:{port}/ws/"))
     request = client.connect()
     request.headers["Origin"] = f"https://localhost:{port}"
@@ -204,7 +199,17 @@ def test_a_real_daphne_pings_an_idle_client_and_closes_it_at_websocket_timeout(
     ):
         for outgoing in client.data_to_send():
             connection.sendall(outgoing)
-        frames = frames_until(connection, client, time.monotonic() + 15)
+        return frames_until(connection, client, time.monotonic() + seconds)
+
+
+def test_a_real_daphne_pings_an_idle_client_and_closes_it_at_websocket_timeout(
+    start, dev_certs, client_tls
+):
+    port = free_port()
+    endpoint = f"realtime:{port}:privateKey={dev_certs.key}:certKey={dev_certs.cert}"
+    args = [DAPHNE, "--ping-interval", "1", "--websocket_timeout", "9", "-e", endpoint]
+    start([*args, "project.asgi:application"], port)
+    frames = idle_frames(port, client_tls, 15)
     pings = [frame for frame in frames if getattr(frame, "opcode", None) == Opcode.PING]
     closes = [frame for frame in frames if getattr(frame, "opcode", None) == Opcode.CLOSE]
     # A ping each sweep (interval 1 s, sweeps every 2 s) for the 9 s the socket lives.
