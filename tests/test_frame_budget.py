@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.helpers import receive_json, ws_connect
 
 RATE, BURST = 200, 400
+FLOOD_CLOSED = "sending too many frames (1008)"  # the server's log line for each flood closed
 
 
 async def flood_with_pings(socket_, limit: int = 5000) -> tuple[int, int, float]:
@@ -43,7 +44,7 @@ def test_a_ping_flood_is_closed_with_1008_and_gets_no_more_pongs_than_the_budget
     assert (code, reason) == (1008, "Too many frames")
     assert sent < 5000
     assert answered <= BURST + RATE * seconds + 1
-    assert "sending too many frames (1008)" in daphne_tls.log()
+    assert FLOOD_CLOSED in daphne_tls.log()
 
 
 def test_a_message_of_empty_fragments_is_closed_with_1008(daphne_tls, client_tls):
@@ -77,9 +78,15 @@ def test_a_fresh_client_is_served_while_16_sockets_flood(daphne_tls, client_tls)
     async def scenario():
         return await asyncio.gather(fresh_client(), *(flooder() for _ in range(16)))
 
+    closed_before = daphne_tls.log().count(FLOOD_CLOSED)
     fresh, *flooders = asyncio.run(scenario())
     assert fresh == "welcome"
-    assert flooders == [1008] * 16
+    # The server closes each flooder with 1008. A flooder that is slow to read (a loaded
+    # machine) may still be pinging when the server's close handshake times out: its next
+    # ping meets a closed socket, the TCP reset discards the close frame it had not read yet,
+    # and it sees 1006. So the server's log counts the 1008s; every flooder is closed.
+    assert daphne_tls.log().count(FLOOD_CLOSED) - closed_before == 16
+    assert set(flooders) <= {1008, 1006}  # one flooder alone sees 1008: the test above
 
 
 def test_a_client_that_pauses_gets_its_budget_back(daphne_tls, client_tls):
